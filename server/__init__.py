@@ -1,0 +1,1 @@
+"""claude-grpc-gateway: the server."""

@@ -1,0 +1,101 @@
+"""``build_server``: the one way to assemble the gateway, used by ``__main__``, the demo and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import anthropic
+import grpc
+from claude_gateway.v1 import chat_pb2, chat_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.config import Settings
+from server.servicer import ChatServicer
+from server.simulator import Pace, Simulator
+from server.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+HEALTH_SERVICES = ("", SERVICE)
+
+
+@dataclass
+class Gateway:
+    """A built, started gateway: its server, port, and what shuts down with it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    servicer: ChatServicer
+    upstream: Upstream
+    simulator: Simulator | None
+    settings: Settings
+
+    async def drain(self) -> None:
+        """Graceful stop: NOT_SERVING now, refuse new calls after drain_delay, let calls finish
+        within drain_grace, then cut what is left with UNAVAILABLE."""
+        self.servicer.draining = True
+        await self.health.enter_graceful_shutdown()
+        if self.settings.drain_delay > 0:
+            await asyncio.sleep(self.settings.drain_delay)  # time for load balancers to see NOT_SERVING
+        await self.server.stop(self.settings.drain_grace)
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop at once and release the upstream client and simulator."""
+        await self.server.stop(None)
+        await self.upstream.aclose()
+        if self.simulator is not None:
+            await self.simulator.stop()
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments: explicit message limits, and keepalive that lets long quiet streams live."""
+    keepalive_ms = int(settings.keepalive_seconds * 1000)
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
+    """Build and start the gateway on ``settings.listen``.
+
+    ``client`` defaults to an SDK client configured from the environment (ANTHROPIC_API_KEY,
+    ANTHROPIC_BASE_URL), or, with upstream "simulator", to one aimed at an in-process simulator.
+    """
+    simulator = None
+    if client is None:
+        if settings.upstream == "simulator":
+            simulator = Simulator(Pace(ttft=settings.sim_ttft, tokens_per_second=settings.sim_tokens_per_second))
+            await simulator.start()
+            client = anthropic.AsyncAnthropic(base_url=simulator.base_url, api_key="simulator")
+        else:
+            client = anthropic.AsyncAnthropic()
+            if not client.api_key and not client.auth_token:
+                log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
+    upstream = Upstream(client, connect_timeout=settings.connect_timeout)
+    servicer = ChatServicer(settings, upstream)
+    health_servicer = health.aio.HealthServicer()
+
+    server = grpc.aio.server(options=server_options(settings))
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.listen}")
+    await server.start()
+    for name in HEALTH_SERVICES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("gateway listening on %s (upstream: %s)", f"{settings.listen.rsplit(':', 1)[0]}:{port}", settings.upstream)
+    return Gateway(server, port, health_servicer, servicer, upstream, simulator, settings)

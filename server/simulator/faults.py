@@ -1,0 +1,86 @@
+"""Misbehaviours the simulator can be told to show on one POST /v1/messages.
+
+`after_events` counts the events of the reply itself, including the ping that follows the first
+content_block_start but not the keep-alive pings of `Pace.ping_interval`. A count beyond the
+reply's length applies the fault after its last event. On a non-streaming request, `Cut` and
+`EndWithoutStop` drop the connection without a response, `Stall` never answers, `ErrorEvent`
+becomes the HTTP error of its type and `Malformed` answers 200 with a body that is not JSON.
+"""
+
+from dataclasses import dataclass
+
+# The HTTP status the real API pairs with each error type.
+STATUS_BY_ERROR_TYPE: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "conflict_error": 409,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """Answer with this status and an error body instead of a reply."""
+
+    status: int
+    error_type: str
+    message: str = "Simulated error"
+    retry_after: float | None = None  # seconds, sent as `retry-after`
+    retry_after_ms: int | None = None  # sent as `retry-after-ms`
+    should_retry: bool | None = None  # sent as `x-should-retry: true|false`
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """Stream 200, then after N events an `error` event, then end the response cleanly."""
+
+    after_events: int
+    error_type: str = "overloaded_error"
+    message: str = "Overloaded"
+
+
+@dataclass(frozen=True)
+class Cut:
+    """After N events abort the TCP connection, with no chunked terminator."""
+
+    after_events: int
+
+
+@dataclass(frozen=True)
+class Stall:
+    """After N events send nothing more until the client leaves; -1 stalls before the headers."""
+
+    after_events: int
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """After N events send a frame whose data is not JSON, then the rest of the reply."""
+
+    after_events: int
+
+
+@dataclass(frozen=True)
+class EndWithoutStop:
+    """After N events end the response cleanly, so the stream lacks message_stop."""
+
+    after_events: int
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Answer 200 with exactly this SSE body (and these extra headers), paced like a reply."""
+
+    body: bytes
+    headers: dict[str, str] | None = None
+
+
+StreamFault = ErrorEvent | Cut | Stall | Malformed | EndWithoutStop
+Fault = HttpError | Replay | StreamFault

@@ -1,0 +1,33 @@
+"""What the simulator saw of each request, for tests to inspect.
+
+Times are `loop.time()` of the simulator's event loop. `closed_at` is when the connection that
+carried the request closed, from either side (client gone, reset, `Cut`, or `Simulator.stop`);
+for a keep-alive connection that is later than the end of the response.
+"""
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: Any  # parsed JSON, or None if absent or not JSON
+    received_at: float
+    closed_at: float | None = None
+    events_sent: int = 0  # SSE frames written, keep-alive pings and injected frames included
+    status: int | None = None  # the HTTP status answered, None if no response head went out
+    _closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    def mark_closed(self, at: float) -> None:
+        if self.closed_at is None:
+            self.closed_at = at
+            self._closed.set()
+
+    async def wait_closed(self, timeout: float) -> float:  # noqa: ASYNC109 -- the signature tests are written against
+        """Wait until the connection serving this request closes and return `closed_at`."""
+        await asyncio.wait_for(self._closed.wait(), timeout)
+        return cast(float, self.closed_at)

@@ -1,0 +1,84 @@
+"""The checks the real Messages API makes before it answers, in its order: credentials, version, body.
+
+A failed check raises `RejectedRequestError` carrying the HTTP status, the error type and a message that
+names the offending header or field (`messages.1.role: ...`), as the real API's do.
+"""
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+VERSIONS = ("2023-06-01", "2026-10-21")
+# Sampling parameters the 2026-10-21 API version no longer accepts.
+_REMOVED_IN_2026 = ("temperature", "top_p", "top_k")
+
+
+class RejectedRequestError(Exception):
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+def _invalid(message: str) -> RejectedRequestError:
+    return RejectedRequestError(400, "invalid_request_error", message)
+
+
+def check_headers(headers: Mapping[str, str], api_key: str | None) -> str:
+    """Check the key (`x-api-key` or `Authorization: Bearer`) and return the API version."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    keys = {key for key in (headers.get("x-api-key", ""), token if scheme.lower() == "bearer" else "") if key}
+    if not keys:
+        raise RejectedRequestError(
+            401, "authentication_error", "x-api-key header or Authorization: Bearer token is required"
+        )
+    if api_key is not None and api_key not in keys:
+        raise RejectedRequestError(401, "authentication_error", "invalid x-api-key")
+    version = headers.get("anthropic-version")
+    if version is None:
+        raise _invalid("anthropic-version: header is required")
+    if version not in VERSIONS:
+        raise _invalid(f"anthropic-version: {version!r} is not a supported version ({' or '.join(VERSIONS)})")
+    return version
+
+
+def check_body(raw: bytes, version: str) -> dict[str, Any]:
+    """Parse and check a Messages request body; the fields the simulator relies on are sound after."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise _invalid(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise _invalid("request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise _invalid("model: Field required")
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise _invalid("max_tokens: Field required, an integer greater than or equal to 1")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages: at least one message is required")
+    for i, turn in enumerate(messages):
+        _check_turn(i, turn)
+    stop_sequences = body.get("stop_sequences", [])
+    if not isinstance(stop_sequences, list) or not all(isinstance(s, str) for s in stop_sequences):
+        raise _invalid("stop_sequences: Input should be a list of strings")
+    if version == "2026-10-21":
+        for name in _REMOVED_IN_2026:
+            if name in body:
+                raise _invalid(f"{name}: Extra inputs are not permitted (removed in anthropic-version {version})")
+    return body
+
+
+def _check_turn(i: int, turn: object) -> None:
+    if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
+        raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+    content = turn.get("content")
+    if not isinstance(content, str | list):
+        raise _invalid(f"messages.{i}.content: Input should be a string or a list of content blocks")
+    for j, block in enumerate(content if isinstance(content, list) else []):
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise _invalid(f"messages.{i}.content.{j}.type: Field required")
+        if turn["role"] == "assistant" and block["type"] == "document":
+            raise _invalid(f"messages.{i}.content.{j}: document blocks are not allowed in assistant messages")
