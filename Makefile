@@ -41,7 +41,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 typecheck: setup
-	$(VENV)/bin/mypy server client tests
+	$(VENV)/bin/mypy server tests client/claude_gateway
 
 test: lint typecheck proto-check
 	$(PY) -m pytest -q

@@ -22,8 +22,9 @@ def parse_args(argv: list[str]) -> dict[str, object]:
     )
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, type=type(f.default), default=None, metavar=env_name(f.name),
-                            help=f"default {f.default!r}")
+        parser.add_argument(
+            flag, type=type(f.default), default=None, metavar=env_name(f.name), help=f"default {f.default!r}"
+        )
     return vars(parser.parse_args(argv))
 
 
@@ -44,7 +45,7 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = Settings.from_env(**overrides)
+        settings = Settings.from_env(overrides=overrides)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     logging.basicConfig(

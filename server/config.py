@@ -7,9 +7,9 @@ so the key lives in one place and never in a settings dump or a log line.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,19 @@ class Settings:
     """GATEWAY_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
         """Settings from GATEWAY_* variables, then ``overrides`` (e.g. from command-line flags)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(env_name(f.name))
             if raw is not None and raw != "":
-                kind = type(f.default)
+                kind = cast(Callable[[str], Any], type(f.default))
                 try:
                     values[f.name] = kind(raw)
                 except ValueError:
-                    raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
+                    raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}") from None
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         settings = cls(**values)
         if settings.upstream not in ("anthropic", "simulator"):
             raise ValueError(f"GATEWAY_UPSTREAM must be 'anthropic' or 'simulator', not {settings.upstream!r}")

@@ -19,10 +19,21 @@ import grpc
 import httpx2
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc import StatusCode as Code
 from grpc_status import rpc_status
 
+__all__ = [
+    "API_ERRORS",
+    "Code",
+    "Failure",
+    "GatewayError",
+    "Violation",
+    "from_api_error",
+    "from_exception",
+    "to_status",
+]
+
 DOMAIN = "claude-gateway"
-Code = grpc.StatusCode
 
 # API error type -> gRPC code. Unknown types fall back to HTTP_CODES by status.
 API_ERRORS: dict[str, Code] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from anthropic._streaming import SSEDecoder, ServerSentEvent
+from anthropic._streaming import ServerSentEvent, SSEDecoder
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 

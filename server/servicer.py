@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from anthropic._streaming import ServerSentEvent
@@ -168,13 +168,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self.active = 0  # calls in flight
         self.draining = False
 
-    async def StreamMessage(self, request: pb.StreamMessageRequest, context: grpc.aio.ServicerContext) -> None:
+    # A coroutine that writes with context.write, not an async generator: only a coroutine sees its
+    # time bounds fire while a write is blocked on a slow client (see grpc-aio notes).
+    async def StreamMessage(  # type: ignore[override]
+        self, request: pb.StreamMessageRequest, context: grpc.aio.ServicerContext
+    ) -> None:
         delivered = 0
         failure: Failure | None = None
         try:
-            async with self._admit(context, request.params) as (body, deadline), Relay(
-                self._settings, self._upstream, deadline
-            ) as relay:
+            async with (
+                self._admit(context, request.params) as (body, deadline),
+                Relay(self._settings, self._upstream, deadline) as relay,
+            ):
                 batch = await relay.open(body, request.betas)
                 while batch:
                     await context.write(pb.StreamMessageResponse(events=batch))
@@ -193,9 +198,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
         failure: Failure | None = None
         try:
-            async with self._admit(context, request.params) as (body, deadline), Relay(
-                self._settings, self._upstream, deadline
-            ) as relay:
+            async with (
+                self._admit(context, request.params) as (body, deadline),
+                Relay(self._settings, self._upstream, deadline) as relay,
+            ):
                 snapshot: Any = None
                 json_bufs: dict[int, bytes] = {}
                 batch = await relay.open(body, request.betas)
@@ -203,7 +209,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     for event in batch:
                         if event.WhichOneof("type") != "raw_json":  # the SDK's accumulator skips unknown events
                             snapshot = accumulate_event(
-                                event=codec.to_json(event), current_snapshot=snapshot, json_bufs=json_bufs
+                                event=cast(Any, codec.to_json(event)), current_snapshot=snapshot, json_bufs=json_bufs
                             )
                     batch = await relay.next_batch()
                 message = codec.from_json(snapshot.to_dict(mode="json", exclude_unset=True), pb.Message())
@@ -233,8 +239,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         bad = violations(params)
         if bad:
             raise GatewayError(
-                Failure(Code.INVALID_ARGUMENT, "INVALID_REQUEST", "; ".join(f"{v.field}: {v.description}" for v in bad),
-                        violations=tuple(bad))
+                Failure(
+                    Code.INVALID_ARGUMENT,
+                    "INVALID_REQUEST",
+                    "; ".join(f"{v.field}: {v.description}" for v in bad),
+                    violations=tuple(bad),
+                )
             )
         budget = self._settings.max_stream_seconds
         remaining = context.time_remaining()

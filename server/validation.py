@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 from claude_gateway.v1 import chat_pb2 as pb
-from google.protobuf.message import Message
 
 from server.errors import Violation
 
@@ -53,17 +53,17 @@ def _params(p: pb.MessageCreateParams, path: str) -> Iterator[Violation]:
             yield from _union(getattr(p, name), f"{path}.{name}")
 
 
-def _union(msg: Message, path: str) -> Iterator[Violation]:
+def _union(msg: Any, path: str) -> Iterator[Violation]:
     """A oneof `type` message must have an arm set, and a raw_json arm must be a typed object."""
     arm = msg.WhichOneof("type")
     if arm is None:
         yield Violation(path, f"no {msg.DESCRIPTOR.name} type set: set exactly one of its fields")
         return
     if arm == "raw_json":
-        raw = getattr(msg, "raw_json")
+        raw = msg.raw_json
         where = f"{path}.raw_json.json"
         if not raw.json:
-            yield Violation(where, "empty: must be a JSON object with a string \"type\"")
+            yield Violation(where, 'empty: must be a JSON object with a string "type"')
             return
         try:
             obj = json.loads(raw.json)
@@ -71,7 +71,7 @@ def _union(msg: Message, path: str) -> Iterator[Violation]:
             yield Violation(where, f"not valid JSON: {exc}")
             return
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-            yield Violation(where, "must be a JSON object with a string \"type\"")
+            yield Violation(where, 'must be a JSON object with a string "type"')
         return
     # Nested unions (tool_result content, document sources...) are checked the same way.
     for fd, value in getattr(msg, arm).ListFields():

@@ -13,7 +13,6 @@ import sys
 from typing import Any
 
 import grpc
-
 from claude_gateway.client import ChatClient, GatewayCallError
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -23,15 +22,24 @@ DEFAULT_MODEL = "claude-sonnet-4-6"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m client", description="Stream a Claude reply through the gateway.")
     parser.add_argument("prompt", nargs="*", help="the user message (ignored with --request)")
-    parser.add_argument("--target", default=os.environ.get("GATEWAY_TARGET", DEFAULT_TARGET),
-                        help=f"gateway address (env GATEWAY_TARGET, default {DEFAULT_TARGET})")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("GATEWAY_TARGET", DEFAULT_TARGET),
+        help=f"gateway address (env GATEWAY_TARGET, default {DEFAULT_TARGET})",
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"default {DEFAULT_MODEL}")
     parser.add_argument("--max-tokens", type=int, default=1024, help="default 1024")
     parser.add_argument("--system", help="system prompt")
-    parser.add_argument("--deadline", type=float, default=300.0, metavar="SECONDS",
-                        help="gRPC deadline for the whole call (default 300)")
-    parser.add_argument("--request", metavar="FILE",
-                        help="send this Anthropic-shaped request JSON ('-' for stdin) instead of a prompt")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="gRPC deadline for the whole call (default 300)",
+    )
+    parser.add_argument(
+        "--request", metavar="FILE", help="send this Anthropic-shaped request JSON ('-' for stdin) instead of a prompt"
+    )
     parser.add_argument("--beta", action="append", default=[], help="anthropic-beta flag (repeatable)")
     parser.add_argument("--json", action="store_true", help="print every event as its Anthropic JSON, one per line")
     parser.add_argument("--unary", action="store_true", help="call CreateMessage and print the whole message")

@@ -17,13 +17,12 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-
 from claude_gateway import codec
 from claude_gateway.accumulator import Accumulator
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 JSON = dict[str, Any]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 JSON = dict[str, Any]
@@ -64,7 +64,7 @@ class _Plan:
 _plans: dict[str, _Plan] = {}
 
 
-def _plan(descriptor: Descriptor) -> _Plan:
+def _plan(descriptor: Any) -> _Plan:
     plan = _plans.get(descriptor.full_name)
     if plan is not None:
         return plan

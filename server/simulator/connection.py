@@ -95,6 +95,8 @@ class Connection:
 
     def abort(self) -> None:
         """Drop the connection at once with a reset, without finishing the response."""
+        if self.closed.is_set():
+            return
         # Linger 0 turns the close into a RST, so the client sees a broken connection
         # (httpx2.ReadError), as when a real upstream drops, not a clean end of input.
         self._writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

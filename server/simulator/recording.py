@@ -27,7 +27,7 @@ class RecordedRequest:
             self.closed_at = at
             self._closed.set()
 
-    async def wait_closed(self, timeout: float) -> float:  # noqa: ASYNC109 -- the signature tests are written against
+    async def wait_closed(self, timeout: float) -> float:
         """Wait until the connection serving this request closes and return `closed_at`."""
         await asyncio.wait_for(self._closed.wait(), timeout)
         return cast(float, self.closed_at)

@@ -1,0 +1,115 @@
+"""A real gateway on 127.0.0.1:0, on a real simulator, reached over real gRPC: what tests run against."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anthropic
+import grpc
+from claude_gateway import codec
+from claude_gateway.v1 import chat_pb2 as pb
+from claude_gateway.v1 import chat_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from server.app import Gateway, build_server
+from server.config import Settings
+from server.simulator import Pace, Simulator
+
+T = TypeVar("T")
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-sse"
+API_KEY = "sk-ant-test-SECRET-never-logged"
+UNPACED = Pace()
+
+
+def run(test: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run one async test body on a fresh event loop."""
+    return asyncio.run(test())
+
+
+def body(prompt: str = "Hello gateway", **extra: Any) -> dict[str, Any]:
+    """An Anthropic-shaped request body."""
+    return {"model": "claude-sonnet-4-6", "max_tokens": 256, "messages": [{"role": "user", "content": prompt}], **extra}
+
+
+def stream_request(request_body: dict[str, Any]) -> pb.StreamMessageRequest:
+    return pb.StreamMessageRequest(params=codec.from_json(request_body, pb.MessageCreateParams()))
+
+
+@dataclasses.dataclass
+class Harness:
+    sim: Simulator
+    gateway: Gateway
+    channel: grpc.aio.Channel
+    stub: chat_pb2_grpc.ChatServiceStub
+    sdk: anthropic.AsyncAnthropic  # straight to the simulator, for comparisons
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.gateway.port}"
+
+    async def events(self, request_body: dict[str, Any], timeout: float = 10) -> list[dict[str, Any]]:
+        """Every event of one StreamMessage call, as Messages API JSON."""
+        call = self.stub.StreamMessage(stream_request(request_body), timeout=timeout)
+        return [codec.to_json(e) async for r in call for e in r.events]
+
+
+@contextlib.asynccontextmanager
+async def gateway(pace: Pace = UNPACED, **settings: Any) -> AsyncIterator[Harness]:
+    """Simulator + gateway + channel, all on loopback, torn down in order."""
+    async with Simulator(pace, api_key=API_KEY) as sim:
+        client = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY)
+        gw = await build_server(Settings(listen="127.0.0.1:0", **settings), client)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}")
+        sdk = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+        try:
+            yield Harness(sim, gw, channel, chat_pb2_grpc.ChatServiceStub(channel), sdk)
+        finally:
+            await channel.close()
+            await sdk.close()
+            await gw.close()
+
+
+@dataclasses.dataclass
+class Status:
+    """A failed call's status and its rich details."""
+
+    code: grpc.StatusCode
+    message: str
+    error_info: error_details_pb2.ErrorInfo | None
+    retry_info: error_details_pb2.RetryInfo | None
+    bad_request: error_details_pb2.BadRequest | None
+
+
+def status_of(error: grpc.aio.AioRpcError) -> Status:
+    found: dict[str, Any] = {}
+    status = rpc_status.from_call(error)
+    assert status is not None, "no google.rpc.Status details on the call"
+    for detail in status.details:
+        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo, error_details_pb2.BadRequest):
+            if detail.Is(cls.DESCRIPTOR):
+                found[cls.__name__] = cls()
+                detail.Unpack(found[cls.__name__])
+    return Status(
+        error.code(),
+        error.details() or "",
+        found.get("ErrorInfo"),
+        found.get("RetryInfo"),
+        found.get("BadRequest"),
+    )
+
+
+def fixture_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON of every event in a recorded SSE body, in order."""
+    events = []
+    for frame in path.read_text().split("\n\n"):
+        data = [line[5:].lstrip() for line in frame.splitlines() if line.startswith("data:")]
+        if data:
+            events.append(json.loads("\n".join(data)))
+    return events
