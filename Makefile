@@ -8,7 +8,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup demo serve test lint typecheck proto-check protos bench clean
+.PHONY: setup demo serve test lint typecheck proto-check protos bench clean node buf-lint buf-breaking
 
 setup: $(STAMP)
 
@@ -43,7 +43,25 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy server tests client/claude_gateway
 
-test: lint typecheck proto-check
+# Node tooling (buf, the Node sample client's deps) in ./node_modules, exactly as package-lock.json pins.
+BUF := node_modules/.bin/buf
+NODE_STAMP := node_modules/.installed
+
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+buf-lint: node
+	$(BUF) lint
+
+# Fails on a wire- or source-incompatible change since the released API; protos/released/v1.binpb is
+# that release's image (docs/debugging.md, "Cutting a proto release", says how to renew it).
+buf-breaking: node
+	$(BUF) breaking protos --against protos/released/v1.binpb
+
+test: lint typecheck proto-check buf-lint buf-breaking
 	$(PY) -m pytest -q
 
 bench: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -42,7 +43,14 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         if self.settings.drain_delay > 0:
             await asyncio.sleep(self.settings.drain_delay)  # time for load balancers to see NOT_SERVING
-        await self.server.stop(self.settings.drain_grace)
+        # grpc refuses new calls with UNAVAILABLE from here on; calls in flight get the grace to finish,
+        # then the servicer cuts what is left with a status that says why (grpc's own cut says nothing).
+        stopping = asyncio.ensure_future(self.server.stop(self.settings.drain_grace + 5))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.drain_grace):
+                await self.servicer.wait_idle()
+        self.servicer.cut_all()
+        await stopping
         await self.close()
 
     async def close(self) -> None:

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -160,65 +161,108 @@ def _incomplete() -> Failure:
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    """The gRPC face of the gateway."""
+    """The gRPC face of the gateway: admission, upstream call, relay, status."""
 
     def __init__(self, settings: Settings, upstream: Upstream) -> None:
         self._settings = settings
         self._upstream = upstream
-        self.active = 0  # calls in flight
+        self._calls: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._cutting = False
         self.draining = False
+
+    @property
+    def active(self) -> int:
+        """Calls in flight."""
+        return len(self._calls)
 
     # A coroutine that writes with context.write, not an async generator: only a coroutine sees its
     # time bounds fire while a write is blocked on a slow client (see grpc-aio notes).
     async def StreamMessage(  # type: ignore[override]
         self, request: pb.StreamMessageRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        delivered = 0
-        failure: Failure | None = None
-        try:
-            async with (
-                self._admit(context, request.params) as (body, deadline),
-                Relay(self._settings, self._upstream, deadline) as relay,
-            ):
-                batch = await relay.open(body, request.betas)
-                while batch:
-                    await context.write(pb.StreamMessageResponse(events=batch))
-                    delivered += len(batch)
-                    batch = await relay.next_batch()
-        except GatewayError as exc:
-            failure = exc.failure
-        if failure is not None:
-            log.info("StreamMessage failed: %s %s", failure.code.name, failure.reason)
-            await context.abort_with_status(to_status(failure, delivered))
+        async def write(batch: list[pb.MessageStreamEvent]) -> None:
+            await context.write(pb.StreamMessageResponse(events=batch))
+
+        await self._relay("StreamMessage", context, request.params, request.betas, write)
 
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateMessageResponse:
         from anthropic.lib.streaming._messages import accumulate_event
 
+        snapshot: Any = None
+        json_bufs: dict[int, bytes] = {}
+
+        async def accumulate(batch: list[pb.MessageStreamEvent]) -> None:
+            nonlocal snapshot
+            for event in batch:
+                if event.WhichOneof("type") != "raw_json":  # as the SDK, which skips unknown event types
+                    data = cast(Any, codec.to_json(event))
+                    snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)
+
+        await self._relay("CreateMessage", context, request.params, request.betas, accumulate)
+        message = codec.from_json(snapshot.to_dict(mode="json"), pb.Message())
+        return pb.CreateMessageResponse(message=message)
+
+    async def _relay(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        params: pb.MessageCreateParams,
+        betas: Sequence[str],
+        deliver: Callable[[list[pb.MessageStreamEvent]], Awaitable[None]],
+    ) -> None:
+        """Run one call: every upstream batch goes to ``deliver``; any failure aborts the call."""
+        started = time.monotonic()
+        delivered = 0
         failure: Failure | None = None
         try:
-            async with (
-                self._admit(context, request.params) as (body, deadline),
-                Relay(self._settings, self._upstream, deadline) as relay,
-            ):
-                snapshot: Any = None
-                json_bufs: dict[int, bytes] = {}
-                batch = await relay.open(body, request.betas)
-                while batch:
-                    for event in batch:
-                        if event.WhichOneof("type") != "raw_json":  # the SDK's accumulator skips unknown events
-                            snapshot = accumulate_event(
-                                event=cast(Any, codec.to_json(event)), current_snapshot=snapshot, json_bufs=json_bufs
-                            )
-                    batch = await relay.next_batch()
-                message = codec.from_json(snapshot.to_dict(mode="json", exclude_unset=True), pb.Message())
-                return pb.CreateMessageResponse(message=message)
+            async with self._admit(context, params) as (body, deadline):
+                try:
+                    async with asyncio.timeout_at(deadline), Relay(self._settings, self._upstream, deadline) as relay:
+                        batch = await relay.open(body, betas)
+                        while batch:
+                            await deliver(batch)
+                            delivered += len(batch)
+                            batch = await relay.next_batch()
+                except TimeoutError:
+                    raise GatewayError(self._expired(context)) from None
+                except asyncio.CancelledError:
+                    if not self._cutting:
+                        raise  # the client left: unwinding closed the upstream request
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    raise GatewayError(
+                        Failure(Code.UNAVAILABLE, "SHUTTING_DOWN", "gateway shut down before the reply was complete")
+                    ) from None
         except GatewayError as exc:
             failure = exc.failure
-        log.info("CreateMessage failed: %s %s", failure.code.name, failure.reason)
-        await context.abort_with_status(to_status(failure, 0))
-        raise AssertionError("abort_with_status returns only by raising")
+        finally:
+            code = failure.code.name if failure else "OK"
+            reason = f" {failure.reason}" if failure else ""
+            log.info("%s %s%s events=%d %.0fms", method, code, reason, delivered, (time.monotonic() - started) * 1e3)
+        if failure is not None:
+            await context.abort_with_status(to_status(failure, delivered))
+
+    def _expired(self, context: grpc.aio.ServicerContext) -> Failure:
+        if context.time_remaining() is not None and context.time_remaining() <= 0.01:
+            return Failure(Code.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the call's deadline passed")
+        return Failure(
+            Code.DEADLINE_EXCEEDED,
+            "MAX_STREAM_DURATION",
+            f"the call reached max_stream_seconds ({self._settings.max_stream_seconds:g}s)",
+        )
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight."""
+        await self._idle.wait()
+
+    def cut_all(self) -> None:
+        """End every call in flight with UNAVAILABLE (SHUTTING_DOWN): the drain grace is over."""
+        self._cutting = True
+        for task in self._calls:
+            task.cancel()
 
     @contextlib.asynccontextmanager
     async def _admit(
@@ -251,8 +295,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if remaining is not None:
             budget = min(budget, remaining)
         deadline = asyncio.get_running_loop().time() + budget
-        self.active += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
+        self._idle.clear()
         try:
             yield codec.to_json(params), deadline
         finally:
-            self.active -= 1
+            self._calls.discard(task)
+            if not self._calls:
+                self._idle.set()

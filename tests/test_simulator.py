@@ -60,12 +60,12 @@ def run_async(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
 
 @asynccontextmanager
 async def connected(
-    pace: Pace | None = None, api_key: str = "test-key", **options: Any
+    pace: Pace | None = None, *, server_key: str | None = None, client_key: str = "test-key", **client_options: Any
 ) -> AsyncIterator[tuple[Simulator, anthropic.AsyncAnthropic]]:
-    """A simulator and an SDK client of it; `required_key` sets the simulator's key, other options go to the client."""
+    """A running simulator and an SDK client of it that does not retry."""
     async with (
-        Simulator(pace or Pace(), api_key=options.pop("required_key", None)) as sim,
-        anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=api_key, max_retries=0, **options) as client,
+        Simulator(pace or Pace(), api_key=server_key) as sim,
+        anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=client_key, max_retries=0, **client_options) as client,
     ):
         yield sim, client
 
@@ -294,7 +294,7 @@ async def test_stall_mid_stream_holds_the_connection() -> None:
 @run_async
 async def test_authentication() -> None:
     """A wrong key is a 401; a right one passes by Bearer token or by x-api-key under either version."""
-    async with connected(api_key="wrong", required_key="secret") as (sim, client):
+    async with connected(server_key="secret", client_key="wrong") as (sim, client):
         with pytest.raises(anthropic.AuthenticationError) as caught:
             await client.messages.create(model="claude-sim", max_tokens=10, messages=HELLO)
         assert caught.value.type == "authentication_error"

@@ -76,7 +76,10 @@ class EndWithoutStop:
 
 @dataclass(frozen=True)
 class Replay:
-    """Answer 200 with exactly this SSE body (and these extra headers), paced like a reply."""
+    """Answer 200 with exactly this SSE body (and these extra headers), paced like a reply.
+
+    The body is sent in one chunk per blank-line-terminated frame; a `Pace.ping_interval` adds pings.
+    """
 
     body: bytes
     headers: dict[str, str] | None = None

@@ -33,7 +33,7 @@ Event = dict[str, Any]
 
 DEFAULT_LENGTH = 24
 _FILLER = ("the", "simulator", "streams", "these", "words", "in", "a", "fixed", "order", "for", "tests", "to", "check")
-_JSON_PIECE = 7  # characters per input_json_delta; not a divisor of typical key lengths, so pieces split tokens
+_JSON_PIECE = 7  # characters per input_json_delta: short, so pieces split keys and values as the real API's do
 
 
 def prompt_of(body: Mapping[str, Any]) -> str:

@@ -5,8 +5,9 @@ body; see `validation`), then answered with the deterministic reply of `model`: 
 (`Transfer-Encoding: chunked`, one chunk per event, written as it is produced, paced by `Pace`)
 when `"stream": true`, else a JSON Message. Each response carries a `request-id: req_...`;
 connections are kept alive. A fault queued with `enqueue` (or, failing that, one named by a
-prompt directive, see `directives`) changes how the next POST /v1/messages is answered: an
-`HttpError` or a `Replay` comes before the body is checked, the others after it.
+prompt directive, see `directives`) changes how a POST /v1/messages is answered. Queued faults
+are taken by requests that pass the path, method and credential checks, even if their body is
+then rejected; an `HttpError` or a `Replay` is answered without checking the body at all.
 """
 
 import asyncio
@@ -17,7 +18,7 @@ from itertools import count
 from types import TracebackType
 from typing import Any, Self
 
-from . import sse
+from . import model, sse
 from .connection import Connection, Request, UnreadableRequestError
 from .directives import parse
 from .faults import (
@@ -32,7 +33,6 @@ from .faults import (
     Stall,
     StreamFault,
 )
-from .model import Event, message, prompt_of, reply
 from .pace import Pace
 from .recording import RecordedRequest
 from .validation import RejectedRequestError, check_body, check_headers
@@ -45,6 +45,8 @@ _UNPACED = Pace()
 
 
 class Simulator:
+    """The server; `async with Simulator(...) as sim:` (or `start`/`stop`) on the running loop."""
+
     def __init__(
         self, pace: Pace = _UNPACED, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0
     ) -> None:
@@ -137,7 +139,7 @@ class Simulator:
                 return await answer.stream(sse.split(fault.body), None, self.pace, fault.headers or {})
             body = check_body(request.body, version)
             try:
-                directives = parse(prompt_of(body))
+                directives = parse(model.prompt_of(body))
             except ValueError as exc:
                 raise RejectedRequestError(400, "invalid_request_error", str(exc)) from exc
         except RejectedRequestError as rejection:
@@ -146,7 +148,7 @@ class Simulator:
         if isinstance(fault, HttpError):
             return await answer.error(fault)
         assert not isinstance(fault, Replay)  # directives name no replays
-        events = reply(body, prompt=directives.prompt, length=directives.tokens, serial=serial)
+        events = model.reply(body, prompt=directives.prompt, length=directives.tokens, serial=serial)
         pace = directives.pace(self.pace)
         if body.get("stream") is True:
             return await answer.stream([sse.frame(e, i) for i, e in enumerate(events)], fault, pace, {})
@@ -173,7 +175,7 @@ class _Answer:
         body = _error_body(error.error_type, error.message, self._request_id)
         return await self._connection.send_response(error.status, headers, body)
 
-    async def message(self, events: Sequence[Event], fault: StreamFault | None, pace: Pace) -> bool:
+    async def message(self, events: Sequence[model.Event], fault: StreamFault | None, pace: Pace) -> bool:
         """A non-streaming answer; it takes as long as the stream would."""
         match fault:
             case Cut() | EndWithoutStop():
@@ -187,7 +189,7 @@ class _Answer:
         deltas = sum(event["type"] == "content_block_delta" for event in events)
         if not await self._connection.idle(sum(pace.delay(i == 0) for i in range(deltas))):
             return False
-        body = b"{not json" if isinstance(fault, Malformed) else json.dumps(message(events)).encode()
+        body = b"{not json" if isinstance(fault, Malformed) else json.dumps(model.message(events)).encode()
         self._record.status = 200
         return await self._connection.send_response(200, {**_JSON_HEADERS, "request-id": self._request_id}, body)
 
@@ -246,8 +248,9 @@ def _delays(frames: Sequence[bytes], pace: Pace) -> list[float]:
     delays: list[float] = []
     first = True
     for frame in frames:
-        delays.append(pace.delay(first) if sse.is_delta(frame) else 0.0)
-        first = first and not sse.is_delta(frame)
+        delta = sse.is_delta(frame)
+        delays.append(pace.delay(first) if delta else 0.0)
+        first = first and not delta
     return delays
 
 

@@ -1,7 +1,9 @@
 """The checks the real Messages API makes before it answers, in its order: credentials, version, body.
 
 A failed check raises `RejectedRequestError` carrying the HTTP status, the error type and a message that
-names the offending header or field (`messages.1.role: ...`), as the real API's do.
+names the offending header or field (`messages.1.role: ...`), as the real API's do. Under
+`anthropic-version: 2026-10-21`, `temperature`, `top_p`, `top_k` and a `document` block in an
+assistant turn are refused.
 """
 
 import json
@@ -9,6 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 VERSIONS = ("2023-06-01", "2026-10-21")
+# Optional fields the simulator reads: the JSON types they must have, and how to name them.
+_OPTIONAL_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "stream": ((bool,), "a boolean"),
+    "system": ((str, list), "a string or a list of text blocks"),
+    "thinking": ((dict,), "an object"),
+    "tool_choice": ((dict,), "an object"),
+    "tools": ((list,), "a list"),
+}
 # Sampling parameters the 2026-10-21 API version no longer accepts.
 _REMOVED_IN_2026 = ("temperature", "top_p", "top_k")
 
@@ -59,8 +69,11 @@ def check_body(raw: bytes, version: str) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid("messages: at least one message is required")
+    for name, (kinds, described) in _OPTIONAL_FIELDS.items():
+        if body.get(name) is not None and not isinstance(body[name], kinds):
+            raise _invalid(f"{name}: Input should be {described}")
     for i, turn in enumerate(messages):
-        _check_turn(i, turn)
+        _check_turn(i, turn, version)
     stop_sequences = body.get("stop_sequences", [])
     if not isinstance(stop_sequences, list) or not all(isinstance(s, str) for s in stop_sequences):
         raise _invalid("stop_sequences: Input should be a list of strings")
@@ -71,7 +84,7 @@ def check_body(raw: bytes, version: str) -> dict[str, Any]:
     return body
 
 
-def _check_turn(i: int, turn: object) -> None:
+def _check_turn(i: int, turn: object, version: str) -> None:
     if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
         raise _invalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
     content = turn.get("content")
@@ -80,5 +93,5 @@ def _check_turn(i: int, turn: object) -> None:
     for j, block in enumerate(content if isinstance(content, list) else []):
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             raise _invalid(f"messages.{i}.content.{j}.type: Field required")
-        if turn["role"] == "assistant" and block["type"] == "document":
+        if version == "2026-10-21" and turn["role"] == "assistant" and block["type"] == "document":
             raise _invalid(f"messages.{i}.content.{j}: document blocks are not allowed in assistant messages")

@@ -187,7 +187,9 @@ class MessageCreateParams(_message.Message):
     system_text: _builtins.str
     """System prompt as one string (JSON "system": "...")."""
     service_tier: _builtins.str
-    """"auto" or "standard_only"."""
+    """Which capacity may serve the request: "auto" (priority capacity when available) or
+    "standard_only". Unset means "auto".
+    """
     inference_geo: _builtins.str
     """Where inference may run, e.g. "us"."""
     @_builtins.property
@@ -204,27 +206,31 @@ class MessageCreateParams(_message.Message):
 
     @_builtins.property
     def metadata(self) -> Global___Metadata:
-        """Request metadata."""
+        """Request metadata (JSON "metadata"), e.g. {"user_id": "..."}."""
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
-        """Tools the model may call."""
+        """Tools the model may call (JSON "tools"): custom tools defined by a JSON schema, and server
+        tools (web search, code execution...) in the raw_json arm.
+        """
 
     @_builtins.property
     def tool_choice(self) -> Global___ToolChoice:
-        """How the model may use the tools."""
+        """How the model may use the tools (JSON "tool_choice"); unset leaves the API's default, "auto"."""
 
     @_builtins.property
     def thinking(self) -> Global___ThinkingConfig:
-        """Extended thinking configuration."""
+        """Extended thinking (JSON "thinking"): enabled with a token budget, adaptive, or disabled; unset
+        leaves the model's default.
+        """
 
     @_builtins.property
     def output_config(self) -> Global___OutputConfig:
-        """Output configuration (effort, structured output format)."""
+        """Output configuration (JSON "output_config"): effort and structured output format."""
 
     @_builtins.property
     def cache_control(self) -> Global___CacheControl:
-        """Top-level prompt caching breakpoint."""
+        """Top-level prompt caching breakpoint (JSON "cache_control"), e.g. {"type": "ephemeral"}."""
 
     @_builtins.property
     def container(self) -> _struct_pb2.Value:
@@ -891,7 +897,7 @@ class CacheControl(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     EXTRA_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """"ephemeral"."""
+    """The cache type; "ephemeral" is the only one the API defines."""
     ttl: _builtins.str
     """Cache lifetime: "5m" (default) or "1h"."""
     @_builtins.property
