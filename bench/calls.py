@@ -10,6 +10,7 @@ client measured for its own CPU (the SDK baseline) does nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -83,7 +84,8 @@ async def read_gateway(
 ) -> None:
     """Read ``call`` to its end (or until ``until_deltas`` deltas, if > 0) into ``record``.
 
-    A failed call is noted in ``record.error`` as its status code name, not raised.
+    A failed call is noted in ``record.error`` as its status code name, not raised; so is a call
+    this client cancelled ("CANCELLED").
     """
     try:
         while True:
@@ -102,6 +104,10 @@ async def read_gateway(
                 return
     except grpc.aio.AioRpcError as error:
         record.error = error.code().name
+    except asyncio.CancelledError:
+        if not call.cancelled():
+            raise  # this task was cancelled, not the call
+        record.error = "CANCELLED"  # the call was cancelled by this client: grpc.aio raises CancelledError
 
 
 async def read_sdk(

@@ -10,8 +10,8 @@ returns a dict; times in it are CLOCK_MONOTONIC (``*_ns``) or durations in µs (
 - ``ttfe``: ``count`` pairs of one-token calls, one through the gateway and one straight, one after
   the other, alternating which goes first; time from call to first event of each.
 - ``tiny``: ``count`` one-token calls through the gateway, ``concurrency`` at a time.
-- ``hold``: open ``streams`` calls, say ``opened`` once each has its first event, keep reading
-  until ``release``, then cancel them all.
+- ``hold``: open ``streams`` calls, say ``opened`` once each has its first delta (or failed), keep
+  reading until ``release``, then cancel them all.
 - ``cancel``: ``count`` calls, ``concurrency`` at a time, each cancelled after ``after_deltas``
   deltas; notes the time of each cancel against the request's tag.
 - ``reject``: after ``delay`` seconds, ``count`` calls started evenly over ``ramp`` seconds and
@@ -228,14 +228,25 @@ async def run_hold(job: Job, clients: Clients, control: Control) -> Result:
     records = [StreamRecord() for _ in range(job.streams)]
     calls: list[grpc.aio.UnaryStreamCall] = []
     tasks = []
+    waiting = job.streams
+    all_open = asyncio.Event()
+
+    async def hold(call: grpc.aio.UnaryStreamCall, record: StreamRecord) -> None:
+        nonlocal waiting
+        await read_gateway(call, record, Samples(0), until_deltas=1)
+        waiting -= 1
+        if not waiting:
+            all_open.set()
+        if not record.error:
+            await read_gateway(call, record, None)  # until cancelled
+
     origin = time.monotonic_ns()
     for i, start in enumerate(_starts(origin, job.streams, job.ramp)):
         await sleep_until(start)
         call = clients.call(i, request, job.deadline)
         calls.append(call)
-        tasks.append(asyncio.create_task(read_gateway(call, records[i], None)))
-    while not all(r.messages or r.error for r in records):
-        await asyncio.sleep(0.05)
+        tasks.append(asyncio.create_task(hold(call, records[i])))
+    await all_open.wait()
     opened_s = (time.monotonic_ns() - origin) / 1e9
     await control.announce("opened")
     await control.expect("release")
@@ -243,7 +254,7 @@ async def run_hold(job: Job, clients: Clients, control: Control) -> Result:
         call.cancel()
     await asyncio.gather(*tasks)
     errors = Counter(r.error for r in records if r.error and r.error != "CANCELLED")
-    return {"opened": sum(1 for r in records if r.messages), "opened_s": opened_s, "errors": dict(errors)}
+    return {"opened": sum(1 for r in records if r.deltas), "opened_s": opened_s, "errors": dict(errors)}
 
 
 async def run_cancel(job: Job, clients: Clients, control: Control) -> Result:

@@ -7,6 +7,8 @@ seconds, not milliseconds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -51,3 +53,48 @@ class CpuMeter:
             used = cpu_seconds(pid) - self._start[name]
             out[name] = {"cpu_s": used, "util": used / span}
         return out
+
+
+class CpuSampler:
+    """Samples one process's CPU seconds every ``interval`` while running, for its peak utilisation.
+
+    Use as ``async with CpuSampler(pid) as sampler: ...``; afterwards ``peak(window)`` is the highest
+    CPU use over any ``window`` seconds of the run, as a fraction of one core.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self._pid = pid
+        self._interval = interval
+        self._samples: list[tuple[float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(OSError):
+                self._samples.append((loop.time(), cpu_seconds(self._pid)))
+            await asyncio.sleep(self._interval)
+
+    async def __aenter__(self) -> CpuSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        with contextlib.suppress(OSError):
+            self._samples.append((asyncio.get_running_loop().time(), cpu_seconds(self._pid)))
+
+    def peak(self, window: float = 1.0) -> float:
+        """The highest utilisation over any span of at least ``window`` seconds (0.0 if too short)."""
+        best = 0.0
+        j = 0
+        for i, (t, cpu) in enumerate(self._samples):
+            while j < i and t - self._samples[j + 1][0] >= window:
+                j += 1
+            t0, cpu0 = self._samples[j]
+            if t - t0 >= window:
+                best = max(best, (cpu - cpu0) / (t - t0))
+        return best

@@ -203,7 +203,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)
 
         await self._relay("CreateMessage", context, request.params, request.betas, accumulate)
-        message = codec.from_json(snapshot.to_dict(mode="json"), pb.Message())
+        message = codec.from_json(snapshot.to_dict(mode="json", warnings=False), pb.Message())
         return pb.CreateMessageResponse(message=message)
 
     async def _relay(

@@ -42,6 +42,13 @@ def stream_request(request_body: dict[str, Any]) -> pb.StreamMessageRequest:
     return pb.StreamMessageRequest(params=codec.from_json(request_body, pb.MessageCreateParams()))
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` to hold, checking every few milliseconds."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 -- polls state of another component that has no event to await
+            await asyncio.sleep(0.002)
+
+
 @dataclasses.dataclass
 class Harness:
     sim: Simulator

@@ -16,16 +16,9 @@ from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.simulator import Cut, ErrorEvent, HttpError, Pace, Stall
-from tests.harness import Harness, body, gateway, run, status_of, stream_request
+from tests.harness import Harness, body, gateway, run, status_of, stream_request, until
 
 SERVICE_CONFIG = Path(__file__).resolve().parents[1] / "client" / "service_config.json"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for ``condition`` to hold, checking every few milliseconds."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.002)
 
 
 async def read_events(call: Any, count: int) -> list[pb.MessageStreamEvent]:
@@ -82,7 +75,7 @@ def test_cancel_of_a_unary_call_closes_the_upstream_connection() -> None:
         async with gateway() as h:
             h.sim.enqueue(Stall(after_events=4))
             call = h.stub.CreateMessage(pb.CreateMessageRequest(params=stream_request(body()).params), timeout=30)
-            await until(lambda: h.sim.requests and h.sim.requests[-1].events_sent >= 4)
+            await until(lambda: bool(h.sim.requests) and h.sim.requests[-1].events_sent >= 4)
             await assert_upstream_closed_soon_after_cancel(h, call.cancel)
             with pytest.raises(asyncio.CancelledError):
                 await call

@@ -93,8 +93,8 @@ async def buf_curl(port: int, *args: str) -> Completed:
     return await run_tool(str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args)
 
 
-async def reference_text(port: int, prompt: str, max_tokens: int) -> str:
-    """The reply text for ``prompt`` by the Python stubs' CreateMessage: what every client must show."""
+async def reference_reply(port: int, prompt: str, max_tokens: int) -> chat_pb2.Message:
+    """The reply to ``prompt`` by the Python stubs' CreateMessage: what every client must show."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         request = chat_pb2.CreateMessageRequest(
@@ -105,7 +105,12 @@ async def reference_text(port: int, prompt: str, max_tokens: int) -> str:
             )
         )
         response: chat_pb2.CreateMessageResponse = await stub.CreateMessage(request, timeout=TOOL_TIMEOUT)
-    return "".join(block.text.text for block in response.message.content if block.HasField("text"))
+    return response.message
+
+
+def text_of(message: chat_pb2.Message) -> str:
+    """The text of ``message``'s text blocks, joined."""
+    return "".join(block.text.text for block in message.content if block.HasField("text"))
 
 
 def json_documents(text: str) -> list[Any]:
@@ -124,15 +129,18 @@ def test_node_client_streams_reply() -> None:
     """The Node client prints the streamed reply text, then usage on stderr, and exits 0."""
     prompt = "hello polyglot world"
 
-    async def test(port: int) -> tuple[Completed, str]:
+    async def test(port: int) -> tuple[Completed, chat_pb2.Message]:
         result = await node_client(port, "--deadline", "30", "--model", MODEL, "--max-tokens", "8", prompt)
-        return result, await reference_text(port, prompt, 8)
+        return result, await reference_reply(port, prompt, 8)
 
     result, expected = with_gateway(test)
     assert result.returncode == 0, result.stderr
-    assert expected.startswith(prompt)  # the simulator echoes the prompt, then filler words
-    assert result.stdout == expected + "\n"
-    assert "[stop_reason=max_tokens input_tokens=3 output_tokens=8]" in result.stderr
+    assert text_of(expected).startswith(prompt)  # the simulator echoes the prompt, then filler words
+    assert result.stdout == text_of(expected) + "\n"
+    usage = expected.usage
+    assert expected.stop_reason == "max_tokens"
+    assert usage.output_tokens == 8
+    assert f"[stop_reason=max_tokens input_tokens={usage.input_tokens} output_tokens=8]" in result.stderr
 
 
 @needs_node
@@ -203,7 +211,7 @@ def test_buf_curl_streams_reply() -> None:
     async def test(port: int) -> tuple[Completed, str]:
         url = f"http://127.0.0.1:{port}/claude_gateway.v1.ChatService/StreamMessage"
         result = await buf_curl(port, "--timeout", "30s", "-d", json.dumps(body), url)
-        return result, await reference_text(port, prompt, 6)
+        return result, text_of(await reference_reply(port, prompt, 6))
 
     result, expected = with_gateway(test)
     assert result.returncode == 0, result.stderr

@@ -186,6 +186,11 @@ function main() {
   const deadline = new Date(Date.now() + args.deadlineSeconds * 1000);
   const call = client.StreamMessage(buildRequest(args), { deadline });
   process.once('SIGINT', () => call.cancel()); // ends the call with CANCELLED
+  process.stdout.on('error', (err) => {
+    if (err.code !== 'EPIPE') throw err;
+    call.cancel(); // the reader went away (e.g. `| head`): stop the call and exit quietly
+    process.exit(0);
+  });
 
   const usage = {};
   let stopReason;

@@ -1,0 +1,514 @@
+"""The seven measurements of issue #5, each ``async (Session) -> list[Row]``.
+
+1. capacity: relay latency of N concurrent paced streams, and whether any fell behind schedule
+2. CPU per relayed event, gateway against a process consuming the same streams with the SDK
+3. time to first event added by the gateway, and its fixed CPU per request
+4. memory per open stream
+5. overload: refusals at the stream limit, and the admitted streams' latency meanwhile
+6. cancel-to-close: client cancel to the upstream connection closing
+7. workers (GATEWAY_WORKERS), if the gateway has them
+
+Latency is always simulator write -> client read (see ``stamps``); CPU is /proc utime+stime of the
+gateway process (see ``usage``). Verdicts compare against the targets of issue #5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import fields
+from typing import Any
+
+from bench.jobs import Job
+from bench.processes import result
+from bench.report import Row, judged, ms
+from bench.session import Run, Session
+from bench.stats import Summary, summarize
+from bench.usage import rss_bytes
+from server.config import Settings
+
+BEHIND = 0.10  # a stream is behind when it ends more than this fraction of its length late
+LATENCY_TARGET = 0.050
+REJECT_TARGET = 0.010  # "at once": our reading of it
+
+
+def _lat(run: Run) -> Summary:
+    """Relay latency of every stamped delta of a run, in seconds."""
+    return summarize([x for r in run.results for x in r["lat_us"]]).scaled(1e-6)
+
+
+def _records(run: Run) -> list[dict[str, Any]]:
+    return [rec for r in run.results for rec in r["records"]]
+
+
+def _events(run: Run) -> int:
+    return sum(rec["events"] for rec in _records(run))
+
+
+def _errors(records: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(Counter(rec["error"] for rec in records if rec["error"]))
+
+
+def _schedule(records: list[dict[str, Any]], tps: float) -> dict[str, Any]:
+    """How far streams ended behind their schedule (first send + (deltas - 1) / tps).
+
+    ``behind`` counts streams whose last delta reached the client more than BEHIND of the stream's
+    length late; ``sim_late`` those the simulator itself sent late (a starved load side, not the
+    gateway).
+    """
+    behind = sim_late = 0
+    worst = 0.0
+    for rec in records:
+        if rec["deltas"] < 2:
+            continue
+        length = (rec["deltas"] - 1) / tps
+        lag = (rec["last_ns"] - rec["first_stamp"]) / 1e9 - length
+        sim_lag = (rec["last_stamp"] - rec["first_stamp"]) / 1e9 - length
+        behind += lag > BEHIND * length
+        sim_late += sim_lag > BEHIND * length
+        worst = max(worst, lag)
+    return {"behind": behind, "sim_late": sim_late, "worst_lag_s": worst}
+
+
+def _peak_rate(run: Run) -> int:
+    """The most deltas clients received in any one second."""
+    buckets: Counter[int] = Counter()
+    for r in run.results:
+        buckets.update(t // 1000 for t in r["recv_ms"])
+    return max(buckets.values(), default=0)
+
+
+async def _paced(session: Session, streams: int, tokens: int) -> Run:
+    plan = session.plan
+    jobs = [
+        Job(
+            "streams",
+            target=session.target,
+            streams=k,
+            tokens=tokens,
+            tps=plan.tps,
+            ramp=plan.ramp,
+            channels=session.channels(k),
+        )
+        for k in session.split(streams)
+    ]
+    return await session.run(jobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. capacity
+
+
+async def capacity(session: Session) -> list[Row]:
+    plan = session.plan
+    rows = []
+    for i, n in enumerate(plan.capacity_sizes):
+        run = await _paced(session, n, plan.capacity_tokens)
+        if i == 0:
+            session.cache["paced"] = run
+        lat = _lat(run)
+        records = _records(run)
+        schedule = _schedule(records, plan.tps)
+        errors = _errors(records)
+        ok = lat.p99 < LATENCY_TARGET and schedule["behind"] == 0 and not errors
+        gw = run.cpu["gateway"]
+        rows.append(
+            Row(
+                f"1{'abcdefgh'[i]}",
+                f"capacity: {n} streams x {plan.tps:g} deltas/s, relay latency",
+                f"p50 {ms(lat.p50)}, p99 {ms(lat.p99)}; {schedule['behind']}/{n} behind",
+                "p99 < 50 ms, none behind" + (" (target: 500 streams)" if n == 500 else ""),
+                judged(ok),
+                f"offered {n * plan.tps / 1000:.1f}k deltas/s, peak delivered {_peak_rate(run) / 1000:.1f}k/s; "
+                f"gateway CPU {gw['util']:.0%} avg, {run.gateway_peak:.0%} peak of its core; "
+                f"simulator {run.cpu['upstream']['util']:.0%}, clients {run.client_cpu_s / run.wall_s:.0%} of a core; "
+                f"max latency {ms(lat.max)}, worst stream {schedule['worst_lag_s']:.2f} s late "
+                f"(simulator itself late on {schedule['sim_late']}); errors {errors or 'none'}",
+                {
+                    "streams": n,
+                    "latency_s": lat.as_json(),
+                    **schedule,
+                    "errors": errors,
+                    "cpu": run.cpu,
+                    "gateway_peak_util": run.gateway_peak,
+                    "client_cpu_s": run.client_cpu_s,
+                    "wall_s": run.wall_s,
+                    "peak_delivered_per_s": _peak_rate(run),
+                    "events": _events(run),
+                },
+            )
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. CPU per relayed event
+
+
+async def cpu_per_event(session: Session) -> list[Row]:
+    plan = session.plan
+    n, tokens = plan.burst_streams, plan.burst_tokens
+    burst = Job(
+        "streams", target=session.target, streams=n, tokens=tokens, tps=0, channels=session.channels(n), record=False
+    )
+    gateway = await session.run([burst])
+    baseline = await session.run(
+        [Job("sdk_streams", base_url=session.base_url, streams=n, tokens=tokens, tps=0, record=False)]
+    )
+    rows = [_cpu_row("2a", "burst (unpaced)", gateway, baseline, judge=True)]
+
+    paced = session.cache.get("paced")
+    size = plan.capacity_sizes[0]
+    if paced is None:
+        paced = await _paced(session, size, plan.capacity_tokens)
+    sdk_jobs = [
+        Job(
+            "sdk_streams",
+            base_url=session.base_url,
+            streams=k,
+            tokens=plan.capacity_tokens,
+            tps=plan.tps,
+            ramp=plan.ramp,
+            record=False,
+        )
+        for k in session.split(size)
+    ]
+    paced_baseline = await session.run(sdk_jobs)
+    rows.append(_cpu_row("2b", f"paced ({size} streams x {plan.tps:g}/s)", paced, paced_baseline, judge=False))
+    return rows
+
+
+def _cpu_row(key: str, what: str, gateway: Run, baseline: Run, *, judge: bool) -> Row:
+    """Gateway CPU per event against the SDK consumer's, over the same streams.
+
+    Both divide by the events of the gateway run (the SDK consumer sees the same streams but drops
+    their pings).
+    """
+    events = _events(gateway)
+    messages = sum(rec["messages"] for rec in _records(gateway))
+    gw_us = gateway.cpu["gateway"]["cpu_s"] / events * 1e6
+    base_us = baseline.client_cpu_s / events * 1e6
+    ratio = gw_us / base_us
+    errors = {**_errors(_records(gateway)), **_errors(_records(baseline))}
+    return Row(
+        key,
+        f"gateway CPU per relayed event, {what}",
+        f"{gw_us:.1f} us = {ratio:.2f}x baseline",
+        f"<= 0.8x SDK-direct consumer ({base_us:.1f} us)",
+        judged(ratio <= 0.8 and not errors) if judge else "info",
+        f"{events} events in {messages} gRPC messages ({events / max(messages, 1):.2f} per message); gateway "
+        f"{gateway.cpu['gateway']['cpu_s']:.2f} CPU-s over {gateway.wall_s:.1f} s ({gateway.gateway_peak:.0%} peak); "
+        f"baseline process {baseline.client_cpu_s:.2f} CPU-s over {baseline.wall_s:.1f} s; errors {errors or 'none'}",
+        {
+            "events": events,
+            "messages": messages,
+            "gateway_us_per_event": gw_us,
+            "baseline_us_per_event": base_us,
+            "ratio": ratio,
+            "gateway_cpu": gateway.cpu,
+            "baseline_cpu_s": baseline.client_cpu_s,
+            "errors": errors,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. time to first event, fixed cost per request
+
+
+async def first_event(session: Session) -> list[Row]:
+    plan = session.plan
+    run = await session.run([Job("ttfe", target=session.target, base_url=session.base_url, count=plan.ttfe_pairs)])
+    (res,) = run.results
+    gateway_s = summarize(res["gateway_us"]).scaled(1e-6)
+    direct_s = summarize(res["direct_us"]).scaled(1e-6)
+    added = summarize([g - d for g, d in zip(res["gateway_us"], res["direct_us"], strict=True)]).scaled(1e-6)
+    context = (
+        f"{plan.ttfe_pairs} sequential pairs, one-token replies, no other load: via gateway p50 "
+        f"{ms(gateway_s.p50)} / p99 {ms(gateway_s.p99)}, direct SDK p50 {ms(direct_s.p50)} / p99 "
+        f"{ms(direct_s.p99)}; added = gateway minus direct, pair by pair"
+    )
+    data = {"gateway_s": gateway_s.as_json(), "direct_s": direct_s.as_json(), "added_s": added.as_json()}
+    rows = [
+        Row("3a", "added time to first event, p50", ms(added.p50), "< 1 ms", judged(added.p50 < 0.001), context, data),
+        Row("3b", "added time to first event, p99", ms(added.p99), "< 3 ms", judged(added.p99 < 0.003), "", data),
+    ]
+
+    tiny = await session.run(
+        [Job("tiny", target=session.target, count=plan.tiny_calls, concurrency=plan.tiny_concurrency)]
+    )
+    (res,) = tiny.results
+    per_call = tiny.cpu["gateway"]["cpu_s"] / plan.tiny_calls
+    events_per_call = res["events"] / plan.tiny_calls
+    rows.append(
+        Row(
+            "3c",
+            "gateway CPU per request (one-token replies)",
+            f"{per_call * 1000:.2f} ms",
+            "< 1 ms",
+            judged(per_call < 0.001 and not res["errors"]),
+            f"{plan.tiny_calls} calls, {plan.tiny_concurrency} at a time, {events_per_call:.0f} events each, "
+            f"{plan.tiny_calls / tiny.wall_s:.0f} calls/s; includes relaying those events; "
+            f"errors {res['errors'] or 'none'}",
+            {
+                "cpu_s_per_call": per_call,
+                "events_per_call": events_per_call,
+                "cpu": tiny.cpu,
+                "wall_s": tiny.wall_s,
+                "errors": res["errors"],
+            },
+        )
+    )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. memory per open stream
+
+
+async def memory(session: Session) -> list[Row]:
+    plan = session.plan
+    n = plan.memory_streams
+    gateway, target = await session.procs.gateway(
+        session.base_url, {"GATEWAY_MAX_CONCURRENT_STREAMS": str(n + 100)}, name="gateway-memory"
+    )
+    try:
+        # Warm every path first, so that one-off allocations (imports, caches, pools) are not counted.
+        await session.run(
+            [Job("streams", target=target, streams=50, tokens=20, tps=0, record=False, channels=session.channels(n))],
+            gateway,
+        )
+        await asyncio.sleep(1.0)
+        before = rss_bytes(gateway.pid)
+        jobs = [
+            Job("hold", target=target, streams=k, tokens=3600, tps=1, ramp=plan.ramp * 2, channels=session.channels(k))
+            for k in session.split(n)
+        ]
+        clients = await session.procs.clients(jobs)
+        for child in clients:
+            await child.send("go")
+        for child in clients:
+            await child.expect("opened", 120)
+        await asyncio.sleep(2.0)
+        held = rss_bytes(gateway.pid)
+        for child in clients:
+            await child.send("release")
+        results = [await result(child, 120) for child in clients]
+        await asyncio.sleep(1.0)
+        after = rss_bytes(gateway.pid)
+    finally:
+        await session.procs.stop(gateway)
+    opened = sum(r["opened"] for r in results)
+    errors: Counter[str] = Counter()
+    for r in results:
+        errors.update(r["errors"])
+    per_stream = (held - before) / max(opened, 1)
+    return [
+        Row(
+            "4",
+            f"gateway memory per open stream ({n} streams at 1 delta/s)",
+            f"{per_stream / 1024:.1f} KB",
+            "<= 50 KB",
+            judged(per_stream <= 50 * 1024 and opened == n),
+            f"RSS {before / 2**20:.1f} MB warm, {held / 2**20:.1f} MB with {opened} streams open, "
+            f"{after / 2**20:.1f} MB after they were cancelled; fresh gateway; errors {dict(errors) or 'none'}",
+            {
+                "rss_before": before,
+                "rss_held": held,
+                "rss_after": after,
+                "opened": opened,
+                "per_stream_bytes": per_stream,
+            },
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. overload
+
+
+async def overload(session: Session) -> list[Row]:
+    plan = session.plan
+    limit = plan.overload_limit
+    gateway, target = await session.procs.gateway(
+        session.base_url, {"GATEWAY_MAX_CONCURRENT_STREAMS": str(limit)}, name="gateway-overload"
+    )
+    tokens = int(plan.overload_seconds * plan.tps)
+    quiet_until = plan.ramp + (plan.overload_seconds - plan.ramp) / 3  # seconds after go
+    burst_span = (plan.overload_seconds - plan.ramp) / 3
+    try:
+        admitted = Job(
+            "streams",
+            target=target,
+            streams=limit,
+            tokens=tokens,
+            tps=plan.tps,
+            ramp=plan.ramp,
+            channels=session.channels(limit),
+        )
+        excess = Job(
+            "reject", target=target, count=plan.overload_rejects, tokens=1, tps=0, delay=quiet_until, ramp=burst_span
+        )
+        run = await session.run([admitted, excess], gateway)
+    finally:
+        await session.procs.stop(gateway)
+    streams_res, reject_res = run.results
+    quiet = [
+        lat
+        for t, lat in zip(streams_res["recv_ms"], streams_res["lat_us"], strict=True)
+        if plan.ramp * 1000 <= t < quiet_until * 1000
+    ]
+    during = [
+        lat
+        for t, lat in zip(streams_res["recv_ms"], streams_res["lat_us"], strict=True)
+        if quiet_until * 1000 <= t < (quiet_until + burst_span) * 1000
+    ]
+    q, d = summarize(quiet).scaled(1e-6), summarize(during).scaled(1e-6)
+    rejects = summarize(reject_res["lat_us"]).scaled(1e-6)
+    codes = reject_res["codes"]
+    all_refused = codes.get("RESOURCE_EXHAUSTED", 0) == plan.overload_rejects
+    admitted_errors = _errors(streams_res["records"])
+    kept = d.p99 <= max(2 * q.p99, q.p99 + 0.010) and d.p99 < LATENCY_TARGET and not admitted_errors
+    rate = plan.overload_rejects / burst_span
+    return [
+        Row(
+            "5a",
+            f"overload: excess calls at the limit ({limit}), time to status",
+            f"p50 {ms(rejects.p50)}, p99 {ms(rejects.p99)}",
+            "RESOURCE_EXHAUSTED at once (p99 < 10 ms)",
+            judged(all_refused and rejects.p99 < REJECT_TARGET),
+            f"{plan.overload_rejects} calls at {rate:.0f}/s while {limit} admitted streams ran; status codes {codes}",
+            {"reject_s": rejects.as_json(), "codes": codes},
+        ),
+        Row(
+            "5b",
+            "overload: admitted streams' relay latency p99, quiet -> overload",
+            f"{ms(q.p99)} -> {ms(d.p99)}",
+            "unchanged: <= max(2x, +10 ms), < 50 ms",
+            judged(kept),
+            f"p50 {ms(q.p50)} -> {ms(d.p50)}; admitted errors {admitted_errors or 'none'}; gateway CPU "
+            f"{run.cpu['gateway']['util']:.0%} avg, {run.gateway_peak:.0%} peak",
+            {"quiet_s": q.as_json(), "overload_s": d.as_json(), "admitted_errors": admitted_errors, "cpu": run.cpu},
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. cancel-to-close
+
+
+async def cancel(session: Session) -> list[Row]:
+    plan = session.plan
+    await session.records()  # forget earlier requests
+    run = await session.run(
+        [
+            Job(
+                "cancel",
+                target=session.target,
+                count=plan.cancels,
+                tokens=1000,
+                tps=plan.tps,
+                after_deltas=3,
+                concurrency=plan.cancel_concurrency,
+            )
+        ]
+    )
+    await asyncio.sleep(1.0)  # let the last closes happen before asking
+    closed = {rec["tag"]: rec["closed_at"] for rec in await session.records()}
+    (res,) = run.results
+    gaps, never = [], 0
+    for c in res["cancels"]:
+        closed_at = closed.get(c["tag"])
+        if closed_at is None:
+            never += 1
+        else:
+            gaps.append(closed_at - c["cancel_ns"] / 1e9)
+    gap = summarize(gaps)
+    return [
+        Row(
+            "6",
+            "cancel-to-close: client cancel -> simulator sees its connection close",
+            f"p50 {ms(gap.p50)}, p99 {ms(gap.p99)}",
+            "p99 < 10 ms",
+            judged(gap.p99 < 0.010 and never == 0 and not res["errors"]),
+            f"{len(res['cancels'])} streams cancelled after 3 deltas, {plan.cancel_concurrency} at a time; "
+            f"max {ms(gap.max)}; never closed: {never}; errors {res['errors'] or 'none'}. Both clocks are "
+            f"CLOCK_MONOTONIC (client time.monotonic_ns, simulator loop.time)",
+            {"gap_s": gap.as_json(), "never_closed": never, "errors": res["errors"]},
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. workers
+
+
+async def workers(session: Session) -> list[Row]:
+    if "workers" not in {f.name for f in fields(Settings)}:
+        return [
+            Row(
+                "7",
+                "workers (GATEWAY_WORKERS)",
+                "not implemented",
+                "capacity scales with cores",
+                "not implemented",
+                "server.config.Settings has no `workers` field, so GATEWAY_WORKERS would be ignored; not measured",
+            )
+        ]
+    plan = session.plan
+    n = plan.capacity_sizes[-1]
+    gateway, target = await session.procs.gateway(
+        session.base_url, {"GATEWAY_WORKERS": "2"}, name="gateway-workers", cpus=(0, 1)
+    )
+    try:
+        jobs = [
+            Job(
+                "streams",
+                target=target,
+                streams=k,
+                tokens=plan.capacity_tokens,
+                tps=plan.tps,
+                ramp=plan.ramp,
+                channels=session.channels(k),
+            )
+            for k in session.split(n)
+        ]
+        run = await session.run(jobs, gateway)
+    finally:
+        await session.procs.stop(gateway)
+    lat = _lat(run)
+    schedule = _schedule(_records(run), plan.tps)
+    return [
+        Row(
+            "7",
+            f"workers=2: {n} streams x {plan.tps:g}/s, relay latency",
+            f"p50 {ms(lat.p50)}, p99 {ms(lat.p99)}; {schedule['behind']}/{n} behind",
+            "p99 < 50 ms, none behind",
+            judged(lat.p99 < LATENCY_TARGET and schedule["behind"] == 0),
+            "GATEWAY_WORKERS=2 on both cores (shared with the load side); CPU is not attributed to workers; "
+            f"peak delivered {_peak_rate(run) / 1000:.1f}k deltas/s",
+            {"latency_s": lat.as_json(), **schedule},
+        )
+    ]
+
+
+SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
+    "1": capacity,
+    "2": cpu_per_event,
+    "3": first_event,
+    "4": memory,
+    "5": overload,
+    "6": cancel,
+    "7": workers,
+}
+
+NAMES = {
+    "1": "capacity",
+    "2": "CPU per event",
+    "3": "time to first event",
+    "4": "memory per stream",
+    "5": "overload",
+    "6": "cancel-to-close",
+    "7": "workers",
+}

@@ -1,0 +1,85 @@
+"""One benchmark run's shared state: the upstream, the default gateway, and how jobs are run on them.
+
+``Session.run`` starts load clients for some jobs, releases them together, and measures the named
+processes (normally the gateway and the upstream) from ``go`` to the last result: CPU seconds,
+utilisation, and the gateway's peak utilisation over any one-second window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.jobs import Job
+from bench.plan import Plan
+from bench.processes import Child, Processes, go, result
+from bench.usage import CpuMeter, CpuSampler
+
+_RESULT_TIMEOUT = 600.0
+
+
+@dataclass
+class Run:
+    """The outcome of one ``Session.run``: each client's result, and the measured processes' CPU."""
+
+    results: list[dict[str, Any]]
+    cpu: dict[str, dict[str, float]]  # process name -> {"cpu_s", "util"}
+    wall_s: float
+    gateway_peak: float  # highest one-second CPU utilisation of the gateway (1.0 = one core)
+
+    @property
+    def client_cpu_s(self) -> float:
+        return float(sum(r["cpu_s"] for r in self.results))
+
+
+@dataclass
+class Session:
+    procs: Processes
+    plan: Plan
+    upstream: Child
+    base_url: str
+    record_path: Path
+    gateway: Child
+    target: str
+    cache: dict[str, Any] = field(default_factory=dict)  # results shared between scenarios
+
+    @classmethod
+    async def start(cls, procs: Processes, plan: Plan) -> Session:
+        record_path = procs.logs / "upstream-records.json"
+        upstream, base_url = await procs.upstream(record_path)
+        gateway, target = await procs.gateway(base_url)
+        return cls(procs, plan, upstream, base_url, record_path, gateway, target)
+
+    async def run(self, jobs: list[Job], gateway: Child | None = None) -> Run:
+        """Run ``jobs`` in parallel clients against ``gateway`` (default: the session's)."""
+        gateway = gateway or self.gateway
+        clients = await self.procs.clients(jobs)
+        meter = CpuMeter({"gateway": gateway.pid, "upstream": self.upstream.pid})
+        async with CpuSampler(gateway.pid) as sampler:
+            start = time.monotonic()
+            meter.start(start)
+            await go(clients)
+            results = list(await asyncio.gather(*(result(c, _RESULT_TIMEOUT) for c in clients)))
+            end = time.monotonic()
+            cpu = meter.stop(end)
+        return Run(results, cpu, end - start, sampler.peak())
+
+    async def records(self) -> list[dict[str, Any]]:
+        """The upstream's records of tagged requests since the last call (and forget them all)."""
+        self.upstream.signal(signal.SIGUSR1)
+        await self.upstream.expect("recorded ")
+        loaded: list[dict[str, Any]] = json.loads(self.record_path.read_text())
+        return loaded
+
+    def split(self, streams: int) -> list[int]:
+        """``streams`` shared out over as many clients as ``plan.streams_per_client`` asks."""
+        clients = max(1, -(-streams // self.plan.streams_per_client))
+        return [streams // clients + (1 if i < streams % clients else 0) for i in range(clients)]
+
+    def channels(self, streams: int) -> int:
+        return max(1, -(-streams // self.plan.streams_per_channel))

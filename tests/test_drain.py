@@ -1,0 +1,95 @@
+"""Graceful drain of a real gateway process on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from claude_gateway.v1 import chat_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.harness import body, run, status_of, stream_request
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def gateway_process(**env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m server`` on the simulator; yields the process and its target once it serves."""
+    full_env = {
+        **os.environ,
+        "GATEWAY_UPSTREAM": "simulator",
+        "GATEWAY_LISTEN": "127.0.0.1:0",
+        "GATEWAY_SIM_TTFT": "0",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        **env,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("gateway listening on "), line
+        yield proc, line.split()[-1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_calls() -> None:
+    """On SIGTERM health turns NOT_SERVING, new calls get UNAVAILABLE, open streams complete, exit 0."""
+    with gateway_process(GATEWAY_SIM_TPS="40", GATEWAY_DRAIN_DELAY="1", GATEWAY_DRAIN_GRACE="20") as (proc, target):
+
+        async def go() -> None:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+                stream = stub.StreamMessage(stream_request(body("[[sim:tokens 60]] drain me")), timeout=30)
+                first = await stream.read()
+                assert first.events[0].WhichOneof("type") == "message_start"
+                proc.send_signal(signal.SIGTERM)
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    async for _ in stub.StreamMessage(stream_request(body()), timeout=5):
+                        pass
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                rest = []
+                while (response := await stream.read()) is not grpc.aio.EOF:
+                    rest.extend(response.events)
+                assert rest[-1].WhichOneof("type") == "message_stop"
+                assert await stream.code() == grpc.StatusCode.OK
+
+        run(go)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_streams_still_running_after_the_grace_end_unavailable_with_a_reason() -> None:
+    """A stream longer than drain_grace is cut with UNAVAILABLE, reason SHUTTING_DOWN, and the process exits 0."""
+    with gateway_process(GATEWAY_SIM_TPS="20", GATEWAY_DRAIN_GRACE="0.5") as (proc, target):
+
+        async def go() -> None:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                request = body("[[sim:tokens 2000]] too long to finish", max_tokens=4000)
+                stream = stub.StreamMessage(stream_request(request), timeout=60)
+                await stream.read()
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    while await stream.read() is not grpc.aio.EOF:
+                        pass
+                status = status_of(caught.value)
+                assert status.code == grpc.StatusCode.UNAVAILABLE
+                assert status.error_info is not None
+                assert status.error_info.reason == "SHUTTING_DOWN"
+                assert int(status.error_info.metadata["events_delivered"]) > 0
+
+        run(go)
+        assert proc.wait(timeout=30) == 0
