@@ -1,0 +1,109 @@
+"""The sample client, `python -m client`, against a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from tests.harness import Harness, body, gateway, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def cli(h: Harness, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "client", "--target", h.target, "--deadline", "20", *args,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_cli_streams_the_reply_and_prints_usage() -> None:
+    """The reply text goes to stdout, usage and stop reason to stderr, exit 0."""
+
+    async def go() -> None:
+        async with gateway() as h:
+            code, out, err = await cli(h, "Hello", "from", "the", "CLI")
+            want = await h.events(body("Hello from the CLI", max_tokens=1024))
+            text = "".join(e["delta"]["text"] for e in want if e["type"] == "content_block_delta")
+            assert code == 0, err
+            assert out.strip() == text.strip()
+            assert "stop_reason=end_turn" in err
+            assert "input_tokens=" in err
+
+    run(go)
+
+
+def test_cli_json_prints_every_event_as_anthropic_json() -> None:
+    """--json prints one Messages API event object per line, pings included."""
+
+    async def go() -> None:
+        async with gateway() as h:
+            code, out, _ = await cli(h, "--json", "Hi")
+            events = [json.loads(line) for line in out.splitlines() if line.strip()]
+            assert code == 0
+            assert events[0]["type"] == "message_start"
+            assert events[-1] == {"type": "message_stop"}
+            assert "ping" in [e["type"] for e in events]
+
+    run(go)
+
+
+def test_cli_sends_a_request_file_unchanged(tmp_path: Path) -> None:
+    """--request sends an Anthropic-shaped JSON body, which reaches the upstream as written."""
+    request = body("From a file", system="be brief", stop_sequences=["zzz"], metadata={"user_id": "u"})
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(request))
+
+    async def go() -> None:
+        async with gateway() as h:
+            code, _, err = await cli(h, "--request", str(path))
+            assert code == 0, err
+            assert h.sim.requests[-1].body == {**request, "stream": True}
+
+    run(go)
+
+
+def test_cli_unary_prints_the_whole_message() -> None:
+    """--unary calls CreateMessage and prints the final message."""
+
+    async def go() -> None:
+        async with gateway() as h:
+            code, out, _ = await cli(h, "--unary", "Hi")
+            message = json.loads(out)
+            assert code == 0
+            assert message["type"] == "message"
+            assert message["stop_reason"] == "end_turn"
+
+    run(go)
+
+
+def test_cli_failure_prints_status_and_details_and_exits_nonzero() -> None:
+    """A failed call prints the gRPC status, its reason and retry delay, and exits 1."""
+
+    async def go() -> None:
+        async with gateway(max_attempts=1) as h:
+            code, _, err = await cli(h, "[[sim:http_error 429 rate_limit_error 3]] hi")
+            assert code == 1
+            assert "RESOURCE_EXHAUSTED" in err
+            assert "reason: RATE_LIMIT_ERROR" in err
+            assert "retry after: 3s" in err
+
+    run(go)
+
+
+def test_cli_bad_request_names_the_field() -> None:
+    """A request the gateway rejects prints INVALID_ARGUMENT and the offending field."""
+
+    async def go() -> None:
+        async with gateway() as h:
+            code, _, err = await cli(h, "--max-tokens", "0", "hi")
+            assert code == 1
+            assert "INVALID_ARGUMENT" in err
+            assert "bad field params.max_tokens" in err
+
+    run(go)
