@@ -1,0 +1,175 @@
+"""``python -m bench.profiler``: where the gateway's CPU goes, per relayed event.
+
+The gateway runs in this process, built by ``server.app.build_server`` as ``python -m server``
+builds it, under cProfile; the stamping simulator and the load client are child processes, as in
+the benchmark (this process on CPU 0, they on CPU 1). After a warm-up run, one measured run is
+profiled, and the report gives, per relayed event:
+
+- the process's CPU (all threads, so grpc's C threads too) with the profiler on;
+- the profiled Python time by area (grpc, HTTP client, SDK, asyncio, gateway, codec, ...);
+- the functions with the most own time, and those with the most time including callees.
+
+cProfile slows Python code (not C code) by a sizeable factor, so compare the areas with each
+other, not with the benchmark's figures. The raw profile is written to
+``bench/results/gateway.prof`` (``python -m pstats`` reads it).
+
+    python -m bench.profiler                        # 100 paced streams at 50 deltas/s
+    python -m bench.profiler --tps 0 --streams 50   # unpaced ("burst")
+    python -m bench.profiler --tiny 1000            # one-token calls: the fixed cost per request
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import logging
+import os
+import pstats
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import anthropic
+
+from bench.jobs import Job
+from bench.processes import ROOT, Processes, go
+from server.app import build_server
+from server.config import Settings
+
+RESULTS = ROOT / "bench" / "results"
+
+# Where a function's file lies -> the area it is counted in, first match wins.
+AREAS = (
+    ("/grpc/", "grpc (Python and Cython parts)"),
+    ("/httpx2/", "HTTP client (httpx2/httpcore2/h11/anyio)"),
+    ("/httpcore2/", "HTTP client (httpx2/httpcore2/h11/anyio)"),
+    ("/h11/", "HTTP client (httpx2/httpcore2/h11/anyio)"),
+    ("/anyio/", "HTTP client (httpx2/httpcore2/h11/anyio)"),
+    ("/anthropic/", "anthropic SDK (SSE decoder, response wrapper)"),
+    ("/asyncio/", "asyncio event loop"),
+    ("/server/", "gateway (server/)"),
+    ("/claude_gateway/", "codec (client/claude_gateway)"),
+    ("/google/protobuf/", "protobuf (Python part)"),
+    ("/json/", "json"),
+)
+
+
+def area(filename: str, name: str) -> str:
+    for marker, label in AREAS:
+        if marker in filename:
+            return label
+    if filename == "~":  # a builtin: name it by what it is
+        if "grpc" in name or "cygrpc" in name:
+            return "grpc (Python and Cython parts)"
+        if "protobuf" in name or "upb" in name or "message" in name.lower():
+            return "protobuf (C, upb)"
+        if "select" in name or "epoll" in name or "socket" in name or "recv" in name or "send" in name:
+            return "sockets and epoll (syscalls)"
+        return "other builtins"
+    return "other Python"
+
+
+def _rows(stats: dict[Any, Any], events: int, key: int, limit: int) -> list[str]:
+    ordered = sorted(stats.items(), key=lambda item: item[1][key], reverse=True)[:limit]
+    lines = [f"{'us/event':>9} {'calls/event':>11}  function"]
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in ordered:
+        value = tt if key == 2 else ct
+        where = f"{Path(filename).name}:{line}" if filename != "~" else ""
+        lines.append(f"{value / events * 1e6:9.2f} {nc / events:11.2f}  {name} {where}")
+    return lines
+
+
+def report(profile: cProfile.Profile, events: int, cpu_s: float, label: str) -> str:
+    """The text report of a profiled run that relayed ``events`` events."""
+    stats: dict[Any, Any] = pstats.Stats(profile).stats  # type: ignore[attr-defined]  # documented, untyped
+    by_area: dict[str, float] = defaultdict(float)
+    for (filename, _line, name), (_cc, _nc, tt, _ct, _callers) in stats.items():
+        by_area[area(filename, name)] += tt
+    profiled = sum(by_area.values())
+    lines = [
+        f"{label}: {events} events relayed",
+        f"process CPU with the profiler on: {cpu_s / events * 1e6:.1f} us/event (all threads); "
+        f"profiled Python time {profiled / events * 1e6:.1f} us/event",
+        "",
+        "own time by area (us/event, share of profiled time):",
+    ]
+    for name, tt in sorted(by_area.items(), key=lambda item: item[1], reverse=True):
+        lines.append(f"  {tt / events * 1e6:8.2f}  {tt / profiled:5.1%}  {name}")
+    lines += ["", "most own time:", *_rows(stats, events, 2, 30)]
+    lines += ["", "most time including callees:", *_rows(stats, events, 3, 30)]
+    return "\n".join(lines)
+
+
+async def _run(args: argparse.Namespace) -> str:
+    async with Processes(RESULTS / "logs", pin=not args.no_pin) as procs:
+        upstream, base_url = await procs.upstream(RESULTS / "logs" / "profiler-records.json")
+        settings = Settings.from_env({}, {"listen": "127.0.0.1:0"})
+        gateway = await build_server(settings, anthropic.AsyncAnthropic(base_url=base_url, api_key="bench"))
+        target = f"127.0.0.1:{gateway.port}"
+        if args.tiny:
+            job = Job("tiny", target=target, count=args.tiny, concurrency=8)
+            label = f"{args.tiny} one-token calls, 8 at a time"
+        else:
+            job = Job(
+                "streams",
+                target=target,
+                streams=args.streams,
+                tokens=args.tokens,
+                tps=args.tps,
+                ramp=1.0,
+                channels=max(1, args.streams // 100),
+                record=False,
+            )
+            label = f"{args.streams} streams x {args.tokens} deltas at {args.tps:g}/s"
+        try:
+            for profiled in (False, True):  # a warm-up run, then the measured one
+                clients = await procs.clients([job])
+                profile = cProfile.Profile()
+                cpu0 = time.process_time()
+                if profiled:
+                    profile.enable()
+                await go(clients)
+                lines = [await child.expect("result ", 600) for child in clients]
+                profile.disable()
+                cpu_s = time.process_time() - cpu0
+            results = [json.loads(line) for line in lines]
+        finally:
+            await gateway.close()
+            await procs.stop(upstream)
+    events = (
+        sum(r["events"] for r in results) if args.tiny else sum(rec["events"] for r in results for rec in r["records"])
+    )
+    out = RESULTS / "gateway.prof"
+    profile.dump_stats(out)
+    return report(profile, events, cpu_s, label) + f"\n\nraw profile: {out}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profiler", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--tps", type=float, default=50.0, help="deltas per second per stream (0: unpaced)")
+    parser.add_argument("--tiny", type=int, default=0, help="instead: this many one-token calls")
+    parser.add_argument("--no-pin", action="store_true")
+    args = parser.parse_args()
+    if not args.no_pin and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {0})  # before grpc starts its threads, which inherit it
+    # Log as `python -m server` does (INFO, one line per call), to a file, so that its cost is profiled too.
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        filename=RESULTS / "logs" / "profiler-gateway.log",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("anthropic").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    print(asyncio.run(_run(args)))
+
+
+if __name__ == "__main__":
+    main()
