@@ -11,6 +11,7 @@ from dataclasses import fields
 
 from server.app import build_server
 from server.config import Settings, env_name
+from server.supervisor import run_workers
 
 
 def parse_args(argv: list[str]) -> dict[str, object]:
@@ -48,8 +49,12 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env(overrides=overrides)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if settings.workers > 1:
+        sys.exit(run_workers(settings.workers, settings.listen, sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     # The SDK logs request details at DEBUG; keep it at WARNING so nothing sensitive reaches the log.
     logging.getLogger("anthropic").setLevel(logging.WARNING)

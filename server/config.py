@@ -44,6 +44,8 @@ class Settings:
     """GATEWAY_SIM_TTFT: simulator only, seconds to the first token."""
     sim_tokens_per_second: float = 25.0
     """GATEWAY_SIM_TPS: simulator only, tokens per second (0 = as fast as possible)."""
+    workers: int = 1
+    """GATEWAY_WORKERS: gateway processes sharing the port (about one per core)."""
     log_level: str = "INFO"
     """GATEWAY_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
 

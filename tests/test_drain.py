@@ -93,3 +93,36 @@ def test_streams_still_running_after_the_grace_end_unavailable_with_a_reason() -
 
         run(go)
         assert proc.wait(timeout=30) == 0
+
+
+def test_workers_share_one_port_and_drain_together() -> None:
+    """GATEWAY_WORKERS=2 runs two processes on one port; both take calls; SIGTERM stops both, exit 0."""
+    env = {**os.environ, "GATEWAY_UPSTREAM": "simulator", "GATEWAY_LISTEN": "127.0.0.1:0", "GATEWAY_WORKERS": "2",
+           "GATEWAY_SIM_TTFT": "0", "GATEWAY_SIM_TPS": "0", "GATEWAY_LOG_LEVEL": "INFO"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("gateway listening on "), line
+        assert line.rstrip().endswith("(2 workers)"), line
+        target = line.split()[3]
+
+        async def go() -> None:
+            for _ in range(20):  # a new connection each time: the kernel spreads them over the workers
+                async with grpc.aio.insecure_channel(target) as channel:
+                    stub = chat_pb2_grpc.ChatServiceStub(channel)
+                    events = [e async for r in stub.StreamMessage(stream_request(body()), timeout=10) for e in r.events]
+                    assert events[-1].WhichOneof("type") == "message_stop"
+
+        run(go)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        served_by = {ln.split()[2] for ln in err.splitlines() if "StreamMessage OK" in ln}
+        assert len(served_by) == 2, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

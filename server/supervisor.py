@@ -1,0 +1,52 @@
+"""``GATEWAY_WORKERS=N``: N gateway processes sharing one port, so the gateway uses N cores.
+
+The supervisor starts the workers (``python -m server`` with ``--workers 1``), all listening on the
+same host:port through SO_REUSEPORT (grpc sets it on Linux), where the kernel spreads new
+connections across them. It prints the usual ready line once every worker serves, forwards SIGTERM
+and SIGINT so that each worker drains, and exits with the worst exit code.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from types import FrameType
+
+READY = "gateway listening on "
+
+
+def run_workers(count: int, listen: str, argv: list[str]) -> int:
+    """Run ``count`` workers on ``listen`` (port 0: one free port for all); returns the exit code."""
+    host, _, port = listen.rpartition(":")
+    reservation = None
+    if int(port) == 0:
+        # Hold the port for the workers: bound with SO_REUSEPORT, never listening, so it accepts nothing.
+        reservation = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reservation.bind((host.strip("[]") or "0.0.0.0", 0))
+        port = str(reservation.getsockname()[1])
+    args = [sys.executable, "-m", "server", *argv, "--listen", f"{host}:{port}", "--workers", "1"]
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            if not line.startswith(READY):
+                forward(signal.SIGTERM, None)
+                print(f"a worker failed to start: {line!r}", file=sys.stderr)
+                return max(1, *(w.wait() for w in workers))
+        print(f"{READY}{host}:{port} ({count} workers)", flush=True)
+        return max(worker.wait() for worker in workers)
+    finally:
+        if reservation is not None:
+            reservation.close()
