@@ -37,6 +37,11 @@ def ms(seconds: float) -> str:
     return f"{value:.2f} ms" if value < 10 else f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
+def pct(fraction: float) -> str:
+    """A fraction as a percentage; "n/a" for NaN (nothing measured)."""
+    return "n/a" if fraction != fraction else f"{fraction:.0%}"
+
+
 def table(rows: list[Row]) -> str:
     """The rows as an aligned text table, then each row's detail."""
     header = ("#", "measure", "result", "target / baseline", "verdict")

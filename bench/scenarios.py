@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.jobs import Job
 from bench.processes import result
-from bench.report import Row, judged, ms
+from bench.report import Row, judged, ms, pct
 from bench.session import Run, Session
 from bench.stats import Summary, summarize
 from bench.usage import rss_bytes
@@ -69,6 +69,11 @@ def _schedule(records: list[dict[str, Any]], tps: float) -> dict[str, Any]:
         sim_late += sim_lag > BEHIND * length
         worst = max(worst, lag)
     return {"behind": behind, "sim_late": sim_late, "worst_lag_s": worst}
+
+
+def _others(run: Run) -> str:
+    """A warning when processes outside the benchmark used noticeable CPU during ``run``."""
+    return f"; NB other processes used ~{run.background:.2f} cores meanwhile" if run.background > 0.05 else ""
 
 
 def _peak_rate(run: Run) -> int:
@@ -121,10 +126,10 @@ async def capacity(session: Session) -> list[Row]:
                 "p99 < 50 ms, none behind" + (" (target: 500 streams)" if n == 500 else ""),
                 judged(ok),
                 f"offered {n * plan.tps / 1000:.1f}k deltas/s, peak delivered {_peak_rate(run) / 1000:.1f}k/s; "
-                f"gateway CPU {gw['util']:.0%} avg, {run.gateway_peak:.0%} peak of its core; "
-                f"simulator {run.cpu['upstream']['util']:.0%}, clients {run.client_cpu_s / run.wall_s:.0%} of a core; "
+                f"gateway CPU {pct(gw['util'])} avg, {pct(run.gateway_peak)} peak of its core; "
+                f"simulator {pct(run.cpu['upstream']['util'])}, clients {pct(run.client_cpu_s / run.wall_s)} of a core; "
                 f"max latency {ms(lat.max)}, worst stream {schedule['worst_lag_s']:.2f} s late "
-                f"(simulator itself late on {schedule['sim_late']}); errors {errors or 'none'}",
+                f"(simulator itself late on {schedule['sim_late']}); errors {errors or 'none'}{_others(run)}",
                 {
                     "streams": n,
                     "latency_s": lat.as_json(),
@@ -198,8 +203,9 @@ def _cpu_row(key: str, what: str, gateway: Run, baseline: Run, *, judge: bool) -
         f"<= 0.8x SDK-direct consumer ({base_us:.1f} us)",
         judged(ratio <= 0.8 and not errors) if judge else "info",
         f"{events} events in {messages} gRPC messages ({events / max(messages, 1):.2f} per message); gateway "
-        f"{gateway.cpu['gateway']['cpu_s']:.2f} CPU-s over {gateway.wall_s:.1f} s ({gateway.gateway_peak:.0%} peak); "
-        f"baseline process {baseline.client_cpu_s:.2f} CPU-s over {baseline.wall_s:.1f} s; errors {errors or 'none'}",
+        f"{gateway.cpu['gateway']['cpu_s']:.2f} CPU-s over {gateway.wall_s:.1f} s ({pct(gateway.gateway_peak)} peak); "
+        f"baseline process {baseline.client_cpu_s:.2f} CPU-s over {baseline.wall_s:.1f} s; errors {errors or 'none'}"
+        f"{_others(gateway)}{_others(baseline)}",
         {
             "events": events,
             "messages": messages,
@@ -227,7 +233,7 @@ async def first_event(session: Session) -> list[Row]:
     context = (
         f"{plan.ttfe_pairs} sequential pairs, one-token replies, no other load: via gateway p50 "
         f"{ms(gateway_s.p50)} / p99 {ms(gateway_s.p99)}, direct SDK p50 {ms(direct_s.p50)} / p99 "
-        f"{ms(direct_s.p99)}; added = gateway minus direct, pair by pair"
+        f"{ms(direct_s.p99)}; added = gateway minus direct, pair by pair{_others(run)}"
     )
     data = {"gateway_s": gateway_s.as_json(), "direct_s": direct_s.as_json(), "added_s": added.as_json()}
     rows = [
@@ -250,7 +256,7 @@ async def first_event(session: Session) -> list[Row]:
             judged(per_call < 0.001 and not res["errors"]),
             f"{plan.tiny_calls} calls, {plan.tiny_concurrency} at a time, {events_per_call:.0f} events each, "
             f"{plan.tiny_calls / tiny.wall_s:.0f} calls/s; includes relaying those events; "
-            f"errors {res['errors'] or 'none'}",
+            f"errors {res['errors'] or 'none'}{_others(tiny)}",
             {
                 "cpu_s_per_call": per_call,
                 "events_per_call": events_per_call,
@@ -388,7 +394,7 @@ async def overload(session: Session) -> list[Row]:
             "unchanged: <= max(2x, +10 ms), < 50 ms",
             judged(kept),
             f"p50 {ms(q.p50)} -> {ms(d.p50)}; admitted errors {admitted_errors or 'none'}; gateway CPU "
-            f"{run.cpu['gateway']['util']:.0%} avg, {run.gateway_peak:.0%} peak",
+            f"{pct(run.cpu['gateway']['util'])} avg, {pct(run.gateway_peak)} peak{_others(run)}",
             {"quiet_s": q.as_json(), "overload_s": d.as_json(), "admitted_errors": admitted_errors, "cpu": run.cpu},
         ),
     ]
@@ -434,7 +440,7 @@ async def cancel(session: Session) -> list[Row]:
             judged(gap.p99 < 0.010 and never == 0 and not res["errors"]),
             f"{len(res['cancels'])} streams cancelled after 3 deltas, {plan.cancel_concurrency} at a time; "
             f"max {ms(gap.max)}; never closed: {never}; errors {res['errors'] or 'none'}. Both clocks are "
-            f"CLOCK_MONOTONIC (client time.monotonic_ns, simulator loop.time)",
+            f"CLOCK_MONOTONIC (client time.monotonic_ns, simulator loop.time){_others(run)}",
             {"gap_s": gap.as_json(), "never_closed": never, "errors": res["errors"]},
         )
     ]

@@ -2,7 +2,8 @@
 
 ``Session.run`` starts load clients for some jobs, releases them together, and measures the named
 processes (normally the gateway and the upstream) from ``go`` to the last result: CPU seconds,
-utilisation, and the gateway's peak utilisation over any one-second window.
+utilisation, the gateway's peak utilisation over any one-second window, and roughly how much CPU
+processes outside the benchmark used meanwhile (machine busy time minus the benchmark's own).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from bench.jobs import Job
 from bench.plan import Plan
 from bench.processes import Child, Processes, go, result
-from bench.usage import CpuMeter, CpuSampler
+from bench.usage import CpuMeter, CpuSampler, machine_busy_seconds
 
 _RESULT_TIMEOUT = 600.0
 
@@ -31,6 +32,7 @@ class Run:
     cpu: dict[str, dict[str, float]]  # process name -> {"cpu_s", "util"}
     wall_s: float
     gateway_peak: float  # highest one-second CPU utilisation of the gateway (1.0 = one core)
+    background: float  # cores used meanwhile by processes outside this benchmark (approximate)
 
     @property
     def client_cpu_s(self) -> float:
@@ -63,11 +65,14 @@ class Session:
         async with CpuSampler(gateway.pid) as sampler:
             start = time.monotonic()
             meter.start(start)
+            busy0, own0 = machine_busy_seconds(), time.process_time()
             await go(clients)
             results = list(await asyncio.gather(*(result(c, _RESULT_TIMEOUT) for c in clients)))
             end = time.monotonic()
             cpu = meter.stop(end)
-        return Run(results, cpu, end - start, sampler.peak())
+            busy, own = machine_busy_seconds() - busy0, time.process_time() - own0
+        ours = own + sum(p["cpu_s"] for p in cpu.values()) + sum(r["cpu_s"] for r in results)
+        return Run(results, cpu, end - start, sampler.peak(), max(busy - ours, 0.0) / (end - start))
 
     async def records(self) -> list[dict[str, Any]]:
         """The upstream's records of tagged requests since the last call (and forget them all)."""

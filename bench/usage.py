@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -24,6 +25,18 @@ def cpu_seconds(pid: int) -> float:
     after = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(after[11]), int(after[12])
     return (utime + stime) / _TICK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent in user and system mode since boot (/proc/stat).
+
+    Interrupt and softirq time is left out: much of it is this benchmark's own loopback traffic,
+    which the kernel does not charge to any process.
+    """
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    user, nice, system, steal = int(fields[1]), int(fields[2]), int(fields[3]), int(fields[8])
+    return (user + nice + system + steal) / _TICK
 
 
 def rss_bytes(pid: int) -> int:
@@ -88,13 +101,14 @@ class CpuSampler:
             self._samples.append((asyncio.get_running_loop().time(), cpu_seconds(self._pid)))
 
     def peak(self, window: float = 1.0) -> float:
-        """The highest utilisation over any span of at least ``window`` seconds (0.0 if too short)."""
-        best = 0.0
+        """The highest utilisation over any span of at least ``window`` seconds (NaN if the run was shorter)."""
+        best = math.nan
         j = 0
         for i, (t, cpu) in enumerate(self._samples):
             while j < i and t - self._samples[j + 1][0] >= window:
                 j += 1
             t0, cpu0 = self._samples[j]
             if t - t0 >= window:
-                best = max(best, (cpu - cpu0) / (t - t0))
+                util = (cpu - cpu0) / (t - t0)
+                best = util if math.isnan(best) else max(best, util)
         return best

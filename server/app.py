@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import anthropic
 import grpc
-from claude_gateway.v1 import chat_pb2, chat_pb2_grpc
+from claude_gateway.v1 import chat_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.config import Settings
-from server.servicer import ChatServicer
+from server.servicer import ChatServicer, lenient
 from server.simulator import Pace, Simulator
 from server.upstream import Upstream
 
@@ -61,6 +61,25 @@ class Gateway:
             await self.simulator.stop()
 
 
+def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
+    """Register ChatService as the generated code does, but with lenient request deserializers, so
+    that undecodable bytes get INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+    handlers = {
+        "StreamMessage": grpc.unary_stream_rpc_method_handler(
+            servicer.StreamMessage,
+            request_deserializer=lenient(chat_pb2.StreamMessageRequest),
+            response_serializer=chat_pb2.StreamMessageResponse.SerializeToString,
+        ),
+        "CreateMessage": grpc.unary_unary_rpc_method_handler(
+            servicer.CreateMessage,
+            request_deserializer=lenient(chat_pb2.CreateMessageRequest),
+            response_serializer=chat_pb2.CreateMessageResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments: explicit message limits, and keepalive that lets long quiet streams live."""
     keepalive_ms = int(settings.keepalive_seconds * 1000)
@@ -96,7 +115,7 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
     health_servicer = health.aio.HealthServicer()
 
     server = grpc.aio.server(options=server_options(settings))
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
+    add_chat_service(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(settings.listen)

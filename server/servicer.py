@@ -21,9 +21,10 @@ from anthropic._streaming import ServerSentEvent
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
+from google.protobuf.message import DecodeError, Message
 
 from server.config import Settings
-from server.errors import Code, Failure, GatewayError, from_exception, to_status
+from server.errors import Code, Failure, GatewayError, Violation, from_exception, to_status
 from server.events import SseFramer, to_event
 from server.upstream import Upstream
 from server.validation import violations
@@ -156,6 +157,30 @@ class Relay:
         )
 
 
+class Undecodable:
+    """A request that did not parse. grpc would answer UNKNOWN; the servicer answers INVALID_ARGUMENT."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """A request deserializer that hands bad bytes to the handler as ``Undecodable``."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return deserialize
+
+
+def _invalid(bad: list[Violation]) -> Failure:
+    message = "; ".join(f"{v.field}: {v.description}" for v in bad)
+    return Failure(Code.INVALID_ARGUMENT, "INVALID_REQUEST", message, violations=tuple(bad))
+
+
 def _incomplete() -> Failure:
     return Failure(Code.UNAVAILABLE, "UPSTREAM_INCOMPLETE_STREAM", "upstream stream ended without message_stop")
 
@@ -185,7 +210,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         async def write(batch: list[pb.MessageStreamEvent]) -> None:
             await context.write(pb.StreamMessageResponse(events=batch))
 
-        await self._relay("StreamMessage", context, request.params, request.betas, write)
+        await self._relay("StreamMessage", context, request, write)
 
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
@@ -202,7 +227,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     data = cast(Any, codec.to_json(event))
                     snapshot = accumulate_event(event=data, current_snapshot=snapshot, json_bufs=json_bufs)
 
-        await self._relay("CreateMessage", context, request.params, request.betas, accumulate)
+        await self._relay("CreateMessage", context, request, accumulate)
         message = codec.from_json(snapshot.to_dict(mode="json", warnings=False), pb.Message())
         return pb.CreateMessageResponse(message=message)
 
@@ -210,8 +235,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self,
         method: str,
         context: grpc.aio.ServicerContext,
-        params: pb.MessageCreateParams,
-        betas: Sequence[str],
+        request: pb.StreamMessageRequest | pb.CreateMessageRequest | Undecodable,
         deliver: Callable[[list[pb.MessageStreamEvent]], Awaitable[None]],
     ) -> None:
         """Run one call: every upstream batch goes to ``deliver``; any failure aborts the call."""
@@ -219,7 +243,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         delivered = 0
         failure: Failure | None = None
         try:
-            async with self._admit(context, params) as (body, deadline):
+            async with self._admit(context, request) as (body, betas, deadline):
                 try:
                     async with asyncio.timeout_at(deadline), Relay(self._settings, self._upstream, deadline) as relay:
                         batch = await relay.open(body, betas)
@@ -266,9 +290,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     @contextlib.asynccontextmanager
     async def _admit(
-        self, context: grpc.aio.ServicerContext, params: pb.MessageCreateParams
-    ) -> AsyncIterator[tuple[dict[str, Any], float]]:
-        """Admission control and validation; yields the upstream body and the call's deadline."""
+        self,
+        context: grpc.aio.ServicerContext,
+        request: pb.StreamMessageRequest | pb.CreateMessageRequest | Undecodable,
+    ) -> AsyncIterator[tuple[dict[str, Any], Sequence[str], float]]:
+        """Admission control and validation; yields the upstream body, betas and the call's deadline."""
         if self.draining:
             raise GatewayError(Failure(Code.UNAVAILABLE, "SHUTTING_DOWN", "gateway is shutting down"))
         if self.active >= self._settings.max_concurrent_streams:
@@ -280,16 +306,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     retry_after=1.0,
                 )
             )
-        bad = violations(params)
+        if isinstance(request, Undecodable):
+            raise GatewayError(_invalid([Violation("request", f"not a valid protobuf message: {request.error}")]))
+        bad = violations(request.params)
         if bad:
-            raise GatewayError(
-                Failure(
-                    Code.INVALID_ARGUMENT,
-                    "INVALID_REQUEST",
-                    "; ".join(f"{v.field}: {v.description}" for v in bad),
-                    violations=tuple(bad),
-                )
-            )
+            raise GatewayError(_invalid(bad))
         budget = self._settings.max_stream_seconds
         remaining = context.time_remaining()
         if remaining is not None:
@@ -300,7 +321,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._calls.add(task)
         self._idle.clear()
         try:
-            yield codec.to_json(params), deadline
+            yield codec.to_json(request.params), request.betas, deadline
         finally:
             self._calls.discard(task)
             if not self._calls:

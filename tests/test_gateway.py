@@ -361,3 +361,36 @@ def test_health_serves_both_names_and_reflection_lists_the_services() -> None:
             assert {"claude_gateway.v1.ChatService", "grpc.health.v1.Health"} <= set(services)
 
     run(go)
+
+
+def nested_struct(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def test_undecodable_requests_get_invalid_argument_not_unknown() -> None:
+    """Bytes that do not parse (bad UTF-8, nesting past protobuf's limit) get INVALID_ARGUMENT."""
+    bad_utf8 = b"\x0a\x04\x0a\x02\xff\xfe"  # params { model: <invalid UTF-8> }
+    too_deep = pb.StreamMessageRequest()
+    too_deep.params.extra.update({"deep": nested_struct(150)})
+
+    async def go() -> None:
+        async with gateway() as h:
+            call = h.channel.unary_stream(
+                "/claude_gateway.v1.ChatService/StreamMessage",
+                response_deserializer=pb.StreamMessageResponse.FromString,
+            )
+            for raw in (bad_utf8, too_deep.SerializeToString()):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    async for _ in call(raw, timeout=5):
+                        pass
+                status = status_of(caught.value)
+                assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+                assert status.bad_request is not None
+                assert status.bad_request.field_violations[0].field == "request"
+            assert (await h.events(body()))[-1]["type"] == "message_stop"
+            assert len(h.sim.requests) == 1
+
+    run(go)
