@@ -38,7 +38,7 @@ proto-check: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check server client tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy server tests client/claude_gateway

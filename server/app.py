@@ -37,19 +37,21 @@ class Gateway:
     settings: Settings
 
     async def drain(self) -> None:
-        """Graceful stop: NOT_SERVING now, refuse new calls after drain_delay, let calls finish
-        within drain_grace, then cut what is left with UNAVAILABLE."""
-        self.servicer.draining = True
-        await self.health.enter_graceful_shutdown()
+        """Graceful stop: NOT_SERVING at once; after drain_delay refuse new calls with UNAVAILABLE; give
+        calls in flight drain_grace to finish; end the rest with UNAVAILABLE (SHUTTING_DOWN)."""
+        await self.health.enter_graceful_shutdown()  # Watch streams hear NOT_SERVING now
         if self.settings.drain_delay > 0:
-            await asyncio.sleep(self.settings.drain_delay)  # time for load balancers to see NOT_SERVING
-        # grpc refuses new calls with UNAVAILABLE from here on; calls in flight get the grace to finish,
-        # then the servicer cuts what is left with a status that says why (grpc's own cut says nothing).
+            await asyncio.sleep(self.settings.drain_delay)  # load balancers still route here meanwhile
+        self.servicer.draining = True
+        # From here grpc refuses new calls; calls in flight get the grace, then the servicer cuts
+        # what is left with a status that says why (grpc's own cut says nothing).
         stopping = asyncio.ensure_future(self.server.stop(self.settings.drain_grace + 5))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.drain_grace):
                 await self.servicer.wait_idle()
         self.servicer.cut_all()
+        await self.servicer.wait_idle()
+        await self.server.stop(0)  # what remains are health Watch streams, which never end by themselves
         await stopping
         await self.close()
 
