@@ -85,7 +85,7 @@ def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments: explicit message limits, and keepalive that lets long quiet streams live."""
     keepalive_ms = int(settings.keepalive_seconds * 1000)
-    return [
+    options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", keepalive_ms),
@@ -94,6 +94,11 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+    if settings.max_connection_age > 0:
+        # GOAWAY after the age, then a grace no shorter than the longest stream allowed: never a cut stream.
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int((settings.max_stream_seconds + 5) * 1000)))
+    return options
 
 
 async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:

@@ -40,6 +40,9 @@ class Settings:
     """GATEWAY_DRAIN_GRACE: on SIGTERM, seconds in-flight calls get to finish."""
     keepalive_seconds: float = 30.0
     """GATEWAY_KEEPALIVE_SECONDS: interval of server keepalive pings on idle connections."""
+    max_connection_age: float = 0.0
+    """GATEWAY_MAX_CONNECTION_AGE: seconds before a client connection is asked to reconnect (0 = never),
+    so clients find new replicas; streams on it still get max_stream_seconds to finish."""
     sim_ttft: float = 0.3
     """GATEWAY_SIM_TTFT: simulator only, seconds to the first token."""
     sim_tokens_per_second: float = 25.0

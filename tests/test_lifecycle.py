@@ -330,3 +330,14 @@ def test_stock_grpc_client_with_the_shipped_service_config_rides_through_a_trans
             assert [r.status for r in h.sim.requests] == [529, 200]
 
     run(go)
+
+
+def test_connection_age_never_cuts_a_stream_inside_its_allowed_life() -> None:
+    """A stream that outlives max_connection_age on its connection still completes."""
+
+    async def go() -> None:
+        async with gateway(Pace(tokens_per_second=40), max_connection_age=0.2, max_stream_seconds=30) as h:
+            events = await h.events(body("[[sim:tokens 40]] long-lived"), timeout=20)
+            assert events[-1]["type"] == "message_stop"
+
+    run(go)
