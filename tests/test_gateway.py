@@ -14,7 +14,7 @@ from claude_gateway.v1 import chat_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server.simulator import EndWithoutStop, ErrorEvent, HttpError, Malformed, Replay
+from server.simulator import EndWithoutStop, HttpError, Malformed, Replay
 from tests.harness import API_KEY, FIXTURES, body, fixture_events, gateway, run, status_of, stream_request
 
 FIXTURE_FILES = sorted(FIXTURES.glob("*.sse"))
@@ -198,54 +198,26 @@ def test_upstream_http_errors_map_by_error_type(http: int, error_type: str, code
     run(go)
 
 
-def test_midstream_error_event_ends_with_mapped_status_and_delivered_count() -> None:
-    """An `error` event after content has flowed ends the call with its mapped status, not in-band."""
+@pytest.mark.parametrize(
+    ("fault", "code", "reason"),
+    [
+        (EndWithoutStop(after_events=5), grpc.StatusCode.UNAVAILABLE, "UPSTREAM_INCOMPLETE_STREAM"),
+        (Malformed(after_events=3), grpc.StatusCode.DATA_LOSS, "UPSTREAM_MALFORMED_EVENT"),
+    ],
+    ids=["eof-without-message-stop", "malformed-frame"],
+)
+def test_broken_upstream_streams_end_with_a_distinct_status(fault: Any, code: grpc.StatusCode, reason: str) -> None:
+    """A clean EOF before message_stop and a frame that is not JSON each end with their own status and reason."""
 
     async def go() -> None:
         async with gateway() as h:
-            h.sim.enqueue(ErrorEvent(after_events=4, error_type="overloaded_error"))
-            call = h.stub.StreamMessage(stream_request(body()), timeout=10)
-            got = []
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                async for response in call:
-                    got.extend(response.events)
-            status = status_of(caught.value)
-            assert status.code == grpc.StatusCode.UNAVAILABLE
-            assert status.error_info is not None
-            assert status.error_info.reason == "OVERLOADED_ERROR"
-            assert status.error_info.metadata["events_delivered"] == str(len(got)) == "4"
-
-    run(go)
-
-
-def test_stream_without_message_stop_is_a_failure() -> None:
-    """A clean EOF before message_stop ends with UNAVAILABLE, reason UPSTREAM_INCOMPLETE_STREAM."""
-
-    async def go() -> None:
-        async with gateway() as h:
-            h.sim.enqueue(EndWithoutStop(after_events=5))
+            h.sim.enqueue(fault)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await h.events(body())
             status = status_of(caught.value)
-            assert status.code == grpc.StatusCode.UNAVAILABLE
+            assert status.code == code
             assert status.error_info is not None
-            assert status.error_info.reason == "UPSTREAM_INCOMPLETE_STREAM"
-
-    run(go)
-
-
-def test_malformed_upstream_frame_ends_with_data_loss() -> None:
-    """A frame whose data is not JSON ends the call with DATA_LOSS, reason UPSTREAM_MALFORMED_EVENT."""
-
-    async def go() -> None:
-        async with gateway() as h:
-            h.sim.enqueue(Malformed(after_events=3))
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await h.events(body())
-            status = status_of(caught.value)
-            assert status.code == grpc.StatusCode.DATA_LOSS
-            assert status.error_info is not None
-            assert status.error_info.reason == "UPSTREAM_MALFORMED_EVENT"
+            assert status.error_info.reason == reason
 
     run(go)
 
