@@ -10,12 +10,19 @@ Modules:
 - ``stamps``: the send-time token written into each text delta, and how to read it back.
 - ``workload``: the request bodies every client sends (simulator directives in the prompt).
 - ``upstream``: the simulator process, with the stamping hook and a record of closed connections.
-- ``loadgen``: one load-client process: runs one job (gRPC or direct SDK) and prints its result.
-- ``processes``: starting, pinning, talking to and stopping those child processes.
-- ``usage``: CPU seconds and RSS of a process, read from /proc.
+- ``calls``: reading one stream, through the gateway (gRPC) or straight from the simulator (SDK).
+- ``jobs``: what a load client does between ``go`` and its result (streams, pairs, cancels, ...).
+- ``loadgen``: one load-client process: runs one job and prints its result.
+- ``processes``: starting, pinning, talking to and stopping the child processes.
+- ``session``: the shared upstream and gateway of a run, and running jobs on them with measurement.
+- ``usage``: CPU seconds and RSS of processes, read from /proc.
+- ``sockets``: bytes left unread in TCP receive queues, i.e. who could not keep up.
 - ``stats``: percentiles and summaries of samples.
+- ``plan``: the sizes of the default run and of ``--quick``.
 - ``scenarios``: the seven measurements, each a function returning table rows.
 - ``machine``: the description of the machine the run was made on.
 - ``report``: the table and its JSON twin.
-- ``profiler``: cProfile of an in-process gateway under load.
+- ``profiler``: cProfile (or tracemalloc) of an in-process gateway under the same load.
+
+``bench/tests`` checks what the measuring parts count (no timing asserts): ``pytest bench/tests``.
 """

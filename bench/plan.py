@@ -12,7 +12,7 @@ class Plan:
 
     tps: float = 50.0
     # 1. capacity: concurrent streams, each `capacity_tokens` deltas long, started over `ramp` s
-    capacity_sizes: tuple[int, ...] = (100, 300, 500)
+    capacity_sizes: tuple[int, ...] = (100, 200, 300, 500)
     capacity_tokens: int = 500
     ramp: float = 2.0
     streams_per_client: int = 250  # one load-client process per this many streams
@@ -33,6 +33,8 @@ class Plan:
     # 6. cancel-to-close
     cancels: int = 200
     cancel_concurrency: int = 4
+    # 7. workers: this many streams through 1 and then 2 workers, every process unpinned
+    workers_streams: int = 200
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,4 +55,5 @@ QUICK = Plan(
     overload_seconds=6.0,
     overload_rejects=100,
     cancels=50,
+    workers_streams=150,
 )

@@ -172,7 +172,8 @@ class Processes:
         child = await self.spawn(
             name, [sys.executable, "-m", "server"], cpus=self.gateway_cpus if cpus is None else cpus, env=settings
         )
-        return child, await child.expect("gateway listening on ")
+        # The line may go on, e.g. "gateway listening on 127.0.0.1:PORT (2 workers)".
+        return child, (await child.expect("gateway listening on ")).split()[0]
 
     async def client(self, job: Job, name: str = "loadgen") -> Child:
         """A load client for ``job``, set up and waiting for ``go``."""

@@ -17,19 +17,27 @@ other, not with the benchmark's figures. The raw profile is written to
     python -m bench.profiler                        # 100 paced streams at 50 deltas/s
     python -m bench.profiler --tps 0 --streams 50   # unpaced ("burst")
     python -m bench.profiler --tiny 1000            # one-token calls: the fixed cost per request
+    python -m bench.profiler --memory 1000          # what 1000 open streams keep allocated (tracemalloc)
+    python -m bench.profiler --http aiohttp         # experiment: the SDK's aiohttp transport
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
+import gc
+import importlib
 import json
 import logging
 import os
 import pstats
+import re
 import time
+import tracemalloc
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,7 @@ import anthropic
 
 from bench.jobs import Job
 from bench.processes import ROOT, Processes, go
+from bench.usage import rss_bytes
 from server.app import build_server
 from server.config import Settings
 
@@ -104,48 +113,118 @@ def report(profile: cProfile.Profile, events: int, cpu_s: float, label: str) -> 
     return "\n".join(lines)
 
 
-async def _run(args: argparse.Namespace) -> str:
-    async with Processes(RESULTS / "logs", pin=not args.no_pin) as procs:
-        upstream, base_url = await procs.upstream(RESULTS / "logs" / "profiler-records.json")
-        settings = Settings.from_env({}, {"listen": "127.0.0.1:0"})
-        gateway = await build_server(settings, anthropic.AsyncAnthropic(base_url=base_url, api_key="bench"))
-        target = f"127.0.0.1:{gateway.port}"
-        if args.tiny:
-            job = Job("tiny", target=target, count=args.tiny, concurrency=8)
-            label = f"{args.tiny} one-token calls, 8 at a time"
-        else:
-            job = Job(
-                "streams",
-                target=target,
-                streams=args.streams,
-                tokens=args.tokens,
-                tps=args.tps,
-                ramp=1.0,
-                channels=max(1, args.streams // 100),
-                record=False,
-            )
-            label = f"{args.streams} streams x {args.tokens} deltas at {args.tps:g}/s"
-        try:
-            for profiled in (False, True):  # a warm-up run, then the measured one
-                clients = await procs.clients([job])
-                profile = cProfile.Profile(time.thread_time)  # CPU of the event-loop thread, not wall time
-                cpu0 = time.process_time()
-                if profiled:
-                    profile.enable()
-                await go(clients)
-                lines = [await child.expect("result ", 600) for child in clients]
-                profile.disable()
-                cpu_s = time.process_time() - cpu0
-            results = [json.loads(line) for line in lines]
-        finally:
-            await gateway.close()
-            await procs.stop(upstream)
-    events = (
-        sum(r["events"] for r in results) if args.tiny else sum(rec["events"] for r in results for rec in r["records"])
-    )
+@contextlib.asynccontextmanager
+async def _gateway(procs: Processes, http: str) -> AsyncIterator[str]:
+    """A stamping simulator in a child process and a gateway in this one; yields the gateway's host:port.
+
+    ``http`` "aiohttp" gives the SDK its aiohttp transport (``anthropic.DefaultAioHttpClient``, which
+    needs the ``aiohttp`` package) instead of its default httpx one: an experiment, not what
+    ``python -m server`` does.
+    """
+    upstream, base_url = await procs.upstream(RESULTS / "logs" / "profiler-records.json")
+    settings = Settings.from_env({}, {"listen": "127.0.0.1:0"})
+    http_client = anthropic.DefaultAioHttpClient() if http == "aiohttp" else None
+    client = anthropic.AsyncAnthropic(base_url=base_url, api_key="bench", http_client=http_client)
+    gateway = await build_server(settings, client)
+    try:
+        yield f"127.0.0.1:{gateway.port}"
+    finally:
+        await gateway.close()
+        await procs.stop(upstream)
+
+
+async def _cpu(args: argparse.Namespace, procs: Processes, target: str) -> str:
+    if args.tiny:
+        job = Job("tiny", target=target, count=args.tiny, concurrency=8)
+        label = f"{args.tiny} one-token calls, 8 at a time"
+    else:
+        job = Job(
+            "streams",
+            target=target,
+            streams=args.streams,
+            tokens=args.tokens,
+            tps=args.tps,
+            ramp=1.0,
+            channels=max(1, args.streams // 100),
+            record=False,
+        )
+        label = f"{args.streams} streams x {args.tokens} deltas at {args.tps:g}/s"
+    cpu_s = []
+    for profiled in (False, True):  # the same run twice: first unprofiled (also a warm-up), then profiled
+        clients = await procs.clients([job])
+        profile = cProfile.Profile(time.thread_time)  # CPU of the event-loop thread, not wall time
+        cpu0 = time.process_time()
+        if profiled:
+            profile.enable()
+        await go(clients)
+        lines = [await child.expect("result ", 600) for child in clients]
+        profile.disable()
+        cpu_s.append(time.process_time() - cpu0)
+    results = [json.loads(line) for line in lines]
+    if args.tiny:
+        events = sum(r["events"] for r in results)
+    else:
+        events = sum(rec["events"] for r in results for rec in r["records"])
+        messages = sum(rec["messages"] for r in results for rec in r["records"])
+        label += f" ({events / messages:.2f} events per gRPC message)"
     out = RESULTS / "gateway.prof"
     profile.dump_stats(out)
-    return report(profile, events, cpu_s, label) + f"\n\nraw profile: {out}"
+    unprofiled = f"without the profiler: {cpu_s[0] / events * 1e6:.1f} us/event (the same run, first)\n"
+    return unprofiled + report(profile, events, cpu_s[1], label) + f"\n\nraw profile: {out}"
+
+
+async def _memory(args: argparse.Namespace, procs: Processes, target: str) -> str:
+    """Python allocations that stay with open streams, by file, per stream (tracemalloc)."""
+    n = args.memory
+    warm = Job("streams", target=target, streams=50, tokens=20, tps=0, record=False)
+    (client,) = await procs.clients([warm])
+    await go([client])
+    await client.expect("result ", 600)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    rss0 = rss_bytes(os.getpid())
+    share = [n // 2 + n % 2, n // 2] if n > 500 else [n]
+    holders = await procs.clients(
+        [Job("hold", target=target, streams=k, tokens=3600, tps=1, ramp=4.0, channels=max(1, k // 100)) for k in share]
+    )
+    await go(holders)
+    for holder in holders:
+        await holder.expect("opened", 300)
+    await asyncio.sleep(2.0)
+    after = tracemalloc.take_snapshot()
+    rss1 = rss_bytes(os.getpid())
+    for holder in holders:
+        await holder.send("release")
+    for holder in holders:
+        await holder.expect("result ", 120)
+    tracemalloc.stop()
+    diffs = after.compare_to(before, "filename")
+    traced = sum(d.size_diff for d in diffs)
+    lines = [
+        f"{n} open streams at 1 delta/s: traced Python allocations {traced / n / 1024:.1f} KB/stream; "
+        f"process RSS {(rss1 - rss0) / n / 1024:.1f} KB/stream (RSS includes tracemalloc's own bookkeeping "
+        "and native memory: grpc core, libc arenas)",
+        "",
+        f"{'KB/stream':>9} {'blocks/stream':>13}  file",
+    ]
+    for d in sorted(diffs, key=lambda d: d.size_diff, reverse=True)[:20]:
+        frame = d.traceback[0]
+        lines.append(f"{d.size_diff / n / 1024:9.2f} {d.count_diff / n:13.1f}  {_short(frame.filename)}")
+    return "\n".join(lines)
+
+
+def _short(filename: str) -> str:
+    """A path from site-packages, the project root or the standard library on."""
+    for marker in ("site-packages/", str(ROOT) + "/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return re.sub(r"^.*/lib/python3\.\d+/", "", filename)
+
+
+async def _run(args: argparse.Namespace) -> str:
+    async with Processes(RESULTS / "logs", pin=not args.no_pin) as procs, _gateway(procs, args.http) as target:
+        return await (_memory(args, procs, target) if args.memory else _cpu(args, procs, target))
 
 
 def main() -> None:
@@ -156,7 +235,20 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--tps", type=float, default=50.0, help="deltas per second per stream (0: unpaced)")
     parser.add_argument("--tiny", type=int, default=0, help="instead: this many one-token calls")
+    parser.add_argument("--memory", type=int, default=0, help="instead: allocations held by this many open streams")
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--http",
+        choices=("httpx", "aiohttp"),
+        default="httpx",
+        help="experiment: the SDK's HTTP transport (aiohttp needs the aiohttp package)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="experiment: the event loop (uvloop needs the uvloop package)",
+    )
     args = parser.parse_args()
     if not args.no_pin and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {0})  # before grpc starts its threads, which inherit it
@@ -169,7 +261,9 @@ def main() -> None:
     )
     logging.getLogger("anthropic").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    print(asyncio.run(_run(args)))
+    factory = importlib.import_module("uvloop").new_event_loop if args.loop == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        print(runner.run(_run(args)))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 ``Session.run`` starts load clients for some jobs, releases them together, and measures the named
 processes (normally the gateway and the upstream) from ``go`` to the last result: CPU seconds,
-utilisation, the gateway's peak utilisation over any one-second window, and roughly how much CPU
-processes outside the benchmark used meanwhile (machine busy time minus the benchmark's own).
+utilisation, the gateway's peak utilisation over any one-second window, roughly how much CPU
+processes outside the benchmark used meanwhile (machine busy time minus the benchmark's own), and
+the peak bytes left unread by the gateway and by the clients (see ``sockets``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 from bench.jobs import Job
 from bench.plan import Plan
 from bench.processes import Child, Processes, go, result
-from bench.usage import CpuMeter, CpuSampler, machine_busy_seconds
+from bench.sockets import Backlog, BacklogSampler
+from bench.usage import CpuMeter, CpuSampler, children_of, machine_busy_seconds
 
 _RESULT_TIMEOUT = 600.0
 
@@ -29,10 +31,16 @@ class Run:
     """The outcome of one ``Session.run``: each client's result, and the measured processes' CPU."""
 
     results: list[dict[str, Any]]
-    cpu: dict[str, dict[str, float]]  # process name -> {"cpu_s", "util"}
+    cpu: dict[str, dict[str, float]]  # "gateway", "gateway-worker-N", "upstream" -> {"cpu_s", "util"}
     wall_s: float
     gateway_peak: float  # highest one-second CPU utilisation of the gateway (1.0 = one core)
     background: float  # cores used meanwhile by processes outside this benchmark (approximate)
+    backlog: Backlog  # peak bytes left unread by the gateway and by the clients
+
+    @property
+    def gateway_cpu_s(self) -> float:
+        """CPU seconds of the gateway and of its worker processes, if it has any."""
+        return sum(v["cpu_s"] for k, v in self.cpu.items() if k.startswith("gateway"))
 
     @property
     def client_cpu_s(self) -> float:
@@ -57,12 +65,14 @@ class Session:
         gateway, target = await procs.gateway(base_url)
         return cls(procs, plan, upstream, base_url, record_path, gateway, target)
 
-    async def run(self, jobs: list[Job], gateway: Child | None = None) -> Run:
-        """Run ``jobs`` in parallel clients against ``gateway`` (default: the session's)."""
-        gateway = gateway or self.gateway
+    async def run(self, jobs: list[Job], other: tuple[Child, str] | None = None) -> Run:
+        """Run ``jobs`` in parallel clients against the session's gateway, or ``other`` (gateway, host:port)."""
+        gateway, target = other or (self.gateway, self.target)
         clients = await self.procs.clients(jobs)
-        meter = CpuMeter({"gateway": gateway.pid, "upstream": self.upstream.pid})
-        async with CpuSampler(gateway.pid) as sampler:
+        workers = {f"gateway-worker-{i}": pid for i, pid in enumerate(children_of(gateway.pid), 1)}
+        meter = CpuMeter({"gateway": gateway.pid, **workers, "upstream": self.upstream.pid})
+        ports = (int(self.base_url.rsplit(":", 1)[1].strip("/")), int(target.rsplit(":", 1)[1]))
+        async with CpuSampler(gateway.pid) as sampler, BacklogSampler(*ports) as backlog:
             start = time.monotonic()
             meter.start(start)
             busy0, own0 = machine_busy_seconds(), time.process_time()
@@ -72,7 +82,8 @@ class Session:
             cpu = meter.stop(end)
             busy, own = machine_busy_seconds() - busy0, time.process_time() - own0
         ours = own + sum(p["cpu_s"] for p in cpu.values()) + sum(r["cpu_s"] for r in results)
-        return Run(results, cpu, end - start, sampler.peak(), max(busy - ours, 0.0) / (end - start))
+        background = max(busy - ours, 0.0) / (end - start)
+        return Run(results, cpu, end - start, sampler.peak(), background, backlog.peak)
 
     async def records(self) -> list[dict[str, Any]]:
         """The upstream's records of tagged requests since the last call (and forget them all)."""

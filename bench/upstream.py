@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import server.simulator.server as simulator_server
@@ -72,9 +74,27 @@ def dump(simulator: Simulator, path: Path) -> None:
     print(f"recorded {len(found)}", flush=True)
 
 
+@contextlib.contextmanager
+def stamping() -> Iterator[None]:
+    """Within this block, simulators started in this process stamp their text deltas.
+
+    The one hook into the simulator: its server module builds each ``Connection`` by that name.
+    """
+    original = simulator_server.Connection  # type: ignore[attr-defined]
+    simulator_server.Connection = StampingConnection  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        simulator_server.Connection = original  # type: ignore[attr-defined]
+
+
 async def serve(record_path: Path, port: int) -> None:
     """Run the stamping simulator until SIGTERM or SIGINT."""
-    simulator_server.Connection = StampingConnection  # type: ignore[attr-defined]  # the one hook: see the module doc
+    with stamping():
+        await _serve(record_path, port)
+
+
+async def _serve(record_path: Path, port: int) -> None:
     async with Simulator(Pace(), port=port) as simulator:
         print(f"simulator listening on {simulator.base_url}", flush=True)
         stop = asyncio.Event()

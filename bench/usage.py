@@ -39,6 +39,21 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + steal) / _TICK
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (e.g. a supervisor's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return sorted(found)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` now."""
     with open(f"/proc/{pid}/statm") as f:

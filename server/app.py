@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import anthropic
 import grpc
@@ -101,6 +102,18 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return options
 
 
+def sdk_client(settings: Settings, **kwargs: Any) -> anthropic.AsyncAnthropic:
+    """The SDK client the gateway uses, on the HTTP transport ``settings.http_client`` names.
+
+    ``kwargs`` go to ``AsyncAnthropic`` (base_url, api_key); without them the SDK reads
+    ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY itself.
+    """
+    if settings.http_client == "aiohttp":
+        # The SDK's own aiohttp transport: about half the CPU per relayed event of its default (bench/).
+        kwargs["http_client"] = anthropic.DefaultAioHttpClient()
+    return anthropic.AsyncAnthropic(**kwargs)
+
+
 async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
     """Build and start the gateway on ``settings.listen``.
 
@@ -112,9 +125,9 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         if settings.upstream == "simulator":
             simulator = Simulator(Pace(ttft=settings.sim_ttft, tokens_per_second=settings.sim_tokens_per_second))
             await simulator.start()
-            client = anthropic.AsyncAnthropic(base_url=simulator.base_url, api_key="simulator")
+            client = sdk_client(settings, base_url=simulator.base_url, api_key="simulator")
         else:
-            client = anthropic.AsyncAnthropic()
+            client = sdk_client(settings)
             if not client.api_key and not client.auth_token:
                 log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
     upstream = Upstream(client, connect_timeout=settings.connect_timeout)

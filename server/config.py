@@ -20,6 +20,8 @@ class Settings:
     """GATEWAY_LISTEN: host:port to serve gRPC on (port 0 picks a free one)."""
     upstream: str = "anthropic"
     """GATEWAY_UPSTREAM: "anthropic" (the SDK's base URL) or "simulator" (start one in-process)."""
+    http_client: str = "aiohttp"
+    """GATEWAY_HTTP_CLIENT: the SDK's HTTP transport, "aiohttp" (faster) or "httpx" (the SDK's default)."""
     max_stream_seconds: float = 600.0
     """GATEWAY_MAX_STREAM_SECONDS: longest life of a call, whatever the client's deadline."""
     first_event_timeout: float = 60.0
@@ -67,6 +69,8 @@ class Settings:
                     raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}") from None
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         settings = cls(**values)
+        if settings.http_client not in ("aiohttp", "httpx"):
+            raise ValueError(f"GATEWAY_HTTP_CLIENT must be 'aiohttp' or 'httpx', not {settings.http_client!r}")
         if settings.upstream not in ("anthropic", "simulator"):
             raise ValueError(f"GATEWAY_UPSTREAM must be 'anthropic' or 'simulator', not {settings.upstream!r}")
         return settings

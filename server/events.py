@@ -1,68 +1,115 @@
 """Upstream server-sent events -> ``MessageStreamEvent`` protos.
 
-``SseFramer`` cuts the upstream byte stream into complete SSE events with the SDK's own line
-decoder, keeping the events of one network read together so that the gateway can send what is
-already waiting in one gRPC message. ``to_event`` is the pure mapping of one event, lossless by
-``claude_gateway.codec``; an `error` event or a malformed frame raises ``GatewayError``.
+``SseFramer`` cuts the upstream byte stream into complete events, keeping the events of one
+network read together so that the gateway sends what is already waiting in one gRPC message.
+Frames in the API's own form (``event: X\\ndata: JSON\\n\\n``) are taken apart directly; anything
+else (CR line ends, comments, multi-line data) goes through the SDK's own SSE line decoder.
+
+``fill_event`` is the pure mapping of one event, lossless by ``claude_gateway.codec``, with a fast
+path for the four hot delta types that builds exactly what the codec would. An `error` event or a
+malformed frame raises ``GatewayError``.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from anthropic._streaming import ServerSentEvent, SSEDecoder
+from anthropic._streaming import SSEDecoder
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.errors import Code, Failure, GatewayError, from_api_error
 
+Frame = tuple[str, str]  # (event name, data)
+
+_EVENT = b"event: "
+_DATA = b"data: "
+
 
 class SseFramer:
-    """Feeds raw bytes, returns the events they complete, in order."""
+    """Feeds raw bytes, returns the (event, data) frames they complete, in order."""
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self._pending = b""
+        self._crlf = False  # once a CR is seen, every line goes through the SDK's decoder
 
-    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+    def feed(self, chunk: bytes) -> list[Frame]:
         data = self._pending + chunk if self._pending else chunk
+        if self._crlf or b"\r" in data:
+            self._crlf = True
+            out, self._pending = self._by_lines(data)
+            return out
+        *frames, self._pending = data.split(b"\n\n")
+        out = []
+        for frame in frames:
+            head, sep, tail = frame.partition(b"\n")
+            if sep and head.startswith(_EVENT) and tail.startswith(_DATA) and b"\n" not in tail:
+                out.append((head[7:].decode(), tail[6:].decode()))
+            elif frame:
+                out.extend(self._by_lines(frame + b"\n\n")[0])
+        return out
+
+    def _by_lines(self, data: bytes) -> tuple[list[Frame], bytes]:
+        """The frames that ``data``'s complete lines finish, and the incomplete rest."""
         lines = data.splitlines(keepends=True)
+        rest = b""
         # A last line without its terminator is incomplete; so is a lone "\r" that may be half of "\r\n".
         if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")):
-            self._pending = lines.pop()
-        else:
-            self._pending = b""
-        events = []
+            rest = lines.pop()
+        out: list[Frame] = []
         decode = self._decoder.decode
         for line in lines:
-            sse = decode(line.rstrip(b"\r\n").decode("utf-8"))
+            sse = decode(line.rstrip(b"\r\n").decode())
             # The SDK ignores frames without an `event:` line; so do we.
             if sse is not None and sse.event is not None:
-                events.append(sse)
-        return events
+                out.append((sse.event, sse.data))
+        return out, rest
 
 
-def to_event(sse: ServerSentEvent) -> pb.MessageStreamEvent:
-    """The proto for one upstream event; raises GatewayError for `error` events and bad frames."""
+# The hot deltas: one string field besides "type". delta type -> that field.
+_HOT_DELTAS = {
+    "text_delta": "text",
+    "input_json_delta": "partial_json",
+    "thinking_delta": "thinking",
+    "signature_delta": "signature",
+}
+_INT32 = range(-(2**31), 2**31)
+
+
+def fill_event(event: pb.MessageStreamEvent, name: str, data: str) -> None:
+    """Fill ``event`` from one upstream frame; raises GatewayError for `error` events and bad frames."""
     try:
-        obj = json.loads(sse.data)
+        obj: Any = json.loads(data)
     except ValueError:
         obj = None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise GatewayError(
-            Failure(Code.DATA_LOSS, "UPSTREAM_MALFORMED_EVENT", f"upstream sent a malformed {sse.event!r} event")
+            Failure(Code.DATA_LOSS, "UPSTREAM_MALFORMED_EVENT", f"upstream sent a malformed {name!r} event")
         )
-    if sse.event == "error":
-        error = obj.get("error")
-        error = error if isinstance(error, dict) else {}
-        error_type = error.get("type")
-        message = error.get("message")
-        request_id = obj.get("request_id")
-        raise GatewayError(
-            from_api_error(
-                error_type if isinstance(error_type, str) else None,
-                message if isinstance(message, str) else "error event",
-                request_id=request_id if isinstance(request_id, str) else None,
-            )
-        )
-    return codec.from_json(obj, pb.MessageStreamEvent(), sse.data)
+    if name == "error":
+        raise GatewayError(_error_event(obj))
+    if obj.get("type") == "content_block_delta" and len(obj) == 3:
+        delta, index = obj.get("delta"), obj.get("index")
+        if type(delta) is dict and len(delta) == 2 and type(index) is int and index in _INT32:
+            kind = delta.get("type")
+            field = _HOT_DELTAS.get(kind) if type(kind) is str else None
+            if field is not None and type(value := delta.get(field)) is str:
+                assert isinstance(kind, str)
+                target = event.content_block_delta
+                target.index = index
+                setattr(getattr(target.delta, kind), field, value)
+                return
+    codec.from_json(obj, event, data)
+
+
+def _error_event(obj: dict[str, Any]) -> Failure:
+    error = obj.get("error")
+    error = error if isinstance(error, dict) else {}
+    error_type, message, request_id = error.get("type"), error.get("message"), obj.get("request_id")
+    return from_api_error(
+        error_type if isinstance(error_type, str) else None,
+        message if isinstance(message, str) else "error event",
+        request_id=request_id if isinstance(request_id, str) else None,
+    )

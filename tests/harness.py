@@ -18,7 +18,7 @@ from claude_gateway.v1 import chat_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from server.app import Gateway, build_server
+from server.app import Gateway, build_server, sdk_client
 from server.config import Settings
 from server.simulator import Pace, Simulator
 
@@ -71,8 +71,8 @@ class Harness:
 async def gateway(pace: Pace = UNPACED, **settings: Any) -> AsyncIterator[Harness]:
     """Simulator + gateway + channel, all on loopback, torn down in order."""
     async with Simulator(pace, api_key=API_KEY) as sim:
-        client = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY)
-        gw = await build_server(Settings(listen="127.0.0.1:0", **settings), client)
+        config = Settings(listen="127.0.0.1:0", **settings)
+        gw = await build_server(config, sdk_client(config, base_url=sim.base_url, api_key=API_KEY))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}")
         sdk = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
         try:

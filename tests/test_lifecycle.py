@@ -290,27 +290,34 @@ def test_admission_limit_refuses_extra_streams_while_health_answers() -> None:
     run(go)
 
 
-def test_slow_reader_slows_the_upstream_instead_of_growing_a_buffer() -> None:
-    """A client that stops reading stops the upstream read too: the simulator cannot run ahead."""
-    total = 200_000
+@pytest.mark.parametrize("http_client", ["aiohttp", "httpx"])
+def test_slow_reader_slows_the_upstream_instead_of_growing_a_buffer(http_client: str) -> None:
+    """A client that stops reading stops the gateway's upstream reads too: the simulator cannot run ahead.
+
+    The client keeps grpc's default 64 KB flow-control window (no BDP growth), so what it does not
+    read holds up the gateway's writes, which hold up its upstream reads; only socket buffers fill.
+    """
+    total = 150_000
 
     async def go() -> None:
-        async with gateway() as h:
+        async with gateway(http_client=http_client) as h:
             request = body(f"[[sim:tokens {total}]] flood", max_tokens=total + 100)
-            call = h.stub.StreamMessage(stream_request(request), timeout=120)
-            await read_events(call, 1)
-            record = h.sim.requests[-1]
-            # Wait for the upstream to stall: no new event sent for 300 ms.
-            last, steady_since = -1, asyncio.get_running_loop().time()
-            while asyncio.get_running_loop().time() - steady_since < 0.3:
-                if record.events_sent != last:
-                    last, steady_since = record.events_sent, asyncio.get_running_loop().time()
-                await asyncio.sleep(0.02)
-            assert record.events_sent < total / 2
-            received = 1
-            while (response := await call.read()) is not grpc.aio.EOF:
-                received += len(response.events)
-            assert received >= total
+            options = [("grpc.http2.bdp_probe", 0)]
+            async with grpc.aio.insecure_channel(h.target, options=options) as channel:
+                call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(request), timeout=120)
+                received = len(await read_events(call, 1))
+                record = h.sim.requests[-1]
+                # Wait for the upstream to stall: no new event sent for 300 ms.
+                loop = asyncio.get_running_loop()
+                last, steady_since = -1, loop.time()
+                while loop.time() - steady_since < 0.3:
+                    if record.events_sent != last:
+                        last, steady_since = record.events_sent, loop.time()
+                    await asyncio.sleep(0.02)
+                assert record.events_sent < total / 2
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    received += len(response.events)
+                assert received >= total
 
     run(go)
 
