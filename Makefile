@@ -41,7 +41,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check server client tests bench
 
 typecheck: setup
-	$(VENV)/bin/mypy server tests client/claude_gateway
+	$(VENV)/bin/mypy server tests bench client/claude_gateway
 
 # Node tooling (buf, the Node sample client's deps) in ./node_modules, exactly as package-lock.json pins.
 BUF := node_modules/.bin/buf

@@ -28,7 +28,7 @@ from bench.usage import cpu_seconds, rss_bytes
 from bench.workload import body, tag_of
 from server.app import build_server
 from server.config import Settings
-from server.events import SseFramer, to_event
+from server.events import SseFramer, fill_event
 from server.simulator import Simulator
 from server.simulator.directives import parse
 from server.simulator.sse import frame
@@ -39,8 +39,9 @@ TEXT_DELTA = {"type": "content_block_delta", "index": 0, "delta": {"type": "text
 def test_stamp_survives_the_gateway_relay_path() -> None:
     """A stamped frame, framed and converted as the gateway does, carries the stamp in the gRPC bytes."""
     stamped = stamp_frame(frame(TEXT_DELTA, 2), now_ns=1234567890123456789)
-    (sse,) = SseFramer().feed(stamped)
-    response = pb.StreamMessageResponse(events=[to_event(sse)])
+    ((name, data),) = SseFramer().feed(stamped)
+    response = pb.StreamMessageResponse()
+    fill_event(response.events.add(), name, data)
     assert stamps_in(response.SerializeToString()) == [1234567890123456789]
 
 
