@@ -21,7 +21,7 @@ def call_tasks() -> int:
     """Tasks on the loop, less grpc's server polling tasks and the simulator's per-connection tasks:
     their number floats with grpc's polling and the SDK's connection pool."""
     return sum(
-        not getattr(t.get_coro(), "__qualname__", "").startswith(("AioServer.", "Simulator._serve"))
+        not getattr(t.get_coro(), "__qualname__", "").startswith(("AioServer.", "Simulator.", "Connection."))
         for t in asyncio.all_tasks()
     )
 
