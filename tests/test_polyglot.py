@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import shutil
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE = shutil.which("node")
 NODE_CLIENT = ROOT / "client" / "node" / "index.js"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent))
 SETTINGS = Settings(listen="127.0.0.1:0", upstream="simulator", sim_ttft=0.0, sim_tokens_per_second=0.0)
 MODEL = "claude-sonnet-4-6"
 NON_SPACE = re.compile(r"\S")
@@ -40,6 +42,8 @@ needs_node = pytest.mark.skipif(
 needs_buf = pytest.mark.skipif(
     not BUF.exists(), reason="node_modules/.bin/buf is missing: run `make node` (npm ci) first"
 )
+
+needs_grpcurl = pytest.mark.skipif(GRPCURL is None, reason="grpcurl is missing: run `make setup`")
 
 T = TypeVar("T")
 
@@ -226,3 +230,37 @@ def test_buf_curl_streams_reply() -> None:
     )
     assert text == expected
     assert text.startswith(prompt)
+
+
+@needs_grpcurl
+def test_grpcurl_lists_describes_checks_health_and_streams() -> None:
+    """The README's grpcurl commands work as written: list, describe, Health/Check and a streamed reply."""
+    body = {"params": {"model": MODEL, "max_tokens": 6, "messages": [{"role": "user", "content_text": "hi grpcurl"}]}}
+
+    async def test(port: int) -> tuple[Completed, ...]:
+        assert GRPCURL is not None
+        grpcurl, address = (GRPCURL, "-plaintext"), f"127.0.0.1:{port}"
+        chat = "claude_gateway.v1.ChatService"
+        return (
+            await run_tool(*grpcurl, address, "list"),
+            await run_tool(*grpcurl, address, "describe", chat),
+            await run_tool(*grpcurl, "-max-time", "10", address, "grpc.health.v1.Health/Check"),
+            await run_tool(*grpcurl, "-max-time", "30", "-d", json.dumps(body), address, f"{chat}/StreamMessage"),
+            await run_tool(
+                *grpcurl, "-max-time", "10", "-d", '{"params": {"model": "m"}}', address, f"{chat}/CreateMessage"
+            ),
+        )
+
+    listed, described, health, streamed, invalid = with_gateway(test)
+    assert listed.returncode == 0, listed.stderr
+    assert {"claude_gateway.v1.ChatService", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    assert "rpc StreamMessage" in described.stdout
+    assert json.loads(health.stdout) == {"status": "SERVING"}
+    assert streamed.returncode == 0, streamed.stderr
+    # grpcurl prints the proto's own field names (buf curl prints lowerCamelCase).
+    events = [event for response in json_documents(streamed.stdout) for event in response["events"]]
+    assert next(iter(events[0])) == "message_start"
+    assert next(iter(events[-1])) == "message_stop"
+    assert invalid.returncode != 0
+    assert "InvalidArgument" in invalid.stderr
+    assert "params.max_tokens" in invalid.stderr
