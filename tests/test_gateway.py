@@ -366,3 +366,67 @@ def test_undecodable_requests_get_invalid_argument_not_unknown() -> None:
             assert len(h.sim.requests) == 1
 
     run(go)
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    """An SSE body in the API's wire form for these events."""
+    return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
+
+
+def delta(index: int, kind: str, field: str, value: str) -> dict[str, Any]:
+    return {"type": "content_block_delta", "index": index, "delta": {"type": kind, field: value}}
+
+
+INTERLEAVED = sse(
+    {
+        "type": "message_start",
+        "message": {
+            "id": "msg_i",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": "m",
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 3, "output_tokens": 1},
+        },
+    },
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {
+        "type": "content_block_start",
+        "index": 1,
+        "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+    },
+    delta(1, "input_json_delta", "partial_json", '{"ci'),
+    delta(0, "text_delta", "text", "Hel"),
+    delta(1, "input_json_delta", "partial_json", 'ty": "Oslo"}'),
+    delta(0, "text_delta", "text", "lo"),
+    {"type": "content_block_stop", "index": 1},
+    {"type": "content_block_stop", "index": 0},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": 9},
+    },
+    {"type": "message_stop"},
+)
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [INTERLEAVED, *(p.read_bytes() for p in COMPLETE_FIXTURES)],
+    ids=["interleaved-blocks", *(p.stem for p in COMPLETE_FIXTURES)],
+)
+def test_unary_create_equals_the_sdk_on_recorded_and_interleaved_streams(stream: bytes) -> None:
+    """CreateMessage over a replayed stream equals the SDK's final message for the same bytes."""
+
+    async def go() -> None:
+        async with gateway() as h:
+            h.sim.enqueue(Replay(stream), Replay(stream))
+            params = codec.from_json(body(), pb.MessageCreateParams())
+            response = await h.stub.CreateMessage(pb.CreateMessageRequest(params=params), timeout=10)
+            async with h.sdk.messages.stream(**body()) as sdk_stream:
+                want = (await sdk_stream.get_final_message()).to_dict(mode="json", warnings=False)
+            assert codec.to_json(response.message) == want
+
+    run(go)
