@@ -1,0 +1,42 @@
+"""The README's tables match the code: every setting, every status mapping."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from server.config import Settings, env_name
+from server.errors import API_ERRORS
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def table_rows(heading_row: str) -> list[list[str]]:
+    """The cells of the Markdown table whose header row starts with ``heading_row``."""
+    lines = README[README.index(heading_row) :].splitlines()
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_settings_table_lists_every_setting_with_its_default() -> None:
+    """Each Settings field appears in the README's settings table with the default the code uses."""
+    rows = {row[0]: row[1] for row in table_rows("| variable | default | meaning |")}
+    for f in fields(Settings):
+        name = env_name(f.name)
+        assert name in rows, f"{name} is missing from the README settings table"
+        default = (
+            f.default if isinstance(f.default, str | int) and not isinstance(f.default, bool) else f"{f.default:g}"
+        )
+        assert rows[name] == str(default), name
+
+
+def test_status_table_matches_the_error_mapping() -> None:
+    """Each API error type maps to the gRPC code the README's status table gives."""
+    rows = {row[0]: row[2] for row in table_rows("| API error type | HTTP | gRPC code |")}
+    for error_type, code in API_ERRORS.items():
+        assert re.match(code.name + r"\b", rows[error_type]), error_type
