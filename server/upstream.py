@@ -44,7 +44,9 @@ class Upstream:
             stream=True,
             extra_body=rest or None,
             extra_headers=headers,
-            timeout=httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout)),
+            # No read timeout: the gateway's watchdog bounds reads (idle, deadline) without a timer
+            # per chunk, which is what a transport read timeout costs.
+            timeout=httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout), read=None),
         ) as response:
             yield response.http_response.aiter_bytes()
 
