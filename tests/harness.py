@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import anthropic
 import grpc
 from claude_gateway import codec
-from claude_gateway.v1 import chat_pb2 as pb
+from claude_gateway.client import stream_request as stream_request  # re-exported for the tests
 from claude_gateway.v1 import chat_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -36,10 +36,6 @@ def run(test: Callable[[], Coroutine[Any, Any, T]]) -> T:
 def body(prompt: str = "Hello gateway", **extra: Any) -> dict[str, Any]:
     """An Anthropic-shaped request body."""
     return {"model": "claude-sonnet-4-6", "max_tokens": 256, "messages": [{"role": "user", "content": prompt}], **extra}
-
-
-def stream_request(request_body: dict[str, Any]) -> pb.StreamMessageRequest:
-    return pb.StreamMessageRequest(params=codec.from_json(request_body, pb.MessageCreateParams()))
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
