@@ -145,6 +145,13 @@ def from_exception(exc: BaseException) -> Failure:
         return Failure(Code.UNAVAILABLE, "UPSTREAM_TIMEOUT", "upstream timed out", retryable=True)
     if isinstance(exc, anthropic.APIConnectionError | httpx2.ConnectError):
         return Failure(Code.UNAVAILABLE, "UPSTREAM_UNREACHABLE", "cannot connect to the upstream", retryable=True)
+    if isinstance(exc, TypeError) and "authentication method" in str(exc):
+        # The SDK's words when it finds no API key, auth token or credentials: a setup problem.
+        return Failure(
+            Code.FAILED_PRECONDITION,
+            "GATEWAY_NOT_CONFIGURED",
+            "the gateway has no Anthropic credentials: set ANTHROPIC_API_KEY where it runs",
+        )
     if isinstance(exc, httpx2.TransportError):  # reset, or a chunked body cut short
         return Failure(
             Code.UNAVAILABLE, "UPSTREAM_CONNECTION_LOST", "upstream connection lost mid-stream", retryable=True

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anthropic
 import grpc
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 from claude_gateway import codec
 from claude_gateway.accumulator import Accumulator
 from claude_gateway.v1 import chat_pb2 as pb
+from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server.simulator import EndWithoutStop, HttpError, Malformed, Replay
+from server.app import build_server
+from server.config import Settings
+from server.simulator import EndWithoutStop, HttpError, Malformed, Replay, Simulator
 from tests.harness import API_KEY, FIXTURES, body, fixture_events, gateway, run, status_of, stream_request
 
 FIXTURE_FILES = sorted(FIXTURES.glob("*.sse"))
@@ -428,5 +432,31 @@ def test_unary_create_equals_the_sdk_on_recorded_and_interleaved_streams(stream:
             async with h.sdk.messages.stream(**body()) as sdk_stream:
                 want = (await sdk_stream.get_final_message()).to_dict(mode="json", warnings=False)
             assert codec.to_json(response.message) == want
+
+    run(go)
+
+
+def test_gateway_without_credentials_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no API key anywhere, calls fail with FAILED_PRECONDITION naming the missing setting."""
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def go() -> None:
+        async with Simulator() as sim:
+            keyless = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=None, auth_token=None)
+            gw = await build_server(Settings(listen="127.0.0.1:0"), keyless)
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                    call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(body()), timeout=5)
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call.read()
+            finally:
+                await gw.close()
+            status = status_of(caught.value)
+            assert status.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert status.error_info is not None
+            assert status.error_info.reason == "GATEWAY_NOT_CONFIGURED"
+            assert "ANTHROPIC_API_KEY" in status.message
+            assert sim.requests == []
 
     run(go)
