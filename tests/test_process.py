@@ -1,0 +1,59 @@
+"""The gateway as it is deployed: a process configured by the environment, pointed at an upstream URL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from claude_gateway.v1 import chat_pb2_grpc
+
+from tests.harness import body, run, stream_request
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-ant-api03-PROCESS-TEST-SECRET"
+
+
+def start(args: list[str], env: dict[str, str], ready: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith(ready), line
+    return proc, line.split()[-1]
+
+
+def test_real_api_configuration_is_only_the_key_and_base_url_and_no_secret_is_logged() -> None:
+    """ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL alone aim the gateway at an upstream; DEBUG logs never show the key."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_"))}
+    sim, sim_url = start(["-m", "server.simulator", "--port", "0", "--api-key", KEY], clean, "simulator listening on ")
+    env = {**clean, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": sim_url}
+    env |= {"GATEWAY_LISTEN": "127.0.0.1:0", "GATEWAY_LOG_LEVEL": "DEBUG", "GATEWAY_MAX_ATTEMPTS": "1"}
+    gateway, target = start(["-m", "server"], env, "gateway listening on ")
+    try:
+
+        async def go() -> None:
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                events = [e async for r in stub.StreamMessage(stream_request(body()), timeout=10) for e in r.events]
+                assert events[-1].WhichOneof("type") == "message_stop"
+                for fault in ("[[sim:http_error 401]]", "[[sim:error_event 2]]", "[[sim:cut 3]]"):
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        async for _ in stub.StreamMessage(stream_request(body(fault)), timeout=10):
+                            pass
+                    assert KEY not in (caught.value.details() or "")
+
+        run(go)
+    finally:
+        for proc in (gateway, sim):
+            proc.send_signal(signal.SIGTERM)
+        out, err = gateway.communicate(timeout=30)
+        sim.communicate(timeout=30)
+    assert gateway.returncode == 0
+    assert "StreamMessage OK" in err
+    assert KEY not in out + err
