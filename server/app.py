@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -83,6 +84,12 @@ def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE, handlers)
 
 
+def tls_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """Server TLS from the PEM files the settings name (read once, at start-up)."""
+    key, chain = Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes()
+    return grpc.ssl_server_credentials([(key, chain)])
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments: explicit message limits, and keepalive that lets long quiet streams live."""
     keepalive_ms = int(settings.keepalive_seconds * 1000)
@@ -138,7 +145,10 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
     add_chat_service(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(settings.listen)
+    if settings.tls_cert:
+        port = server.add_secure_port(settings.listen, tls_credentials(settings))
+    else:
+        port = server.add_insecure_port(settings.listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.listen}")
     await server.start()

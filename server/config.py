@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 
@@ -49,6 +49,12 @@ class Settings:
     """GATEWAY_SIM_TTFT: simulator only, seconds to the first token."""
     sim_tokens_per_second: float = 25.0
     """GATEWAY_SIM_TPS: simulator only, tokens per second (0 = as fast as possible)."""
+    tls_cert: str = ""
+    """GATEWAY_TLS_CERT: PEM certificate chain file; with GATEWAY_TLS_KEY the port serves TLS."""
+    tls_key: str = ""
+    """GATEWAY_TLS_KEY: PEM private key file of GATEWAY_TLS_CERT."""
+    auth_token: str = field(default="", repr=False)
+    """GATEWAY_AUTH_TOKEN: if set, ChatService calls must send `authorization: Bearer <token>`."""
     workers: int = 1
     """GATEWAY_WORKERS: gateway processes sharing the port (about one per core)."""
     log_level: str = "INFO"
@@ -71,6 +77,8 @@ class Settings:
         settings = cls(**values)
         if settings.http_client not in ("aiohttp", "httpx"):
             raise ValueError(f"GATEWAY_HTTP_CLIENT must be 'aiohttp' or 'httpx', not {settings.http_client!r}")
+        if bool(settings.tls_cert) != bool(settings.tls_key):
+            raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together")
         if settings.upstream not in ("anthropic", "simulator"):
             raise ValueError(f"GATEWAY_UPSTREAM must be 'anthropic' or 'simulator', not {settings.upstream!r}")
         return settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -49,6 +50,14 @@ def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
             return Undecodable(str(exc))
 
     return deserialize
+
+
+def _bearer_matches(context: grpc.aio.ServicerContext, token: str) -> bool:
+    """Whether the call carries ``authorization: Bearer <token>`` (compared in constant time)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return hmac.compare_digest(value[7:].encode(), token.encode())
+    return False
 
 
 def _invalid(bad: list[Violation]) -> Failure:
@@ -165,6 +174,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         request: pb.StreamMessageRequest | pb.CreateMessageRequest | Undecodable,
     ) -> AsyncIterator[Admitted]:
         """Admission control and validation; yields the admitted call, counted while it runs."""
+        token = self._settings.auth_token
+        if token and not _bearer_matches(context, token):
+            raise GatewayError(
+                Failure(Code.UNAUTHENTICATED, "CALLER_UNAUTHENTICATED", "send metadata `authorization: Bearer <token>`")
+            )
         if self.draining:
             raise GatewayError(Failure(Code.UNAVAILABLE, "SHUTTING_DOWN", "gateway is shutting down"))
         if self.active >= self._settings.max_concurrent_streams:

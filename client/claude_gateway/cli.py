@@ -41,6 +41,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--request", metavar="FILE", help="send this Anthropic-shaped request JSON ('-' for stdin) instead of a prompt"
     )
     parser.add_argument("--beta", action="append", default=[], help="anthropic-beta flag (repeatable)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("GATEWAY_TOKEN"),
+        help="bearer token, when the gateway sets GATEWAY_AUTH_TOKEN (env GATEWAY_TOKEN)",
+    )
+    parser.add_argument("--ca-cert", metavar="FILE", help="connect with TLS, trusting this PEM CA certificate")
     parser.add_argument("--json", action="store_true", help="print every event as its Anthropic JSON, one per line")
     parser.add_argument("--unary", action="store_true", help="call CreateMessage and print the whole message")
     return parser.parse_args(argv)
@@ -60,8 +66,14 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     body = build_body(args)
-    with grpc.insecure_channel(args.target) as channel:
-        chat = ChatClient(channel)
+    if args.ca_cert:
+        with open(args.ca_cert, "rb") as f:
+            channel = grpc.secure_channel(args.target, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    else:
+        channel = grpc.insecure_channel(args.target)
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    with channel:
+        chat = ChatClient(channel, metadata=metadata)
         try:
             if args.unary:
                 message = chat.create(body, betas=args.beta, timeout=args.deadline)

@@ -134,8 +134,10 @@ class MessageStream:
 class ChatClient:
     """Calls the gateway over a grpc channel the caller owns."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, metadata: Sequence[tuple[str, str]] | None = None) -> None:
+        """``metadata`` goes with every call, e.g. ``[("authorization", "Bearer <token>")]``."""
         self._stub = chat_pb2_grpc.ChatServiceStub(channel)
+        self._metadata = tuple(metadata or ())
 
     def stream(
         self,
@@ -147,7 +149,9 @@ class ChatClient:
     ) -> MessageStream:
         """Start StreamMessage for an Anthropic-shaped request body. Set ``timeout``: it becomes
         the call's deadline, which bounds the whole upstream call."""
-        call = self._stub.StreamMessage(stream_request(body, betas), timeout=timeout, metadata=metadata)
+        call = self._stub.StreamMessage(
+            stream_request(body, betas), timeout=timeout, metadata=(*self._metadata, *(metadata or ()))
+        )
         return MessageStream(call)
 
     def create(
@@ -160,7 +164,9 @@ class ChatClient:
     ) -> JSON:
         """CreateMessage: the whole reply as a Messages API Message object."""
         try:
-            response = self._stub.CreateMessage(create_request(body, betas), timeout=timeout, metadata=metadata)
+            response = self._stub.CreateMessage(
+                create_request(body, betas), timeout=timeout, metadata=(*self._metadata, *(metadata or ()))
+            )
         except grpc.RpcError as error:
             raise GatewayCallError(error) from None
         return codec.to_json(response.message)
