@@ -2,8 +2,8 @@
 
 It is ``server.simulator.Simulator`` with two additions, both outside the code it measures:
 
-- every text delta is stamped with its send time as it is written (see ``stamps``); the hook is a
-  ``Connection`` subclass that the simulator's server module is pointed at;
+- every text delta is stamped with its send time as it is written (see ``stamps``), by the
+  ``Connection`` subclass it gives the simulator;
 - on SIGUSR1 it writes the records of the tagged requests seen so far (``received_at``,
   ``closed_at``, ``events_sent``, in CLOCK_MONOTONIC seconds, the same clock as every other
   process) to the ``--record`` file as JSON, forgets all records, and prints ``recorded N``.
@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import server.simulator.server as simulator_server
 from bench.stamps import stamp_frame
 from bench.workload import tag_of
 from server.simulator import Pace, Simulator
@@ -74,28 +71,9 @@ def dump(simulator: Simulator, path: Path) -> None:
     print(f"recorded {len(found)}", flush=True)
 
 
-@contextlib.contextmanager
-def stamping() -> Iterator[None]:
-    """Within this block, simulators started in this process stamp their text deltas.
-
-    The one hook into the simulator: its server module builds each ``Connection`` by that name.
-    """
-    original = simulator_server.Connection  # type: ignore[attr-defined]
-    simulator_server.Connection = StampingConnection  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        simulator_server.Connection = original  # type: ignore[attr-defined]
-
-
 async def serve(record_path: Path, port: int) -> None:
     """Run the stamping simulator until SIGTERM or SIGINT."""
-    with stamping():
-        await _serve(record_path, port)
-
-
-async def _serve(record_path: Path, port: int) -> None:
-    async with Simulator(Pace(), port=port) as simulator:
+    async with Simulator(Pace(), port=port, connection=StampingConnection) as simulator:
         print(f"simulator listening on {simulator.base_url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

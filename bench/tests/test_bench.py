@@ -23,7 +23,7 @@ from bench.scenarios import schedule
 from bench.sockets import unread_by_remote_port
 from bench.stamps import stamp_frame, stamp_of, stamps_in
 from bench.stats import percentile, summarize
-from bench.upstream import records, stamping
+from bench.upstream import StampingConnection, records
 from bench.usage import cpu_seconds, rss_bytes
 from bench.workload import body, tag_of
 from server.app import build_server
@@ -152,14 +152,13 @@ def test_table_lists_rows_and_details() -> None:
 
 @asynccontextmanager
 async def _gateway() -> AsyncIterator[tuple[Simulator, str]]:
-    with stamping():
-        async with Simulator() as sim:
-            client = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key="bench")
-            gateway = await build_server(Settings(listen="127.0.0.1:0"), client)
-            try:
-                yield sim, f"127.0.0.1:{gateway.port}"
-            finally:
-                await gateway.close()
+    async with Simulator(connection=StampingConnection) as sim:
+        client = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key="bench")
+        gateway = await build_server(Settings(listen="127.0.0.1:0"), client)
+        try:
+            yield sim, f"127.0.0.1:{gateway.port}"
+        finally:
+            await gateway.close()
 
 
 def test_gateway_reader_records_every_stamped_delta() -> None:

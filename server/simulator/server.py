@@ -48,12 +48,20 @@ class Simulator:
     """The server; `async with Simulator(...) as sim:` (or `start`/`stop`) on the running loop."""
 
     def __init__(
-        self, pace: Pace = _UNPACED, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        pace: Pace = _UNPACED,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        connection: type[Connection] = Connection,
     ) -> None:
+        """``connection`` is the class that serves each TCP connection; a subclass can observe or
+        alter what is written (the benchmark stamps send times into text deltas with one)."""
         self.pace = pace
         self.api_key = api_key
         self.host = host
         self.port = port  # the bound port once started
+        self._connection_class = connection
         self.requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
         self._serials = count(1)
@@ -98,7 +106,7 @@ class Simulator:
         await self.stop()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = Connection(reader, writer)
+        connection = self._connection_class(reader, writer)
         handler = asyncio.current_task()
         assert handler is not None  # start_server runs each connection in a task
         self._connections.add(connection)
