@@ -53,7 +53,7 @@ def svg(points: list[tuple[int, float, float, float]], title: str) -> str:
         f'<line x1="{WIDTH - MARGIN}" y1="{MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" stroke="black"/>',
         f'<line x1="{MARGIN}" y1="{y(50, y_max):.1f}" x2="{WIDTH - MARGIN}" y2="{y(50, y_max):.1f}" '
         'stroke="#999" stroke-dasharray="4 4"/>',
-        f'<text x="{MARGIN + 4}" y="{y(50, y_max) - 4:.1f}" fill="#666">50 ms target</text>',
+        f'<text x="{WIDTH - MARGIN - 4}" y="{y(50, y_max) - 4:.1f}" text-anchor="end" fill="#666">50 ms target</text>',
         f'<text x="{WIDTH / 2}" y="{HEIGHT - 20}" text-anchor="middle">streams x 50 deltas/s</text>',
         f'<text x="16" y="{HEIGHT / 2}" transform="rotate(-90 16 {HEIGHT / 2})" text-anchor="middle">'
         "relay latency (ms)</text>",
@@ -73,7 +73,7 @@ def svg(points: list[tuple[int, float, float, float]], title: str) -> str:
         dash = ' stroke-dasharray="6 3"' if name == "gateway CPU" else ""
         parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
         parts.extend(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>' for px, py in coords)
-        parts.append(f'<text x="{MARGIN + 10}" y="{MARGIN + 16 * index}" fill="{color}">{name}</text>')
+        parts.append(f'<text x="{MARGIN + 10}" y="{MARGIN + 24 + 16 * index}" fill="{color}">{name}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
