@@ -124,8 +124,12 @@ def test_workers_share_one_port_and_drain_together() -> None:
         target = line.split()[3]
 
         async def go() -> None:
-            for _ in range(20):  # a new connection each time: the kernel spreads them over the workers
-                async with grpc.aio.insecure_channel(target) as channel:
+            # A new connection each time (a local subchannel pool: grpc would otherwise share one connection
+            # among channels to the same target): the kernel spreads connections over the workers.
+            for _ in range(20):
+                async with grpc.aio.insecure_channel(
+                    target, options=[("grpc.use_local_subchannel_pool", 1)]
+                ) as channel:
                     stub = chat_pb2_grpc.ChatServiceStub(channel)
                     events = [e async for r in stub.StreamMessage(stream_request(body()), timeout=10) for e in r.events]
                     assert events[-1].WhichOneof("type") == "message_stop"
