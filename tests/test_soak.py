@@ -81,7 +81,9 @@ def test_soak_leaves_no_task_connection_descriptor_or_memory_behind() -> None:
             await until(lambda: h.gateway.servicer.active == 0)  # cancels reach handlers a moment later
             gc.collect()
             await until(lambda: call_tasks() <= tasks)
-            assert open_fds() <= fds + 5
+            # Idle keep-alive connections in the SDK's pool may grow with concurrency (2 fds each here: the
+            # simulator is in-process); a leak per call would add hundreds.
+            assert open_fds() <= fds + 2 * CONCURRENCY
             assert h.sim.open_connections <= CONCURRENCY
             assert rss_bytes() - rss < 32 * 2**20
             assert outcomes["OK"] > STREAMS * 0.6
