@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
+from anthropic.lib.streaming._messages import accumulate_event
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
@@ -103,8 +104,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateMessageResponse:
-        from anthropic.lib.streaming._messages import accumulate_event
-
         snapshot: Any = None
         json_bufs: dict[int, bytes] = {}
 
@@ -130,6 +129,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         started = time.monotonic()
         delivered = 0
         failure: Failure | None = None
+        outcome = "CANCELLED"  # unless the call ends otherwise: the client left
         try:
             async with self._admit(context, request) as call:
                 watchdog = Watchdog(call.task, call.deadline, call.expired, self._settings)
@@ -140,6 +140,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                             await deliver(response)
                             delivered += len(response.events)
                             response = await relay.next()
+                        outcome = "OK"
                 except asyncio.CancelledError:
                     cut = watchdog.fired or call.cut
                     if cut is None:
@@ -150,10 +151,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                     watchdog.close()
         except GatewayError as exc:
             failure = exc.failure
+            outcome = f"{failure.code.name} {failure.reason}"
         finally:
-            code = failure.code.name if failure else "OK"
-            reason = f" {failure.reason}" if failure else ""
-            log.info("%s %s%s events=%d %.0fms", method, code, reason, delivered, (time.monotonic() - started) * 1e3)
+            log.info("%s %s events=%d %.0fms", method, outcome, delivered, (time.monotonic() - started) * 1e3)
         if failure is not None:
             await context.abort_with_status(to_status(failure, delivered))
 
