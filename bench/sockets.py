@@ -9,9 +9,9 @@ has not yet written is inside the gateway process, not seen here.)
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
+
+from bench.usage import Sampler
 
 _ESTABLISHED = "01"
 
@@ -39,29 +39,16 @@ class Backlog:
     clients: int = 0
 
 
-class BacklogSampler:
+class BacklogSampler(Sampler):
     """Samples the backlogs every ``interval`` while running: ``async with BacklogSampler(...) as b``."""
 
     def __init__(self, simulator_port: int, gateway_port: int, interval: float = 0.5) -> None:
+        super().__init__(interval)
         self._ports = (simulator_port, gateway_port)
-        self._interval = interval
         self.peak = Backlog()
-        self._task: asyncio.Task[None] | None = None
 
-    async def _run(self) -> None:
+    def sample(self) -> None:
         simulator, gateway = self._ports
-        while True:
-            unread = unread_by_remote_port(self._ports)
-            self.peak.gateway = max(self.peak.gateway, unread[simulator])
-            self.peak.clients = max(self.peak.clients, unread[gateway])
-            await asyncio.sleep(self._interval)
-
-    async def __aenter__(self) -> BacklogSampler:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        unread = unread_by_remote_port(self._ports)
+        self.peak.gateway = max(self.peak.gateway, unread[simulator])
+        self.peak.clients = max(self.peak.clients, unread[gateway])

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass
+from typing import Self
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,27 +84,22 @@ class CpuMeter:
         return out
 
 
-class CpuSampler:
-    """Samples one process's CPU seconds every ``interval`` while running, for its peak utilisation.
+class Sampler:
+    """Calls ``sample()`` every ``interval`` seconds while its ``async with`` block runs, and once at the end."""
 
-    Use as ``async with CpuSampler(pid) as sampler: ...``; afterwards ``peak(window)`` is the highest
-    CPU use over any ``window`` seconds of the run, as a fraction of one core.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
-        self._pid = pid
+    def __init__(self, interval: float) -> None:
         self._interval = interval
-        self._samples: list[tuple[float, float]] = []
         self._task: asyncio.Task[None] | None = None
 
+    def sample(self) -> None:
+        raise NotImplementedError
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(OSError):
-                self._samples.append((loop.time(), cpu_seconds(self._pid)))
+            self.sample()
             await asyncio.sleep(self._interval)
 
-    async def __aenter__(self) -> CpuSampler:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -112,6 +108,22 @@ class CpuSampler:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        self.sample()
+
+
+class CpuSampler(Sampler):
+    """Samples one process's CPU seconds every ``interval`` while running, for its peak utilisation.
+
+    Use as ``async with CpuSampler(pid) as sampler: ...``; afterwards ``peak(window)`` is the highest
+    CPU use over any ``window`` seconds of the run, as a fraction of one core.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        super().__init__(interval)
+        self._pid = pid
+        self._samples: list[tuple[float, float]] = []
+
+    def sample(self) -> None:
         with contextlib.suppress(OSError):
             self._samples.append((asyncio.get_running_loop().time(), cpu_seconds(self._pid)))
 
