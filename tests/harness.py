@@ -110,8 +110,13 @@ def status_of(error: grpc.aio.AioRpcError) -> Status:
 
 def fixture_events(path: Path) -> list[dict[str, Any]]:
     """The JSON of every event in a recorded SSE body, in order."""
+    return sse_events(path.read_bytes())
+
+
+def sse_events(body: bytes) -> list[dict[str, Any]]:
+    """The JSON of every event in an SSE body, in order."""
     events = []
-    for frame in path.read_text().split("\n\n"):
+    for frame in body.decode().split("\n\n"):
         data = [line[5:].lstrip() for line in frame.splitlines() if line.startswith("data:")]
         if data:
             events.append(json.loads("\n".join(data)))

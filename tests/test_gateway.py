@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from server.app import build_server
 from server.config import Settings
 from server.simulator import EndWithoutStop, HttpError, Malformed, Replay, Simulator
-from tests.harness import API_KEY, FIXTURES, body, fixture_events, gateway, run, status_of, stream_request
+from tests.harness import API_KEY, FIXTURES, body, fixture_events, gateway, run, sse_events, status_of, stream_request
 
 FIXTURE_FILES = sorted(FIXTURES.glob("*.sse"))
 COMPLETE_FIXTURES = [p for p in FIXTURE_FILES if b"message_stop" in p.read_bytes()]
@@ -145,7 +145,7 @@ def test_unknown_event_and_block_types_pass_through_whole() -> None:
             }
             assert protos[2].content_block_start.content_block.raw_json.type == "hologram"
             assert protos[3].content_block_delta.delta.raw_json.type == "hologram_delta"
-            assert [codec.to_json(p) for p in protos] == fixture_events_from_bytes(stream)
+            assert [codec.to_json(p) for p in protos] == sse_events(stream)
 
     run(go)
 
@@ -157,10 +157,6 @@ def without_ids(value: Any) -> Any:
     if isinstance(value, list):
         return [without_ids(v) for v in value]
     return value
-
-
-def fixture_events_from_bytes(data: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line[5:]) for line in data.decode().splitlines() if line.startswith("data:")]
 
 
 ERROR_TABLE = [
