@@ -16,6 +16,7 @@ from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from server import errors
 from server.app import build_server
 from server.config import Settings
 from server.simulator import EndWithoutStop, HttpError, Malformed, Replay, Simulator
@@ -454,5 +455,25 @@ def test_gateway_without_credentials_says_so(monkeypatch: pytest.MonkeyPatch) ->
             assert status.error_info.reason == "GATEWAY_NOT_CONFIGURED"
             assert "ANTHROPIC_API_KEY" in status.message
             assert sim.requests == []
+
+    run(go)
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in FIXTURE_FILES if p not in COMPLETE_FIXTURES], ids=lambda p: p.stem
+)  # fmt: skip
+def test_conformance_error_only_streams_end_with_their_status(path: Any) -> None:
+    """A recorded stream that is only an `error` event ends with the status its error type maps to."""
+    error_type = fixture_events(path)[-1]["error"]["type"]
+
+    async def go() -> None:
+        async with gateway(max_attempts=1) as h:
+            h.sim.enqueue(Replay(path.read_bytes()))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await h.events(body())
+            status = status_of(caught.value)
+            assert status.code == errors.API_ERRORS[error_type]
+            assert status.error_info is not None
+            assert status.error_info.metadata["error_type"] == error_type
 
     run(go)
