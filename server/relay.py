@@ -113,6 +113,7 @@ class Relay:
         self._deadline = deadline
         self._stack = contextlib.AsyncExitStack()
         self._chunks: AsyncIterator[bytes] | None = None
+        self.request_id: str | None = None  # the upstream's, once it answered
         self._framer = SseFramer()
         self._failure: GatewayError | None = None  # raised after the events that came before it
         self.complete = False  # message_stop seen
@@ -133,7 +134,7 @@ class Relay:
         while True:
             self._watchdog.reading = True
             try:
-                self._chunks = await self._stack.enter_async_context(
+                self.request_id, self._chunks = await self._stack.enter_async_context(
                     self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
                 )
                 response = await self._read()

@@ -33,6 +33,8 @@ from server.validation import violations
 
 log = logging.getLogger(__name__)
 
+REQUEST_ID_KEY = "anthropic-request-id"  # initial metadata: the upstream request id of the call
+
 
 class Undecodable:
     """A request that did not parse. grpc would answer UNKNOWN; the servicer answers INVALID_ARGUMENT."""
@@ -130,12 +132,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         delivered = 0
         failure: Failure | None = None
         outcome = "CANCELLED"  # unless the call ends otherwise: the client left
+        request_id: str | None = None
         try:
             async with self._admit(context, request) as call:
                 watchdog = Watchdog(call.task, call.deadline, call.expired, self._settings)
                 try:
                     async with Relay(self._settings, self._upstream, watchdog, call.deadline) as relay:
                         response: pb.StreamMessageResponse | None = await relay.open(call.body, call.betas)
+                        request_id = relay.request_id
+                        if request_id:  # for Anthropic support, and to match the gateway's log line
+                            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
                         while response is not None:
                             await deliver(response)
                             delivered += len(response.events)
@@ -152,8 +158,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         except GatewayError as exc:
             failure = exc.failure
             outcome = f"{failure.code.name} {failure.reason}"
+            request_id = request_id or failure.request_id
         finally:
-            log.info("%s %s events=%d %.0fms", method, outcome, delivered, (time.monotonic() - started) * 1e3)
+            elapsed_ms = (time.monotonic() - started) * 1e3
+            log.info("%s %s events=%d %.0fms request_id=%s", method, outcome, delivered, elapsed_ms, request_id or "-")
         if failure is not None:
             await context.abort_with_status(to_status(failure, delivered))
 

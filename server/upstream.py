@@ -30,8 +30,9 @@ class Upstream:
     @asynccontextmanager
     async def stream(
         self, body: dict[str, Any], betas: Sequence[str], timeout: float
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """POST /v1/messages with "stream": true; yields the body's byte chunks as they arrive.
+    ) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
+        """POST /v1/messages with "stream": true; yields the upstream request id and the body's byte
+        chunks as they arrive.
 
         Raises the SDK's exceptions for HTTP errors and connection failures.
         """
@@ -48,7 +49,7 @@ class Upstream:
             # per chunk, which is what a transport read timeout costs.
             timeout=httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout), read=None),
         ) as response:
-            yield response.http_response.aiter_bytes()
+            yield response.http_response.headers.get("request-id"), response.http_response.aiter_bytes()
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -477,3 +477,19 @@ def test_conformance_error_only_streams_end_with_their_status(path: Any) -> None
             assert status.error_info.metadata["error_type"] == error_type
 
     run(go)
+
+
+def test_both_rpcs_return_the_upstream_request_id_as_initial_metadata() -> None:
+    """Callers get the upstream request id (for Anthropic support) in `anthropic-request-id` metadata."""
+
+    async def go() -> None:
+        async with gateway() as h:
+            params = codec.from_json(body(), pb.MessageCreateParams())
+            stream = h.stub.StreamMessage(pb.StreamMessageRequest(params=params), timeout=10)
+            unary = h.stub.CreateMessage(pb.CreateMessageRequest(params=params), timeout=10)
+            await unary
+            ids = [dict(await call.initial_metadata()).get("anthropic-request-id") for call in (stream, unary)]
+            assert all(isinstance(i, str) and i.startswith("req_") for i in ids), ids
+            assert ids[0] != ids[1]
+
+    run(go)

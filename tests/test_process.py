@@ -56,4 +56,5 @@ def test_real_api_configuration_is_only_the_key_and_base_url_and_no_secret_is_lo
         sim.communicate(timeout=30)
     assert gateway.returncode == 0
     assert "StreamMessage OK" in err
+    assert "request_id=req_" in err
     assert KEY not in out + err

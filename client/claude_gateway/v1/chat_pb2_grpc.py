@@ -32,7 +32,8 @@ class ChatServiceStub:
     mid-stream `error` event both end the call with a status mapped from the API error type, with
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
-    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field.
+    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
     """
 
     def __init__(self, channel):
@@ -60,7 +61,8 @@ class ChatServiceServicer:
     mid-stream `error` event both end the call with a status mapped from the API error type, with
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
-    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field.
+    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
     """
 
     def StreamMessage(self, request, context):
@@ -109,7 +111,8 @@ class ChatService:
     mid-stream `error` event both end the call with a status mapped from the API error type, with
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
-    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field.
+    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
     """
 
     @staticmethod

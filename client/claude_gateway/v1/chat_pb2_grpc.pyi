@@ -53,7 +53,8 @@ class ChatServiceStub:
     mid-stream `error` event both end the call with a status mapped from the API error type, with
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
-    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field.
+    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
     """
 
     @_typing.overload
@@ -79,7 +80,8 @@ class ChatServiceAsyncStub(ChatServiceStub):
     mid-stream `error` event both end the call with a status mapped from the API error type, with
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
-    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field.
+    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -101,7 +103,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     mid-stream `error` event both end the call with a status mapped from the API error type, with
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
-    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field.
+    end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
     """
 
     @_abc_1.abstractmethod
