@@ -1,0 +1,57 @@
+"""The SDK's two HTTP transports (GATEWAY_HTTP_CLIENT) behave the same at the gateway's edge."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from server.simulator import Cut, ErrorEvent, HttpError, Pace, Stall
+from tests.harness import body, gateway, run, status_of, stream_request, until
+
+TRANSPORTS = ["aiohttp", "httpx"]
+
+
+@pytest.mark.parametrize("http_client", TRANSPORTS)
+def test_stream_retry_and_midstream_failures_map_the_same(http_client: str) -> None:
+    """A retried 529, a reset mid-stream and an error event mid-stream look the same on both transports."""
+
+    async def go() -> None:
+        async with gateway(http_client=http_client, max_attempts=2) as h:
+            h.sim.enqueue(HttpError(529, "overloaded_error", retry_after_ms=10))
+            assert (await h.events(body()))[-1]["type"] == "message_stop"
+            for fault, reason in (
+                (Cut(after_events=4), "UPSTREAM_CONNECTION_LOST"),
+                (ErrorEvent(4), "OVERLOADED_ERROR"),
+            ):
+                h.sim.enqueue(fault)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await h.events(body())
+                status = status_of(caught.value)
+                assert status.error_info is not None
+                assert (status.code, status.error_info.reason) == (grpc.StatusCode.UNAVAILABLE, reason)
+
+    run(go)
+
+
+@pytest.mark.parametrize("http_client", TRANSPORTS)
+def test_cancel_and_stall_close_the_upstream_on_both_transports(http_client: str) -> None:
+    """A client cancel and an idle timeout each close the upstream connection, whatever the transport."""
+
+    async def go() -> None:
+        async with gateway(Pace(tokens_per_second=100), http_client=http_client, idle_timeout=0.3) as h:
+            call = h.stub.StreamMessage(stream_request(body("[[sim:tokens 2000]] long", max_tokens=4000)), timeout=30)
+            await call.read()
+            loop = asyncio.get_running_loop()
+            cancelled_at = loop.time()
+            call.cancel()
+            assert await h.sim.requests[-1].wait_closed(timeout=2) - cancelled_at < 0.1
+            h.sim.enqueue(Stall(after_events=3))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await h.events(body(), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await h.sim.requests[-1].wait_closed(timeout=1)
+            await until(lambda: h.gateway.servicer.active == 0)
+
+    run(go)
