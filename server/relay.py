@@ -41,8 +41,9 @@ def backoff(attempt: int, retry_after: float | None) -> float:
 class Watchdog:
     """Cancels ``task`` when the upstream stays silent too long while being read, or at ``deadline``.
 
-    One timer per quiet period, re-armed lazily from the time of the last read; ``fired`` says
-    which bound ended the call. Time spent writing to a slow client is not upstream silence.
+    One timer per quiet period, re-armed lazily; ``fired`` says which bound ended the call.
+    Silence is counted from the start of the call until the first event (connect, retries and all),
+    then from the start of each read: time spent writing to a slow client is not upstream silence.
     """
 
     def __init__(self, task: asyncio.Task[Any], deadline: float, expired: Failure, settings: Settings) -> None:
@@ -58,9 +59,11 @@ class Watchdog:
         self.fired: Failure | None = None
         self._handle = self._loop.call_at(self._due(), self._check)
 
-    def heard(self) -> None:
-        """The upstream sent something."""
-        self.last = self._loop.time()
+    def waiting(self) -> None:
+        """A read from the upstream begins."""
+        self.reading = True
+        if not self._first:
+            self.last = self._loop.time()
 
     def _due(self) -> float:
         return min(self.last + self._limit, self._deadline)
@@ -80,9 +83,9 @@ class Watchdog:
         elif self.reading and now >= self.last + self._limit:
             self.fired = self._silence()
         else:
-            if not self.reading:
-                self.last = max(self.last, now - self._limit / 2)  # writing: re-check later
-            self._handle = self._loop.call_at(self._due(), self._check)
+            # Not due yet, or writing to the client (the next read restarts the count): look again later.
+            due = self._due() if self.reading else now + self._limit
+            self._handle = self._loop.call_at(min(due, self._deadline), self._check)
             return
         self._task.cancel()
 
@@ -132,7 +135,7 @@ class Relay:
         first_deadline = min(self._deadline, loop.time() + self._settings.first_event_timeout)
         attempt = 1
         while True:
-            self._watchdog.reading = True
+            self._watchdog.waiting()
             try:
                 self.request_id, self._chunks = await self._stack.enter_async_context(
                     self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
@@ -155,7 +158,6 @@ class Relay:
                     raise GatewayError(failure) from None
                 log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
                 attempt += 1
-                self._failure = None
                 self._framer = SseFramer()
                 await asyncio.sleep(delay)
 
@@ -180,14 +182,13 @@ class Relay:
         assert self._chunks is not None
         watchdog = self._watchdog
         while True:
-            watchdog.reading = True
+            watchdog.waiting()
             try:
                 chunk = await anext(self._chunks)
             except StopAsyncIteration:
                 return None
             finally:
                 watchdog.reading = False
-            watchdog.heard()
             try:
                 frames = self._framer.feed(chunk)
             except UnicodeDecodeError:

@@ -348,3 +348,23 @@ def test_connection_age_never_cuts_a_stream_inside_its_allowed_life() -> None:
             assert events[-1]["type"] == "message_stop"
 
     run(go)
+
+
+def test_time_blocked_on_a_slow_client_is_not_upstream_silence() -> None:
+    """A client that stops reading for longer than idle_timeout still gets its whole stream."""
+    total = 60_000
+
+    async def go() -> None:
+        async with gateway(idle_timeout=0.3) as h:
+            request = body(f"[[sim:tokens {total}]] pause", max_tokens=total + 100)
+            options = [("grpc.http2.bdp_probe", 0)]  # a small window, so the gateway's writes block
+            async with grpc.aio.insecure_channel(h.target, options=options) as channel:
+                call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(request), timeout=60)
+                received = len(await read_events(call, 1))
+                await asyncio.sleep(1.0)  # the pause under test: three idle timeouts without reading
+                while (response := await call.read()) is not grpc.aio.EOF:
+                    received += len(response.events)
+                assert await call.code() == grpc.StatusCode.OK
+                assert received == total + 6
+
+    run(go)
