@@ -2,8 +2,11 @@
 
 The SDK builds and sends the request (auth header, API version, base URL, error bodies to
 exceptions); the gateway reads the streaming body as raw bytes, because the SDK's event iterator
-drops `ping` events and builds a pydantic object per event. Leaving ``Upstream.stream`` closes the
-HTTP response, and with it the connection if the body was not read to its end.
+drops `ping` events and builds a pydantic object per event. The request goes through the SDK's
+generic ``post`` (its documented way to send any body) rather than ``messages.create``: the body
+is already the API's JSON, so the typed method's walk over every parameter is pure cost, which
+grows with the prompt. Leaving ``Upstream.stream`` closes the HTTP response, and with it the
+connection if the body was not read to its end.
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-# The body keys the SDK's create() takes as required arguments; the rest travel as extra_body,
-# so keys this SDK version does not know still reach the API.
-_REQUIRED = ("model", "max_tokens", "messages")
+MESSAGES_PATH = "/v1/messages"
 
 
 class Upstream:
@@ -36,20 +37,22 @@ class Upstream:
 
         Raises the SDK's exceptions for HTTP errors and connection failures.
         """
-        rest = {k: v for k, v in body.items() if k not in _REQUIRED}
-        headers = {"anthropic-beta": ",".join(betas)} if betas else None
-        async with self._client.messages.with_streaming_response.create(
-            model=body["model"],
-            max_tokens=body["max_tokens"],
-            messages=body["messages"],
+        # No read timeout: the gateway's watchdog bounds reads (idle, deadline) without a timer per
+        # chunk, which is what a transport read timeout costs.
+        limits = httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout), read=None)
+        response = await self._client.post(
+            MESSAGES_PATH,
+            cast_to=httpx2.Response,  # the response as it arrives, body unread
+            body={**body, "stream": True},
+            options={"timeout": limits, "headers": {"anthropic-beta": ",".join(betas)}}
+            if betas
+            else {"timeout": limits},
             stream=True,
-            extra_body=rest or None,
-            extra_headers=headers,
-            # No read timeout: the gateway's watchdog bounds reads (idle, deadline) without a timer
-            # per chunk, which is what a transport read timeout costs.
-            timeout=httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout), read=None),
-        ) as response:
-            yield response.http_response.headers.get("request-id"), response.http_response.aiter_bytes()
+        )
+        try:
+            yield response.headers.get("request-id"), response.aiter_bytes()
+        finally:
+            await response.aclose()
 
     async def aclose(self) -> None:
         await self._client.close()
