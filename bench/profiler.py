@@ -18,6 +18,7 @@ other, not with the benchmark's figures. The raw profile is written to
     python -m bench.profiler --tps 0 --streams 50   # unpaced ("burst")
     python -m bench.profiler --tiny 1000            # one-token calls: the fixed cost per request
     python -m bench.profiler --memory 1000          # what 1000 open streams keep allocated (tracemalloc)
+    python -m bench.profiler --memory 1000 --memory-by lineno   # the same, by line
     python -m bench.profiler --http aiohttp         # experiment: the SDK's aiohttp transport
 """
 
@@ -199,18 +200,19 @@ async def _memory(args: argparse.Namespace, procs: Processes, target: str) -> st
     for holder in holders:
         await holder.expect("result ", 120)
     tracemalloc.stop()
-    diffs = after.compare_to(before, "filename")
+    diffs = after.compare_to(before, args.memory_by)
     traced = sum(d.size_diff for d in diffs)
     lines = [
         f"{n} open streams at 1 delta/s: traced Python allocations {traced / n / 1024:.1f} KB/stream; "
         f"process RSS {(rss1 - rss0) / n / 1024:.1f} KB/stream (RSS includes tracemalloc's own bookkeeping "
         "and native memory: grpc core, libc arenas)",
         "",
-        f"{'KB/stream':>9} {'blocks/stream':>13}  file",
+        f"{'KB/stream':>9} {'blocks/stream':>13}  {'line' if args.memory_by == 'lineno' else 'file'}",
     ]
     for d in sorted(diffs, key=lambda d: d.size_diff, reverse=True)[:20]:
         frame = d.traceback[0]
-        lines.append(f"{d.size_diff / n / 1024:9.2f} {d.count_diff / n:13.1f}  {_short(frame.filename)}")
+        where = _short(frame.filename) + (f":{frame.lineno}" if args.memory_by == "lineno" else "")
+        lines.append(f"{d.size_diff / n / 1024:9.2f} {d.count_diff / n:13.1f}  {where}")
     return "\n".join(lines)
 
 
@@ -236,6 +238,12 @@ def main() -> None:
     parser.add_argument("--tps", type=float, default=50.0, help="deltas per second per stream (0: unpaced)")
     parser.add_argument("--tiny", type=int, default=0, help="instead: this many one-token calls")
     parser.add_argument("--memory", type=int, default=0, help="instead: allocations held by this many open streams")
+    parser.add_argument(
+        "--memory-by",
+        choices=("filename", "lineno"),
+        default="filename",
+        help="with --memory: group allocations by file or by line",
+    )
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument(
         "--http",
