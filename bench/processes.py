@@ -175,6 +175,11 @@ class Processes:
         # The line may go on, e.g. "gateway listening on 127.0.0.1:PORT (2 workers)".
         return child, (await child.expect("gateway listening on ")).split()[0]
 
+    async def floor(self) -> tuple[Child, str]:
+        """``python -m bench.floor`` on the gateway's CPUs; returns it and its host:port once it serves."""
+        child = await self.spawn("floor", [sys.executable, "-m", "bench.floor"], cpus=self.gateway_cpus)
+        return child, await child.expect("floor listening on ")
+
     async def client(self, job: Job, name: str = "loadgen") -> Child:
         """A load client for ``job``, set up and waiting for ``go``."""
         child = await self.spawn(

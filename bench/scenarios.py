@@ -21,7 +21,7 @@ from dataclasses import fields
 from typing import Any
 
 from bench.jobs import Job
-from bench.processes import result
+from bench.processes import Child, result
 from bench.report import Row, judged, ms, pct
 from bench.session import Run, Session
 from bench.stats import Summary, summarize
@@ -93,12 +93,13 @@ def _peak_rate(run: Run) -> int:
     return max(buckets.values(), default=0)
 
 
-async def _paced(session: Session, streams: int, tokens: int) -> Run:
+async def _paced(session: Session, streams: int, tokens: int, other: tuple[Child, str] | None = None) -> Run:
+    """``streams`` paced streams through the session's gateway, or through ``other`` (process, host:port)."""
     plan = session.plan
     jobs = [
         Job(
             "streams",
-            target=session.target,
+            target=other[1] if other else session.target,
             streams=k,
             tokens=tokens,
             tps=plan.tps,
@@ -107,7 +108,7 @@ async def _paced(session: Session, streams: int, tokens: int) -> Run:
         )
         for k in session.split(streams)
     ]
-    return await session.run(jobs)
+    return await session.run(jobs, other)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,7 +194,45 @@ async def cpu_per_event(session: Session) -> list[Row]:
     ]
     paced_baseline = await session.run(sdk_jobs)
     rows.append(_cpu_row("2b", f"paced ({size} streams x {plan.tps:g}/s)", paced, paced_baseline, judge=False))
+
+    floor, floor_target = await session.procs.floor()
+    try:
+        floor_run = await _paced(session, size, plan.capacity_tokens, (floor, floor_target))
+    finally:
+        await session.procs.stop(floor)
+    rows.append(_floor_row(f"{size} streams x {plan.tps:g}/s", paced, floor_run))
     return rows
+
+
+def _floor_row(what: str, gateway: Run, floor: Run) -> Row:
+    """The gateway's CPU per paced event against grpc.aio's own (``bench.floor``), same streams and pace."""
+    gw_events, floor_events = _events(gateway), _events(floor)
+    gw_us = gateway.gateway_cpu_s / gw_events * 1e6
+    floor_us = floor.gateway_cpu_s / floor_events * 1e6
+    messages = sum(rec["messages"] for rec in _records(floor))
+    lat = _lat(floor)
+    errors = _errors(_records(floor))
+    return Row(
+        "2c",
+        f"grpc.aio floor per paced event ({what}; no upstream)",
+        f"{floor_us:.1f} us; the gateway {gw_us:.1f} us = {gw_us / floor_us:.2f}x",
+        "-",
+        "info",
+        f"bench.floor writes the same streams' events from memory, one gRPC message each, on the same core: "
+        f"{floor_events} events in {messages} messages; {floor.cpu['gateway']['cpu_s']:.2f} CPU-s over "
+        f"{floor.wall_s:.1f} s ({pct(floor.gateway_peak)} peak); its latency p50 {ms(lat.p50)}, p99 {ms(lat.p99)}; "
+        f"errors {errors or 'none'}{_others(floor)}",
+        {
+            "floor_us_per_event": floor_us,
+            "gateway_us_per_event": gw_us,
+            "ratio": gw_us / floor_us,
+            "floor_cpu": floor.cpu,
+            "events": floor_events,
+            "messages": messages,
+            "latency_s": lat.as_json(),
+            "errors": errors,
+        },
+    )
 
 
 def _cpu_row(key: str, what: str, gateway: Run, baseline: Run, *, judge: bool) -> Row:

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2 as pb
 
+from bench import floor
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
 from bench.jobs import Job
 from bench.report import Row, ms, table
@@ -177,6 +178,40 @@ def test_gateway_reader_records_every_stamped_delta() -> None:
     assert len(samples.lat_us) == 20
     assert record.events == 20 + 6  # message_start, block start, ping, deltas, block stop, message_delta, stop
     assert all(latency >= 0 for latency in samples.lat_us)
+
+
+def test_floor_writes_each_delta_stamped_in_its_own_message() -> None:
+    """bench.floor answers the benchmark's request with the gateway's paced shape: opening events,
+    one message per stamped text delta, closing events, in the API's order."""
+
+    async def scenario() -> tuple[StreamRecord, list[str | None]]:
+        server, port = await floor.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                record = StreamRecord()
+                await read_gateway(stream_method(channel)(gateway_request(body(7, 0)), timeout=10), record, Samples(0))
+                stub_call = stream_method(channel)(gateway_request(body(2, 0)), timeout=10)
+                kinds: list[str | None] = [
+                    event.WhichOneof("type")
+                    async for data in stub_call
+                    for event in pb.StreamMessageResponse.FromString(data).events
+                ]
+                return record, kinds
+        finally:
+            await server.stop(0)
+
+    record, kinds = asyncio.run(scenario())
+    assert record.error is None
+    assert (record.deltas, record.events, record.messages) == (7, 7 + 5, 7 + 2)
+    assert kinds == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
 
 
 def test_sdk_reader_records_every_stamped_delta() -> None:
