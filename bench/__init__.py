@@ -10,6 +10,7 @@ Modules:
 - ``stamps``: the send-time token written into each text delta, and how to read it back.
 - ``workload``: the request bodies every client sends (simulator directives in the prompt).
 - ``upstream``: the simulator process, with the stamping hook and a record of closed connections.
+- ``floor``: grpc.aio alone writing the same paced streams from memory, the floor under the relay.
 - ``calls``: reading one stream, through the gateway (gRPC) or straight from the simulator (SDK).
 - ``jobs``: what a load client does between ``go`` and its result (streams, pairs, cancels, ...).
 - ``loadgen``: one load-client process: runs one job and prints its result.

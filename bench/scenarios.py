@@ -1,7 +1,8 @@
 """The seven measurements of issue #5, each ``async (Session) -> list[Row]``.
 
 1. capacity: relay latency of N concurrent paced streams, and whether any fell behind schedule
-2. CPU per relayed event, gateway against a process consuming the same streams with the SDK
+2. CPU per relayed event, gateway against a process consuming the same streams with the SDK, and
+   against grpc.aio alone writing the same paced streams (``floor``)
 3. time to first event added by the gateway, and its fixed CPU per request
 4. memory per open stream
 5. overload: refusals at the stream limit, and the admitted streams' latency meanwhile
