@@ -14,7 +14,6 @@ Prints ``floor listening on HOST:PORT`` once it serves; runs until SIGTERM or SI
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 
+from server.signals import terminated
 from server.simulator.directives import parse
 
 _OPENING: list[dict[str, Any]] = [
@@ -106,11 +106,7 @@ async def start() -> tuple[grpc.aio.Server, int]:
 async def serve() -> None:
     server, port = await start()
     print(f"floor listening on 127.0.0.1:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await terminated()
     await server.stop(0)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.stamps import stamp_frame
 from bench.workload import tag_of
+from server.signals import terminated
 from server.simulator import Pace, Simulator
 from server.simulator.connection import Connection
 from server.simulator.model import prompt_of
@@ -75,12 +76,8 @@ async def serve(record_path: Path, port: int) -> None:
     """Run the stamping simulator until SIGTERM or SIGINT."""
     async with Simulator(Pace(), port=port, connection=StampingConnection) as simulator:
         print(f"simulator listening on {simulator.base_url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGUSR1, dump, simulator, record_path)
-        await stop.wait()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump, simulator, record_path)
+        await terminated()
 
 
 def main() -> None:

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import gc
 import logging
-import signal
 import sys
 from dataclasses import fields
 
 from server.app import build_server
 from server.config import Settings, env_name
+from server.signals import terminated
 from server.supervisor import run_workers
 
 
@@ -39,11 +39,7 @@ async def serve(settings: Settings) -> None:
     host = settings.listen.rsplit(":", 1)[0]
     # The demo and scripts wait for this line: it is printed once the port is bound and health is SERVING.
     print(f"gateway listening on {host}:{gateway.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await terminated()
     logging.getLogger("server").info("draining: NOT_SERVING, grace %gs", settings.drain_grace)
     await gateway.drain()
 

@@ -5,7 +5,8 @@ Prints `simulator listening on BASE_URL` once it accepts connections.
 
 import argparse
 import asyncio
-import signal
+
+from server.signals import terminated
 
 from .pace import Pace
 from .server import Simulator
@@ -15,11 +16,7 @@ async def _run(args: argparse.Namespace) -> None:
     pace = Pace(ttft=args.ttft, tokens_per_second=args.tps, ping_interval=args.ping_interval)
     async with Simulator(pace, api_key=args.api_key, host=args.host, port=args.port) as simulator:
         print(f"simulator listening on {simulator.base_url}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        await terminated()
 
 
 def main() -> None:
