@@ -90,6 +90,13 @@ def test_unary_create_equals_the_sdk_accumulation(extra: dict[str, Any]) -> None
     run(go)
 
 
+def test_conformance_corpus_is_present() -> None:
+    """The replay tests below are parametrized by the corpus: without it they would silently vanish."""
+    assert FIXTURE_FILES, f"no recorded streams in {FIXTURES}: clone the project beside ../shared"
+    assert COMPLETE_FIXTURES, "no complete stream (with message_stop) in the corpus"
+    assert len(COMPLETE_FIXTURES) < len(FIXTURE_FILES), "no error-only stream in the corpus"
+
+
 @pytest.mark.parametrize("path", COMPLETE_FIXTURES, ids=lambda p: p.stem)
 def test_conformance_fixture_streams_rebuild_exactly(path: Any) -> None:
     """Each recorded stream replayed upstream reaches the client as exactly the same events."""
