@@ -23,7 +23,7 @@ from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 
 from server.signals import terminated
-from server.simulator.directives import parse
+from simulator.directives import parse
 
 _OPENING: list[dict[str, Any]] = [
     {

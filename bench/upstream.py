@@ -1,6 +1,6 @@
 """``python -m bench.upstream --record PATH``: the simulator, as the benchmark's upstream process.
 
-It is ``server.simulator.Simulator`` with two additions, both outside the code it measures:
+It is ``simulator.Simulator`` with two additions, both outside the code it measures:
 
 - every text delta is stamped with its send time as it is written (see ``stamps``), by the
   ``Connection`` subclass it gives the simulator;
@@ -22,9 +22,9 @@ from pathlib import Path
 from bench.stamps import stamp_frame
 from bench.workload import tag_of
 from server.signals import terminated
-from server.simulator import Pace, Simulator
-from server.simulator.connection import Connection
-from server.simulator.model import prompt_of
+from simulator import Pace, Simulator
+from simulator.connection import Connection
+from simulator.model import prompt_of
 
 
 class StampingConnection(Connection):

@@ -4,30 +4,60 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
+import os
 import sys
-from dataclasses import fields
+from dataclasses import Field, fields
+from importlib import metadata
+from typing import Any
 
-from server.app import build_server
-from server.config import Settings, env_name
+from server.app import BindError, build_server
+from server.config import Settings, env_name, flag_name, parse
 from server.signals import terminated
-from server.supervisor import run_workers
+from server.supervisor import READY, WORKER_ENV, run_workers
+
+DESCRIPTION = """\
+gRPC gateway to Claude's Messages API. Every flag can also be set by its environment variable
+(shown in capitals); a flag wins over its variable. The upstream key comes from ANTHROPIC_API_KEY
+and the upstream URL from ANTHROPIC_BASE_URL (default https://api.anthropic.com); both are read by
+the anthropic SDK and never logged."""
 
 
-def parse_args(argv: list[str]) -> dict[str, object]:
-    """Command-line flags mirror the GATEWAY_* variables and win over them."""
-    parser = argparse.ArgumentParser(
-        prog="python -m server",
-        description="gRPC gateway to Claude's Messages API. Every flag also reads from its environment variable; "
-        "the upstream key comes from ANTHROPIC_API_KEY and the upstream URL from ANTHROPIC_BASE_URL.",
+def version() -> str:
+    try:
+        return metadata.version("claude-grpc-gateway")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def flag_value(f: Field[Any], raw: str) -> Any:
+    """A flag's value, with the setting's own error message when it is not one."""
+    try:
+        return parse(f, raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: one flag per setting, with its variable, default and allowed values."""
+    cli = argparse.ArgumentParser(
+        prog="python -m server", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    cli.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(
-            flag, type=type(f.default), default=None, metavar=env_name(f.name), help=f"default {f.default!r}"
+        choices = f.metadata["choices"]
+        allowed = f"; one of {', '.join(choices)}" if choices else ""
+        default = "unset" if f.default == "" else repr(f.default)
+        cli.add_argument(
+            flag_name(f.name),
+            type=functools.partial(flag_value, f),
+            default=None,
+            metavar=env_name(f.name),
+            help=f"{f.metadata['help']} (default {default}{allowed})",
         )
-    return vars(parser.parse_args(argv))
+    return cli
 
 
 async def serve(settings: Settings) -> None:
@@ -37,30 +67,36 @@ async def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     host = settings.listen.rsplit(":", 1)[0]
-    # The demo and scripts wait for this line: it is printed once the port is bound and health is SERVING.
-    print(f"gateway listening on {host}:{gateway.port}", flush=True)
+    # The demo, the supervisor and scripts wait for this line: the port is bound and health is SERVING.
+    print(f"{READY}{host}:{gateway.port}", flush=True)
     await terminated()
     logging.getLogger("server").info("draining: NOT_SERVING, grace %gs", settings.drain_grace)
     await gateway.drain()
 
 
 def main(argv: list[str] | None = None) -> None:
-    overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cli = parser()
+    overrides = vars(cli.parse_args(argv))
     try:
         settings = Settings.from_env(overrides=overrides)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    if settings.workers > 1:
-        sys.exit(run_workers(settings.workers, settings.listen, sys.argv[1:] if argv is None else argv))
+        cli.error(str(exc))  # one line and exit code 2, as for a bad flag
+    if settings.workers > 1 and not os.environ.get(WORKER_ENV):
+        sys.exit(run_workers(settings.workers, settings.listen, argv))
     logging.basicConfig(
-        level=settings.log_level.upper(),
+        level=settings.log_level,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     # The SDK logs request details at DEBUG; keep it at WARNING so nothing sensitive reaches the log.
     logging.getLogger("anthropic").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except BindError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

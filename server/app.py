@@ -15,9 +15,10 @@ from claude_gateway.v1 import chat_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.admission import Admission
+from server.call import Calls
 from server.config import Settings
 from server.servicer import ChatServicer, lenient
-from server.simulator import Pace, Simulator
 from server.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,8 @@ class Gateway:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    servicer: ChatServicer
+    admission: Admission
     upstream: Upstream
-    simulator: Simulator | None
     settings: Settings
 
     async def drain(self) -> None:
@@ -44,25 +44,23 @@ class Gateway:
         await self.health.enter_graceful_shutdown()  # Watch streams hear NOT_SERVING now
         if self.settings.drain_delay > 0:
             await asyncio.sleep(self.settings.drain_delay)  # load balancers still route here meanwhile
-        self.servicer.draining = True
+        self.admission.draining = True
         # From here grpc refuses new calls; calls in flight get the grace, then the servicer cuts
         # what is left with a status that says why (grpc's own cut says nothing).
         stopping = asyncio.ensure_future(self.server.stop(self.settings.drain_grace + 5))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.drain_grace):
-                await self.servicer.wait_idle()
-        self.servicer.cut_all()
-        await self.servicer.wait_idle()
+                await self.admission.wait_idle()
+        self.admission.cut_all()
+        await self.admission.wait_idle()
         await self.server.stop(0)  # what remains are health Watch streams, which never end by themselves
         await stopping
         await self.close()
 
     async def close(self) -> None:
-        """Stop at once and release the upstream client and simulator."""
+        """Stop at once and release the upstream client."""
         await self.server.stop(None)
         await self.upstream.aclose()
-        if self.simulator is not None:
-            await self.simulator.stop()
 
 
 def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
@@ -90,10 +88,17 @@ def tls_credentials(settings: Settings) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, chain)])
 
 
+class BindError(Exception):
+    """The gateway could not listen on its address (in use, or not an address of this host)."""
+
+
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel arguments: explicit message limits, and keepalive that lets long quiet streams live."""
+    """Channel arguments: explicit message limits, keepalive that lets long quiet streams live, and
+    SO_REUSEPORT only for GATEWAY_WORKERS > 1 (grpc turns it on by default, which would let a second
+    gateway start silently on a port in use and take half its calls)."""
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     options = [
+        ("grpc.so_reuseport", int(settings.workers > 1)),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.keepalive_time_ms", keepalive_ms),
@@ -122,37 +127,34 @@ def sdk_client(settings: Settings, **kwargs: Any) -> anthropic.AsyncAnthropic:
 
 
 async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
-    """Build and start the gateway on ``settings.listen``.
+    """Build and start the gateway on ``settings.listen``; BindError if it cannot listen there.
 
     ``client`` defaults to an SDK client configured from the environment (ANTHROPIC_API_KEY,
-    ANTHROPIC_BASE_URL), or, with upstream "simulator", to one aimed at an in-process simulator.
+    ANTHROPIC_BASE_URL).
     """
-    simulator = None
     if client is None:
-        if settings.upstream == "simulator":
-            simulator = Simulator(Pace(ttft=settings.sim_ttft, tokens_per_second=settings.sim_tokens_per_second))
-            await simulator.start()
-            client = sdk_client(settings, base_url=simulator.base_url, api_key="simulator")
-        else:
-            client = sdk_client(settings)
-            if not client.api_key and not client.auth_token:
-                log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
+        client = sdk_client(settings)
+        if not client.api_key and not client.auth_token:
+            log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
     upstream = Upstream(client, connect_timeout=settings.connect_timeout)
-    servicer = ChatServicer(settings, upstream)
+    admission = Admission(settings)
     health_servicer = health.aio.HealthServicer()
 
     server = grpc.aio.server(options=server_options(settings))
-    add_chat_service(servicer, server)
+    add_chat_service(ChatServicer(Calls(settings, admission, upstream)), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if settings.tls_cert:
-        port = server.add_secure_port(settings.listen, tls_credentials(settings))
-    else:
-        port = server.add_insecure_port(settings.listen)
+    try:
+        if settings.tls_cert:
+            port = server.add_secure_port(settings.listen, tls_credentials(settings))
+        else:
+            port = server.add_insecure_port(settings.listen)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
     if port == 0:
-        raise SystemExit(f"cannot listen on {settings.listen}")
+        await upstream.aclose()
+        raise BindError(f"cannot listen on {settings.listen}: the port is in use or the address is not this host's")
     await server.start()
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("gateway listening on %s (upstream: %s)", f"{settings.listen.rsplit(':', 1)[0]}:{port}", settings.upstream)
-    return Gateway(server, port, health_servicer, servicer, upstream, simulator, settings)
+    return Gateway(server, port, health_servicer, admission, upstream, settings)

@@ -1,64 +1,75 @@
 """Gateway settings: one frozen dataclass, read from the environment once and passed in.
 
-The anthropic SDK itself reads ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL; they are not copied here,
-so the key lives in one place and never in a settings dump or a log line.
+Every field is a ``GATEWAY_*`` variable and a ``python -m server`` flag of the same name; its help
+text (``help_of``) is the README's settings table. The anthropic SDK itself reads
+ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL; they are not copied here, so the key lives in one place
+and never in a settings dump or a log line.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, cast
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+HTTP_CLIENTS = ("aiohttp", "httpx")
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
+    """A settings field: its default, what it does, and the values it allows."""
+    return field(default=default, repr=not secret, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the gateway. Field docs are the README's settings table."""
+    """Every knob of the gateway."""
 
-    listen: str = "127.0.0.1:50051"
-    """GATEWAY_LISTEN: host:port to serve gRPC on (port 0 picks a free one)."""
-    upstream: str = "anthropic"
-    """GATEWAY_UPSTREAM: "anthropic" (the SDK's base URL) or "simulator" (start one in-process)."""
-    http_client: str = "aiohttp"
-    """GATEWAY_HTTP_CLIENT: the SDK's HTTP transport, "aiohttp" (faster) or "httpx" (the SDK's default)."""
-    max_stream_seconds: float = 600.0
-    """GATEWAY_MAX_STREAM_SECONDS: longest life of a call, whatever the client's deadline."""
-    first_event_timeout: float = 60.0
-    """GATEWAY_FIRST_EVENT_TIMEOUT: longest wait for the first upstream event, retries included."""
-    idle_timeout: float = 60.0
-    """GATEWAY_IDLE_TIMEOUT: longest silence between upstream events (pings count as life)."""
-    connect_timeout: float = 5.0
-    """GATEWAY_CONNECT_TIMEOUT: longest wait to connect to the upstream."""
-    max_attempts: int = 3
-    """GATEWAY_MAX_ATTEMPTS: upstream attempts per call before its first event (1 = no retries)."""
-    max_concurrent_streams: int = 1000
-    """GATEWAY_MAX_CONCURRENT_STREAMS: calls in flight; past it RESOURCE_EXHAUSTED at once."""
-    max_message_bytes: int = 32 * 1024 * 1024
-    """GATEWAY_MAX_MESSAGE_BYTES: largest gRPC message in either direction."""
-    drain_delay: float = 0.0
-    """GATEWAY_DRAIN_DELAY: on SIGTERM, seconds NOT_SERVING before refusing new calls."""
-    drain_grace: float = 30.0
-    """GATEWAY_DRAIN_GRACE: on SIGTERM, seconds in-flight calls get to finish."""
-    keepalive_seconds: float = 30.0
-    """GATEWAY_KEEPALIVE_SECONDS: interval of server keepalive pings on idle connections."""
-    max_connection_age: float = 0.0
-    """GATEWAY_MAX_CONNECTION_AGE: seconds before a client connection is asked to reconnect (0 = never),
-    so clients find new replicas; streams on it still get max_stream_seconds to finish."""
-    sim_ttft: float = 0.3
-    """GATEWAY_SIM_TTFT: simulator only, seconds to the first token."""
-    sim_tokens_per_second: float = 25.0
-    """GATEWAY_SIM_TPS: simulator only, tokens per second (0 = as fast as possible)."""
-    tls_cert: str = ""
-    """GATEWAY_TLS_CERT: PEM certificate chain file; with GATEWAY_TLS_KEY the port serves TLS."""
-    tls_key: str = ""
-    """GATEWAY_TLS_KEY: PEM private key file of GATEWAY_TLS_CERT."""
-    auth_token: str = field(default="", repr=False)
-    """GATEWAY_AUTH_TOKEN: if set, ChatService calls must send `authorization: Bearer <token>`."""
-    workers: int = 1
-    """GATEWAY_WORKERS: gateway processes sharing the port (about one per core)."""
-    log_level: str = "INFO"
-    """GATEWAY_LOG_LEVEL: DEBUG, INFO, WARNING or ERROR."""
+    listen: str = setting("127.0.0.1:50051", "host:port to serve gRPC on (port 0 picks a free one)")
+    http_client: str = setting(
+        "aiohttp",
+        "the SDK's HTTP transport: aiohttp (its aiohttp extra, about half the CPU per event) or httpx (its default)",
+        choices=HTTP_CLIENTS,
+    )
+    max_stream_seconds: float = setting(600.0, "longest life of a call in seconds, whatever the client's deadline")
+    first_event_timeout: float = setting(60.0, "longest wait in seconds for the first upstream event, retries included")
+    idle_timeout: float = setting(60.0, "longest silence in seconds between upstream events (pings count as life)")
+    connect_timeout: float = setting(5.0, "longest wait in seconds to connect to the upstream")
+    max_attempts: int = setting(3, "upstream attempts per call before its first event (1 = no retries)")
+    max_concurrent_streams: int = setting(1000, "calls in flight; past it RESOURCE_EXHAUSTED at once")
+    max_message_bytes: int = setting(
+        32 * 1024 * 1024, "largest gRPC message in either direction, in bytes (32 MiB, the API's request limit)"
+    )
+    drain_delay: float = setting(0.0, "on SIGTERM, seconds NOT_SERVING before new calls are refused")
+    drain_grace: float = setting(30.0, "on SIGTERM, seconds calls in flight get to finish")
+    keepalive_seconds: float = setting(30.0, "interval in seconds of server keepalive pings on idle connections")
+    max_connection_age: float = setting(
+        0.0,
+        "seconds before a client connection is asked to reconnect (0 = never), so clients find new replicas; "
+        "streams on it keep max_stream_seconds to finish",
+    )
+    tls_cert: str = setting("", "PEM certificate chain file; with tls_key the port serves TLS (plaintext otherwise)")
+    tls_key: str = setting("", "PEM private key file of tls_cert")
+    auth_token: str = setting(
+        "",
+        "if set, ChatService calls must carry metadata `authorization: Bearer <token>` "
+        "(health and reflection stay open); never logged",
+        secret=True,
+    )
+    workers: int = setting(1, "gateway processes sharing the port through SO_REUSEPORT (about one per core)")
+    log_level: str = setting("INFO", "log level; one line per call at INFO", choices=LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choices = f.metadata["choices"]
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, not {value!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together")
+        if self.workers < 1:
+            raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -68,25 +79,31 @@ class Settings:
         for f in fields(cls):
             raw = env.get(env_name(f.name))
             if raw is not None and raw != "":
-                kind = cast(Callable[[str], Any], type(f.default))
-                try:
-                    values[f.name] = kind(raw)
-                except ValueError:
-                    raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}") from None
+                values[f.name] = parse(f, raw)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        settings = cls(**values)
-        if settings.http_client not in ("aiohttp", "httpx"):
-            raise ValueError(f"GATEWAY_HTTP_CLIENT must be 'aiohttp' or 'httpx', not {settings.http_client!r}")
-        if bool(settings.tls_cert) != bool(settings.tls_key):
-            raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together")
-        if settings.upstream not in ("anthropic", "simulator"):
-            raise ValueError(f"GATEWAY_UPSTREAM must be 'anthropic' or 'simulator', not {settings.upstream!r}")
-        return settings
+        return cls(**values)
 
 
-_ENV_NAMES = {"sim_tokens_per_second": "GATEWAY_SIM_TPS"}
+def parse(f: Field[Any], raw: str) -> Any:
+    """``raw`` as the type of setting ``f``; ValueError naming the variable when it is not one."""
+    kind = cast(Callable[[str], Any], type(f.default))
+    if f.name == "log_level":
+        raw = raw.upper()  # logging's names; `info` is meant as INFO
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {type(f.default).__name__}") from None
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, not {raw!r}")
+    return value
 
 
 def env_name(field_name: str) -> str:
     """The environment variable that sets ``field_name``."""
-    return _ENV_NAMES.get(field_name, "GATEWAY_" + field_name.upper())
+    return "GATEWAY_" + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    """The ``python -m server`` flag that sets ``field_name``."""
+    return "--" + field_name.replace("_", "-")

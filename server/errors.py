@@ -22,12 +22,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc import StatusCode as Code
 from grpc_status import rpc_status
 
+from server.reasons import Reason
+
 __all__ = [
     "API_ERRORS",
     "Code",
     "Failure",
     "GatewayError",
+    "Reason",
     "Violation",
+    "fail",
     "from_api_error",
     "from_exception",
     "to_status",
@@ -82,6 +86,11 @@ class Failure:
     retry_after: float | None = None  # seconds, when the upstream said
     retryable: bool = False  # safe to try again upstream, if nothing was sent yet
     violations: tuple[Violation, ...] = field(default=())
+
+
+def fail(reason: Reason, message: str, **details: Any) -> Failure:
+    """A failure of the gateway's own: its code comes from the ``Reason`` table."""
+    return Failure(reason.code, reason.name, message, **details)
 
 
 class GatewayError(Exception):
@@ -142,21 +151,18 @@ def from_exception(exc: BaseException) -> Failure:
             should_retry=_should_retry(headers),
         )
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
-        return Failure(Code.UNAVAILABLE, "UPSTREAM_TIMEOUT", "upstream timed out", retryable=True)
+        return fail(Reason.UPSTREAM_TIMEOUT, "upstream timed out", retryable=True)
     if isinstance(exc, anthropic.APIConnectionError | httpx2.ConnectError):
-        return Failure(Code.UNAVAILABLE, "UPSTREAM_UNREACHABLE", "cannot connect to the upstream", retryable=True)
+        return fail(Reason.UPSTREAM_UNREACHABLE, "cannot connect to the upstream", retryable=True)
     if isinstance(exc, TypeError) and "authentication method" in str(exc):
         # The SDK's words when it finds no API key, auth token or credentials: a setup problem.
-        return Failure(
-            Code.FAILED_PRECONDITION,
-            "GATEWAY_NOT_CONFIGURED",
+        return fail(
+            Reason.GATEWAY_NOT_CONFIGURED,
             "the gateway has no Anthropic credentials: set ANTHROPIC_API_KEY where it runs",
         )
     if isinstance(exc, httpx2.TransportError):  # reset, or a chunked body cut short
-        return Failure(
-            Code.UNAVAILABLE, "UPSTREAM_CONNECTION_LOST", "upstream connection lost mid-stream", retryable=True
-        )
-    return Failure(Code.INTERNAL, "GATEWAY_ERROR", f"gateway error: {type(exc).__name__}")
+        return fail(Reason.UPSTREAM_CONNECTION_LOST, "upstream connection lost mid-stream", retryable=True)
+    return fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")
 
 
 def retry_after(headers: Any) -> float | None:

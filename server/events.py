@@ -5,9 +5,10 @@ network read together so that the gateway sends what is already waiting in one g
 Frames in the API's own form (``event: X\\ndata: JSON\\n\\n``) are taken apart directly; anything
 else (CR line ends, comments, multi-line data) goes through the SDK's own SSE line decoder.
 
-``fill_event`` is the pure mapping of one event, lossless by ``claude_gateway.codec``, with a fast
-path for the four hot delta types that builds exactly what the codec would. An `error` event or a
-malformed frame raises ``GatewayError``.
+``parse`` turns a frame into its JSON object (an `error` event or a malformed frame raises
+``GatewayError``); ``fill_event`` is the pure mapping of one event to its proto, lossless by
+``claude_gateway.codec``, with a fast path for the four hot delta types that builds exactly what the
+codec would; ``to_response`` puts the events of one read into one gRPC message.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from anthropic._streaming import SSEDecoder
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
-from server.errors import Code, Failure, GatewayError, from_api_error
+from server.errors import Failure, GatewayError, Reason, fail, from_api_error
 
 Frame = tuple[str, str]  # (event name, data)
+Event = tuple[str, dict[str, Any], str]  # (event name, its JSON object, its data text)
 
 _EVENT = b"event: "
 _DATA = b"data: "
@@ -78,18 +80,21 @@ _HOT_DELTAS = {
 _INT32 = range(-(2**31), 2**31)
 
 
-def fill_event(event: pb.MessageStreamEvent, name: str, data: str) -> None:
-    """Fill ``event`` from one upstream frame; raises GatewayError for `error` events and bad frames."""
+def parse(name: str, data: str) -> dict[str, Any]:
+    """One upstream frame's JSON object; raises GatewayError for `error` events and malformed frames."""
     try:
         obj: Any = json.loads(data)
     except ValueError:
         obj = None
     if type(obj) is not dict:
-        raise GatewayError(
-            Failure(Code.DATA_LOSS, "UPSTREAM_MALFORMED_EVENT", f"upstream sent a malformed {name!r} event")
-        )
+        raise GatewayError(fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a malformed {name!r} event"))
     if name == "error":
         raise GatewayError(_error_event(obj))
+    return obj
+
+
+def fill_event(event: pb.MessageStreamEvent, obj: dict[str, Any], data: str) -> None:
+    """Fill ``event`` from one parsed upstream frame (``data`` is its text, kept whole by raw_json arms)."""
     if obj.get("type") == "content_block_delta" and len(obj) == 3:
         delta, index = obj.get("delta"), obj.get("index")
         if type(delta) is dict and len(delta) == 2 and type(index) is int and index in _INT32:
@@ -102,6 +107,15 @@ def fill_event(event: pb.MessageStreamEvent, name: str, data: str) -> None:
                 setattr(getattr(target.delta, kind), field, value)
                 return
     codec.from_json(obj, event, data)
+
+
+def to_response(batch: list[Event]) -> pb.StreamMessageResponse:
+    """One gRPC message carrying the events of one upstream read, in order."""
+    response = pb.StreamMessageResponse()
+    add = response.events.add
+    for _, obj, data in batch:
+        fill_event(add(), obj, data)
+    return response
 
 
 def _error_event(obj: dict[str, Any]) -> Failure:

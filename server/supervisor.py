@@ -1,13 +1,15 @@
 """``GATEWAY_WORKERS=N``: N gateway processes sharing one port, so the gateway uses N cores.
 
-The supervisor starts the workers (``python -m server`` with ``--workers 1``), all listening on the
-same host:port through SO_REUSEPORT (grpc sets it on Linux), where the kernel spreads new
-connections across them. It prints the usual ready line once every worker serves, forwards SIGTERM
-and SIGINT so that each worker drains, and exits with the worst exit code.
+The supervisor starts the workers (``python -m server`` with the same flags and ``WORKER_ENV`` set,
+which tells a process it is a worker), all listening on the same host:port through SO_REUSEPORT,
+where the kernel spreads new connections across them. It prints the usual ready line once every
+worker serves, forwards SIGTERM and SIGINT so that each worker drains, and exits with the worst
+exit code.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -15,6 +17,7 @@ import sys
 from types import FrameType
 
 READY = "gateway listening on "
+WORKER_ENV = "GATEWAY_WORKER_OF_SUPERVISOR"  # set in each worker's environment by the supervisor
 
 
 def run_workers(count: int, listen: str, argv: list[str]) -> int:
@@ -27,8 +30,9 @@ def run_workers(count: int, listen: str, argv: list[str]) -> int:
         reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         reservation.bind((host.strip("[]") or "0.0.0.0", 0))
         port = str(reservation.getsockname()[1])
-    args = [sys.executable, "-m", "server", *argv, "--listen", f"{host}:{port}", "--workers", "1"]
-    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    args = [sys.executable, "-m", "server", *argv, "--listen", f"{host}:{port}"]
+    env = {**os.environ, WORKER_ENV: "1"}
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)]
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for worker in workers:

@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +23,10 @@ from grpc_status import rpc_status
 
 from server.app import Gateway, build_server, sdk_client
 from server.config import Settings
-from server.simulator import Pace, Simulator
+from simulator import Pace, Simulator
 
 T = TypeVar("T")
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "anthropic-sse"
+ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-ant-test-SECRET-never-logged"
 UNPACED = Pace()
 
@@ -121,3 +124,47 @@ def sse_events(body: bytes) -> list[dict[str, Any]]:
         if data:
             events.append(json.loads("\n".join(data)))
     return events
+
+
+@contextlib.contextmanager
+def process(
+    args: list[str], env: dict[str, str], ready: str, **popen: Any
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python ARGS`` from the repository root; yields it and the address on its ready line once it prints
+    that line; kills it on the way out if the test did not stop it."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(ready), line
+        yield proc, line[len(ready) :].split()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without any gateway or Anthropic setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_"))}
+
+
+@contextlib.contextmanager
+def deployed(*sim_args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A ``python -m simulator`` process and a ``python -m server`` process aimed at it by ANTHROPIC_BASE_URL
+    and ANTHROPIC_API_KEY alone, as deployed; yields the gateway process and its target once both serve.
+    ``env`` adds GATEWAY_* settings; its stderr is piped for tests that read the log."""
+    base = clean_env()
+    with process(
+        ["-m", "simulator", "--port", "0", "--api-key", API_KEY, *sim_args], base, "simulator listening on "
+    ) as (
+        _,
+        base_url,
+    ):
+        settings = {"GATEWAY_LISTEN": "127.0.0.1:0", "GATEWAY_LOG_LEVEL": "WARNING", **env}
+        full = {**base, "ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": base_url, **settings}
+        with process(["-m", "server"], full, "gateway listening on ", stderr=subprocess.PIPE) as gateway:
+            yield gateway

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,32 +14,16 @@ import pytest
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import body, run, status_of, stream_request
+from tests.harness import body, deployed, run, status_of, stream_request
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def gateway_process(**env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m server`` on the simulator; yields the process and its target once it serves."""
-    full_env = {
-        **os.environ,
-        "GATEWAY_UPSTREAM": "simulator",
-        "GATEWAY_LISTEN": "127.0.0.1:0",
-        "GATEWAY_SIM_TTFT": "0",
-        "GATEWAY_LOG_LEVEL": "WARNING",
-        **env,
-    }
-    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("gateway listening on "), line
-        yield proc, line.split()[-1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
+def gateway_process(tps: int = 25, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m server`` on a simulator process at ``tps`` tokens/s; yields the process and its target."""
+    with deployed("--tps", str(tps), **env) as gateway:
+        yield gateway
 
 
 async def call_code(stub: chat_pb2_grpc.ChatServiceStub) -> grpc.StatusCode:
@@ -58,7 +40,7 @@ async def call_code(stub: chat_pb2_grpc.ChatServiceStub) -> grpc.StatusCode:
 
 def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_calls() -> None:
     """On SIGTERM health turns NOT_SERVING, new calls get UNAVAILABLE, open streams complete, exit 0."""
-    with gateway_process(GATEWAY_SIM_TPS="40", GATEWAY_DRAIN_DELAY="1", GATEWAY_DRAIN_GRACE="20") as (proc, target):
+    with gateway_process(tps=40, GATEWAY_DRAIN_DELAY="1", GATEWAY_DRAIN_GRACE="20") as (proc, target):
 
         async def go() -> None:
             async with grpc.aio.insecure_channel(target) as channel:
@@ -87,7 +69,7 @@ def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_calls() -> None:
 
 def test_streams_still_running_after_the_grace_end_unavailable_with_a_reason() -> None:
     """A stream longer than drain_grace is cut with UNAVAILABLE, reason SHUTTING_DOWN, and the process exits 0."""
-    with gateway_process(GATEWAY_SIM_TPS="20", GATEWAY_DRAIN_GRACE="0.5") as (proc, target):
+    with gateway_process(tps=20, GATEWAY_DRAIN_GRACE="0.5") as (proc, target):
 
         async def go() -> None:
             async with grpc.aio.insecure_channel(target) as channel:
@@ -111,17 +93,7 @@ def test_streams_still_running_after_the_grace_end_unavailable_with_a_reason() -
 
 def test_workers_share_one_port_and_drain_together() -> None:
     """GATEWAY_WORKERS=2 runs two processes on one port; both take calls; SIGTERM stops both, exit 0."""
-    env = {**os.environ, "GATEWAY_UPSTREAM": "simulator", "GATEWAY_LISTEN": "127.0.0.1:0", "GATEWAY_WORKERS": "2",
-           "GATEWAY_SIM_TTFT": "0", "GATEWAY_SIM_TPS": "0", "GATEWAY_LOG_LEVEL": "INFO"}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("gateway listening on "), line
-        assert line.rstrip().endswith("(2 workers)"), line
-        target = line.split()[3]
+    with deployed(GATEWAY_WORKERS="2", GATEWAY_LOG_LEVEL="INFO") as (proc, target):
 
         async def go() -> None:
             # A new connection each time (a local subchannel pool: grpc would otherwise share one connection
@@ -140,7 +112,3 @@ def test_workers_share_one_port_and_drain_together() -> None:
         assert proc.returncode == 0
         served_by = {ln.split()[2] for ln in err.splitlines() if "StreamMessage OK" in ln}
         assert len(served_by) == 2, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

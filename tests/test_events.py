@@ -9,7 +9,7 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.errors import GatewayError
-from server.events import SseFramer, fill_event
+from server.events import SseFramer, fill_event, parse
 
 HOT = [
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
@@ -27,7 +27,7 @@ def test_fast_path_builds_exactly_what_the_codec_builds(obj: dict[str, object]) 
     """Hot deltas take a shortcut that must give the same proto as the general mapping."""
     data = json.dumps(obj)
     fast = pb.MessageStreamEvent()
-    fill_event(fast, "content_block_delta", data)
+    fill_event(fast, parse("content_block_delta", data), data)
     assert fast == codec.from_json(obj, pb.MessageStreamEvent(), data)
     assert codec.to_json(fast) == obj
 
@@ -63,11 +63,9 @@ def test_framer_yields_the_same_frames_however_the_bytes_are_cut(size: int, newl
 def test_error_event_and_malformed_data_raise_gateway_errors() -> None:
     """An `error` frame maps by its type; data that is not a JSON object is DATA_LOSS."""
     with pytest.raises(GatewayError) as caught:
-        fill_event(
-            pb.MessageStreamEvent(), "error", '{"type":"error","error":{"type":"overloaded_error","message":"x"}}'
-        )
+        parse("error", '{"type":"error","error":{"type":"overloaded_error","message":"x"}}')
     assert caught.value.failure.reason == "OVERLOADED_ERROR"
     for bad in ("{not json", "[1, 2]", ""):
         with pytest.raises(GatewayError) as caught:
-            fill_event(pb.MessageStreamEvent(), "content_block_delta", bad)
+            parse("content_block_delta", bad)
         assert caught.value.failure.reason == "UPSTREAM_MALFORMED_EVENT"

@@ -15,7 +15,7 @@ from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.simulator import Cut, ErrorEvent, HttpError, Pace, Stall
+from simulator import Cut, ErrorEvent, HttpError, Pace, Stall
 from tests.harness import Harness, body, gateway, run, status_of, stream_request, until
 
 SERVICE_CONFIG = Path(__file__).resolve().parents[1] / "client" / "service_config.json"
@@ -38,7 +38,7 @@ async def assert_upstream_closed_soon_after_cancel(h: Harness, cancel: Callable[
     cancel()
     closed_at = await record.wait_closed(timeout=2)
     assert closed_at - cancelled_at < 0.1
-    await until(lambda: h.gateway.servicer.active == 0)
+    await until(lambda: h.gateway.admission.active == 0)
 
 
 def test_cancel_while_waiting_for_response_headers_closes_the_upstream_connection() -> None:
@@ -92,7 +92,7 @@ def test_cancel_during_retry_backoff_sends_no_further_attempt() -> None:
             call = h.stub.StreamMessage(stream_request(body()), timeout=30)
             await until(lambda: len(h.sim.requests) == 1 and h.sim.requests[0].status == 529)
             call.cancel()
-            await until(lambda: h.gateway.servicer.active == 0, timeout=0.1)
+            await until(lambda: h.gateway.admission.active == 0, timeout=0.1)
             await asyncio.sleep(0.5)  # past the retry-after: a retry would have arrived by now
             assert len(h.sim.requests) == 1
 
@@ -110,7 +110,7 @@ def test_client_deadline_mid_stream_closes_upstream_and_reports_deadline_exceede
                     pass
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             await h.sim.requests[-1].wait_closed(timeout=0.2)
-            await until(lambda: h.gateway.servicer.active == 0)
+            await until(lambda: h.gateway.admission.active == 0)
 
     run(go)
 
@@ -284,7 +284,7 @@ def test_admission_limit_refuses_extra_streams_while_health_answers() -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             for call in held:
                 call.cancel()
-            await until(lambda: h.gateway.servicer.active == 0)
+            await until(lambda: h.gateway.admission.active == 0)
             assert (await h.events(body()))[-1]["type"] == "message_stop"
 
     run(go)

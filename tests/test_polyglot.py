@@ -22,15 +22,13 @@ import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2, chat_pb2_grpc
 
-from server.app import build_server
-from server.config import Settings
+from tests.harness import gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = shutil.which("node")
 NODE_CLIENT = ROOT / "client" / "node" / "index.js"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent))
-SETTINGS = Settings(listen="127.0.0.1:0", upstream="simulator", sim_ttft=0.0, sim_tokens_per_second=0.0)
 MODEL = "claude-sonnet-4-6"
 NON_SPACE = re.compile(r"\S")
 TOOL_TIMEOUT = 60.0  # seconds a tool may run before the test fails; never reached when things work
@@ -61,11 +59,8 @@ def with_gateway(test: Callable[[int], Awaitable[T]]) -> T:
     """Run ``test(port)`` in a fresh event loop while a simulator-backed gateway serves on ``port``."""
 
     async def main() -> T:
-        gateway = await build_server(SETTINGS)
-        try:
-            return await test(gateway.port)
-        finally:
-            await gateway.close()
+        async with gateway() as h:
+            return await test(h.gateway.port)
 
     return asyncio.run(main())
 

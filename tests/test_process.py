@@ -31,7 +31,7 @@ def start(args: list[str], env: dict[str, str], ready: str) -> tuple[subprocess.
 def test_real_api_configuration_is_only_the_key_and_base_url_and_no_secret_is_logged() -> None:
     """ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL alone aim the gateway at an upstream; DEBUG logs never show the key."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_"))}
-    sim, sim_url = start(["-m", "server.simulator", "--port", "0", "--api-key", KEY], clean, "simulator listening on ")
+    sim, sim_url = start(["-m", "simulator", "--port", "0", "--api-key", KEY], clean, "simulator listening on ")
     env = {**clean, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": sim_url}
     env |= {"GATEWAY_LISTEN": "127.0.0.1:0", "GATEWAY_LOG_LEVEL": "DEBUG", "GATEWAY_MAX_ATTEMPTS": "1"}
     gateway, target = start(["-m", "server"], env, "gateway listening on ")

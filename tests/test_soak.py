@@ -78,7 +78,7 @@ def test_soak_leaves_no_task_connection_descriptor_or_memory_behind() -> None:
             gc.collect()
             tasks, fds, rss = call_tasks(), open_fds(), rss_bytes()
             await wave(h, STREAMS, rng, outcomes)
-            await until(lambda: h.gateway.servicer.active == 0)  # cancels reach handlers a moment later
+            await until(lambda: h.gateway.admission.active == 0)  # cancels reach handlers a moment later
             gc.collect()
             await until(lambda: call_tasks() <= tasks)
             # Idle keep-alive connections in the SDK's pool may grow with concurrency (2 fds each here: the

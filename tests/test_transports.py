@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from server.simulator import Cut, ErrorEvent, HttpError, Pace, Stall
+from simulator import Cut, ErrorEvent, HttpError, Pace, Stall
 from tests.harness import body, gateway, run, status_of, stream_request, until
 
 TRANSPORTS = ["aiohttp", "httpx"]
@@ -52,6 +52,6 @@ def test_cancel_and_stall_close_the_upstream_on_both_transports(http_client: str
                 await h.events(body(), timeout=10)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             await h.sim.requests[-1].wait_closed(timeout=1)
-            await until(lambda: h.gateway.servicer.active == 0)
+            await until(lambda: h.gateway.admission.active == 0)
 
     run(go)

@@ -27,12 +27,12 @@ from bench.stats import percentile, summarize
 from bench.upstream import StampingConnection, records
 from bench.usage import cpu_seconds, rss_bytes
 from bench.workload import body, tag_of
+from server import events
 from server.app import build_server
 from server.config import Settings
-from server.events import SseFramer, fill_event
-from server.simulator import Simulator
-from server.simulator.directives import parse
-from server.simulator.sse import frame
+from simulator import Simulator
+from simulator.directives import parse
+from simulator.sse import frame
 
 TEXT_DELTA = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " word"}}
 
@@ -40,9 +40,9 @@ TEXT_DELTA = {"type": "content_block_delta", "index": 0, "delta": {"type": "text
 def test_stamp_survives_the_gateway_relay_path() -> None:
     """A stamped frame, framed and converted as the gateway does, carries the stamp in the gRPC bytes."""
     stamped = stamp_frame(frame(TEXT_DELTA, 2), now_ns=1234567890123456789)
-    ((name, data),) = SseFramer().feed(stamped)
+    ((name, data),) = events.SseFramer().feed(stamped)
     response = pb.StreamMessageResponse()
-    fill_event(response.events.add(), name, data)
+    events.fill_event(response.events.add(), events.parse(name, data), data)
     assert stamps_in(response.SerializeToString()) == [1234567890123456789]
 
 

@@ -6,7 +6,7 @@
 
 Replies are deterministic (see `model`); faults come from `enqueue` or from `[[sim:...]]`
 directives in the prompt (grammar in `directives`); `sim.requests` records what was asked and
-when each connection closed. `python -m server.simulator` runs one as a process.
+when each connection closed. `python -m simulator` runs one as a process.
 """
 
 from .faults import Cut, EndWithoutStop, ErrorEvent, Fault, HttpError, Malformed, Replay, Stall

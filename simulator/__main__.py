@@ -1,4 +1,4 @@
-"""`python -m server.simulator`: run a simulator until SIGINT or SIGTERM.
+"""`python -m simulator`: run a simulator until SIGINT or SIGTERM.
 
 Prints `simulator listening on BASE_URL` once it accepts connections.
 """
@@ -20,7 +20,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m server.simulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")

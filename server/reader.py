@@ -1,0 +1,139 @@
+"""One upstream stream, read as batches of events, within the call's time bounds.
+
+    async with UpstreamReader(settings, upstream, watchdog, deadline) as reader:
+        batch = await reader.open(body, betas)    # retries what is safe to retry, before any event
+        batch = await reader.next()               # None after message_stop; GatewayError on any failure
+
+A batch holds the events of one network read, in order, so the gateway sends what was already
+waiting in one gRPC message. Leaving the ``async with`` closes the upstream response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from server.config import Settings
+from server.errors import Failure, GatewayError, Reason, fail, from_exception
+from server.events import Event, SseFramer, parse
+from server.retry import backoff
+from server.upstream import Upstream
+from server.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamReader:
+    """Reads one upstream stream; each batch is the events that one network read completed."""
+
+    def __init__(self, settings: Settings, upstream: Upstream, watchdog: Watchdog, deadline: float) -> None:
+        self._settings = settings
+        self._upstream = upstream
+        self._watchdog = watchdog
+        self._deadline = deadline
+        self._stack = contextlib.AsyncExitStack()
+        self._chunks: AsyncIterator[bytes] | None = None
+        self.request_id: str | None = None  # the upstream's, once it answered
+        self._framer = SseFramer()
+        self._failure: GatewayError | None = None  # raised after the events that came before it
+        self.complete = False  # message_stop seen
+
+    async def __aenter__(self) -> UpstreamReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def open(self, body: dict[str, Any], betas: Sequence[str]) -> list[Event]:
+        """Start the upstream stream and return its first events, retrying what is safe to retry:
+        HTTP 408/409/429/5xx, connection failures, and failures after the HTTP 200 but before any
+        event, within max_attempts, the first-event bound and the call's deadline."""
+        loop = asyncio.get_running_loop()
+        first_deadline = min(self._deadline, loop.time() + self._settings.first_event_timeout)
+        attempt = 1
+        while True:
+            self._watchdog.waiting()
+            try:
+                self.request_id, self._chunks = await self._stack.enter_async_context(
+                    self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
+                )
+                batch = await self._read()
+                if batch is None:
+                    raise GatewayError(_incomplete())
+                self._watchdog.first_event_seen()
+                return batch
+            except Exception as exc:
+                self._watchdog.reading = False
+                await self._stack.aclose()
+                failure = from_exception(exc)
+                delay = backoff(attempt, failure.retry_after)
+                if (
+                    not failure.retryable
+                    or attempt >= self._settings.max_attempts
+                    or loop.time() + delay >= first_deadline
+                ):
+                    raise GatewayError(failure) from None
+                log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
+                attempt += 1
+                self._framer = SseFramer()
+                await asyncio.sleep(delay)
+
+    async def next(self) -> list[Event] | None:
+        """The next events; None once message_stop was read. Raises GatewayError on any failure."""
+        if self._failure is not None:
+            raise self._failure
+        if self.complete:
+            return None
+        try:
+            batch = await self._read()
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise GatewayError(from_exception(exc)) from None
+        if batch is None:
+            raise GatewayError(_incomplete())
+        return batch
+
+    async def _read(self) -> list[Event] | None:
+        """Read until at least one event is complete; None at the end of the body."""
+        assert self._chunks is not None
+        watchdog = self._watchdog
+        while True:
+            watchdog.waiting()
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                return None
+            finally:
+                watchdog.reading = False
+            try:
+                frames = self._framer.feed(chunk)
+            except UnicodeDecodeError:
+                raise GatewayError(
+                    fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
+                ) from None
+            if frames:
+                return self._parse(frames)
+
+    def _parse(self, frames: list[tuple[str, str]]) -> list[Event]:
+        batch: list[Event] = []
+        for name, data in frames:
+            if self.complete:
+                break  # nothing follows message_stop
+            try:
+                batch.append((name, parse(name, data), data))
+            except GatewayError as exc:
+                if not batch:
+                    raise
+                self._failure = exc  # deliver what came before it first
+                break
+            if name == "message_stop":
+                self.complete = True
+        return batch
+
+
+def _incomplete() -> Failure:
+    return fail(Reason.UPSTREAM_INCOMPLETE_STREAM, "upstream stream ended without message_stop")

@@ -1,0 +1,48 @@
+"""The gateway's own failure reasons, in one table: ``ErrorInfo.reason``, its gRPC code, and when.
+
+Upstream API errors carry the API's error type instead (``OVERLOADED_ERROR``...; see
+``server.errors.API_ERRORS``). The README's table of the gateway's own failures is this enum, and a
+test holds them equal.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from grpc import StatusCode as Code
+
+
+class Reason(Enum):
+    """A failure of the gateway's own, with its gRPC code and a sentence on when it happens."""
+
+    def __init__(self, code: Code, when: str) -> None:
+        self.code = code
+        self.when = when
+
+    INVALID_REQUEST = (
+        Code.INVALID_ARGUMENT,
+        "the request's shape is wrong; `BadRequest` names every bad field; nothing was sent upstream",
+    )
+    TOO_MANY_STREAMS = (Code.RESOURCE_EXHAUSTED, "`GATEWAY_MAX_CONCURRENT_STREAMS` calls are in flight")
+    SHUTTING_DOWN = (Code.UNAVAILABLE, "the gateway is draining, or the drain grace ended mid-call")
+    FIRST_EVENT_TIMEOUT = (Code.DEADLINE_EXCEEDED, "no upstream event within `GATEWAY_FIRST_EVENT_TIMEOUT`")
+    UPSTREAM_IDLE_TIMEOUT = (Code.DEADLINE_EXCEEDED, "upstream silent for `GATEWAY_IDLE_TIMEOUT`")
+    MAX_STREAM_DURATION = (Code.DEADLINE_EXCEEDED, "the call reached `GATEWAY_MAX_STREAM_SECONDS`")
+    DEADLINE_EXCEEDED = (Code.DEADLINE_EXCEEDED, "the caller's deadline passed")
+    CALLER_UNAUTHENTICATED = (
+        Code.UNAUTHENTICATED,
+        "`GATEWAY_AUTH_TOKEN` is set and the call lacks `authorization: Bearer <token>`",
+    )
+    GATEWAY_NOT_CONFIGURED = (
+        Code.FAILED_PRECONDITION,
+        "the gateway has no Anthropic credentials (`ANTHROPIC_API_KEY` unset)",
+    )
+    UPSTREAM_UNREACHABLE = (Code.UNAVAILABLE, "cannot connect to the upstream")
+    UPSTREAM_TIMEOUT = (Code.UNAVAILABLE, "the upstream connection timed out")
+    UPSTREAM_CONNECTION_LOST = (Code.UNAVAILABLE, "the upstream connection broke mid-stream")
+    UPSTREAM_INCOMPLETE_STREAM = (Code.UNAVAILABLE, "the upstream stream ended without `message_stop`")
+    UPSTREAM_MALFORMED_EVENT = (
+        Code.DATA_LOSS,
+        "the upstream sent a frame that is not a JSON object, or bytes that are not UTF-8",
+    )
+    GATEWAY_ERROR = (Code.INTERNAL, "a fault inside the gateway (a bug: please report it with the log line)")

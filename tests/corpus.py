@@ -1,0 +1,39 @@
+"""Recorded streams to replay: the project's own (always), and the shared corpus beside the clone.
+
+The shared corpus (``../shared/fixtures/anthropic-sse``) is other projects' data, read where it lies.
+Its replays run whenever it is there and are required when ``CI`` is set; elsewhere a missing corpus
+shows as one skipped case that says why.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+OWN = HERE / "fixtures" / "sse"
+SHARED = HERE.parents[1] / "shared" / "fixtures" / "anthropic-sse"
+SHARED_SDK = HERE.parents[1] / "shared" / "fixtures" / "sdk-streams"
+
+
+def _shared(folder: Path, pattern: str = "*.sse") -> list[Path]:
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+def is_complete(path: Path) -> bool:
+    return b"message_stop" in path.read_bytes()
+
+
+def streams(*, complete: bool) -> list[Any]:
+    """pytest params of every recorded stream that ends in message_stop (``complete``) or does not."""
+    params: list[Any] = [pytest.param(p, id=p.stem) for p in sorted(OWN.glob("*.sse")) if is_complete(p) == complete]
+    shared = [p for p in _shared(SHARED) if is_complete(p) == complete]
+    if shared:
+        params += [pytest.param(p, id="shared-" + p.stem) for p in shared]
+    elif not os.environ.get("CI"):
+        reason = f"the shared corpus is not beside this clone ({SHARED}): its replays are skipped"
+        params.append(pytest.param(None, id="shared-corpus", marks=pytest.mark.skip(reason=reason)))
+    return params
