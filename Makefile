@@ -8,7 +8,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup demo serve test lint typecheck proto-check protos bench clean node buf-lint buf-breaking
+.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos bench clean node buf-lint buf-breaking
 
 setup: $(STAMP)
 
@@ -19,10 +19,17 @@ $(STAMP): pyproject.toml client/pyproject.toml
 	touch $@
 
 demo: setup
-	$(PY) -m server.demo
+	$(PY) -m simulator.demo
 
 serve: setup
 	$(PY) -m server
+
+# The simulator on 127.0.0.1:8787 at 20 tokens/s, and a gateway aimed at it (in another shell).
+sim: setup
+	$(PY) -m simulator --port 8787 --ttft 0.3 --tps 20
+
+serve-sim: setup
+	ANTHROPIC_BASE_URL=http://127.0.0.1:8787 ANTHROPIC_API_KEY=any $(PY) -m server
 
 # Regenerate the committed stubs after editing the proto.
 protos: setup
