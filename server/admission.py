@@ -23,6 +23,7 @@ from server.errors import Failure, GatewayError, Reason, Violation, fail
 from server.validation import violations
 
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
+ANONYMOUS = "anonymous"  # the caller of a gateway that does not identify callers
 
 
 class Undecodable:
@@ -38,6 +39,7 @@ class Admitted:
 
     body: dict[str, Any]
     betas: Sequence[str]
+    caller: str  # who is calling, for limits, metrics and the log ("anonymous" without caller identity)
     deadline: float  # loop time
     expired: Failure  # the status when the deadline passes
     task: asyncio.Task[Any]
@@ -99,7 +101,12 @@ class Admission:
         task = asyncio.current_task()
         assert task is not None
         call = Admitted(
-            codec.to_json(request.params), request.betas, asyncio.get_running_loop().time() + budget, expired, task
+            codec.to_json(request.params),
+            request.betas,
+            ANONYMOUS,
+            asyncio.get_running_loop().time() + budget,
+            expired,
+            task,
         )
         self._calls.add(call)
         self._idle.clear()
