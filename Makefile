@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./client -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 demo: setup
@@ -45,10 +45,10 @@ proto-check: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check server client tests bench
+	$(VENV)/bin/ruff format --check server simulator client tests bench
 
 typecheck: setup
-	$(VENV)/bin/mypy server tests bench client/claude_gateway
+	$(VENV)/bin/mypy server simulator tests bench client/claude_gateway
 
 # Node tooling (buf, the Node sample client's deps) in ./node_modules, exactly as package-lock.json pins.
 BUF := node_modules/.bin/buf

@@ -22,7 +22,7 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 
-from server.signals import terminated
+from server.signals import termination
 from simulator.directives import parse
 
 _OPENING: list[dict[str, Any]] = [
@@ -105,8 +105,9 @@ async def start() -> tuple[grpc.aio.Server, int]:
 
 async def serve() -> None:
     server, port = await start()
+    stop = termination()
     print(f"floor listening on 127.0.0.1:{port}", flush=True)
-    await terminated()
+    await stop.wait()
     await server.stop(0)
 
 

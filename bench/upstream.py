@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.stamps import stamp_frame
 from bench.workload import tag_of
-from server.signals import terminated
+from server.signals import termination
 from simulator import Pace, Simulator
 from simulator.connection import Connection
 from simulator.model import prompt_of
@@ -75,9 +75,10 @@ def dump(simulator: Simulator, path: Path) -> None:
 async def serve(record_path: Path, port: int) -> None:
     """Run the stamping simulator until SIGTERM or SIGINT."""
     async with Simulator(Pace(), port=port, connection=StampingConnection) as simulator:
-        print(f"simulator listening on {simulator.base_url}", flush=True)
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump, simulator, record_path)
-        await terminated()
+        stop = termination()
+        print(f"simulator listening on {simulator.base_url}", flush=True)
+        await stop.wait()
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from server.app import BindError, build_server
 from server.config import Settings, env_name, flag_name, parse
-from server.signals import terminated
+from server.signals import termination
 from server.supervisor import READY, WORKER_ENV, run_workers
 
 DESCRIPTION = """\
@@ -67,9 +67,11 @@ async def serve(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     host = settings.listen.rsplit(":", 1)[0]
-    # The demo, the supervisor and scripts wait for this line: the port is bound and health is SERVING.
+    stop = termination()
+    # The demo, the supervisor and scripts wait for this line: the port is bound, health is SERVING,
+    # and SIGTERM drains.
     print(f"{READY}{host}:{gateway.port}", flush=True)
-    await terminated()
+    await stop.wait()
     logging.getLogger("server").info("draining: NOT_SERVING, grace %gs", settings.drain_grace)
     await gateway.drain()
 

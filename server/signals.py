@@ -6,10 +6,11 @@ import asyncio
 import signal
 
 
-async def terminated() -> None:
-    """Return once the process gets SIGTERM or SIGINT (the handlers stay installed)."""
+def termination() -> asyncio.Event:
+    """An event set once the process gets SIGTERM or SIGINT; the handlers are in place on return, so a
+    process can announce that it is ready knowing that a stop from then on is a drain, not a kill."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    return stop

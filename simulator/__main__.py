@@ -6,21 +6,24 @@ Prints `simulator listening on BASE_URL` once it accepts connections.
 import argparse
 import asyncio
 
-from server.signals import terminated
+from server.signals import termination
 
 from .pace import Pace
 from .server import Simulator
+from .validation import VERSIONS
 
 
 async def _run(args: argparse.Namespace) -> None:
     pace = Pace(ttft=args.ttft, tokens_per_second=args.tps, ping_interval=args.ping_interval)
     async with Simulator(pace, api_key=args.api_key, host=args.host, port=args.port) as simulator:
+        stop = termination()
         print(f"simulator listening on {simulator.base_url}", flush=True)
-        await terminated()
+        await stop.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s 0.1.0 (API versions {', '.join(VERSIONS)})")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first token")

@@ -132,7 +132,8 @@ def process(
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``python ARGS`` from the repository root; yields it and the address on its ready line once it prints
     that line; kills it on the way out if the test did not stop it."""
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, **popen)
+    popen.setdefault("cwd", ROOT)
+    proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, text=True, **popen)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -6,8 +6,9 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from server.config import Settings, env_name
+from server.config import Settings, env_name, flag_name
 from server.errors import API_ERRORS
+from server.reasons import Reason
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -23,16 +24,25 @@ def table_rows(heading_row: str) -> list[list[str]]:
     return rows
 
 
-def test_settings_table_lists_every_setting_with_its_default() -> None:
-    """Each Settings field appears in the README's settings table with the default the code uses."""
-    rows = {row[0]: row[1] for row in table_rows("| variable | default | meaning |")}
+def test_settings_table_lists_every_setting_with_its_flag_and_default() -> None:
+    """Each Settings field appears in the README's settings table with its flag and the default the code uses."""
+    rows = {row[0]: row for row in table_rows("| variable | flag | default | meaning |")}
     for f in fields(Settings):
         name = env_name(f.name)
         assert name in rows, f"{name} is missing from the README settings table"
         default = (
             f.default if isinstance(f.default, str | int) and not isinstance(f.default, bool) else f"{f.default:g}"
         )
-        assert rows[name] == str(default), name
+        assert rows[name][1] == flag_name(f.name), name
+        assert rows[name][2] == str(default), name
+    settings = {env_name(f.name) for f in fields(Settings)}
+    assert {n for n in rows if n.startswith("GATEWAY_")} <= settings, "the README lists a setting the code lacks"
+
+
+def test_gateway_failure_table_is_the_reason_table() -> None:
+    """The README table of the gateway's own failures is exactly server.reasons, with the same codes."""
+    rows = {row[0]: row[1] for row in table_rows("| reason (ErrorInfo) | gRPC code | when |")}
+    assert rows == {reason.name: reason.code.name for reason in Reason}
 
 
 def test_status_table_matches_the_error_mapping() -> None:
