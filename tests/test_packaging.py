@@ -40,3 +40,14 @@ def test_client_wheel_carries_the_stubs_and_type_information(tmp_path: Path) -> 
         assert f"claude_gateway/v1/{name}" in names
     assert {"claude_gateway/py.typed", "claude_gateway/client.py", "claude_gateway/codec.py"} <= names
     assert not [n for n in names if n.startswith(("server/", "client/"))]
+
+
+def test_the_gateway_imports_none_of_its_tooling() -> None:
+    """Every module of the server package loads without the simulator, the benchmark or the tests."""
+    code = (
+        "import importlib, pkgutil, sys, server; "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(server.__path__, 'server.')]; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('simulator', 'bench', 'tests')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
