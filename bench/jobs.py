@@ -7,6 +7,8 @@ returns a dict; times in it are CLOCK_MONOTONIC (``*_ns``) or durations in µs (
 - ``streams``: ``streams`` StreamMessage calls through the gateway, started evenly over ``ramp``
   seconds, each read to its end; per-stream records and, with ``record``, latency samples.
 - ``sdk_streams``: the same streams straight from the simulator with the SDK's typed events.
+- ``sdk_tiny``: ``count`` one-token calls straight to the simulator with the SDK, ``concurrency`` at
+  a time: the bare SDK's cost per request.
 - ``ttfe``: ``count`` pairs of one-token calls, one through the gateway and one straight, one after
   the other, alternating which goes first; time from call to first event of each.
 - ``tiny``: ``count`` one-token calls through the gateway, ``concurrency`` at a time.
@@ -55,6 +57,7 @@ class Job:
     after_deltas: int = 3
     delay: float = 0.0
     deadline: float = 300.0  # per call
+    http_client: str = "aiohttp"  # the SDK's transport for SDK calls, as the gateway's default
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
@@ -88,7 +91,10 @@ class Clients:
                 channel = grpc.aio.insecure_channel(job.target, options=[("grpc.use_local_subchannel_pool", 1)])
                 await asyncio.wait_for(channel.channel_ready(), 10)
                 channels.append(channel)
-        sdk = anthropic.AsyncAnthropic(base_url=job.base_url, api_key="bench", max_retries=0) if job.base_url else None
+        sdk = None
+        if job.base_url:
+            http = anthropic.DefaultAioHttpClient() if job.http_client == "aiohttp" else None
+            sdk = anthropic.AsyncAnthropic(base_url=job.base_url, api_key="bench", max_retries=0, http_client=http)
         return cls(channels, sdk)
 
     def call(self, i: int, request: bytes, timeout: float) -> grpc.aio.UnaryStreamCall:
@@ -223,6 +229,23 @@ async def run_tiny(job: Job, clients: Clients, control: Control) -> Result:
     return {"calls": job.count, "events": events, "errors": dict(errors)}
 
 
+async def run_sdk_tiny(job: Job, clients: Clients, control: Control) -> Result:
+    request = body(1, 0)
+    errors: Counter[str] = Counter()
+    events = 0
+
+    async def one(i: int) -> None:
+        nonlocal events
+        record = StreamRecord()
+        await clients.sdk_stream(request, record, None)
+        events += record.events
+        if record.error:
+            errors[record.error] += 1
+
+    await _workers(job.count, job.concurrency, one)
+    return {"calls": job.count, "events": events, "errors": dict(errors)}
+
+
 async def run_hold(job: Job, clients: Clients, control: Control) -> Result:
     request = gateway_request(body(job.tokens, job.tps))
     records = [StreamRecord() for _ in range(job.streams)]
@@ -301,6 +324,7 @@ RUNNERS: dict[str, Callable[[Job, Clients, Control], Awaitable[Result]]] = {
     "sdk_streams": run_sdk_streams,
     "ttfe": run_ttfe,
     "tiny": run_tiny,
+    "sdk_tiny": run_sdk_tiny,
     "hold": run_hold,
     "cancel": run_cancel,
     "reject": run_reject,

@@ -180,20 +180,20 @@ class Processes:
         child = await self.spawn("floor", [sys.executable, "-m", "bench.floor"], cpus=self.gateway_cpus)
         return child, await child.expect("floor listening on ")
 
-    async def client(self, job: Job, name: str = "loadgen") -> Child:
-        """A load client for ``job``, set up and waiting for ``go``."""
+    async def client(self, job: Job, name: str = "loadgen", cpus: tuple[int, ...] | None = None) -> Child:
+        """A load client for ``job`` (on ``cpus``, default ``load_cpus``), set up and waiting for ``go``."""
         child = await self.spawn(
             f"{name}-{job.kind}",
             [sys.executable, "-m", "bench.loadgen", job.to_json()],
-            cpus=self.load_cpus,
+            cpus=self.load_cpus if cpus is None else cpus,
             stdin=True,
         )
         await child.expect("ready")
         return child
 
-    async def clients(self, jobs: list[Job]) -> list[Child]:
-        """Several load clients, all set up and waiting for ``go``."""
-        return list(await asyncio.gather(*(self.client(job) for job in jobs)))
+    async def clients(self, jobs: list[Job], cpus: tuple[int, ...] | None = None) -> list[Child]:
+        """Several load clients (on ``cpus``, default ``load_cpus``), all set up and waiting for ``go``."""
+        return list(await asyncio.gather(*(self.client(job, cpus=cpus) for job in jobs)))
 
 
 async def go(children: list[Child]) -> None:

@@ -19,7 +19,7 @@ other, not with the benchmark's figures. The raw profile is written to
     python -m bench.profiler --tiny 1000            # one-token calls: the fixed cost per request
     python -m bench.profiler --memory 1000          # what 1000 open streams keep allocated (tracemalloc)
     python -m bench.profiler --memory 1000 --memory-by lineno   # the same, by line
-    python -m bench.profiler --http aiohttp         # experiment: the SDK's aiohttp transport
+    python -m bench.profiler --http httpx           # the SDK's default transport (the gateway runs aiohttp)
 """
 
 from __future__ import annotations
@@ -248,8 +248,8 @@ def main() -> None:
     parser.add_argument(
         "--http",
         choices=("httpx", "aiohttp"),
-        default="httpx",
-        help="experiment: the SDK's HTTP transport (aiohttp needs the aiohttp package)",
+        default="aiohttp",
+        help="the SDK's HTTP transport (default aiohttp, as the gateway runs by default)",
     )
     parser.add_argument(
         "--loop",

@@ -65,10 +65,14 @@ class Session:
         gateway, target = await procs.gateway(base_url)
         return cls(procs, plan, upstream, base_url, record_path, gateway, target)
 
-    async def run(self, jobs: list[Job], other: tuple[Child, str] | None = None) -> Run:
-        """Run ``jobs`` in parallel clients against the session's gateway, or ``other`` (gateway, host:port)."""
+    async def run(self, jobs: list[Job], other: tuple[Child, str] | None = None, *, alone: bool = False) -> Run:
+        """Run ``jobs`` in parallel clients against the session's gateway, or ``other`` (gateway, host:port).
+
+        ``alone`` runs the clients on the gateway's core instead of the load core: a baseline that
+        reads the simulator directly then has a core of its own, as the gateway has (equal footing).
+        """
         gateway, target = other or (self.gateway, self.target)
-        clients = await self.procs.clients(jobs)
+        clients = await self.procs.clients(jobs, cpus=self.procs.gateway_cpus if alone else None)
         workers = {f"gateway-worker-{i}": pid for i, pid in enumerate(children_of(gateway.pid), 1)}
         meter = CpuMeter({"gateway": gateway.pid, **workers, "upstream": self.upstream.pid})
         ports = (int(self.base_url.rsplit(":", 1)[1].strip("/")), int(target.rsplit(":", 1)[1]))
