@@ -1,128 +1,192 @@
-"""A small Python client for claude_gateway.v1.ChatService, shaped like the anthropic SDK's.
+"""Gateway and AsyncGateway: clients of claude_gateway.v1.ChatService shaped like ``anthropic.Anthropic``.
 
-    chat = ChatClient(grpc.insecure_channel("127.0.0.1:50051"))
-    with chat.stream({"model": ..., "max_tokens": ..., "messages": [...]}, timeout=60) as stream:
+    from claude_gateway import Gateway
+
+    client = Gateway("127.0.0.1:50051")
+    with client.messages.stream(model="claude-sonnet-4-6", max_tokens=1024,
+                                messages=[{"role": "user", "content": "Hello"}]) as stream:
         for text in stream.text_stream:
             print(text, end="", flush=True)
-    message = stream.get_final_message()
+        message = stream.get_final_message()
 
-Requests and events are the Messages API's JSON objects; ``claude_gateway.codec`` maps them to
-and from the protos losslessly. A failed call raises ``GatewayCallError`` with its status details.
+Requests take the Messages API's keyword arguments; events and messages are the SDK's own types
+(``anthropic.types``); a failed call raises ``GatewayError`` with the status details.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import grpc
+import grpc.aio
+from anthropic._models import construct_type
+from anthropic.types import Message, MessageParam
 from claude_gateway import codec
-from claude_gateway.accumulator import Accumulator
+from claude_gateway.errors import GatewayError
+from claude_gateway.streaming import AsyncMessageStreamManager, MessageStreamManager
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from pydantic import BaseModel
 
-JSON = dict[str, Any]
-
-
-class GatewayCallError(Exception):
-    """A call ended with a non-OK status. ``error_info``, ``retry_delay`` and ``violations`` come
-    from the status details (google.rpc.ErrorInfo, RetryInfo, BadRequest) when present."""
-
-    def __init__(self, error: grpc.RpcError) -> None:
-        self.code: grpc.StatusCode = error.code()
-        self.details: str = error.details() or ""
-        self.error_info: error_details_pb2.ErrorInfo | None = None
-        self.retry_delay: float | None = None
-        self.violations: list[tuple[str, str]] = []
-        status = rpc_status.from_call(error)
-        for detail in status.details if status is not None else ():
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                self.error_info = error_details_pb2.ErrorInfo()
-                detail.Unpack(self.error_info)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                self.retry_delay = info.retry_delay.ToTimedelta().total_seconds()
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                self.violations = [(v.field, v.description) for v in bad.field_violations]
-        super().__init__(f"{self.code.name}: {self.details}")
-
-    def describe(self) -> str:
-        """Every detail, one per line, for people reading a terminal."""
-        lines = [f"{self.code.name}: {self.details}"]
-        if self.error_info is not None:
-            meta = " ".join(f"{k}={v}" for k, v in sorted(self.error_info.metadata.items()))
-            lines.append(f"  reason: {self.error_info.reason} ({self.error_info.domain}) {meta}".rstrip())
-        if self.retry_delay is not None:
-            lines.append(f"  retry after: {self.retry_delay:g}s")
-        lines.extend(f"  bad field {name}: {why}" for name, why in self.violations)
-        return "\n".join(lines)
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 600.0  # seconds, the anthropic SDK's default; it becomes each call's gRPC deadline
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # the gateway's default GATEWAY_MAX_MESSAGE_BYTES
+Metadata = Sequence[tuple[str, str]]
 
 
-def stream_request(body: JSON, betas: Sequence[str] = ()) -> pb.StreamMessageRequest:
+def _plain(value: Any) -> Any:
+    """Request values as plain JSON: SDK models (e.g. a reply's content echoed back) become dicts."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _params(body: Mapping[str, Any]) -> pb.MessageCreateParams:
+    params = {key: _plain(value) for key, value in body.items() if key != "stream"}
+    return codec.from_json(params, pb.MessageCreateParams())
+
+
+def _body(model: str, max_tokens: int, messages: Iterable[MessageParam], params: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "max_tokens": max_tokens, "messages": list(messages), **params}
+
+
+def stream_request(body: Mapping[str, Any], betas: Sequence[str] = ()) -> pb.StreamMessageRequest:
     """The StreamMessage request for an Anthropic-shaped request body ("stream" is ignored)."""
-    params = {k: v for k, v in body.items() if k != "stream"}
-    return pb.StreamMessageRequest(params=codec.from_json(params, pb.MessageCreateParams()), betas=betas)
+    return pb.StreamMessageRequest(params=_params(body), betas=betas)
 
 
-def create_request(body: JSON, betas: Sequence[str] = ()) -> pb.CreateMessageRequest:
+def create_request(body: Mapping[str, Any], betas: Sequence[str] = ()) -> pb.CreateMessageRequest:
     """The CreateMessage request for an Anthropic-shaped request body."""
-    params = {k: v for k, v in body.items() if k != "stream"}
-    return pb.CreateMessageRequest(params=codec.from_json(params, pb.MessageCreateParams()), betas=betas)
+    return pb.CreateMessageRequest(params=_params(body), betas=betas)
 
 
-class MessageStream:
-    """One StreamMessage call: iterate it for events (Messages API JSON), or ``text_stream``
-    for the text; ``get_final_message()`` reads to the end and returns the whole message."""
+def message_of(response: pb.CreateMessageResponse) -> Message:
+    """The SDK Message that a CreateMessage response carries."""
+    return cast(Message, construct_type(type_=Message, value=codec.to_json(response.message)))
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
-        self._accumulator = Accumulator()
-        self._events = self._iter_events()
 
-    def _iter_events(self) -> Iterator[JSON]:
+def _credentials(root_certificates: bytes | None, tls: bool | None) -> grpc.ChannelCredentials | None:
+    if tls is False or (tls is None and root_certificates is None):
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+
+
+_OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),)
+
+
+class _Settings:
+    """What both clients share: the target, the call metadata and the default deadline."""
+
+    def __init__(self, token: str | None, metadata: Metadata, timeout: float | None) -> None:
+        token = token if token is not None else os.environ.get("GATEWAY_TOKEN")
+        self.metadata: tuple[tuple[str, str], ...] = (
+            *((("authorization", f"Bearer {token}"),) if token else ()),
+            *metadata,
+        )
+        self.timeout = timeout
+
+    def call_metadata(self, metadata: Metadata) -> tuple[tuple[str, str], ...]:
+        return (*self.metadata, *metadata)
+
+    def call_timeout(self, timeout: float | None) -> float | None:
+        return timeout if timeout is not None else self.timeout
+
+
+class Messages:
+    """``client.messages``: ``stream(...)`` and ``create(...)`` with the Messages API's keyword arguments."""
+
+    def __init__(self, stub: chat_pb2_grpc.ChatServiceStub, settings: _Settings) -> None:
+        self._stub = stub
+        self._settings = settings
+
+    def stream(
+        self,
+        *,
+        model: str,
+        max_tokens: int,
+        messages: Iterable[MessageParam],
+        betas: Sequence[str] = (),
+        timeout: float | None = None,
+        metadata: Metadata = (),
+        **params: Any,
+    ) -> MessageStreamManager:
+        """StreamMessage: ``with`` the result for a MessageStream. ``params`` are the other request keys
+        (system, tools, tool_choice, thinking, stop_sequences...); ``timeout`` (seconds) is the deadline."""
+        request = stream_request(_body(model, max_tokens, messages, params), betas)
+        return MessageStreamManager(
+            lambda: self._stub.StreamMessage(
+                request,
+                timeout=self._settings.call_timeout(timeout),
+                metadata=self._settings.call_metadata(metadata),
+            )
+        )
+
+    def create(
+        self,
+        *,
+        model: str,
+        max_tokens: int,
+        messages: Iterable[MessageParam],
+        betas: Sequence[str] = (),
+        timeout: float | None = None,
+        metadata: Metadata = (),
+        **params: Any,
+    ) -> Message:
+        """CreateMessage: the whole reply as one Message."""
+        request = create_request(_body(model, max_tokens, messages, params), betas)
         try:
-            for response in self._call:
-                for event in response.events:
-                    data = codec.to_json(event)
-                    self._accumulator.add(data)
-                    yield data
+            response = self._stub.CreateMessage(
+                request, timeout=self._settings.call_timeout(timeout), metadata=self._settings.call_metadata(metadata)
+            )
         except grpc.RpcError as error:
-            raise GatewayCallError(error) from None
+            raise GatewayError.from_rpc_error(error) from None
+        return message_of(response)
 
-    def __iter__(self) -> Iterator[JSON]:
-        return self._events
 
-    @property
-    def text_stream(self) -> Iterator[str]:
-        """The text of text_delta events, as it arrives."""
-        for event in self._events:
-            if event.get("type") == "content_block_delta" and event["delta"].get("type") == "text_delta":
-                yield event["delta"]["text"]
+class Gateway:
+    """A client of the gateway at ``target`` (default env GATEWAY_TARGET, else 127.0.0.1:50051).
 
-    @property
-    def current_message_snapshot(self) -> JSON | None:
-        """The message accumulated so far."""
-        return self._accumulator.message
+    ``token`` (default env GATEWAY_TOKEN) goes as ``authorization: Bearer <token>``; ``root_certificates``
+    (PEM bytes) or ``tls=True`` (system roots) connect with TLS; ``timeout`` is the default deadline of each
+    call in seconds. Pass ``channel`` to use a channel you own instead (then target and TLS are unused).
+    Close it with ``close()`` or a ``with`` block.
+    """
 
-    def get_final_message(self) -> JSON:
-        """Read the rest of the stream and return the accumulated message."""
-        for _ in self._events:
-            pass
-        if self._accumulator.message is None:
-            raise RuntimeError("the stream ended before message_start")
-        return self._accumulator.message
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._owned = channel is None
+        if channel is None:
+            target = target or os.environ.get("GATEWAY_TARGET") or DEFAULT_TARGET
+            credentials = _credentials(root_certificates, tls)
+            if credentials is None:
+                channel = grpc.insecure_channel(target, options=_OPTIONS)
+            else:
+                channel = grpc.secure_channel(target, credentials, options=_OPTIONS)
+        self.channel = channel
+        self.messages = Messages(chat_pb2_grpc.ChatServiceStub(channel), _Settings(token, metadata, timeout))
 
     def close(self) -> None:
-        """Cancel the call; the gateway closes its upstream request at once."""
-        self._call.cancel()
+        """Close the channel, if this client opened it."""
+        if self._owned:
+            self.channel.close()
 
-    def __enter__(self) -> MessageStream:
+    def __enter__(self) -> Gateway:
         return self
 
     def __exit__(
@@ -131,42 +195,90 @@ class MessageStream:
         self.close()
 
 
-class ChatClient:
-    """Calls the gateway over a grpc channel the caller owns."""
+class AsyncMessages:
+    """``client.messages`` of AsyncGateway."""
 
-    def __init__(self, channel: grpc.Channel, metadata: Sequence[tuple[str, str]] | None = None) -> None:
-        """``metadata`` goes with every call, e.g. ``[("authorization", "Bearer <token>")]``."""
-        self._stub = chat_pb2_grpc.ChatServiceStub(channel)
-        self._metadata = tuple(metadata or ())
+    def __init__(self, stub: chat_pb2_grpc.ChatServiceStub, settings: _Settings) -> None:
+        self._stub = stub
+        self._settings = settings
 
     def stream(
         self,
-        body: JSON,
         *,
+        model: str,
+        max_tokens: int,
+        messages: Iterable[MessageParam],
         betas: Sequence[str] = (),
         timeout: float | None = None,
-        metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> MessageStream:
-        """Start StreamMessage for an Anthropic-shaped request body. Set ``timeout``: it becomes
-        the call's deadline, which bounds the whole upstream call."""
-        call = self._stub.StreamMessage(
-            stream_request(body, betas), timeout=timeout, metadata=(*self._metadata, *(metadata or ()))
+        metadata: Metadata = (),
+        **params: Any,
+    ) -> AsyncMessageStreamManager:
+        """StreamMessage: ``async with`` the result for an AsyncMessageStream."""
+        request = stream_request(_body(model, max_tokens, messages, params), betas)
+        return AsyncMessageStreamManager(
+            lambda: self._stub.StreamMessage(
+                request,
+                timeout=self._settings.call_timeout(timeout),
+                metadata=self._settings.call_metadata(metadata),
+            )
         )
-        return MessageStream(call)
 
-    def create(
+    async def create(
         self,
-        body: JSON,
         *,
+        model: str,
+        max_tokens: int,
+        messages: Iterable[MessageParam],
         betas: Sequence[str] = (),
         timeout: float | None = None,
-        metadata: Sequence[tuple[str, str]] | None = None,
-    ) -> JSON:
-        """CreateMessage: the whole reply as a Messages API Message object."""
+        metadata: Metadata = (),
+        **params: Any,
+    ) -> Message:
+        """CreateMessage: the whole reply as one Message."""
+        request = create_request(_body(model, max_tokens, messages, params), betas)
         try:
-            response = self._stub.CreateMessage(
-                create_request(body, betas), timeout=timeout, metadata=(*self._metadata, *(metadata or ()))
+            response = await self._stub.CreateMessage(
+                request, timeout=self._settings.call_timeout(timeout), metadata=self._settings.call_metadata(metadata)
             )
         except grpc.RpcError as error:
-            raise GatewayCallError(error) from None
-        return codec.to_json(response.message)
+            raise GatewayError.from_rpc_error(error) from None
+        return message_of(response)
+
+
+class AsyncGateway:
+    """The asyncio client (grpc.aio); arguments as for Gateway. Close it with ``await close()`` or ``async with``."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        metadata: Metadata = (),
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._owned = channel is None
+        if channel is None:
+            target = target or os.environ.get("GATEWAY_TARGET") or DEFAULT_TARGET
+            credentials = _credentials(root_certificates, tls)
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(target, credentials, options=_OPTIONS)
+        self.channel = channel
+        self.messages = AsyncMessages(chat_pb2_grpc.ChatServiceStub(channel), _Settings(token, metadata, timeout))
+
+    async def close(self) -> None:
+        """Close the channel, if this client opened it."""
+        if self._owned:
+            await self.channel.close()
+
+    async def __aenter__(self) -> AsyncGateway:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

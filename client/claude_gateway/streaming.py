@@ -1,0 +1,319 @@
+"""MessageStream and AsyncMessageStream: one StreamMessage call, read as the anthropic SDK's stream helper reads SSE.
+
+Each relayed protobuf event becomes its Messages API JSON (``claude_gateway.codec``), then the SDK's own
+event type (``anthropic.types.RawMessageStreamEvent``), and goes through the SDK's own accumulation and
+event building (``accumulate_event``, ``build_events``), so iteration yields exactly what
+``anthropic.Anthropic().messages.stream()`` yields: the raw events plus the derived ``text``,
+``citation``, ``thinking``, ``signature`` and ``input_json`` events, and ``get_final_message()`` is
+the SDK's ``ParsedMessage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import TracebackType
+from typing import Any, cast
+
+import grpc
+import grpc.aio
+from anthropic._models import construct_type
+from anthropic.lib.streaming import MessageStreamEvent
+from anthropic.lib.streaming._messages import accumulate_event, build_events
+from anthropic.types import RawMessageStreamEvent
+from anthropic.types.parsed_message import ParsedMessage
+from claude_gateway import codec
+from claude_gateway.errors import GatewayError, metadata_dict
+from claude_gateway.v1 import chat_pb2 as pb
+
+REQUEST_ID_KEY = "anthropic-request-id"
+_CLOSED = (
+    "the stream was closed before it ended: its `with` block was left (or close() called) first; "
+    "read it to the end inside the block, e.g. with get_final_message()"
+)
+
+
+class _Accumulation:
+    """The SDK's snapshot and the events it fires, fed one Messages API JSON event at a time."""
+
+    def __init__(self) -> None:
+        self.snapshot: ParsedMessage[None] | None = None
+        self._json_bufs: dict[int, bytes] = {}
+
+    def feed(self, event: pb.MessageStreamEvent) -> tuple[RawMessageStreamEvent, list[MessageStreamEvent]]:
+        """The relayed event as the SDK's raw event type, and the events the SDK's helper fires for it."""
+        raw = cast(RawMessageStreamEvent, construct_type(type_=RawMessageStreamEvent, value=codec.to_json(event)))
+        if self.snapshot is None and raw.type != "message_start":
+            return raw, [cast(MessageStreamEvent, raw)]  # as the SDK does: a ping (or anything) before message_start
+        self.snapshot = accumulate_event(event=raw, current_snapshot=self.snapshot, json_bufs=self._json_bufs)
+        return raw, cast(list[MessageStreamEvent], build_events(event=raw, message_snapshot=self.snapshot))
+
+    def final(self) -> ParsedMessage[None]:
+        if self.snapshot is None:
+            raise RuntimeError("the stream ended before message_start")
+        return self.snapshot
+
+
+def _final_text(message: ParsedMessage[None]) -> str:
+    texts = [block.text for block in message.content if block.type == "text"]
+    if not texts:
+        kinds = ",".join(block.type for block in message.content)
+        raise RuntimeError(f"get_final_text() needs a text block; the reply has {kinds or 'no'} content block(s)")
+    return "".join(texts)
+
+
+class _Metadata:
+    """What a call tells besides events: its initial and trailing metadata."""
+
+    initial_metadata: dict[str, str | bytes]
+    trailing_metadata: dict[str, str | bytes] | None
+
+    @property
+    def request_id(self) -> str | None:
+        """The upstream request id (initial metadata ``anthropic-request-id``), once the upstream answered."""
+        value = self.initial_metadata.get(REQUEST_ID_KEY)
+        return value if isinstance(value, str) else None
+
+    def trailer_json(self, key: str) -> Any:
+        """The JSON value of trailing metadata ``key`` (e.g. usage or cost reports), or None when absent.
+
+        Trailing metadata arrives when the call ends: read the stream to its end first."""
+        if self.trailing_metadata is None or key not in self.trailing_metadata:
+            return None
+        return json.loads(self.trailing_metadata[key])
+
+
+class MessageStream(_Metadata):
+    """A StreamMessage call. Iterate it for events; ``text_stream`` for the text; ``get_final_message()``
+    reads to the end and returns the message. ``close()`` (or leaving the ``with`` block) cancels the call,
+    which closes the gateway's upstream request at once."""
+
+    text_stream: Iterator[str]
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._accumulation = _Accumulation()
+        self._closed = False
+        self.initial_metadata = {}
+        self.trailing_metadata = None
+        self._source = self._read()
+        self._iterator = (event for _, fired in self._source for event in fired)
+        self.text_stream = self._stream_text()
+
+    def _start(self) -> None:
+        """Wait for the gateway's first answer; raise GatewayError if the call failed before any event."""
+        try:
+            self.initial_metadata = metadata_dict(self._call.initial_metadata())
+        except grpc.RpcError as error:
+            raise GatewayError.from_rpc_error(error) from None
+        if self._call.done() and self._call.code() != grpc.StatusCode.OK:
+            try:
+                next(iter(self._call))
+            except grpc.RpcError as error:
+                raise GatewayError.from_rpc_error(error) from None
+
+    def _read(self) -> Iterator[tuple[RawMessageStreamEvent, list[MessageStreamEvent]]]:
+        try:
+            for response in self._call:
+                for event in response.events:
+                    yield self._accumulation.feed(event)
+        except grpc.RpcError as error:
+            if self._closed and error.code() == grpc.StatusCode.CANCELLED:
+                raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
+            raise GatewayError.from_rpc_error(error) from None
+        self.trailing_metadata = metadata_dict(self._call.trailing_metadata())
+
+    def _stream_text(self) -> Iterator[str]:
+        for event in self:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                yield event.delta.text
+
+    def __iter__(self) -> Iterator[MessageStreamEvent]:
+        yield from self._iterator
+
+    @property
+    def raw_events(self) -> Iterator[RawMessageStreamEvent]:
+        """The events as relayed, without the derived ones (what ``messages.create(stream=True)`` gives in the SDK).
+
+        It reads the same call: each event goes either here or to the event iteration, never both."""
+        return (raw for raw, _ in self._source)
+
+    def __next__(self) -> MessageStreamEvent:
+        return next(self._iterator)
+
+    @property
+    def current_message_snapshot(self) -> ParsedMessage[None]:
+        """The message accumulated so far (after message_start)."""
+        return self._accumulation.final()
+
+    def until_done(self) -> None:
+        """Read the stream to its end."""
+        for _ in self:
+            pass
+
+    def get_final_message(self) -> ParsedMessage[None]:
+        """Read the rest of the stream and return the accumulated message."""
+        self.until_done()
+        return self._accumulation.final()
+
+    def get_final_text(self) -> str:
+        """Read the rest of the stream and return the text of its text blocks, joined."""
+        return _final_text(self.get_final_message())
+
+    def close(self) -> None:
+        """Cancel the call if it is still running."""
+        self._closed = True
+        self._call.cancel()
+
+    def __enter__(self) -> MessageStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class MessageStreamManager:
+    """What ``messages.stream(...)`` returns: ``with`` it to start the call and get its MessageStream."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._start = start
+        self._stream: MessageStream | None = None
+
+    def __enter__(self) -> MessageStream:
+        self._stream = MessageStream(self._start())
+        try:
+            self._stream._start()
+        except BaseException:
+            self._stream.close()
+            raise
+        return self._stream
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
+class AsyncMessageStream(_Metadata):
+    """The asyncio MessageStream: ``async for`` events, ``text_stream``, ``await get_final_message()``."""
+
+    text_stream: AsyncIterator[str]
+
+    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        self._call = call
+        self._accumulation = _Accumulation()
+        self._closed = False
+        self.initial_metadata = {}
+        self.trailing_metadata = None
+        self._source = self._read()
+        self._iterator = self._fired()
+        self.text_stream = self._stream_text()
+
+    async def _start(self) -> None:
+        """Wait for the gateway's first answer; raise GatewayError if the call failed before any event."""
+        metadata = await self._call.initial_metadata()
+        self.initial_metadata = metadata_dict(metadata)
+        if self._call.done():
+            code = await self._call.code()
+            if code != grpc.StatusCode.OK:
+                try:
+                    await self._call.read()
+                except grpc.RpcError as error:
+                    raise GatewayError.from_rpc_error(error) from None
+
+    async def _read(self) -> AsyncIterator[tuple[RawMessageStreamEvent, list[MessageStreamEvent]]]:
+        try:
+            async for response in self._call:
+                for event in response.events:
+                    yield self._accumulation.feed(event)
+            self.trailing_metadata = metadata_dict(await self._call.trailing_metadata())
+        except asyncio.CancelledError:
+            if self._closed and self._call.cancelled():  # our own close(), not the task's cancellation
+                raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
+            raise
+        except grpc.RpcError as error:
+            if self._closed and error.code() == grpc.StatusCode.CANCELLED:
+                raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
+            raise GatewayError.from_rpc_error(error) from None
+
+    async def _fired(self) -> AsyncIterator[MessageStreamEvent]:
+        async for _, fired in self._source:
+            for event in fired:
+                yield event
+
+    @property
+    async def raw_events(self) -> AsyncIterator[RawMessageStreamEvent]:
+        """The events as relayed, without the derived ones; see MessageStream.raw_events."""
+        async for raw, _ in self._source:
+            yield raw
+
+    async def _stream_text(self) -> AsyncIterator[str]:
+        async for event in self:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                yield event.delta.text
+
+    async def __aiter__(self) -> AsyncIterator[MessageStreamEvent]:
+        async for event in self._iterator:
+            yield event
+
+    async def __anext__(self) -> MessageStreamEvent:
+        return await self._iterator.__anext__()
+
+    @property
+    def current_message_snapshot(self) -> ParsedMessage[None]:
+        """The message accumulated so far (after message_start)."""
+        return self._accumulation.final()
+
+    async def until_done(self) -> None:
+        """Read the stream to its end."""
+        async for _ in self:
+            pass
+
+    async def get_final_message(self) -> ParsedMessage[None]:
+        """Read the rest of the stream and return the accumulated message."""
+        await self.until_done()
+        return self._accumulation.final()
+
+    async def get_final_text(self) -> str:
+        """Read the rest of the stream and return the text of its text blocks, joined."""
+        return _final_text(await self.get_final_message())
+
+    async def close(self) -> None:
+        """Cancel the call if it is still running."""
+        self._closed = True
+        self._call.cancel()
+
+    async def __aenter__(self) -> AsyncMessageStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class AsyncMessageStreamManager:
+    """What ``messages.stream(...)`` of the async client returns: ``async with`` it for the AsyncMessageStream."""
+
+    def __init__(self, start: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]]) -> None:
+        self._start = start
+        self._stream: AsyncMessageStream | None = None
+
+    async def __aenter__(self) -> AsyncMessageStream:
+        self._stream = AsyncMessageStream(self._start())
+        try:
+            await self._stream._start()
+        except BaseException:
+            await self._stream.close()
+            raise
+        return self._stream
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._stream is not None:
+            await self._stream.close()
