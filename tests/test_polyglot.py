@@ -26,7 +26,7 @@ from tests.harness import gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE = shutil.which("node")
-NODE_CLIENT = ROOT / "client" / "node" / "index.js"
+NODE_CLIENT = ROOT / "client" / "node" / "index.mjs"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent))
 MODEL = "claude-sonnet-4-6"
@@ -34,7 +34,7 @@ NON_SPACE = re.compile(r"\S")
 TOOL_TIMEOUT = 60.0  # seconds a tool may run before the test fails; never reached when things work
 
 needs_node = pytest.mark.skipif(
-    NODE is None or not (ROOT / "node_modules" / "@grpc" / "grpc-js").is_dir(),
+    NODE is None or not (ROOT / "client" / "ts" / "dist" / "node.js").is_file(),
     reason="node or the Node client's deps are missing: run `make node` (npm ci) first",
 )
 needs_buf = pytest.mark.skipif(
