@@ -34,7 +34,6 @@ from pydantic import BaseModel
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 600.0  # seconds, the anthropic SDK's default; it becomes each call's gRPC deadline
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # the gateway's default GATEWAY_MAX_MESSAGE_BYTES
-Metadata = Sequence[tuple[str, str]]
 
 
 def _plain(value: Any) -> Any:
@@ -84,16 +83,16 @@ _OPTIONS = (("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),)
 class _Settings:
     """What both clients share: the target, the call metadata and the default deadline."""
 
-    def __init__(self, token: str | None, metadata: Metadata, timeout: float | None) -> None:
+    def __init__(self, token: str | None, default_headers: Mapping[str, str] | None, timeout: float | None) -> None:
         token = token if token is not None else os.environ.get("GATEWAY_TOKEN")
         self.metadata: tuple[tuple[str, str], ...] = (
             *((("authorization", f"Bearer {token}"),) if token else ()),
-            *metadata,
+            *(default_headers or {}).items(),
         )
         self.timeout = timeout
 
-    def call_metadata(self, metadata: Metadata) -> tuple[tuple[str, str], ...]:
-        return (*self.metadata, *metadata)
+    def call_metadata(self, extra_headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+        return (*self.metadata, *(extra_headers or {}).items())
 
     def call_timeout(self, timeout: float | None) -> float | None:
         return timeout if timeout is not None else self.timeout
@@ -114,17 +113,18 @@ class Messages:
         messages: Iterable[MessageParam],
         betas: Sequence[str] = (),
         timeout: float | None = None,
-        metadata: Metadata = (),
+        extra_headers: Mapping[str, str] | None = None,
         **params: Any,
     ) -> MessageStreamManager:
         """StreamMessage: ``with`` the result for a MessageStream. ``params`` are the other request keys
-        (system, tools, tool_choice, thinking, stop_sequences...); ``timeout`` (seconds) is the deadline."""
+        (system, tools, tool_choice, thinking, stop_sequences, metadata...); ``timeout`` (seconds) is the
+        deadline; ``extra_headers`` go as gRPC metadata."""
         request = stream_request(_body(model, max_tokens, messages, params), betas)
         return MessageStreamManager(
             lambda: self._stub.StreamMessage(
                 request,
                 timeout=self._settings.call_timeout(timeout),
-                metadata=self._settings.call_metadata(metadata),
+                metadata=self._settings.call_metadata(extra_headers),
             )
         )
 
@@ -136,14 +136,16 @@ class Messages:
         messages: Iterable[MessageParam],
         betas: Sequence[str] = (),
         timeout: float | None = None,
-        metadata: Metadata = (),
+        extra_headers: Mapping[str, str] | None = None,
         **params: Any,
     ) -> Message:
         """CreateMessage: the whole reply as one Message."""
         request = create_request(_body(model, max_tokens, messages, params), betas)
         try:
             response = self._stub.CreateMessage(
-                request, timeout=self._settings.call_timeout(timeout), metadata=self._settings.call_metadata(metadata)
+                request,
+                timeout=self._settings.call_timeout(timeout),
+                metadata=self._settings.call_metadata(extra_headers),
             )
         except grpc.RpcError as error:
             raise GatewayError.from_rpc_error(error) from None
@@ -153,7 +155,8 @@ class Messages:
 class Gateway:
     """A client of the gateway at ``target`` (default env GATEWAY_TARGET, else 127.0.0.1:50051).
 
-    ``token`` (default env GATEWAY_TOKEN) goes as ``authorization: Bearer <token>``; ``root_certificates``
+    ``token`` (default env GATEWAY_TOKEN) goes as ``authorization: Bearer <token>`` and ``default_headers`` as
+    gRPC metadata with every call; ``root_certificates``
     (PEM bytes) or ``tls=True`` (system roots) connect with TLS; ``timeout`` is the default deadline of each
     call in seconds. Pass ``channel`` to use a channel you own instead (then target and TLS are unused).
     Close it with ``close()`` or a ``with`` block.
@@ -167,7 +170,7 @@ class Gateway:
         root_certificates: bytes | None = None,
         tls: bool | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
+        default_headers: Mapping[str, str] | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
         self._owned = channel is None
@@ -179,7 +182,7 @@ class Gateway:
             else:
                 channel = grpc.secure_channel(target, credentials, options=_OPTIONS)
         self.channel = channel
-        self.messages = Messages(chat_pb2_grpc.ChatServiceStub(channel), _Settings(token, metadata, timeout))
+        self.messages = Messages(chat_pb2_grpc.ChatServiceStub(channel), _Settings(token, default_headers, timeout))
 
     def close(self) -> None:
         """Close the channel, if this client opened it."""
@@ -210,7 +213,7 @@ class AsyncMessages:
         messages: Iterable[MessageParam],
         betas: Sequence[str] = (),
         timeout: float | None = None,
-        metadata: Metadata = (),
+        extra_headers: Mapping[str, str] | None = None,
         **params: Any,
     ) -> AsyncMessageStreamManager:
         """StreamMessage: ``async with`` the result for an AsyncMessageStream."""
@@ -219,7 +222,7 @@ class AsyncMessages:
             lambda: self._stub.StreamMessage(
                 request,
                 timeout=self._settings.call_timeout(timeout),
-                metadata=self._settings.call_metadata(metadata),
+                metadata=self._settings.call_metadata(extra_headers),
             )
         )
 
@@ -231,14 +234,16 @@ class AsyncMessages:
         messages: Iterable[MessageParam],
         betas: Sequence[str] = (),
         timeout: float | None = None,
-        metadata: Metadata = (),
+        extra_headers: Mapping[str, str] | None = None,
         **params: Any,
     ) -> Message:
         """CreateMessage: the whole reply as one Message."""
         request = create_request(_body(model, max_tokens, messages, params), betas)
         try:
             response = await self._stub.CreateMessage(
-                request, timeout=self._settings.call_timeout(timeout), metadata=self._settings.call_metadata(metadata)
+                request,
+                timeout=self._settings.call_timeout(timeout),
+                metadata=self._settings.call_metadata(extra_headers),
             )
         except grpc.RpcError as error:
             raise GatewayError.from_rpc_error(error) from None
@@ -256,7 +261,7 @@ class AsyncGateway:
         root_certificates: bytes | None = None,
         tls: bool | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
-        metadata: Metadata = (),
+        default_headers: Mapping[str, str] | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         self._owned = channel is None
@@ -268,7 +273,9 @@ class AsyncGateway:
             else:
                 channel = grpc.aio.secure_channel(target, credentials, options=_OPTIONS)
         self.channel = channel
-        self.messages = AsyncMessages(chat_pb2_grpc.ChatServiceStub(channel), _Settings(token, metadata, timeout))
+        self.messages = AsyncMessages(
+            chat_pb2_grpc.ChatServiceStub(channel), _Settings(token, default_headers, timeout)
+        )
 
     async def close(self) -> None:
         """Close the channel, if this client opened it."""
