@@ -11,13 +11,15 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from anthropic.types import Message
 from claude_gateway import __version__
-from claude_gateway.client import DEFAULT_TARGET, Gateway
-from claude_gateway.errors import GatewayError
 
+if TYPE_CHECKING:
+    from anthropic.types import Message
+    from claude_gateway.client import Gateway
+
+DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MODEL = "claude-sonnet-4-6"
 PROG = "python -m client"
 
@@ -123,6 +125,9 @@ def build_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from claude_gateway.client import Gateway  # the SDK's types load here, after the command line checked out
+    from claude_gateway.errors import GatewayError
+
     body = build_body(args)
     root_certificates = None
     if args.ca_cert:

@@ -16,7 +16,7 @@ Requests take the Messages API's keyword arguments; events and messages are the 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
@@ -201,8 +201,8 @@ class Gateway:
 class AsyncMessages:
     """``client.messages`` of AsyncGateway."""
 
-    def __init__(self, stub: chat_pb2_grpc.ChatServiceStub, settings: _Settings) -> None:
-        self._stub = stub
+    def __init__(self, stub: Callable[[], chat_pb2_grpc.ChatServiceStub], settings: _Settings) -> None:
+        self._stub_of = stub
         self._settings = settings
 
     def stream(
@@ -219,7 +219,7 @@ class AsyncMessages:
         """StreamMessage: ``async with`` the result for an AsyncMessageStream."""
         request = stream_request(_body(model, max_tokens, messages, params), betas)
         return AsyncMessageStreamManager(
-            lambda: self._stub.StreamMessage(
+            lambda: self._stub_of().StreamMessage(
                 request,
                 timeout=self._settings.call_timeout(timeout),
                 metadata=self._settings.call_metadata(extra_headers),
@@ -240,7 +240,7 @@ class AsyncMessages:
         """CreateMessage: the whole reply as one Message."""
         request = create_request(_body(model, max_tokens, messages, params), betas)
         try:
-            response = await self._stub.CreateMessage(
+            response = await self._stub_of().CreateMessage(
                 request,
                 timeout=self._settings.call_timeout(timeout),
                 metadata=self._settings.call_metadata(extra_headers),
@@ -251,7 +251,8 @@ class AsyncMessages:
 
 
 class AsyncGateway:
-    """The asyncio client (grpc.aio); arguments as for Gateway. Close it with ``await close()`` or ``async with``."""
+    """The asyncio client (grpc.aio); arguments as for Gateway. Its channel opens on the first call, so the
+    client may be made outside the event loop that uses it. Close it with ``await close()`` or ``async with``."""
 
     def __init__(
         self,
@@ -265,22 +266,31 @@ class AsyncGateway:
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         self._owned = channel is None
-        if channel is None:
-            target = target or os.environ.get("GATEWAY_TARGET") or DEFAULT_TARGET
-            credentials = _credentials(root_certificates, tls)
-            if credentials is None:
-                channel = grpc.aio.insecure_channel(target, options=_OPTIONS)
+        self._channel = channel
+        self._stub: chat_pb2_grpc.ChatServiceStub | None = None
+        self._target = target or os.environ.get("GATEWAY_TARGET") or DEFAULT_TARGET
+        self._credentials = _credentials(root_certificates, tls)
+        self.messages = AsyncMessages(self._chat_stub, _Settings(token, default_headers, timeout))
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel, opened on first use."""
+        if self._channel is None:
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self._target, options=_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(target, credentials, options=_OPTIONS)
-        self.channel = channel
-        self.messages = AsyncMessages(
-            chat_pb2_grpc.ChatServiceStub(channel), _Settings(token, default_headers, timeout)
-        )
+                self._channel = grpc.aio.secure_channel(self._target, self._credentials, options=_OPTIONS)
+        return self._channel
+
+    def _chat_stub(self) -> chat_pb2_grpc.ChatServiceStub:
+        if self._stub is None:
+            self._stub = chat_pb2_grpc.ChatServiceStub(self.channel)
+        return self._stub
 
     async def close(self) -> None:
         """Close the channel, if this client opened it."""
-        if self._owned:
-            await self.channel.close()
+        if self._owned and self._channel is not None:
+            await self._channel.close()
 
     async def __aenter__(self) -> AsyncGateway:
         return self

@@ -44,6 +44,8 @@ class _Accumulation:
     def feed(self, event: pb.MessageStreamEvent) -> tuple[RawMessageStreamEvent, list[MessageStreamEvent]]:
         """The relayed event as the SDK's raw event type, and the events the SDK's helper fires for it."""
         raw = cast(RawMessageStreamEvent, construct_type(type_=RawMessageStreamEvent, value=codec.to_json(event)))
+        if raw.type == "ping":  # type: ignore[comparison-overlap]
+            return raw, []  # the SDK's stream drops pings
         if self.snapshot is None and raw.type != "message_start":
             return raw, [cast(MessageStreamEvent, raw)]  # as the SDK does: a ping (or anything) before message_start
         self.snapshot = accumulate_event(event=raw, current_snapshot=self.snapshot, json_bufs=self._json_bufs)
@@ -134,9 +136,9 @@ class MessageStream(_Metadata):
 
     @property
     def raw_events(self) -> Iterator[RawMessageStreamEvent]:
-        """The events as relayed, without the derived ones (what ``messages.create(stream=True)`` gives in the SDK).
-
-        It reads the same call: each event goes either here or to the event iteration, never both."""
+        """Every event as relayed, pings included, without the derived ones: what ``messages.create(stream=True)``
+        gives in the SDK, except that the SDK drops pings. It reads the same call: each event goes either here
+        or to the event iteration, never both."""
         return (raw for raw, _ in self._source)
 
     def __next__(self) -> MessageStreamEvent:
