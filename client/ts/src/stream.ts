@@ -53,7 +53,7 @@ export const REQUEST_ID_HEADER = "anthropic-request-id";
 export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
   /** Aborting it cancels the call, which closes the gateway's upstream request at once. */
   readonly controller = new AbortController();
-  /** Every event received so far, as Messages API JSON. */
+  /** Every event received so far, as Messages API JSON, pings included (the SDK drops those). */
   readonly receivedEvents: RawMessageStreamEvent[] = [];
   /** The call's response headers, once they arrived. */
   headers: Headers | undefined;
@@ -111,6 +111,7 @@ export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
 
   #add(event: RawMessageStreamEvent): void {
     this.receivedEvents.push(event);
+    if ((event.type as string) === "ping") return; // the SDK's stream drops pings
     this.#accumulator.add(event);
     const snapshot = this.#accumulator.message;
     if (snapshot === undefined) return; // a ping before message_start

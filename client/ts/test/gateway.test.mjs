@@ -1,0 +1,119 @@
+// @claude-gateway/client against a real gateway on the simulator. tests/test_ts_client.py starts them
+// and runs this file with GATEWAY_TARGET (plain), GATEWAY_TLS_TARGET + GATEWAY_CA + GATEWAY_TEST_TOKEN
+// (TLS and a caller token) and SIM_URL + SIM_KEY (the simulator itself, for the Anthropic SDK).
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import Anthropic from '@anthropic-ai/sdk';
+import { Code } from '@connectrpc/connect';
+import { Gateway, GatewayError, eventToJson } from '@claude-gateway/client/node';
+
+const env = process.env;
+const skip = env.GATEWAY_TARGET ? false : 'needs a gateway: run by tests/test_ts_client.py';
+const MODEL = 'claude-sonnet-4-6';
+const hello = (extra = {}) => ({ model: MODEL, max_tokens: 12, messages: [{ role: 'user', content: 'Hello' }], ...extra });
+const client = () => new Gateway({ target: env.GATEWAY_TARGET });
+const sdk = () => new Anthropic({ baseURL: env.SIM_URL, apiKey: env.SIM_KEY, maxRetries: 0 });
+
+/** A message without what differs between two calls (its id) and what only the SDK's parse helper adds. */
+function comparable(message) {
+  const { id: _id, parsed_output: _parsed, ...rest } = message;
+  if (rest.stop_details == null) delete rest.stop_details; // the SDK leaves it undefined, the gateway's accumulator null
+  return rest;
+}
+
+test('on("text") streams what the SDK streams and finalMessage() equals its final message', { skip }, async () => {
+  const texts = [];
+  const stream = client().messages.stream(hello()).on('text', (text) => texts.push(text));
+  const message = await stream.finalMessage();
+  const direct = sdk().messages.stream(hello());
+  const sdkTexts = [];
+  direct.on('text', (text) => sdkTexts.push(text));
+  const want = await direct.finalMessage();
+  assert.deepEqual(texts, sdkTexts);
+  assert.equal(await stream.finalText(), texts.join(''));
+  assert.deepEqual(comparable(message), comparable(want));
+  assert.match(stream.requestId, /^req_/);
+});
+
+test('async iteration yields the events the SDK yields, as Messages API JSON', { skip }, async () => {
+  const got = [];
+  for await (const event of client().messages.stream(hello())) got.push(event);
+  const want = [];
+  for await (const event of await sdk().messages.create({ ...hello(), stream: true })) want.push(event);
+  assert.equal(got[0].type, 'message_start');
+  assert.equal(got.at(-1).type, 'message_stop');
+  assert.deepEqual(got.slice(1), want.slice(1)); // message_start carries the message id, which differs
+  assert.deepEqual(comparable(got[0].message), comparable(want[0].message));
+});
+
+test('on("event") passes each event with the message accumulated so far', { skip }, async () => {
+  const seen = [];
+  const stream = client().messages.stream(hello({ max_tokens: 3 }));
+  stream.on('event', (event, snapshot) => seen.push([event.type, snapshot.content[0]?.text]));
+  await stream.done();
+  assert.deepEqual(seen.at(0), ['message_start', undefined]);
+  assert.deepEqual(seen.at(-1), ['message_stop', 'Hello the simulator']);
+});
+
+test('abort() cancels the call: finalMessage rejects with CANCELLED and "abort" fires', { skip }, async () => {
+  const stream = client().messages.stream(hello({ max_tokens: 500, messages: [{ role: 'user', content: 'Hi [[sim:stall 3]]' }] }));
+  const aborted = new Promise((resolve) => stream.on('abort', resolve));
+  stream.on('connect', () => stream.abort());
+  await assert.rejects(stream.finalMessage(), (error) => error instanceof GatewayError && error.code === Code.Canceled);
+  assert.equal((await aborted).codeName, 'CANCELLED');
+  assert.equal(stream.ended, true);
+});
+
+test('breaking out of for await aborts the call', { skip }, async () => {
+  const stream = client().messages.stream(hello({ max_tokens: 500, messages: [{ role: 'user', content: 'Hi [[sim:stall 4]]' }] }));
+  for await (const event of stream) if (event.type === 'content_block_delta') break;
+  await assert.rejects(stream.done(), (error) => error.code === Code.Canceled);
+});
+
+test('timeoutMs is the deadline: a stalled reply ends with DEADLINE_EXCEEDED', { skip }, async () => {
+  const started = Date.now();
+  const stream = client().messages.stream(hello({ messages: [{ role: 'user', content: 'Hi [[sim:stall 3]]' }] }), { timeoutMs: 300 });
+  await assert.rejects(stream.finalMessage(), (error) => error.codeName === 'DEADLINE_EXCEEDED');
+  assert.ok(Date.now() - started < 10_000);
+});
+
+test('status details are decoded: BadRequest, ErrorInfo and RetryInfo', { skip }, async () => {
+  const bad = await client().messages.create(hello({ max_tokens: 0 })).catch((e) => e);
+  assert.ok(bad instanceof GatewayError);
+  assert.equal(bad.codeName, 'INVALID_ARGUMENT');
+  assert.deepEqual(bad.violations, [{ field: 'params.max_tokens', description: 'must be at least 1, got 0' }]);
+  assert.equal(bad.errorInfo.reason, 'INVALID_REQUEST');
+  const limited = client().messages.stream(hello({ messages: [{ role: 'user', content: 'hi [[sim:http_error 429 rate_limit_error 3]]' }] }), { timeoutMs: 2000 });
+  const error = await limited.finalMessage().catch((e) => e);
+  assert.equal(error.codeName, 'RESOURCE_EXHAUSTED');
+  assert.equal(error.errorType, 'rate_limit_error');
+  assert.equal(error.retryDelaySeconds, 3);
+  assert.match(error.describe(), /retry after: 3s/);
+});
+
+test('create() returns the message the stream accumulates', { skip }, async () => {
+  const created = await client().messages.create(hello({ max_tokens: 7 }));
+  const streamed = await client().messages.stream(hello({ max_tokens: 7 })).finalMessage();
+  assert.deepEqual(comparable(created), comparable(streamed));
+});
+
+test('TLS and a token reach a guarded gateway; without the token the call is UNAUTHENTICATED', { skip }, async () => {
+  const ca = readFileSync(env.GATEWAY_CA);
+  const guarded = new Gateway({ target: env.GATEWAY_TLS_TARGET, ca, token: env.GATEWAY_TEST_TOKEN });
+  assert.match(await guarded.messages.stream(hello({ max_tokens: 3 })).finalText(), /^Hello/);
+  const anonymous = new Gateway({ target: env.GATEWAY_TLS_TARGET, ca, token: '' });
+  const error = await anonymous.messages.create(hello({ max_tokens: 3 })).catch((e) => e);
+  assert.equal(error.codeName, 'UNAUTHENTICATED');
+});
+
+test('the generated Connect client gives protobuf-es events that eventToJson turns into the API JSON', { skip }, async () => {
+  const gateway = client();
+  const events = [];
+  const request = { params: { model: MODEL, maxTokens: 3, messages: [{ role: 'user', contentText: 'Hello' }] } };
+  for await (const response of gateway.rpc.streamMessage(request, { timeoutMs: 10_000 })) events.push(...response.events);
+  assert.equal(events[0].type.case, 'messageStart');
+  const json = events.map(eventToJson);
+  assert.equal(json.at(-1).type, 'message_stop');
+  assert.equal(json.filter((e) => e.type === 'content_block_delta').map((e) => e.delta.text).join(''), 'Hello the simulator');
+});
