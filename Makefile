@@ -8,7 +8,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos bench clean node buf-lint buf-breaking
+.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos bench clean node buf-lint buf-breaking ts-protos ts-check
 
 setup: $(STAMP)
 
@@ -31,8 +31,8 @@ sim: setup
 serve-sim: setup
 	ANTHROPIC_BASE_URL=http://127.0.0.1:8787 ANTHROPIC_API_KEY=any $(PY) -m server
 
-# Regenerate the committed stubs after editing the proto.
-protos: setup
+# Regenerate the committed stubs (Python and TypeScript) after editing the proto.
+protos: setup ts-protos
 	$(PROTOC) --python_out=client --grpc_python_out=client --mypy_out=client --mypy_grpc_out=client $(PROTO)
 
 # Fails when the committed stubs differ from what the proto generates.
@@ -48,17 +48,34 @@ lint: setup
 	$(VENV)/bin/ruff format --check server simulator client tests bench
 
 typecheck: setup
-	$(VENV)/bin/mypy server simulator tests bench client/claude_gateway
+	$(VENV)/bin/mypy server simulator tests bench client/claude_gateway client/examples
 
-# Node tooling (buf, the Node sample client's deps) in ./node_modules, exactly as package-lock.json pins.
-BUF := node_modules/.bin/buf
+# Node tooling (buf, protoc-gen-es, tsc) and the TypeScript package client/ts (a workspace) in
+# ./node_modules, exactly as package-lock.json pins; then the package is compiled to client/ts/dist.
+BUF := $(CURDIR)/node_modules/.bin/buf
 NODE_STAMP := node_modules/.installed
+TS_BUILT := client/ts/dist/.built
+TS_SOURCES := $(shell find client/ts/src client/ts/examples -name '*.ts') client/ts/package.json client/ts/tsconfig.json client/ts/tsconfig.examples.json
 
-node: $(NODE_STAMP)
+node: $(TS_BUILT)
 
-$(NODE_STAMP): package.json package-lock.json
+$(NODE_STAMP): package.json package-lock.json client/ts/package.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
+
+$(TS_BUILT): $(NODE_STAMP) $(TS_SOURCES)
+	npm run -s build --workspace client/ts
+	touch $@
+
+# Regenerate client/ts/src/gen (protobuf-es) with client/ts/buf.gen.yaml and the pinned protoc-gen-es.
+ts-protos: $(NODE_STAMP)
+	cd client/ts && $(BUF) generate
+
+# Fails when the committed TypeScript code differs from what the protos generate.
+ts-check: $(NODE_STAMP)
+	@tmp=$$(mktemp -d) && (cd client/ts && $(BUF) generate -o $$tmp) && \
+	diff -ru client/ts/src/gen $$tmp/src/gen || { echo "proto drift: run 'make protos' and commit"; exit 1; } ; \
+	rm -rf $$tmp && echo "ts-check: client/ts/src/gen matches the protos"
 
 buf-lint: node
 	$(BUF) lint
@@ -68,7 +85,7 @@ buf-lint: node
 buf-breaking: node
 	$(BUF) breaking protos --against protos/released/v1.binpb
 
-test: lint typecheck proto-check buf-lint buf-breaking
+test: lint typecheck proto-check ts-check buf-lint buf-breaking node
 	$(PY) -m pytest -q
 
 bench: setup
