@@ -64,7 +64,7 @@ def test_typescript_package_passes_its_node_tests_against_real_gateways(tmp_path
     assert code == 0, out + err
     counts = dict(re.findall(r"^# (pass|fail|skipped|cancelled) (\d+)$", out, re.MULTILINE))
     assert counts == {"pass": counts["pass"], "fail": "0", "skipped": "0", "cancelled": "0"}, out
-    assert int(counts["pass"]) >= 13
+    assert int(counts["pass"]) >= 14
 
 
 def comparable(message: dict[str, Any]) -> dict[str, Any]:
