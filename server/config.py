@@ -14,6 +14,8 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any, cast
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+IDENTITIES = ("none", "token", "mtls")
+STORE_DOWN = ("open", "closed")
 HTTP_CLIENTS = ("aiohttp", "httpx")
 
 
@@ -57,6 +59,39 @@ class Settings:
         "(health and reflection stay open); never logged",
         secret=True,
     )
+    caller_identity: str = setting(
+        "none",
+        "how callers are named: none (one caller, `anonymous`: a sidecar), token (bearer tokens whose sha256 "
+        "GATEWAY_CALLERS_FILE maps to caller names) or mtls (the client certificate's common name)",
+        choices=IDENTITIES,
+    )
+    callers_file: str = setting(
+        "", "token mode: file of `<sha256 hex of a token> <caller name>` lines; re-read when it changes"
+    )
+    callers_reload_seconds: float = setting(
+        5.0, "token mode: how often in seconds the callers file is checked for changes"
+    )
+    tls_client_ca: str = setting("", "mtls mode: PEM file of the CAs that sign client certificates (required there)")
+    policy_file: str = setting(
+        "",
+        "YAML file of model aliases, the default model and per-caller allowlists and limits "
+        "(unset: any caller, any model, no limits); checked at start-up",
+    )
+    redis_url: str = setting(
+        "", "redis://host:port/db holding caller quotas shared by every replica (unset: counted in this process)"
+    )
+    redis_unreachable: str = setting(
+        "open",
+        "when Redis cannot be reached: open (admit calls without the shared quotas) or closed (refuse them "
+        "with UNAVAILABLE); health keeps serving either way",
+        choices=STORE_DOWN,
+    )
+    redis_timeout: float = setting(0.25, "longest wait in seconds for one Redis quota command")
+    lease_seconds: float = setting(
+        15.0,
+        "life in seconds of a stream's slot in Redis unless its replica renews it (a crashed replica's slots "
+        "free after it)",
+    )
     workers: int = setting(1, "gateway processes sharing the port through SO_REUSEPORT (about one per core)")
     log_level: str = setting("INFO", "log level; one line per call at INFO", choices=LOG_LEVELS)
 
@@ -68,6 +103,22 @@ class Settings:
                 raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, not {value!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together")
+        if self.caller_identity == "token" and not (self.callers_file or self.auth_token):
+            raise ValueError("GATEWAY_CALLER_IDENTITY=token needs GATEWAY_CALLERS_FILE (or GATEWAY_AUTH_TOKEN)")
+        if self.caller_identity == "mtls" and not (self.tls_cert and self.tls_client_ca):
+            raise ValueError(
+                "GATEWAY_CALLER_IDENTITY=mtls needs GATEWAY_TLS_CERT, GATEWAY_TLS_KEY and GATEWAY_TLS_CLIENT_CA"
+            )
+        if self.caller_identity == "mtls" and self.auth_token:
+            raise ValueError(
+                "GATEWAY_AUTH_TOKEN is a bearer token: it does not combine with GATEWAY_CALLER_IDENTITY=mtls"
+            )
+        if self.tls_client_ca and self.caller_identity != "mtls":
+            raise ValueError("GATEWAY_TLS_CLIENT_CA is for GATEWAY_CALLER_IDENTITY=mtls")
+        if self.lease_seconds <= 0 or self.callers_reload_seconds <= 0 or self.redis_timeout <= 0:
+            raise ValueError(
+                "GATEWAY_LEASE_SECONDS, GATEWAY_CALLERS_RELOAD_SECONDS and GATEWAY_REDIS_TIMEOUT must be positive"
+            )
         if self.workers < 1:
             raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
 
