@@ -113,6 +113,8 @@ class Settings:
             raise ValueError(
                 "GATEWAY_AUTH_TOKEN is a bearer token: it does not combine with GATEWAY_CALLER_IDENTITY=mtls"
             )
+        if self.callers_file and self.caller_identity != "token":
+            raise ValueError("GATEWAY_CALLERS_FILE is for GATEWAY_CALLER_IDENTITY=token")
         if self.tls_client_ca and self.caller_identity != "mtls":
             raise ValueError("GATEWAY_TLS_CLIENT_CA is for GATEWAY_CALLER_IDENTITY=mtls")
         if self.lease_seconds <= 0 or self.callers_reload_seconds <= 0 or self.redis_timeout <= 0:

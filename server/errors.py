@@ -3,7 +3,7 @@
     GatewayError(Failure)            raised anywhere in a call, turned into a status by the servicer
       from_api_error(...)            an upstream HTTP error or mid-stream `error` event, by error type
       from_exception(exc)            SDK and transport exceptions, in one place
-      to_status(failure, delivered)  google.rpc.Status with ErrorInfo, RetryInfo, BadRequest
+      to_status(failure, delivered)  google.rpc.Status with ErrorInfo, RetryInfo, BadRequest, QuotaFailure
 
 The table ``API_ERRORS`` is the README's status table. Messages never carry secrets: they are
 built from the upstream's error message, the error type and our own words.
@@ -29,6 +29,7 @@ __all__ = [
     "Code",
     "Failure",
     "GatewayError",
+    "QuotaViolation",
     "Reason",
     "Violation",
     "fail",
@@ -74,6 +75,16 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class QuotaViolation:
+    """One of the caller's limits that refused the call: which, its value, and what is wrong."""
+
+    caller: str
+    metric: str  # the policy's name for the limit: concurrent_streams, requests_per_minute...
+    limit: int
+    description: str
+
+
+@dataclass(frozen=True)
 class Failure:
     """Why a call failed, with everything its status details need."""
 
@@ -86,6 +97,7 @@ class Failure:
     retry_after: float | None = None  # seconds, when the upstream said
     retryable: bool = False  # safe to try again upstream, if nothing was sent yet
     violations: tuple[Violation, ...] = field(default=())
+    quota_violations: tuple[QuotaViolation, ...] = field(default=())
 
 
 def fail(reason: Reason, message: str, **details: Any) -> Failure:
@@ -206,6 +218,22 @@ def to_status(failure: Failure, events_delivered: int) -> grpc.Status:
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
                     for v in failure.violations
+                ]
+            )
+        )
+    if failure.quota_violations:
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=f"caller:{q.caller}",
+                        description=q.description,
+                        quota_metric=q.metric,
+                        quota_id=q.metric,
+                        quota_dimensions={"caller": q.caller},
+                        quota_value=q.limit,
+                    )
+                    for q in failure.quota_violations
                 ]
             )
         )

@@ -31,7 +31,29 @@ class Reason(Enum):
     DEADLINE_EXCEEDED = (Code.DEADLINE_EXCEEDED, "the caller's deadline passed")
     CALLER_UNAUTHENTICATED = (
         Code.UNAUTHENTICATED,
-        "`GATEWAY_AUTH_TOKEN` is set and the call lacks `authorization: Bearer <token>`",
+        "callers are identified and the call names none: no `authorization: Bearer <token>` of a known token, "
+        "or no client certificate name (mtls); nothing was sent upstream",
+    )
+    CALLER_NOT_ALLOWED = (
+        Code.PERMISSION_DENIED,
+        'the policy file neither names the caller nor has a `"*"` entry; nothing was sent upstream',
+    )
+    MODEL_NOT_ALLOWED = (
+        Code.PERMISSION_DENIED,
+        "the model, after aliases, is not in the caller's `models` list; nothing was sent upstream",
+    )
+    MAX_TOKENS_OVER_LIMIT = (
+        Code.RESOURCE_EXHAUSTED,
+        "`max_tokens` is over the caller's cap; `QuotaFailure` names it; no `RetryInfo` (waiting will not help)",
+    )
+    QUOTA_EXCEEDED = (
+        Code.RESOURCE_EXHAUSTED,
+        "the caller is at its `concurrent_streams`, `requests_per_minute` or `tokens_per_minute` limit; "
+        "`QuotaFailure` names each, `RetryInfo` says when to try again; nothing was sent upstream",
+    )
+    QUOTA_STORE_UNAVAILABLE = (
+        Code.UNAVAILABLE,
+        "Redis cannot be reached and `GATEWAY_REDIS_UNREACHABLE=closed`; nothing was sent upstream",
     )
     GATEWAY_NOT_CONFIGURED = (
         Code.FAILED_PRECONDITION,

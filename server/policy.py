@@ -1,0 +1,180 @@
+"""The policy file: model aliases, the default model, and each caller's allowed models and limits.
+
+``GATEWAY_POLICY_FILE`` names a YAML file, read and checked once at start-up; every error names
+the file and the line, and a gateway with a bad file does not start. Without the file any caller
+may use any model with no limits (``OPEN``)::
+
+    models:                  # aliases: what callers may write as `model`
+      chat: claude-sonnet-4-6
+      bulk: claude-haiku-4-5
+    default_model: chat      # when a request leaves `model` empty
+    callers:
+      support-ui:            # a caller name, from the callers file or the client certificate
+        models: [chat]       # aliases or model ids; absent: any model
+        max_tokens: 4096     # cap on a request's max_tokens
+        concurrent_streams: 20
+        requests_per_minute: 600
+        tokens_per_minute: 400000   # input + output tokens
+      "*": {}                # every caller not named above; absent: those get PERMISSION_DENIED
+
+Every limit is optional; absent means unlimited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.identity import CALLER_NAME
+
+ANY_CALLER = "*"
+LIMITS = ("max_tokens", "concurrent_streams", "requests_per_minute", "tokens_per_minute")
+CALLER_KEYS = ("models", *LIMITS)
+TOP_KEYS = ("models", "default_model", "callers")
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be read or says something wrong; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A caller's limits counted by the quota store; None is unlimited."""
+
+    concurrent_streams: int | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.concurrent_streams, self.requests_per_minute, self.tokens_per_minute))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What one caller may do."""
+
+    models: frozenset[str] | None = None  # model ids, aliases resolved; None: any model
+    max_tokens: int | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Model aliases, the default model, and the rules of each caller."""
+
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    default_model: str | None = None  # as written: an alias or a model id
+    callers: Mapping[str, Rules] = field(default_factory=dict)
+    anyone: Rules | None = Rules()  # the rules of a caller not named in ``callers``; None: refused
+
+    def rules(self, caller: str) -> Rules | None:
+        """The caller's rules; None when the policy does not allow it."""
+        return self.callers.get(caller, self.anyone)
+
+    def model(self, requested: str) -> str:
+        """The model id ``requested`` stands for (itself unless it is an alias)."""
+        return self.aliases.get(requested, requested)
+
+
+OPEN = Policy()  # no policy file: any caller, any model, no limits
+
+
+def load(path: str) -> Policy:
+    """The policy in ``path``; PolicyError naming the file and line of the first problem."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read the policy file {path}: {exc.__class__.__name__}") from None
+    return parse(text, path)
+
+
+def parse(text: str, source: str = "policy") -> Policy:
+    """The policy a YAML text states; PolicyError naming ``source`` and the line of the first problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise PolicyError(f"{source} line {line}: not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML: {exc}") from None
+    if root is None:
+        raise PolicyError(f"{source}: empty; a policy names its callers under `callers:`")
+    at = _Reader(source)
+    top = at.mapping(root, "the policy", TOP_KEYS)
+    aliases: dict[str, str] = {}
+    if "models" in top:
+        for key, value in at.mapping(top["models"], "`models`").items():
+            aliases[key] = at.text(value, f"alias `{key}`")
+        for name, target in aliases.items():
+            if target in aliases:
+                raise at.error(top["models"], f"alias `{name}` names another alias, `{target}`: give a model id")
+    default = at.text(top["default_model"], "`default_model`") if "default_model" in top else None
+    if "callers" not in top:
+        raise at.error(root, 'no `callers:`: name the callers and their limits (`"*": {}` lets anyone in)')
+    callers: dict[str, Rules] = {}
+    for name, node in at.mapping(top["callers"], "`callers`").items():
+        if name != ANY_CALLER and CALLER_NAME.fullmatch(name) is None:
+            raise at.error(node, f'caller name {name!r} must be 1-128 of letters, digits and ._@:/+- or be "*"')
+        callers[name] = at.rules(node, name, aliases)
+    anyone = callers.pop(ANY_CALLER, None)
+    return Policy(aliases, default, callers, anyone)
+
+
+class _Reader:
+    """Turns YAML nodes into policy values, with errors that name the line."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, node: yaml.Node, message: str) -> PolicyError:
+        return PolicyError(f"{self.source} line {node.start_mark.line + 1}: {message}")
+
+    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...] = ()) -> dict[str, yaml.Node]:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return {}
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping of `key: value` lines")
+        out: dict[str, yaml.Node] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                raise self.error(key, f"keys of {what} must be plain names")
+            name = str(key.value)
+            if name in out:
+                raise self.error(key, f"`{name}` is given twice in {what}")
+            if allowed and name not in allowed:
+                raise self.error(key, f"unknown key `{name}` in {what}; allowed: {', '.join(allowed)}")
+            out[name] = value
+        return out
+
+    def text(self, node: yaml.Node, what: str) -> str:
+        if not isinstance(node, yaml.ScalarNode) or not node.tag.endswith(":str") or not node.value:
+            raise self.error(node, f"{what} must be a non-empty string")
+        return str(node.value)
+
+    def count(self, node: yaml.Node, what: str) -> int:
+        value: Any = None
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":int"):
+            value = yaml.safe_load(node.value)  # YAML's own int forms: 1_000, 0x10...
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise self.error(node, f"{what} must be a whole number of at least 1")
+        return value
+
+    def rules(self, node: yaml.Node, caller: str, aliases: Mapping[str, str]) -> Rules:
+        keys = self.mapping(node, f"caller `{caller}`", CALLER_KEYS)
+        models = None
+        if "models" in keys:
+            entries = keys["models"]
+            if not isinstance(entries, yaml.SequenceNode):
+                raise self.error(entries, f"`models` of `{caller}` must be a list of aliases or model ids")
+            models = frozenset(
+                aliases.get(m, m) for m in (self.text(e, f"an entry of `models` of `{caller}`") for e in entries.value)
+            )
+        found = {k: self.count(keys[k], f"`{k}` of `{caller}`") for k in LIMITS if k in keys}
+        limits = Limits(
+            found.get("concurrent_streams"), found.get("requests_per_minute"), found.get("tokens_per_minute")
+        )
+        return Rules(models, found.get("max_tokens"), limits)
