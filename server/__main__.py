@@ -13,7 +13,7 @@ from dataclasses import Field, fields
 from importlib import metadata
 from typing import Any
 
-from server.app import BindError, build_server
+from server.app import BindError, StartError, build_server
 from server.config import Settings, env_name, flag_name, parse
 from server.signals import termination
 from server.supervisor import READY, WORKER_ENV, run_workers
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(settings))
-    except BindError as exc:
+    except (BindError, StartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 

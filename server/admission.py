@@ -1,15 +1,18 @@
 """Admission: whether a call may start now, what it will send upstream, and the calls in flight.
 
-Every check here runs before anything is sent upstream, in this order: the caller's token, drain,
-the concurrency limit, the request's shape. An admitted call is counted until it ends, which is
-what the drain waits on and what ``cut_all`` ends.
+Every check here runs before anything is sent upstream, in this order: who the caller is
+(``server.identity``: UNAUTHENTICATED), drain, whether the policy lets the caller in
+(``server.policy``: PERMISSION_DENIED), the gateway's concurrency limit, the request's shape, the
+model (aliases, the default, the caller's allowlist) and the caller's ``max_tokens`` cap, and last
+the caller's quotas (``server.quota``: RESOURCE_EXHAUSTED), which count the call only once every
+other check has passed. An admitted call is counted until it ends, which is what the drain waits on
+and what ``cut_all`` ends; its end gives back its quota lease with the tokens it used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +22,13 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.config import Settings
-from server.errors import Failure, GatewayError, Reason, Violation, fail
+from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violation, fail
+from server.identity import Identity
+from server.policy import OPEN, Policy
+from server.quota import Lease, MemoryQuotas, Quotas, Spent, estimate_tokens
 from server.validation import violations
 
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
-ANONYMOUS = "anonymous"  # the caller of a gateway that does not identify callers
 
 
 class Undecodable:
@@ -44,13 +49,24 @@ class Admitted:
     expired: Failure  # the status when the deadline passes
     task: asyncio.Task[Any]
     cut: Failure | None = None  # set by whoever cancels the call on the gateway's side
+    lease: Lease | None = None  # the call's claim on its caller's quotas, if the caller has limits
+    spent: Spent | None = None  # the tokens the call's events report, when a token quota needs them
 
 
 class Admission:
     """Admits calls and keeps count of those in flight."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        identity: Identity | None = None,
+        policy: Policy = OPEN,
+        quotas: Quotas | None = None,
+    ) -> None:
         self._settings = settings
+        self.identity = identity or Identity(settings)
+        self.policy = policy
+        self.quotas: Quotas = quotas or MemoryQuotas()
         self._calls: set[Admitted] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -75,10 +91,14 @@ class Admission:
     async def admit(self, context: grpc.aio.ServicerContext, request: Request | Undecodable) -> AsyncIterator[Admitted]:
         """Checks the call, then yields it, counted as in flight while it runs; GatewayError if refused."""
         settings = self._settings
-        if settings.auth_token and not _bearer_matches(context, settings.auth_token):
-            raise GatewayError(fail(Reason.CALLER_UNAUTHENTICATED, "send metadata `authorization: Bearer <token>`"))
+        caller = self.identity.caller(context)
         if self.draining:
             raise GatewayError(fail(Reason.SHUTTING_DOWN, "gateway is shutting down"))
+        rules = self.policy.rules(caller)
+        if rules is None:
+            raise GatewayError(
+                fail(Reason.CALLER_NOT_ALLOWED, f"the gateway's policy does not admit caller {caller!r}")
+            )
         if self.active >= settings.max_concurrent_streams:
             raise GatewayError(
                 fail(
@@ -89,9 +109,29 @@ class Admission:
             )
         if isinstance(request, Undecodable):
             raise GatewayError(invalid([Violation("request", f"not a valid protobuf message: {request.error}")]))
-        bad = violations(request.params)
+        params = request.params
+        if not params.model and self.policy.default_model:
+            params.model = self.policy.default_model
+        bad = violations(params)
         if bad:
             raise GatewayError(invalid(bad))
+        model = self.policy.model(params.model)
+        if rules.models is not None and model not in rules.models:
+            allowed = ", ".join(sorted(rules.models)) or "none"
+            raise GatewayError(
+                fail(Reason.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed for {caller!r} (allowed: {allowed})")
+            )
+        if rules.max_tokens is not None and params.max_tokens > rules.max_tokens:
+            cap = QuotaViolation(
+                caller, "max_tokens", rules.max_tokens, f"max_tokens: at most {rules.max_tokens} a request"
+            )
+            raise GatewayError(
+                fail(
+                    Reason.MAX_TOKENS_OVER_LIMIT,
+                    f"max_tokens {params.max_tokens} is over the caller's cap of {rules.max_tokens}",
+                    quota_violations=(cap,),
+                )
+            )
         budget = settings.max_stream_seconds
         expired = fail(Reason.MAX_STREAM_DURATION, f"the call reached max_stream_seconds ({budget:g}s)")
         remaining = context.time_remaining()
@@ -100,13 +140,20 @@ class Admission:
             expired = fail(Reason.DEADLINE_EXCEEDED, "the call's deadline passed")
         task = asyncio.current_task()
         assert task is not None
+        limits = rules.limits
+        estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute else 0
+        body = codec.to_json(params)
+        body["model"] = model
+        lease = await self.quotas.acquire(caller, limits, estimate)  # last: it counts the call
         call = Admitted(
-            codec.to_json(request.params),
+            body,
             request.betas,
-            ANONYMOUS,
+            caller,
             asyncio.get_running_loop().time() + budget,
             expired,
             task,
+            lease=lease,
+            spent=Spent() if limits.tokens_per_minute else None,
         )
         self._calls.add(call)
         self._idle.clear()
@@ -116,17 +163,11 @@ class Admission:
             self._calls.discard(call)
             if not self._calls:
                 self._idle.set()
+            if lease is not None:
+                self.quotas.release(lease, call.spent.tokens if call.spent is not None else 0)
 
 
 def invalid(bad: list[Violation]) -> Failure:
     """INVALID_ARGUMENT naming every bad field."""
     message = "; ".join(f"{v.field}: {v.description}" for v in bad)
     return fail(Reason.INVALID_REQUEST, message, violations=tuple(bad))
-
-
-def _bearer_matches(context: grpc.aio.ServicerContext, token: str) -> bool:
-    """Whether the call carries ``authorization: Bearer <token>`` (compared in constant time)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return hmac.compare_digest(value[7:].encode(), token.encode())
-    return False

@@ -18,6 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from server.admission import Admission
 from server.call import Calls
 from server.config import Settings
+from server.identity import Identity
+from server.policy import OPEN
+from server.policy import load as load_policy
+from server.quota import quotas as quota_store
 from server.servicer import ChatServicer, lenient
 from server.upstream import Upstream
 
@@ -58,9 +62,11 @@ class Gateway:
         await self.close()
 
     async def close(self) -> None:
-        """Stop at once and release the upstream client."""
+        """Stop at once and release the upstream client, the callers file watch and the quota store."""
         await self.server.stop(None)
         await self.upstream.aclose()
+        await self.admission.identity.close()
+        await self.admission.quotas.close()
 
 
 def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
@@ -83,13 +89,21 @@ def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
 
 
 def tls_credentials(settings: Settings) -> grpc.ServerCredentials:
-    """Server TLS from the PEM files the settings name (read once, at start-up)."""
+    """Server TLS from the PEM files the settings name (read once, at start-up); with a client CA
+    (mtls callers) every client must present a certificate it signed."""
     key, chain = Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes()
+    if settings.tls_client_ca:
+        ca = Path(settings.tls_client_ca).read_bytes()
+        return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, chain)])
 
 
 class BindError(Exception):
     """The gateway could not listen on its address (in use, or not an address of this host)."""
+
+
+class StartError(Exception):
+    """The gateway must not start: its policy file or callers file is bad (the message names the line)."""
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -136,8 +150,14 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         client = sdk_client(settings)
         if not client.api_key and not client.auth_token:
             log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
+    try:  # before anything else starts: a bad file never leaves a gateway running without its limits
+        identity = Identity(settings)
+        policy = load_policy(settings.policy_file) if settings.policy_file else OPEN
+    except ValueError as exc:
+        await client.close()
+        raise StartError(str(exc)) from None
     upstream = Upstream(client, connect_timeout=settings.connect_timeout)
-    admission = Admission(settings)
+    admission = Admission(settings, identity, policy, quota_store(settings))
     health_servicer = health.aio.HealthServicer()
 
     server = grpc.aio.server(options=server_options(settings))
@@ -153,8 +173,17 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         port = 0
     if port == 0:
         await upstream.aclose()
+        await admission.quotas.close()
         raise BindError(f"cannot listen on {settings.listen}: the port is in use or the address is not this host's")
     await server.start()
+    identity.start()
+    admission.quotas.start()
+    log.info(
+        "callers: %s; policy: %s; quotas: %s",
+        identity.mode,
+        settings.policy_file or "none (any caller, any model, no limits)",
+        "redis" if settings.redis_url else "in memory",
+    )
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(server, port, health_servicer, admission, upstream, settings)

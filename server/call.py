@@ -59,6 +59,8 @@ class Calls:
                         if request_id:  # for Anthropic support, and to match the gateway's log line
                             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
                         while batch is not None:
+                            if call.spent is not None:  # a token quota charges what the events report
+                                call.spent.add(batch)
                             await deliver(batch)
                             delivered += len(batch)
                             batch = await reader.next()
