@@ -91,6 +91,7 @@ class Status:
     error_info: error_details_pb2.ErrorInfo | None
     retry_info: error_details_pb2.RetryInfo | None
     bad_request: error_details_pb2.BadRequest | None
+    quota_failure: error_details_pb2.QuotaFailure | None = None
 
 
 def status_of(error: grpc.aio.AioRpcError) -> Status:
@@ -98,7 +99,12 @@ def status_of(error: grpc.aio.AioRpcError) -> Status:
     status = rpc_status.from_call(error)
     assert status is not None, "no google.rpc.Status details on the call"
     for detail in status.details:
-        for cls in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo, error_details_pb2.BadRequest):
+        for cls in (
+            error_details_pb2.ErrorInfo,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.BadRequest,
+            error_details_pb2.QuotaFailure,
+        ):
             if detail.Is(cls.DESCRIPTOR):
                 found[cls.__name__] = cls()
                 detail.Unpack(found[cls.__name__])
@@ -108,6 +114,7 @@ def status_of(error: grpc.aio.AioRpcError) -> Status:
         found.get("ErrorInfo"),
         found.get("RetryInfo"),
         found.get("BadRequest"),
+        found.get("QuotaFailure"),
     )
 
 

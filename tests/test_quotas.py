@@ -1,0 +1,463 @@
+"""Per-caller quotas: refusals with QuotaFailure and RetryInfo, token charges, and Redis shared by replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+from claude_gateway import codec
+from claude_gateway.v1 import chat_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.errors import GatewayError
+from server.policy import Limits
+from server.quota import WINDOW, MemoryQuotas, Spent, keys, wait_for
+from simulator import Pace
+from tests.harness import API_KEY, Status, body, clean_env, gateway, process, run, status_of, stream_request, until
+from tests.store import RedisServer, free_port, redis_server
+
+TOKENS = {f"tok-{name}": name for name in ("alpha", "beta", "gamma")}
+
+
+def callers_file(tmp_path: Path) -> Path:
+    """A callers file for the tokens of TOKENS (hashes only)."""
+    from server.identity import token_hash
+
+    path = tmp_path / "callers"
+    path.write_text("".join(f"{token_hash(t)} {name}\n" for t, name in TOKENS.items()))
+    return path
+
+
+def as_caller(name: str) -> tuple[tuple[str, str], ...]:
+    """The metadata of a call from caller ``name``."""
+    token = next(t for t, n in TOKENS.items() if n == name)
+    return (("authorization", f"Bearer {token}"),)
+
+
+def policy(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+async def refused(stub: chat_pb2_grpc.ChatServiceStub, request_body: dict[str, Any], caller: str) -> Status:
+    """The status of a call that must fail before its first event."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.StreamMessage(stream_request(request_body), timeout=10, metadata=as_caller(caller)).read()
+    return status_of(caught.value)
+
+
+async def first_event(stub: chat_pb2_grpc.ChatServiceStub, caller: str, prompt: str) -> grpc.aio.UnaryStreamCall:
+    """A StreamMessage call of ``caller`` that has delivered its first response; the caller cancels it."""
+    call = stub.StreamMessage(stream_request(body(prompt)), timeout=30, metadata=as_caller(caller))
+    await call.read()
+    return call
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """Call ``probe`` until it returns True: for state shared through another process, with no event to await."""
+    async with asyncio.timeout(timeout):
+        while not await probe():  # noqa: ASYNC110 -- polls a store in another process that has no event to await
+            await asyncio.sleep(0.05)
+
+
+# ---- the sliding minute, as a table ----
+
+
+@pytest.mark.parametrize(
+    ("prev", "cur", "elapsed", "limit", "cost", "expected"),
+    [
+        (0, 0, 0.0, 10, 1, None),  # nothing counted: fits
+        (0, 9, 30.0, 10, 1, None),  # reaches the limit exactly: fits
+        (10, 0, 30.0, 10, 1, None),  # half the previous minute still counts: 5 + 1
+        (20, 0, 30.0, 10, 1, 3.0),  # the previous minute's share must fall from 10 to 9
+        (0, 10, 30.0, 10, 1, 36.0),  # this minute is full: 30 s to the next, then its share must fall to 9
+        (0, 0, 0.0, 10, 11, math.inf),  # larger than the limit: never
+    ],
+)
+def test_sliding_minute_says_when_a_cost_fits(
+    prev: int, cur: int, elapsed: float, limit: int, cost: int, expected: float | None
+) -> None:
+    """wait_for is None when the cost fits now, else the seconds until it does (inf: never)."""
+    got = wait_for(prev, cur, elapsed, limit, cost)
+    assert got == (expected if expected is None or math.isinf(expected) else pytest.approx(expected))
+    if got is not None and elapsed + got < WINDOW:  # then, and not before, the count plus the cost is the limit
+        assert prev * (1 - (elapsed + got) / WINDOW) + cur + cost == pytest.approx(limit)
+
+
+def test_spent_counts_input_cache_writes_and_cumulative_output() -> None:
+    """Spent takes message_start's input and cache writes, and message_delta's cumulative output."""
+    spent = Spent()
+    usage = {"input_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 100, "output_tokens": 1}
+    spent.add([("message_start", {"message": {"usage": usage}}, "")])
+    assert spent.tokens == 36
+    spent.add(
+        [("message_delta", {"usage": {"output_tokens": 7}}, ""), ("message_delta", {"usage": {"output_tokens": 9}}, "")]
+    )
+    assert spent.tokens == 44
+    spent.add([("message_delta", {"usage": {"input_tokens": None, "output_tokens": 12}}, "")])
+    assert spent.tokens == 47
+
+
+def test_memory_quotas_refuse_over_each_limit_and_free_slots_on_release() -> None:
+    """The in-memory store refuses a fourth stream of three, and admits again once one is released."""
+
+    async def go() -> None:
+        store = MemoryQuotas()
+        limits = Limits(concurrent_streams=3)
+        leases = [await store.acquire("a", limits, 0) for _ in range(3)]
+        with pytest.raises(GatewayError) as caught:
+            await store.acquire("a", limits, 0)
+        assert caught.value.failure.reason == "QUOTA_EXCEEDED"
+        assert await store.acquire("b", limits, 0) is not None  # another caller is not affected
+        lease = leases[0]
+        assert lease is not None
+        store.release(lease, 0)
+        assert await store.acquire("a", limits, 0) is not None
+
+    run(go)
+
+
+# ---- one gateway ----
+
+
+def test_stream_limit_refuses_with_quota_failure_and_retry_info(tmp_path: Path) -> None:
+    """A caller at its concurrent_streams limit gets RESOURCE_EXHAUSTED, QuotaFailure and RetryInfo, and the
+    upstream never hears of the refused call; a slot frees when a stream ends."""
+    text = "callers:\n  alpha:\n    concurrent_streams: 2\n"
+
+    async def go() -> None:
+        async with gateway(
+            Pace(ttft=10),
+            caller_identity="token",
+            callers_file=str(callers_file(tmp_path)),
+            policy_file=policy(tmp_path, text),
+        ) as h:
+            calls = [await first_event(h.stub, "alpha", f"hold {i}") for i in range(2)]
+            status = await refused(h.stub, body(), "alpha")
+            assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert status.error_info is not None
+            assert status.error_info.reason == "QUOTA_EXCEEDED"
+            assert status.quota_failure is not None
+            (violation,) = status.quota_failure.violations
+            assert (violation.subject, violation.quota_metric, violation.quota_value) == (
+                "caller:alpha",
+                "concurrent_streams",
+                2,
+            )
+            assert dict(violation.quota_dimensions) == {"caller": "alpha"}
+            assert status.retry_info is not None
+            assert status.retry_info.retry_delay.ToNanoseconds() > 0
+            assert len(h.sim.requests) == 2
+            calls[0].cancel()
+            await until(lambda: h.gateway.admission.active == 1)
+            calls.append(await first_event(h.stub, "alpha", "after a slot freed"))
+            for call in calls:
+                call.cancel()
+
+    run(go)
+
+
+def test_request_rate_refusal_says_when_to_retry(tmp_path: Path) -> None:
+    """Past requests_per_minute the refusal names the limit and a RetryInfo within the minute."""
+    text = "callers:\n  alpha:\n    requests_per_minute: 3\n"
+
+    async def go() -> None:
+        async with gateway(
+            caller_identity="token", callers_file=str(callers_file(tmp_path)), policy_file=policy(tmp_path, text)
+        ) as h:
+            for _ in range(3):
+                call = h.stub.StreamMessage(stream_request(body()), timeout=10, metadata=as_caller("alpha"))
+                assert [r async for r in call]
+            status = await refused(h.stub, body(), "alpha")
+            assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert status.quota_failure is not None
+            assert [v.quota_metric for v in status.quota_failure.violations] == ["requests_per_minute"]
+            assert status.retry_info is not None
+            assert 0 < status.retry_info.retry_delay.ToNanoseconds() <= 120e9
+            assert len(h.sim.requests) == 3
+
+    run(go)
+
+
+def test_max_tokens_over_the_cap_is_refused_with_quota_failure_and_no_retry(tmp_path: Path) -> None:
+    """max_tokens over the caller's cap: RESOURCE_EXHAUSTED with QuotaFailure, no RetryInfo, nothing upstream."""
+    text = "callers:\n  alpha:\n    max_tokens: 100\n"
+
+    async def go() -> None:
+        async with gateway(
+            caller_identity="token", callers_file=str(callers_file(tmp_path)), policy_file=policy(tmp_path, text)
+        ) as h:
+            status = await refused(h.stub, body(max_tokens=101), "alpha")
+            assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert status.error_info is not None
+            assert status.error_info.reason == "MAX_TOKENS_OVER_LIMIT"
+            assert status.quota_failure is not None
+            assert [(v.quota_metric, v.quota_value) for v in status.quota_failure.violations] == [("max_tokens", 100)]
+            assert status.retry_info is None
+            assert h.sim.requests == []
+            assert len(await h_events(h, body(max_tokens=100), "alpha")) > 0
+
+    run(go)
+
+
+async def h_events(h: Any, request_body: dict[str, Any], caller: str) -> list[dict[str, Any]]:
+    """Every event of one StreamMessage call of ``caller``, as Messages API JSON."""
+    call = h.stub.StreamMessage(stream_request(request_body), timeout=10, metadata=as_caller(caller))
+    return [codec.to_json(e) async for r in call for e in r.events]
+
+
+def usage_of(events: list[dict[str, Any]]) -> int:
+    """Input + cache writes + output tokens, as the events of a stream report them."""
+    start = events[0]["message"]["usage"]
+    total = start["input_tokens"] + (start.get("cache_creation_input_tokens") or 0) + start["output_tokens"]
+    for event in events:
+        if event["type"] == "message_delta":
+            total += event["usage"]["output_tokens"] - start["output_tokens"]
+            start = {**start, "output_tokens": event["usage"]["output_tokens"]}
+    return int(total)
+
+
+def tokens_in_redis(url: str, caller: str) -> int:
+    """The tokens Redis counts for ``caller`` over its two minutes."""
+    client = redis.Redis.from_url(url)
+    try:
+        counts = client.hgetall(keys(caller)[1])
+        return sum(int(counts.get(k, 0)) for k in (b"pt", b"ct"))
+    finally:
+        client.close()
+
+
+def test_token_quota_moves_by_exactly_the_usage_of_a_stream_and_of_a_cancelled_one(tmp_path: Path) -> None:
+    """The tokens counted in Redis grow by exactly the usage a stream's events report, its estimate given
+    back; a call cancelled mid-stream is charged with the usage it had reached."""
+    text = "callers:\n  alpha:\n    tokens_per_minute: 1000000\n"
+
+    async def go() -> None:
+        with redis_server() as store:
+            async with gateway(
+                caller_identity="token",
+                callers_file=str(callers_file(tmp_path)),
+                policy_file=policy(tmp_path, text),
+                redis_url=store.url,
+            ) as h:
+                assert tokens_in_redis(store.url, "alpha") == 0
+                events = await h_events(h, body("count my tokens please " * 20), "alpha")
+                spent = usage_of(events)
+                assert spent > 0
+                await until(lambda: tokens_in_redis(store.url, "alpha") == spent)
+
+                call = h.stub.StreamMessage(
+                    stream_request(body("[[sim:ttft 30]] cancelled " * 5)), timeout=30, metadata=as_caller("alpha")
+                )
+                first = await call.read()
+                start = codec.to_json(first.events[0])
+                assert start["type"] == "message_start"
+                call.cancel()
+                usage = start["message"]["usage"]
+                partial = usage["input_tokens"] + usage["cache_creation_input_tokens"] + usage["output_tokens"]
+                await until(lambda: h.gateway.admission.active == 0)
+                await until(lambda: tokens_in_redis(store.url, "alpha") == spent + partial)
+
+    run(go)
+
+
+def test_one_callers_limits_and_counts_never_touch_another(tmp_path: Path) -> None:
+    """Caller alpha at its limits leaves beta's calls admitted, and no refusal names another caller."""
+    text = (
+        "callers:\n  alpha:\n    concurrent_streams: 1\n    requests_per_minute: 2\n"
+        "  beta:\n    concurrent_streams: 1\n    requests_per_minute: 2\n"
+    )
+
+    async def go() -> None:
+        with redis_server() as store:
+            async with gateway(
+                Pace(ttft=10),
+                caller_identity="token",
+                callers_file=str(callers_file(tmp_path)),
+                policy_file=policy(tmp_path, text),
+                redis_url=store.url,
+            ) as h:
+                held = await first_event(h.stub, "alpha", "alpha holds its one stream")
+                status = await refused(h.stub, body(), "alpha")
+                assert status.quota_failure is not None
+                assert {v.subject for v in status.quota_failure.violations} == {"caller:alpha"}
+                other = await first_event(h.stub, "beta", "beta is not alpha")
+                status = await refused(h.stub, body(), "beta")
+                assert status.quota_failure is not None
+                assert {v.subject for v in status.quota_failure.violations} == {"caller:beta"}
+                assert "alpha" not in status.message
+                assert "alpha" not in repr(status.error_info)
+                held.cancel()
+                other.cancel()
+
+    run(go)
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_unreachable_redis_fails_open_or_closed_as_set_and_health_keeps_serving(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Redis down, `open` admits calls and `closed` refuses them with UNAVAILABLE and RetryInfo; health
+    stays SERVING, the log says the store is down, and says so again when it is back."""
+    text = "callers:\n  alpha:\n    concurrent_streams: 5\n"
+    store = RedisServer(free_port())  # not started yet: nothing listens on its port
+
+    async def go() -> None:
+        async with gateway(
+            caller_identity="token",
+            callers_file=str(callers_file(tmp_path)),
+            policy_file=policy(tmp_path, text),
+            redis_url=store.url,
+            redis_unreachable=mode,
+        ) as h:
+            if mode == "open":
+                assert await h_events(h, body(), "alpha")
+            else:
+                status = await refused(h.stub, body(), "alpha")
+                assert status.code == grpc.StatusCode.UNAVAILABLE
+                assert status.error_info is not None
+                assert status.error_info.reason == "QUOTA_STORE_UNAVAILABLE"
+                assert status.retry_info is not None
+                assert h.sim.requests == []
+            reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert "quota store unreachable" in caplog.text
+            store.start()
+
+            async def admitted_and_logged() -> bool:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    return bool(await h_events(h, body(), "alpha")) and "quota store reachable again" in caplog.text
+                return False
+
+            # The gateway tries a failed store again once a second: call until a call finds it back.
+            await eventually(admitted_and_logged)
+
+    try:
+        run(go)
+    finally:
+        store.stop()
+
+
+# ---- replicas sharing one Redis ----
+
+
+@contextlib.contextmanager
+def replicas(
+    count: int, tmp_path: Path, policy_text: str, **env: str
+) -> Iterator[list[tuple[subprocess.Popen[str], str]]]:
+    """A simulator process and ``count`` gateway processes aimed at it, sharing the Redis in ``env``."""
+    base = clean_env()
+    with contextlib.ExitStack() as stack:
+        _, base_url = stack.enter_context(
+            process(["-m", "simulator", "--port", "0", "--api-key", API_KEY], base, "simulator listening on ")
+        )
+        settings = {
+            **base,
+            "ANTHROPIC_API_KEY": API_KEY,
+            "ANTHROPIC_BASE_URL": base_url,
+            "GATEWAY_LISTEN": "127.0.0.1:0",
+            "GATEWAY_LOG_LEVEL": "WARNING",
+            "GATEWAY_CALLER_IDENTITY": "token",
+            "GATEWAY_CALLERS_FILE": str(callers_file(tmp_path)),
+            "GATEWAY_POLICY_FILE": policy(tmp_path, policy_text),
+            **env,
+        }
+        yield [
+            stack.enter_context(process(["-m", "server"], settings, "gateway listening on ", stderr=subprocess.DEVNULL))
+            for _ in range(count)
+        ]
+
+
+def test_three_replicas_behind_one_redis_hold_ten_streams_under_a_burst_of_a_hundred(tmp_path: Path) -> None:
+    """100 calls of one caller at once, spread over three gateway processes sharing one Redis: exactly 10
+    are admitted, the other 90 get QUOTA_EXCEEDED with their details."""
+    text = "callers:\n  alpha:\n    concurrent_streams: 10\n"
+
+    async def go(targets: list[str]) -> None:
+        channels = [grpc.aio.insecure_channel(t) for t in targets]
+        stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in channels]
+        for channel in channels:
+            await channel.channel_ready()
+        # Streams that stay open for the whole burst: the first token comes after 20 s.
+        calls = [
+            stubs[i % 3].StreamMessage(
+                stream_request(body(f"[[sim:ttft 20]] burst {i}")), timeout=30, metadata=as_caller("alpha")
+            )
+            for i in range(100)
+        ]
+
+        async def outcome(call: grpc.aio.UnaryStreamCall) -> str:
+            try:
+                await call.read()  # message_start comes at once for an admitted call
+                return "admitted"
+            except grpc.aio.AioRpcError as exc:
+                status = status_of(exc)
+                assert status.error_info is not None
+                assert status.quota_failure is not None
+                assert status.retry_info is not None
+                return str(status.error_info.reason)
+
+        outcomes = await asyncio.gather(*(outcome(c) for c in calls))
+        assert outcomes.count("admitted") == 10
+        assert outcomes.count("QUOTA_EXCEEDED") == 90
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            await channel.close()
+
+    with redis_server() as store, replicas(3, tmp_path, text, GATEWAY_REDIS_URL=store.url) as gateways:
+        run(lambda: go([target for _, target in gateways]))
+
+
+def test_two_replicas_share_one_limit_and_a_killed_replicas_slots_come_back(tmp_path: Path) -> None:
+    """Two gateway processes on one Redis enforce one stream limit between them; when the one holding the
+    streams is killed (SIGKILL, no clean-up), its slots free within the lease and the other admits again."""
+    text = "callers:\n  alpha:\n    concurrent_streams: 2\n"
+
+    async def go(first: str, second: str, kill: Any) -> None:
+        async with grpc.aio.insecure_channel(first) as a, grpc.aio.insecure_channel(second) as b:
+            stub_a, stub_b = chat_pb2_grpc.ChatServiceStub(a), chat_pb2_grpc.ChatServiceStub(b)
+            held = [await first_event(stub_a, "alpha", f"[[sim:ttft 30]] hold {i}") for i in range(2)]
+            status = await refused(stub_b, body(), "alpha")
+            assert status.error_info is not None
+            assert status.error_info.reason == "QUOTA_EXCEEDED"
+            # Longer than the 1 s lease: the slots still hold because the live replica renews them.
+            await asyncio.sleep(1.5)
+            status = await refused(stub_b, body(), "alpha")
+            assert status.error_info is not None
+            assert status.error_info.reason == "QUOTA_EXCEEDED"
+            kill()
+            for call in held:
+                call.cancel()
+
+            async def admitted() -> bool:
+                call = stub_b.StreamMessage(stream_request(body()), timeout=10, metadata=as_caller("alpha"))
+                try:
+                    return bool([r async for r in call])
+                except grpc.aio.AioRpcError as exc:
+                    refusals.append(status_of(exc))
+                    return False
+
+            refusals: list[Status] = []
+            loop = asyncio.get_running_loop()
+            killed_at = loop.time()
+            await eventually(admitted)
+            assert loop.time() - killed_at < 5  # the 1 s lease, plus a renewal period at most
+            assert {s.error_info.reason for s in refusals if s.error_info} <= {"QUOTA_EXCEEDED"}
+
+    with (
+        redis_server() as store,
+        replicas(2, tmp_path, text, GATEWAY_REDIS_URL=store.url, GATEWAY_LEASE_SECONDS="1") as gateways,
+    ):
+        (proc_a, target_a), (_, target_b) = gateways
+        run(lambda: go(target_a, target_b, lambda: proc_a.send_signal(signal.SIGKILL)))
