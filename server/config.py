@@ -55,14 +55,14 @@ class Settings:
     tls_key: str = setting("", "PEM private key file of tls_cert")
     auth_token: str = setting(
         "",
-        "if set, ChatService calls must carry metadata `authorization: Bearer <token>` "
-        "(health and reflection stay open); never logged",
+        "one shared token: ChatService calls must carry metadata `authorization: Bearer <token>` (health and "
+        "reflection stay open); its holder is the caller `default`; never logged",
         secret=True,
     )
     caller_identity: str = setting(
         "none",
         "how callers are named: none (one caller, `anonymous`: a sidecar), token (bearer tokens whose sha256 "
-        "GATEWAY_CALLERS_FILE maps to caller names) or mtls (the client certificate's common name)",
+        "`GATEWAY_CALLERS_FILE` maps to caller names) or mtls (the client certificate's common name)",
         choices=IDENTITIES,
     )
     callers_file: str = setting(
