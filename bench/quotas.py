@@ -59,10 +59,10 @@ async def _redis(procs: Processes) -> tuple[Child, str]:
 
 async def measure(rounds: int, calls: int, procs: Processes) -> dict[str, list[float]]:
     """Gateway CPU seconds per request without and with Redis quotas, and Redis's, one value per round."""
-    policy = procs.logs / "quota-policy.yaml"
-    policy.write_text(POLICY)
     per_call: dict[str, list[float]] = {"off": [], "on": [], "redis": []}
     async with procs:
+        policy = procs.logs / "quota-policy.yaml"
+        policy.write_text(POLICY)
         session = await Session.start(procs, DEFAULT)
         redis, url = await _redis(procs)
         quota_gateway = await procs.gateway(

@@ -86,7 +86,7 @@ class Settings:
         "with UNAVAILABLE); health keeps serving either way",
         choices=STORE_DOWN,
     )
-    redis_timeout: float = setting(0.25, "longest wait in seconds for one Redis quota command")
+    redis_timeout: float = setting(1.0, "longest wait in seconds for one Redis quota command")
     lease_seconds: float = setting(
         15.0,
         "life in seconds of a stream's slot in Redis unless its replica renews it (a crashed replica's slots "

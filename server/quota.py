@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from server.config import Settings
@@ -316,6 +317,96 @@ def keys(caller: str) -> list[str]:
     return [f"claude-gateway:{{{caller}}}:streams", f"claude-gateway:{{{caller}}}:minutes"]
 
 
+class Pipeline:
+    """Sends the quota scripts to Redis, many calls to one round trip: whatever is queued while a round
+    trip is out goes together in the next, so under load the cost of a round trip is shared, and an
+    idle gateway sends at once. Scripts go by their sha1 (EVALSHA), loaded again if Redis lost them."""
+
+    def __init__(self, client: aioredis.Redis, scripts: dict[str, str]) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._shas = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()}
+        self._queue: list[tuple[str, list[str], tuple[Any, ...], asyncio.Future[Any] | None]] = []
+        self._wake = asyncio.Event()
+        self._sent = asyncio.Event()  # set when every queued call has had its round trip
+        self._sender: asyncio.Task[None] | None = None
+        self.on_error: Callable[[BaseException], None] = lambda exc: None  # for failures no caller awaits
+
+    def call(self, script: str, keys: list[str], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """The reply of ``script`` run on ``keys`` with ``args``, or the Redis error."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._put(script, keys, args, reply)
+        return reply
+
+    def send(self, script: str, keys: list[str], args: tuple[Any, ...]) -> None:
+        """Run ``script`` without waiting for its reply (a failure goes to ``on_error``)."""
+        self._put(script, keys, args, None)
+
+    def _put(self, script: str, keys: list[str], args: tuple[Any, ...], reply: asyncio.Future[Any] | None) -> None:
+        self._queue.append((script, keys, args, reply))
+        self._sent.clear()
+        self._wake.set()
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_all())
+
+    async def _send_all(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            try:
+                replies = await self._round_trip(batch)
+            except asyncio.CancelledError:
+                self._fail(batch, ConnectionError("the gateway is closing"))
+                raise
+            except Exception as exc:  # every Redis or socket error is the batch's answer
+                self._fail(batch, exc)
+                if not self._queue:
+                    self._sent.set()
+                continue
+            for (_, _, _, reply), value in zip(batch, replies, strict=True):
+                if isinstance(value, Exception):
+                    if reply is None:
+                        self.on_error(value)
+                    elif not reply.done():
+                        reply.set_exception(value)
+                elif reply is not None and not reply.done():
+                    reply.set_result(value)
+            if not self._queue:
+                self._sent.set()
+
+    async def _round_trip(self, batch: list[tuple[str, list[str], tuple[Any, ...], Any]]) -> list[Any]:
+        for attempt in (1, 2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(self._shas[script], len(keys), *keys, *args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                for text in self._scripts.values():  # a restarted or flushed Redis: load them, send again
+                    await self._client.script_load(text)
+                continue
+            return replies
+        raise AssertionError("unreachable")
+
+    def _fail(
+        self, batch: list[tuple[str, list[str], tuple[Any, ...], asyncio.Future[Any] | None]], exc: BaseException
+    ) -> None:
+        self.on_error(exc)
+        for _, _, _, reply in batch:
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+
+    async def close(self) -> None:
+        """Send what is queued, then stop."""
+        if self._sender is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2 * STORE_RETRY):
+                    await self._sent.wait()
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+
+
 class RedisQuotas:
     """Counts in Redis, shared by every replica that names the same server."""
 
@@ -327,15 +418,13 @@ class RedisQuotas:
             socket_connect_timeout=settings.redis_timeout,
             retry=Retry(NoBackoff(), 1),
         )
-        self._admit = self.client.register_script(ADMIT)
-        self._release = self.client.register_script(RELEASE)
-        self._renew = self.client.register_script(RENEW)
+        self._pipeline = Pipeline(self.client, {"admit": ADMIT, "release": RELEASE, "renew": RENEW})
+        self._pipeline.on_error = self._went_down
         self._fail_open = settings.redis_unreachable == "open"
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._replica = uuid.uuid4().hex[:12]
         self._ids = itertools.count()
         self._live: dict[str, set[str]] = {}  # caller -> this replica's stream slots in Redis
-        self._pending: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._retry_at = 0.0  # monotonic time before which a failed Redis is not tried again
         self.up = True
@@ -356,7 +445,7 @@ class RedisQuotas:
             estimate,
         )
         try:
-            reply = await self._admit(keys=keys(caller), args=args)
+            reply = await self._pipeline.call("admit", keys(caller), args)
         except (RedisError, OSError) as exc:
             self._went_down(exc)
             return self._without_store(lease)
@@ -398,15 +487,7 @@ class RedisQuotas:
                 del self._live[lease.caller]
         delta = tokens - lease.estimate if lease.limits.tokens_per_minute else 0
         # Off the call's path: the reply does not wait for Redis. If Redis is down, the slot's lease runs out.
-        task = asyncio.ensure_future(self._give_back(lease, delta))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _give_back(self, lease: Lease, delta: int) -> None:
-        try:
-            await self._release(keys=keys(lease.caller), args=(lease.id, lease.window, delta))
-        except (RedisError, OSError) as exc:
-            self._went_down(exc)
+        self._pipeline.send("release", keys(lease.caller), (lease.id, lease.window, delta))
 
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_leases())
@@ -414,15 +495,8 @@ class RedisQuotas:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
-            if not self._live:
-                continue
-            try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for caller, ids in list(self._live.items()):
-                        await self._renew(keys=keys(caller)[:1], args=(self._lease_ms, *ids), client=pipe)
-                    await pipe.execute()
-            except (RedisError, OSError) as exc:
-                self._went_down(exc)
+            for caller, ids in self._live.items():
+                self._pipeline.send("renew", keys(caller)[:1], (self._lease_ms, *ids))
 
     def _went_down(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + STORE_RETRY
@@ -445,8 +519,7 @@ class RedisQuotas:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        if self._pending:
-            await asyncio.wait(self._pending, timeout=2 * STORE_RETRY)
+        await self._pipeline.close()
         await self.client.aclose()
 
 
