@@ -285,3 +285,16 @@ def test_mtls_names_the_caller_from_the_client_certificate(tmp_path: Path) -> No
             assert len(h.sim.requests) == 1
 
     run(go)
+
+
+def test_the_readme_policy_example_is_a_valid_policy() -> None:
+    """The policy file shown in the README's "Callers and limits" loads, with the limits it describes."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### The policy file") :]
+    example = section[section.index("```yaml\n") + 8 :]
+    loaded = parse(example[: example.index("```")], "README")
+    assert loaded.model("reasoning") == "claude-opus-4-7"
+    rules = loaded.rules("support-ui")
+    assert rules is not None
+    assert rules.limits.concurrent_streams == 50
+    assert loaded.rules("someone-else") == loaded.anyone
