@@ -78,7 +78,10 @@ class Settings:
         "(unset: any caller, any model, no limits); checked at start-up",
     )
     redis_url: str = setting(
-        "", "redis://host:port/db holding caller quotas shared by every replica (unset: counted in this process)"
+        "",
+        "redis://[:password@]host:port/db holding caller quotas shared by every replica (unset: counted in this "
+        "process); never logged",
+        secret=True,
     )
     redis_unreachable: str = setting(
         "open",

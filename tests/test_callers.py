@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from claude_gateway import codec
+from claude_gateway.client import create_request
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -116,6 +117,11 @@ def test_callers_file_errors_name_the_line(text: str, problem: str) -> None:
     assert ALPHA not in str(caught.value)
 
 
+def test_settings_never_show_the_redis_url_which_may_hold_a_password() -> None:
+    """A Redis URL may carry a password: the settings' repr, which logs and error reports may print, leaves it out."""
+    assert "hunter2" not in repr(Settings(redis_url="redis://:hunter2@127.0.0.1:6379/0"))
+
+
 def test_auth_token_is_the_caller_named_default(tmp_path: Path) -> None:
     """GATEWAY_AUTH_TOKEN alone still guards the gateway, and the policy knows its holder as `default`."""
     policy = write(tmp_path, "policy.yaml", "callers:\n  default:\n    max_tokens: 10\n")
@@ -145,6 +151,8 @@ def test_policy_resolves_aliases_fills_the_default_model_and_holds_each_callers_
             assert served[0]["message"]["model"] == "claude-sonnet-4-6"
             served = await events(h.stub, body(model="claude-opus-4-7"), bearer(ALPHA))
             assert served[0]["message"]["model"] == "claude-opus-4-7"
+            reply = await h.stub.CreateMessage(create_request(body(model="chat")), timeout=10, metadata=bearer(ALPHA))
+            assert reply.message.model == "claude-sonnet-4-6"
             asked = len(h.sim.requests)
             denied = await status(h.stub, body(model="bulk"), bearer(ALPHA))
             assert denied.code == grpc.StatusCode.PERMISSION_DENIED
