@@ -144,7 +144,6 @@ class Admission:
         estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute else 0
         body = codec.to_json(params)
         body["model"] = model
-        lease = await self.quotas.acquire(caller, limits, estimate)  # last: it counts the call
         call = Admitted(
             body,
             request.betas,
@@ -152,19 +151,19 @@ class Admission:
             asyncio.get_running_loop().time() + budget,
             expired,
             task,
-            lease=lease,
             spent=Spent() if limits.tokens_per_minute else None,
         )
-        self._calls.add(call)
+        self._calls.add(call)  # counted before the quota store's round trip, so the gateway's own limit holds
         self._idle.clear()
         try:
+            call.lease = await self.quotas.acquire(caller, limits, estimate)  # last: it counts the call
             yield call
         finally:
             self._calls.discard(call)
             if not self._calls:
                 self._idle.set()
-            if lease is not None:
-                self.quotas.release(lease, call.spent.tokens if call.spent is not None else 0)
+            if call.lease is not None:
+                self.quotas.release(call.lease, call.spent.tokens if call.spent is not None else 0)
 
 
 def invalid(bad: list[Violation]) -> Failure:
