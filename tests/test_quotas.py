@@ -271,6 +271,23 @@ def test_token_quota_moves_by_exactly_the_usage_of_a_stream_and_of_a_cancelled_o
     run(go)
 
 
+def test_in_memory_token_quota_moves_by_exactly_the_usage_of_a_stream(tmp_path: Path) -> None:
+    """Without Redis the same holds: the caller's tokens grow by the usage the stream's events report."""
+    text = "callers:\n  alpha:\n    tokens_per_minute: 1000000\n    requests_per_minute: 100\n"
+
+    async def go() -> None:
+        async with gateway(
+            caller_identity="token", callers_file=str(callers_file(tmp_path)), policy_file=policy(tmp_path, text)
+        ) as h:
+            store = h.gateway.admission.quotas
+            assert isinstance(store, MemoryQuotas)
+            events = await h_events(h, body("count my tokens please " * 20), "alpha")
+            assert store.usage("alpha") == (0, 1, usage_of(events))
+            assert store.usage("beta") == (0, 0, 0)
+
+    run(go)
+
+
 def test_one_callers_limits_and_counts_never_touch_another(tmp_path: Path) -> None:
     """Caller alpha at its limits leaves beta's calls admitted, and no refusal names another caller."""
     text = (
