@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -20,6 +20,7 @@ from claude_gateway.v1 import chat_pb2 as pb
 
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, Violation, fail
+from server.usage import Usage
 from server.validation import violations
 
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
@@ -44,6 +45,9 @@ class Admitted:
     expired: Failure  # the status when the deadline passes
     task: asyncio.Task[Any]
     cut: Failure | None = None  # set by whoever cancels the call on the gateway's side
+    # The call's merged upstream usage, kept up to date while it runs (server.call): complete when the
+    # ``admit`` context exits, where token quotas can charge it.
+    usage: Usage = field(default_factory=Usage)
 
 
 class Admission:

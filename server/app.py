@@ -7,7 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import grpc
@@ -15,11 +15,17 @@ from claude_gateway.v1 import chat_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server import prices
 from server.admission import Admission
 from server.call import Calls
 from server.config import Settings
+from server.metrics import Endpoint, Metrics
 from server.servicer import ChatServicer, lenient
+from server.telemetry import Telemetry
 from server.upstream import Upstream
+
+if TYPE_CHECKING:
+    from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,8 @@ class Gateway:
     admission: Admission
     upstream: Upstream
     settings: Settings
+    metrics: Endpoint | None = None  # the metrics HTTP server, when GATEWAY_METRICS_LISTEN is set
+    tracing: Tracing | None = None
 
     async def drain(self) -> None:
         """Graceful stop: NOT_SERVING at once; after drain_delay refuse new calls with UNAVAILABLE; give
@@ -61,6 +69,12 @@ class Gateway:
         """Stop at once and release the upstream client."""
         await self.server.stop(None)
         await self.upstream.aclose()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still queued
+            self.tracing = None
 
 
 def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
@@ -136,12 +150,22 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         client = sdk_client(settings)
         if not client.api_key and not client.auth_token:
             log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
+    price_table = prices.load(settings.prices_file)  # before anything starts: a bad file stops start-up
     upstream = Upstream(client, connect_timeout=settings.connect_timeout)
     admission = Admission(settings)
     health_servicer = health.aio.HealthServicer()
+    metrics = None
+    if settings.metrics_listen:
+        metrics = Metrics(settings.metrics_max_callers, frozenset(price_table.models), lambda: admission.active)
+    tracing = None
+    if settings.otlp_endpoint:
+        from server.tracing import Tracing  # imported only when on: no OpenTelemetry cost otherwise
+
+        tracing = Tracing(settings.otlp_endpoint)
 
     server = grpc.aio.server(options=server_options(settings))
-    add_chat_service(ChatServicer(Calls(settings, admission, upstream)), server)
+    calls = Calls(settings, admission, upstream, Telemetry(price_table, metrics), tracing)
+    add_chat_service(ChatServicer(calls), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
@@ -154,7 +178,14 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
     if port == 0:
         await upstream.aclose()
         raise BindError(f"cannot listen on {settings.listen}: the port is in use or the address is not this host's")
+    endpoint = None
+    if metrics is not None:
+        try:
+            endpoint = metrics.serve(settings.metrics_listen)
+        except OSError as exc:
+            await upstream.aclose()
+            raise BindError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
     await server.start()
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, admission, upstream, settings)
+    return Gateway(server, port, health_servicer, admission, upstream, settings, endpoint, tracing)

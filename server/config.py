@@ -58,7 +58,19 @@ class Settings:
         secret=True,
     )
     workers: int = setting(1, "gateway processes sharing the port through SO_REUSEPORT (about one per core)")
-    log_level: str = setting("INFO", "log level; one line per call at INFO", choices=LOG_LEVELS)
+    log_level: str = setting("INFO", "log level; one JSON line per call at INFO", choices=LOG_LEVELS)
+    metrics_listen: str = setting(
+        "", "host:port to serve Prometheus metrics on, over HTTP at /metrics (unset = no metrics; port 0 picks one)"
+    )
+    metrics_max_callers: int = setting(
+        100, "distinct callers kept as a metrics label; later ones are counted as `other`"
+    )
+    prices_file: str = setting("", "TOML price table replacing the one shipped in server/prices.toml (same format)")
+    otlp_endpoint: str = setting(
+        "",
+        "OTLP/gRPC endpoint to export traces to, e.g. http://otel-collector:4317 "
+        "(unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT if set, else no tracing)",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -70,6 +82,10 @@ class Settings:
             raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together")
         if self.workers < 1:
             raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
+        if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():
+            raise ValueError(f"GATEWAY_METRICS_LISTEN must be host:port, not {self.metrics_listen!r}")
+        if self.metrics_max_callers < 1:
+            raise ValueError(f"GATEWAY_METRICS_MAX_CALLERS must be at least 1, not {self.metrics_max_callers}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -81,6 +97,11 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = parse(f, raw)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        if not values.get("otlp_endpoint"):
+            # OpenTelemetry's standard variables turn tracing on too; the exporter reads them itself.
+            standard = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            if standard:
+                values["otlp_endpoint"] = standard
         return cls(**values)
 
 

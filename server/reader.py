@@ -40,6 +40,9 @@ class UpstreamReader:
         self._framer = SseFramer()
         self._failure: GatewayError | None = None  # raised after the events that came before it
         self.complete = False  # message_stop seen
+        self.attempts = 0  # upstream attempts made by open()
+        self.retried: list[str] = []  # the failure of each retried attempt (error type or reason), for metrics
+        self.bytes_read = 0  # of upstream body, counted per network read
 
     async def __aenter__(self) -> UpstreamReader:
         return self
@@ -56,6 +59,7 @@ class UpstreamReader:
         attempt = 1
         while True:
             self._watchdog.waiting()
+            self.attempts = attempt
             try:
                 self.request_id, self._chunks = await self._stack.enter_async_context(
                     self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
@@ -77,6 +81,7 @@ class UpstreamReader:
                 ):
                     raise GatewayError(failure) from None
                 log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
+                self.retried.append(failure.error_type or failure.reason)
                 attempt += 1
                 self._framer = SseFramer()
                 await asyncio.sleep(delay)
@@ -109,6 +114,7 @@ class UpstreamReader:
                 return None
             finally:
                 watchdog.reading = False
+            self.bytes_read += len(chunk)
             try:
                 frames = self._framer.feed(chunk)
             except UnicodeDecodeError:
