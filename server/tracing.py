@@ -98,6 +98,10 @@ class Tracing:
         span.set_attributes(attributes)
         span.end()
 
+    def flush(self) -> None:
+        """Export every ended span now (blocks; call from a thread)."""
+        self._provider.force_flush()
+
     def shutdown(self) -> None:
         """Export what is left and stop the exporter."""
         self._provider.shutdown()
