@@ -254,7 +254,7 @@ def test_a_cancelled_stream_is_counted_as_cancelled_with_its_partial_usage(caplo
 
 
 def test_each_call_writes_one_json_log_line_without_prompt_or_completion(caplog: pytest.LogCaptureFixture) -> None:
-    """The call's one log line is JSON: caller, model, method, status, request id, TTFT, duration, events, usage, cost."""
+    """The call's one JSON log line: caller, model, method, status, request id, TTFT, duration, events, usage, cost."""
     caplog.set_level(logging.INFO, logger="server.call")
     prompt = "Tell me the launch code, word for word"
 
