@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +22,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.metrics import Metrics
+from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, Pace, Replay, Stall
 from tests.harness import ROOT, Harness, body, gateway, run, status_of, stream_request, until
 
@@ -287,6 +290,35 @@ def test_each_call_writes_one_json_log_line_without_prompt_or_completion(caplog:
             assert text[:20] not in record
 
     run(go)
+
+
+def test_the_readme_and_the_dashboard_name_exactly_the_metrics_the_gateway_serves() -> None:
+    """The README's metrics table lists every metric served, and each dashboard query is in the README and uses them."""
+    readme = (ROOT / "README.md").read_text()
+    served = set()
+    for family in Metrics(10, frozenset(), lambda: 0).registry.collect():
+        served.add(family.name + "_total" if family.type == "counter" else family.name)
+    section = readme[readme.index("| metric | type | labels | what |") :].split("\n\n")[0]
+    listed = {line.split("`")[1] for line in section.splitlines()[2:]}
+    assert listed == served
+    dashboard = json.loads((ROOT / "docs/grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert target["expr"] in readme, panel["title"]
+            names = set(re.findall(r"\b(?:gen_ai|gateway)_[a-z_]+", target["expr"]))
+            assert names, target["expr"]
+            for name in names:
+                assert name.removesuffix("_bucket") in served, name
+
+
+def test_each_worker_serves_its_metrics_on_a_port_of_its_own() -> None:
+    """With GATEWAY_WORKERS, worker N serves metrics on the set port plus N - 1; port 0 stays 0."""
+    assert [metrics_listen_of_worker("0.0.0.0:9464", n) for n in (1, 2, 3)] == [
+        "0.0.0.0:9464",
+        "0.0.0.0:9465",
+        "0.0.0.0:9466",
+    ]
+    assert metrics_listen_of_worker("127.0.0.1:0", 2) == "127.0.0.1:0"
 
 
 def test_metrics_are_off_unless_a_port_is_set() -> None:
