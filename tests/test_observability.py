@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.metrics import Metrics
 from server.supervisor import metrics_listen_of_worker
-from simulator import Cut, Pace, Replay, Stall
+from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
 from tests.harness import ROOT, Harness, body, gateway, run, status_of, stream_request, until
 
 FIXTURE = ROOT / "tests/fixtures/sse/own_server_tool_cache_usage.sse"
@@ -252,6 +252,51 @@ def test_a_cancelled_stream_is_counted_as_cancelled_with_its_partial_usage(caplo
             for kind, key in (("input", "input_tokens"), ("output", "output_tokens")):
                 assert moved(before, after, "gateway_tokens_total", type=kind) == start_usage[key]
             assert moved(before, after, "gen_ai_server_time_per_output_token_seconds_count") == 0
+
+    run(go)
+
+
+def test_retries_and_upstream_errors_are_counted_by_type(caplog: pytest.LogCaptureFixture) -> None:
+    """A retried 529 counts one retry and one upstream error; a mid-stream error event counts one more, as final."""
+    caplog.set_level(logging.INFO, logger="server.call")
+
+    async def go() -> None:
+        async with gateway(metrics_listen="127.0.0.1:0") as h:
+            before = await scrape(h)
+            h.sim.enqueue(HttpError(529, "overloaded_error", retry_after=0))
+            await h.events(body())
+            h.sim.enqueue(ErrorEvent(after_events=3, error_type="api_error"))
+            with pytest.raises(grpc.aio.AioRpcError):
+                await h.events(body())
+            after = await scrape(h)
+            assert moved(before, after, "gateway_retries_total", reason="overloaded_error") == 1
+            assert moved(before, after, "gateway_upstream_errors_total", type="overloaded_error") == 1
+            assert moved(before, after, "gateway_upstream_errors_total", type="api_error") == 1
+            assert moved(before, after, "gateway_calls_total", status="UNAVAILABLE", reason="API_ERROR") == 1
+            assert moved(before, after, "gen_ai_server_request_duration_seconds_count", error_type="api_error") == 1
+            assert [(c["status"], c["attempts"]) for c in calls(caplog)] == [("OK", 2), ("UNAVAILABLE", 1)]
+
+    run(go)
+
+
+def test_a_cancel_before_the_first_event_is_counted_in_its_phase(caplog: pytest.LogCaptureFixture) -> None:
+    """A client that gives up while the upstream has not answered counts a before_first_event cancellation, no TTFT."""
+    caplog.set_level(logging.INFO, logger="server.call")
+
+    async def go() -> None:
+        async with gateway(metrics_listen="127.0.0.1:0") as h:
+            before = await scrape(h)
+            h.sim.enqueue(Stall(after_events=-1))
+            call = h.stub.StreamMessage(stream_request(body()), timeout=30)
+            await until(lambda: h.gateway.admission.active == 1)
+            call.cancel()
+            await until(lambda: len(calls(caplog)) == 1)
+            after = await scrape(h)
+            phase = {"method": "StreamMessage", "phase": "before_first_event"}
+            assert moved(before, after, "gateway_cancellations_total", **phase) == 1
+            assert moved(before, after, "gen_ai_server_time_to_first_token_seconds_count") == 0
+            assert moved(before, after, "gateway_tokens_total") == 0
+            assert calls(caplog)[0]["ttft_ms"] is None
 
     run(go)
 
