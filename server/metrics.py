@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -33,6 +33,7 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
+ALWAYS_OBSERVED = frozenset({"input", "output"})
 GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
 
 
@@ -66,6 +67,7 @@ class Metrics:
 
     def __init__(self, max_callers: int, priced_models: frozenset[str], active: Callable[[], int]) -> None:
         self.registry = registry = CollectorRegistry()
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.caller = LabelCap(max_callers)
         self.model = LabelCap(EXTRA_MODELS, priced_models)
         self.tokens = Histogram(
@@ -132,38 +134,50 @@ class Metrics:
             registry=registry,
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (prometheus-client's lookup costs a few us)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def record(self, call: CallRecord) -> None:
         """Count one finished call."""
+        child = self._child
         model = self.model(call.model or "unknown")
         genai = (OPERATION, PROVIDER, model)
-        self.calls.labels(call.method, model, call.status, call.reason).inc()
-        self.duration.labels(*genai, call.error_type or "").observe(call.duration)
+        child(self.calls, call.method, model, call.status, call.reason).inc()
+        child(self.duration, *genai, call.error_type or "").observe(call.duration)
         if call.events:
-            self.events.labels(call.method).inc(call.events)
+            child(self.events, call.method).inc(call.events)
         if call.bytes_read:
             self.bytes.inc(call.bytes_read)
         for reason in call.retried:
-            self.retries.labels(reason).inc()
-            self.upstream_errors.labels(reason).inc()
+            child(self.retries, reason).inc()
+            child(self.upstream_errors, reason).inc()
         if call.upstream_error:
-            self.upstream_errors.labels(call.upstream_error).inc()
+            child(self.upstream_errors, call.upstream_error).inc()
         if call.cancelled_phase:
-            self.cancellations.labels(call.method, call.cancelled_phase).inc()
+            child(self.cancellations, call.method, call.cancelled_phase).inc()
         if call.ttft is not None:
-            self.ttft.labels(*genai).observe(call.ttft)
+            child(self.ttft, *genai).observe(call.ttft)
             tpot = call.time_per_output_token
             if tpot is not None:
-                self.tpot.labels(*genai).observe(tpot)
+                child(self.tpot, *genai).observe(tpot)
         if call.usage.seen:
             caller = self.caller(call.caller)
             for kind, count in call.usage.tokens().items():
-                self.tokens.labels(*genai, kind).observe(count)
+                # Input and output for every call that reported usage, as the conventions say; the cache
+                # kinds only when used, so their histograms describe the calls that use the cache.
+                if count or kind in ALWAYS_OBSERVED:
+                    child(self.tokens, *genai, kind).observe(count)
                 if count:
-                    self.caller_tokens.labels(model, caller, kind).inc(count)
+                    child(self.caller_tokens, model, caller, kind).inc(count)
             if call.cost is None:
-                self.unpriced.labels(model).inc()
+                child(self.unpriced, model).inc()
             else:
-                self.cost.labels(model, caller).inc(call.cost)
+                child(self.cost, model, caller).inc(call.cost)
 
     def serve(self, listen: str) -> Endpoint:
         """Serve /metrics on ``listen`` (host:port; port 0 picks one) from a thread of its own."""
