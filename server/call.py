@@ -19,7 +19,7 @@ import grpc
 
 from server.admission import Admission, Request, Undecodable
 from server.config import Settings
-from server.errors import Failure, GatewayError, to_status
+from server.errors import Failure, GatewayError, Reason, to_status
 from server.events import Event
 from server.reader import UpstreamReader
 from server.telemetry import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord, Telemetry
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 REQUEST_ID_KEY = "anthropic-request-id"  # initial metadata: the upstream request id of the call
 CLIENT_CANCELLED = "CLIENT_CANCELLED"  # the reason of a call the client cancelled (log and metrics only)
+GATEWAY_ERROR = Reason.GATEWAY_ERROR.name
 
 Sink = Callable[[list[Event]], Awaitable[None]]  # takes each batch of events, in order
 
@@ -98,6 +99,10 @@ class Calls:
             if failure.error_type or failure.reason.startswith("UPSTREAM_"):
                 record.upstream_error = failure.error_type or failure.reason
             record.request_id = record.request_id or failure.request_id
+        except Exception:  # a fault of the gateway's own: grpc answers UNKNOWN; logged and counted as such
+            record.status, record.reason = "UNKNOWN", GATEWAY_ERROR
+            record.error_type = GATEWAY_ERROR
+            raise
         finally:
             if record.status == CANCELLED and failure is None:  # the client cancelled, or its deadline passed
                 record.reason, record.error_type = CLIENT_CANCELLED, "cancelled"

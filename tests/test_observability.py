@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.config import Settings
 from server.metrics import Metrics
 from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
@@ -364,6 +365,38 @@ def test_each_worker_serves_its_metrics_on_a_port_of_its_own() -> None:
         "0.0.0.0:9466",
     ]
     assert metrics_listen_of_worker("127.0.0.1:0", 2) == "127.0.0.1:0"
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({}, ""),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, "http://collector:4317"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317"}, "http://traces:4317"),
+        (
+            {"GATEWAY_OTLP_ENDPOINT": "http://mine:4317", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"},
+            "http://mine:4317",
+        ),
+    ],
+)
+def test_tracing_turns_on_with_the_gateway_setting_or_opentelemetrys_own_variables(
+    env: dict[str, str], endpoint: str
+) -> None:
+    """GATEWAY_OTLP_ENDPOINT wins; without it the standard OTLP endpoint variables turn tracing on; else it is off."""
+    assert Settings.from_env(env).otlp_endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"GATEWAY_METRICS_LISTEN": "9464"}, "GATEWAY_METRICS_LISTEN must be host:port"),
+        ({"GATEWAY_METRICS_MAX_CALLERS": "0"}, "GATEWAY_METRICS_MAX_CALLERS must be at least 1"),
+    ],
+)
+def test_bad_metrics_settings_are_refused_by_name(env: dict[str, str], complaint: str) -> None:
+    """A metrics address without a port, or a caller cap below one, stops start-up naming the variable."""
+    with pytest.raises(ValueError, match=complaint):
+        Settings.from_env(env)
 
 
 def test_metrics_are_off_unless_a_port_is_set() -> None:
