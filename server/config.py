@@ -82,7 +82,7 @@ class Settings:
             raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together")
         if self.workers < 1:
             raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
-        host, colon, port = self.metrics_listen.rpartition(":")
+        _, colon, port = self.metrics_listen.rpartition(":")
         if self.metrics_listen and not (colon and port.isdigit()):
             raise ValueError(f"GATEWAY_METRICS_LISTEN must be host:port, not {self.metrics_listen!r}")
         if self.metrics_max_callers < 1:
