@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import re
+import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,6 +20,7 @@ import pytest
 from claude_gateway import codec
 from claude_gateway.usage import USAGE_KEY, CallUsage, from_metadata
 from claude_gateway.v1 import chat_pb2 as pb
+from claude_gateway.v1.chat_pb2_grpc import ChatServiceStub
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,7 +29,7 @@ from server.config import Settings
 from server.metrics import Metrics
 from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
-from tests.harness import ROOT, Harness, body, gateway, run, status_of, stream_request, until
+from tests.harness import ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
 
 FIXTURE = ROOT / "tests/fixtures/sse/own_server_tool_cache_usage.sse"
 # The fixture's usage, merged: message_start's input side, message_delta's cumulative totals.
@@ -397,6 +400,51 @@ def test_bad_metrics_settings_are_refused_by_name(env: dict[str, str], complaint
     """A metrics address without a port, or a caller cap below one, stops start-up naming the variable."""
     with pytest.raises(ValueError, match=complaint):
         Settings.from_env(env)
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 are both free on 127.0.0.1 now."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two adjacent free ports")
+
+
+def test_two_workers_each_serve_metrics_that_add_up_to_every_call() -> None:
+    """With GATEWAY_WORKERS=2 each worker serves /metrics on its own port; their call counts sum to the calls made."""
+    port = free_port_pair()
+    with deployed(GATEWAY_WORKERS="2", GATEWAY_METRICS_LISTEN=f"127.0.0.1:{port}") as (proc, target):
+
+        async def go() -> None:
+            for _ in range(8):  # a connection of its own each time, spread over the workers by the kernel
+                async with grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                    async for _ in ChatServiceStub(ch).StreamMessage(stream_request(body()), timeout=10):
+                        pass
+
+        run(go)
+        totals = []
+        for worker_port in (port, port + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker_port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+            totals.append(
+                sum(
+                    sample.value
+                    for family in text_string_to_metric_families(text)
+                    for sample in family.samples
+                    if sample.name == "gateway_calls_total"
+                )
+            )
+        assert sum(totals) == 8, totals
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
 
 
 def test_metrics_are_off_unless_a_port_is_set() -> None:
