@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from claude_gateway import codec
+from claude_gateway import AsyncGateway, GatewayError, codec
 from claude_gateway.usage import USAGE_KEY, CallUsage, from_metadata
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1.chat_pb2_grpc import ChatServiceStub
@@ -45,6 +45,7 @@ FIXTURE_USAGE = {
 FIXTURE_TOKENS = {"input": 2100, "output": 95, "cache_read": 4000, "cache_write_5m": 1000, "cache_write_1h": 500}
 FIXTURE_COST = 0.015675  # claude-sonnet-4-6: (2100 x 3 + 95 x 15 + 1000 x 3.75 + 500 x 6 + 4000 x 0.30) / 1e6
 MODEL = "claude-sonnet-4-6"
+HELLO: list[Any] = [{"role": "user", "content": "Hello gateway"}]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -143,6 +144,27 @@ def test_a_failed_stream_reports_its_partial_usage_in_the_trailer_beside_its_sta
             assert usage.usage == events[0]["message"]["usage"]  # what message_start said, nothing more
             assert usage.cost_usd is not None
             assert usage.cost_usd > 0
+
+    run(go)
+
+
+def test_the_client_library_streams_and_errors_carry_the_usage_trailer() -> None:
+    """AsyncGateway's finished stream and its GatewayError keep the trailers from_metadata reads."""
+
+    async def go() -> None:
+        async with gateway() as h, AsyncGateway(h.target) as client:
+            h.sim.enqueue(Replay(FIXTURE.read_bytes()))
+            async with client.messages.stream(model=MODEL, max_tokens=100, messages=HELLO) as stream:
+                await stream.until_done()
+            assert from_metadata(stream.trailing_metadata) == CallUsage(MODEL, FIXTURE_USAGE, FIXTURE_COST, False)
+            h.sim.enqueue(Cut(after_events=5))
+            with pytest.raises(GatewayError) as failed:
+                async with client.messages.stream(model=MODEL, max_tokens=100, messages=HELLO) as stream:
+                    await stream.until_done()
+            usage = from_metadata(failed.value.trailing_metadata)
+            assert usage is not None
+            assert usage.partial
+            assert usage.input_tokens > 0
 
     run(go)
 

@@ -13,12 +13,14 @@ is what the upstream had reported by then). A call the client itself cancelled h
     usage = from_metadata(call.trailing_metadata())          # grpc (sync)
     usage = from_metadata(await call.trailing_metadata())    # grpc.aio
     usage = from_metadata(error.trailing_metadata())         # on grpc.RpcError / AioRpcError
+    usage = from_metadata(stream.trailing_metadata)          # a Gateway / AsyncGateway stream, once done
+    usage = from_metadata(gateway_error.trailing_metadata)   # claude_gateway.GatewayError
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,9 +45,11 @@ class CallUsage:
         return int(self.usage.get("output_tokens") or 0)
 
 
-def from_metadata(metadata: Iterable[tuple[str, Any]] | None) -> CallUsage | None:
-    """The usage trailer in ``metadata``, or None if there is none; ValueError if it is not the gateway's JSON."""
-    for key, value in metadata or ():
+def from_metadata(metadata: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> CallUsage | None:
+    """The usage trailer in ``metadata`` (key/value pairs or a dict), or None if there is none; ValueError if
+    it is not the gateway's JSON."""
+    pairs = metadata.items() if isinstance(metadata, Mapping) else metadata or ()
+    for key, value in pairs:
         if key != USAGE_KEY:
             continue
         text = value.decode() if isinstance(value, bytes) else str(value)
