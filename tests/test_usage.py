@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,13 @@ def test_the_trailer_round_trips_through_the_client_parser() -> None:
     assert from_metadata([("other", "x")]) is None
     with pytest.raises(ValueError, match=USAGE_KEY):
         from_metadata([(USAGE_KEY, "[]")])
+
+
+def test_shipped_cache_prices_follow_the_published_multipliers() -> None:
+    """Every shipped model's cache prices are 1.25x (5m write), 2x (1h write) and 0.1x (read) its input price."""
+    for name, price in load().models.items():
+        assert (price.cache_write_5m, price.cache_write_1h, price.cache_read) == (
+            price.input * Decimal("1.25"),
+            price.input * 2,
+            price.input * Decimal("0.1"),
+        ), name
