@@ -26,6 +26,11 @@ from server.metrics import Metrics
 from server.prices import load
 from server.telemetry import OK, CallRecord, Telemetry
 
+SEE_PACED = "see() per paced delta (one event per read), us"
+SEE_STREAM = "see() per event over whole streams, one read each, us"
+PLAIN_LOG = "before: the plain log line per call, us"
+FINISH_OFF = "finish() + trailer per call, metrics off, us"
+FINISH_ON = "finish() + trailer per call, metrics on, us"
 FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/sse/own_text_with_ping.sse"
 
 
@@ -64,15 +69,13 @@ def measure(calls: int, repeats: int) -> dict[str, float]:
         for _ in range(n):
             record.see(one)
 
-    results["see() per paced delta (one event per read), us"] = best(paced_deltas, repeats) / n * 1e6
+    results[SEE_PACED] = best(paced_deltas, repeats) / n * 1e6
 
     def whole_streams() -> None:
         for _ in range(calls):
             CallRecord("StreamMessage", "claude-sonnet-4-6").see(events)
 
-    results["see() per event over whole streams, one read each, us"] = (
-        best(whole_streams, repeats) / (calls * len(events)) * 1e6
-    )
+    results[SEE_STREAM] = best(whole_streams, repeats) / (calls * len(events)) * 1e6
 
     # The log line goes to a real file handler, as the gateway's goes to stderr.
     log = logging.getLogger("server.call")
@@ -88,10 +91,10 @@ def measure(calls: int, repeats: int) -> dict[str, float]:
             for _ in range(calls):
                 log.info("%s %s events=%d %.0fms request_id=%s", "StreamMessage", "OK", 9, 12.3, "req_0123456789")
 
-        results["before: the plain log line per call, us"] = best(plain_lines, repeats) / calls * 1e6
+        results[PLAIN_LOG] = best(plain_lines, repeats) / calls * 1e6
         for label, metrics in (
-            ("metrics off", None),
-            ("metrics on", Metrics(100, frozenset(prices.models), lambda: 0)),
+            (FINISH_OFF, None),
+            (FINISH_ON, Metrics(100, frozenset(prices.models), lambda: 0)),
         ):
             telemetry = Telemetry(prices, metrics)
 
@@ -105,7 +108,7 @@ def measure(calls: int, repeats: int) -> dict[str, float]:
                     telemetry.trailer(call)
 
             per_call = best(finish_calls, repeats) / calls * 1e6
-            results[f"finish() + trailer per call, {label}, us"] = per_call
+            results[label] = per_call
     finally:
         log.removeHandler(handler)
         log.level, log.propagate = saved
