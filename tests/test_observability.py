@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.config import Settings
 from server.metrics import Metrics
+from server.telemetry import CallRecord
 from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
 from tests.harness import ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
@@ -380,6 +381,14 @@ def test_the_readme_and_the_dashboard_name_exactly_the_metrics_the_gateway_serve
             assert names, target["expr"]
             for name in names:
                 assert name.removesuffix("_bucket") in served, name
+
+
+def test_the_readme_log_line_table_lists_exactly_the_fields_of_the_log_line() -> None:
+    """Every field of the call log line is in the README's table, and the table lists no other."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("| field | meaning |") :].split("\n\n")[0]
+    listed = [line.split("`")[1] for line in section.splitlines()[2:]]
+    assert listed == list(CallRecord("StreamMessage", MODEL).log_line())
 
 
 def test_each_worker_serves_its_metrics_on_a_port_of_its_own() -> None:
