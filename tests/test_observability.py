@@ -27,8 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.config import Settings
 from server.metrics import Metrics
-from server.telemetry import CallRecord
 from server.supervisor import metrics_listen_of_worker
+from server.telemetry import CallRecord
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
 from tests.harness import ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
 
