@@ -13,15 +13,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from server.admission import Admission, Request, Undecodable
 from server.config import Settings
-from server.errors import Failure, GatewayError, to_status
+from server.errors import Failure, GatewayError, Reason, fail, to_status
 from server.events import Event
 from server.reader import UpstreamReader
+from server.redaction import Redactor
 from server.upstream import Upstream
 from server.watchdog import Watchdog
 
@@ -39,6 +40,7 @@ class Calls:
     settings: Settings
     admission: Admission
     upstream: Upstream
+    redactor: Redactor = field(default_factory=lambda: Redactor(()))  # the secrets upstream text must not carry
 
     async def run(
         self, method: str, context: grpc.aio.ServicerContext, request: Request | Undecodable, deliver: Sink
@@ -55,7 +57,7 @@ class Calls:
                 try:
                     async with UpstreamReader(self.settings, self.upstream, watchdog, call.deadline) as reader:
                         batch: list[Event] | None = await reader.open(call.body, call.betas)
-                        request_id = reader.request_id
+                        request_id = self.redactor.request_id(reader.request_id)
                         if request_id:  # for Anthropic support, and to match the gateway's log line
                             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
                         while batch is not None:
@@ -72,9 +74,13 @@ class Calls:
                 finally:
                     watchdog.close()
         except GatewayError as exc:
-            failure = exc.failure
+            failure = self.redactor.failure(exc.failure)
             outcome = f"{failure.code.name} {failure.reason}"
             request_id = request_id or failure.request_id
+        except Exception as exc:  # a bug: the caller still gets a status, and the log the traceback
+            log.exception("%s failed inside the gateway", method)
+            failure = fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")
+            outcome = f"{failure.code.name} {failure.reason}"
         finally:
             elapsed_ms = (time.monotonic() - started) * 1e3
             log.info("%s %s events=%d %.0fms request_id=%s", method, outcome, delivered, elapsed_ms, request_id or "-")

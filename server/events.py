@@ -30,44 +30,100 @@ _DATA = b"data: "
 
 
 class SseFramer:
-    """Feeds raw bytes, returns the (event, data) frames they complete, in order."""
+    """Feeds raw bytes, returns the (event, data) frames they complete, in order.
 
-    def __init__(self) -> None:
+    Linear in the bytes fed: an unfinished frame is held as the chunks it came in and joined once,
+    when a chunk completes it. More than ``max_event_bytes`` held for one frame (or one line, or
+    one event built of many lines) raises GatewayError (UPSTREAM_EVENT_TOO_LARGE).
+    """
+
+    def __init__(self, max_event_bytes: int = 4 * 1024 * 1024) -> None:
         self._decoder = SSEDecoder()
-        self._pending = b""
+        self._parts: list[bytes] = []  # the unfinished frame (fast path) or line (by lines)
+        self._held = 0  # bytes in _parts
+        self._max = max_event_bytes
+        self._event_bytes = 0  # by lines: bytes of the event the SDK's decoder is building
         self._crlf = False  # once a CR is seen, every line goes through the SDK's decoder
 
     def feed(self, chunk: bytes) -> list[Frame]:
-        data = self._pending + chunk if self._pending else chunk
-        if self._crlf or b"\r" in data:
+        parts = self._parts
+        if self._crlf or b"\r" in chunk:
             self._crlf = True
-            out, self._pending = self._by_lines(data)
-            return out
-        *frames, self._pending = data.split(b"\n\n")
+            return self._feed_lines(chunk)
+        if parts:
+            if b"\n\n" not in chunk and not (chunk[:1] == b"\n" and parts[-1][-1:] == b"\n"):
+                return self._hold(chunk)
+            parts.append(chunk)
+            data = b"".join(parts)
+            parts.clear()
+            self._held = 0
+        else:
+            data = chunk
+        *frames, rest = data.split(b"\n\n")
         out = []
         for frame in frames:
+            if len(frame) > self._max:
+                raise GatewayError(_too_large(len(frame), self._max))
             head, sep, tail = frame.partition(b"\n")
             if sep and head.startswith(_EVENT) and tail.startswith(_DATA) and b"\n" not in tail:
                 out.append((head[7:].decode(), tail[6:].decode()))
             elif frame:
-                out.extend(self._by_lines(frame + b"\n\n")[0])
+                out.extend(self._by_lines(frame + b"\n\n"))
+        if rest:
+            self._hold(rest)
         return out
 
-    def _by_lines(self, data: bytes) -> tuple[list[Frame], bytes]:
-        """The frames that ``data``'s complete lines finish, and the incomplete rest."""
+    def _hold(self, data: bytes) -> list[Frame]:
+        """Keep ``data`` for the next chunk, within the bound."""
+        self._held += len(data)
+        if self._held > self._max:
+            raise GatewayError(_too_large(self._held, self._max))
+        self._parts.append(data)
+        return []
+
+    def _feed_lines(self, chunk: bytes) -> list[Frame]:
+        parts = self._parts
+        if parts:
+            # A held line ending in a lone CR is complete unless the chunk starts with its LF.
+            if parts[-1][-1:] != b"\r" and b"\n" not in chunk and b"\r" not in chunk:
+                return self._hold(chunk)
+            parts.append(chunk)
+            data = b"".join(parts)
+            parts.clear()
+            self._held = 0
+        else:
+            data = chunk
         lines = data.splitlines(keepends=True)
-        rest = b""
         # A last line without its terminator is incomplete; so is a lone "\r" that may be half of "\r\n".
         if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")):
-            rest = lines.pop()
+            self._hold(lines.pop())
+        return self._by_lines(lines)
+
+    def _by_lines(self, data: bytes | list[bytes]) -> list[Frame]:
+        """The frames that complete lines finish (``data`` is whole lines, or bytes ending in one)."""
+        lines = data.splitlines(keepends=True) if isinstance(data, bytes) else data
         out: list[Frame] = []
         decode = self._decoder.decode
         for line in lines:
-            sse = decode(line.rstrip(b"\r\n").decode())
+            text = line.rstrip(b"\r\n")
+            if text:
+                self._event_bytes += len(line)
+                if self._event_bytes > self._max:
+                    raise GatewayError(_too_large(self._event_bytes, self._max))
+            else:
+                self._event_bytes = 0  # a blank line ends the event
+            sse = decode(text.decode())
             # The SDK ignores frames without an `event:` line; so do we.
             if sse is not None and sse.event is not None:
                 out.append((sse.event, sse.data))
-        return out, rest
+        return out
+
+
+def _too_large(size: int, limit: int) -> Failure:
+    return fail(
+        Reason.UPSTREAM_EVENT_TOO_LARGE,
+        f"upstream sent an event over GATEWAY_MAX_EVENT_BYTES ({limit} bytes; {size} bytes held so far)",
+    )
 
 
 # The hot deltas: one string field besides "type". delta type -> that field.

@@ -37,7 +37,7 @@ class UpstreamReader:
         self._stack = contextlib.AsyncExitStack()
         self._chunks: AsyncIterator[bytes] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
-        self._framer = SseFramer()
+        self._framer = SseFramer(settings.max_event_bytes)
         self._failure: GatewayError | None = None  # raised after the events that came before it
         self.complete = False  # message_stop seen
 
@@ -78,7 +78,7 @@ class UpstreamReader:
                     raise GatewayError(failure) from None
                 log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
                 attempt += 1
-                self._framer = SseFramer()
+                self._framer = SseFramer(self._settings.max_event_bytes)
                 await asyncio.sleep(delay)
 
     async def next(self) -> list[Event] | None:

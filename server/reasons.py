@@ -45,4 +45,16 @@ class Reason(Enum):
         Code.DATA_LOSS,
         "the upstream sent a frame that is not a JSON object, or bytes that are not UTF-8",
     )
+    UPSTREAM_EVENT_TOO_LARGE = (
+        Code.RESOURCE_EXHAUSTED,
+        "one upstream event (or line) is larger than `GATEWAY_MAX_EVENT_BYTES`; the events before it were delivered",
+    )
+    UPSTREAM_REDIRECTED = (
+        Code.FAILED_PRECONDITION,
+        "the upstream answered with a redirect (HTTP 3xx), which the gateway never follows",
+    )
+    UPSTREAM_COMPRESSED = (
+        Code.FAILED_PRECONDITION,
+        "the upstream answered with a `content-encoding` other than `identity`, which the gateway never inflates",
+    )
     GATEWAY_ERROR = (Code.INTERNAL, "a fault inside the gateway (a bug: please report it with the log line)")
