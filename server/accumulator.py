@@ -12,6 +12,7 @@ from anthropic.lib.streaming._messages import accumulate_event
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
+from server.errors import GatewayError, Reason, fail
 from server.events import Event
 
 
@@ -21,19 +22,33 @@ class MessageAccumulator:
     def __init__(self) -> None:
         self._snapshot: Any = None
         self._json_bufs: dict[int, bytes] = {}
+        self._response: pb.CreateMessageResponse | None = None
 
     async def add(self, batch: list[Event]) -> None:
-        for name, obj, _ in batch:
-            if name != "ping" and obj.get("type") in _KNOWN:  # as the SDK, which skips unknown event types
-                self._snapshot = accumulate_event(
-                    event=obj,  # type: ignore[arg-type]  # the SDK builds its typed event from the JSON
-                    current_snapshot=self._snapshot,
-                    json_bufs=self._json_bufs,
-                )
+        """Accumulate one batch; at message_stop, build the reply. An event the SDK's accumulation
+        cannot use (tool input that is not JSON, a message without usage...) raises GatewayError."""
+        try:
+            for name, obj, _ in batch:
+                if name != "ping" and obj.get("type") in _KNOWN:  # as the SDK, which skips unknown event types
+                    self._snapshot = accumulate_event(
+                        event=obj,  # type: ignore[arg-type]  # the SDK builds its typed event from the JSON
+                        current_snapshot=self._snapshot,
+                        json_bufs=self._json_bufs,
+                    )
+                if name == "message_stop":
+                    message = codec.from_json(self._snapshot.to_dict(mode="json", warnings=False), pb.Message())
+                    self._response = pb.CreateMessageResponse(message=message)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise GatewayError(
+                fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent an event the message cannot be built from: {exc}")
+            ) from None
 
     def response(self) -> pb.CreateMessageResponse:
-        message = codec.from_json(self._snapshot.to_dict(mode="json", warnings=False), pb.Message())
-        return pb.CreateMessageResponse(message=message)
+        """The reply, once message_stop was accumulated."""
+        assert self._response is not None
+        return self._response
 
 
 _KNOWN = frozenset(

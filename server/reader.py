@@ -4,6 +4,7 @@
         batch = await reader.open(body, betas)    # retries what is safe to retry, before any event
         batch = await reader.next()               # None after message_stop; GatewayError on any failure
 
+Every event is checked against the stream grammar (``server.grammar``) before it is passed on.
 A batch holds the events of one network read, in order, so the gateway sends what was already
 waiting in one gRPC message. Leaving the ``async with`` closes the upstream response.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, from_exception
 from server.events import Event, SseFramer, parse
+from server.grammar import Grammar
 from server.retry import backoff
 from server.upstream import Upstream
 from server.watchdog import Watchdog
@@ -38,6 +40,7 @@ class UpstreamReader:
         self._chunks: AsyncIterator[bytes] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
         self._framer = SseFramer(settings.max_event_bytes)
+        self._grammar = Grammar()
         self._failure: GatewayError | None = None  # raised after the events that came before it
         self.complete = False  # message_stop seen
 
@@ -79,6 +82,7 @@ class UpstreamReader:
                 log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
                 attempt += 1
                 self._framer = SseFramer(self._settings.max_event_bytes)
+                self._grammar = Grammar()
                 await asyncio.sleep(delay)
 
     async def next(self) -> list[Event] | None:
@@ -120,11 +124,14 @@ class UpstreamReader:
 
     def _parse(self, frames: list[tuple[str, str]]) -> list[Event]:
         batch: list[Event] = []
+        check = self._grammar.check
         for name, data in frames:
             if self.complete:
                 break  # nothing follows message_stop
             try:
-                batch.append((name, parse(name, data), data))
+                obj = parse(name, data)
+                check(name, obj)
+                batch.append((name, obj, data))
             except GatewayError as exc:
                 if not batch:
                     raise

@@ -43,7 +43,13 @@ class Reason(Enum):
     UPSTREAM_INCOMPLETE_STREAM = (Code.UNAVAILABLE, "the upstream stream ended without `message_stop`")
     UPSTREAM_MALFORMED_EVENT = (
         Code.DATA_LOSS,
-        "the upstream sent a frame that is not a JSON object, or bytes that are not UTF-8",
+        "the upstream sent a frame that is not a JSON object, bytes that are not UTF-8, or (CreateMessage) an "
+        "event the message cannot be built from, such as tool input that is not JSON",
+    )
+    UPSTREAM_OUT_OF_ORDER = (
+        Code.DATA_LOSS,
+        "the upstream broke the stream grammar (a delta before its block's start, an index jump, a stream not "
+        "starting with `message_start`...); the events before it were delivered",
     )
     UPSTREAM_EVENT_TOO_LARGE = (
         Code.RESOURCE_EXHAUSTED,

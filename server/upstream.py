@@ -16,7 +16,7 @@ identity`` and says not to follow redirects.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,7 +32,7 @@ _IDENTITY = ("", "identity")
 
 def http_client(settings: Settings) -> httpx2.AsyncClient:
     """The SDK's HTTP client on the transport the settings name, with the gateway's response checks."""
-    hooks = {"response": [_ResponseCheck(settings.max_error_body_bytes)]}
+    hooks: dict[str, list[Callable[..., Any]]] = {"response": [_ResponseCheck(settings.max_error_body_bytes)]}
     if settings.http_client == "aiohttp":
         # The SDK's own aiohttp transport: about half the CPU per relayed event of its default (bench/).
         return anthropic.DefaultAioHttpClient(event_hooks=hooks, follow_redirects=False)
@@ -57,13 +57,14 @@ class _ResponseCheck:
                 fail(Reason.UPSTREAM_COMPRESSED, "upstream sent a compressed body although identity was asked for")
             )
         if not response.is_success:
+            assert isinstance(response.stream, httpx2.AsyncByteStream)
             response.stream = _Capped(response.stream, self._limit)
 
 
 class _Capped(httpx2.AsyncByteStream):
     """The first ``limit`` bytes of a body; the rest is never read (closing drops the connection)."""
 
-    def __init__(self, stream: httpx2.AsyncByteStream | httpx2.SyncByteStream | Any, limit: int) -> None:
+    def __init__(self, stream: httpx2.AsyncByteStream, limit: int) -> None:
         self._stream = stream
         self._left = limit
 

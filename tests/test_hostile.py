@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.app import Gateway, build_server, sdk_client
 from server.config import Settings
 from tests.harness import API_KEY, Status, body, run, status_of, stream_request
-from tests.hostile import MESSAGE_START, Hostile, Request, head, sse
+from tests.hostile import MESSAGE_START, Answer, Hostile, Request, head, sse
 
 TRANSPORTS = ["aiohttp", "httpx"]
 SSE_HEAD = {"content_type": "text/event-stream", "request_id": "req_hostile01"}
@@ -148,7 +148,7 @@ def test_framer_cost_is_linear_in_the_bytes_of_one_long_event() -> None:
     assert time.process_time() - started < 2.0
 
 
-def compressed(status: int, inflated: int) -> object:
+def compressed(status: int, inflated: int) -> Answer:
     async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
         bomb = gzip.compress(b"\0" * inflated, compresslevel=9)
         await up.send(writer, head(status, content_type="text/event-stream", content_encoding="gzip") + bomb)
@@ -162,7 +162,7 @@ def test_a_compressed_body_is_refused_without_inflating_it(transport: str, statu
     """A gzip body (64 MiB inflated) is refused FAILED_PRECONDITION / UPSTREAM_COMPRESSED; identity was asked."""
 
     async def go() -> None:
-        async with Hostile(compressed(status, 64 << 20)) as up, aimed_at(up, http_client=transport) as gw:  # type: ignore[arg-type]
+        async with Hostile(compressed(status, 64 << 20)) as up, aimed_at(up, http_client=transport) as gw:
             outcome = await call_through(gw)
             assert outcome.status is not None
             assert outcome.status.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -202,7 +202,7 @@ def test_an_endless_error_body_is_read_only_to_max_error_body_bytes(transport: s
     run(go)
 
 
-def echoing(where: str) -> object:
+def echoing(where: str) -> Answer:
     """An upstream that hands back the key it was sent, ``where`` the test says."""
 
     async def answer(up: Hostile, request: Request, writer: asyncio.StreamWriter) -> None:
