@@ -13,13 +13,14 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.errors import GatewayError, Reason, fail
-from server.events import Event
+from server.events import Event, too_large_reply
 
 
 class MessageAccumulator:
     """Feed it every batch of a call; ``response()`` is the CreateMessage reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_message_bytes: int) -> None:
+        self._limit = max_message_bytes
         self._snapshot: Any = None
         self._json_bufs: dict[int, bytes] = {}
         self._response: pb.CreateMessageResponse | None = None
@@ -38,6 +39,9 @@ class MessageAccumulator:
                 if name == "message_stop":
                     message = codec.from_json(self._snapshot.to_dict(mode="json", warnings=False), pb.Message())
                     self._response = pb.CreateMessageResponse(message=message)
+                    size = self._response.ByteSize()
+                    if size > self._limit:
+                        raise GatewayError(too_large_reply(size, self._limit))
         except GatewayError:
             raise
         except Exception as exc:

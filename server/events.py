@@ -14,6 +14,7 @@ codec would; ``to_response`` puts the events of one read into one gRPC message.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from anthropic._streaming import SSEDecoder
@@ -172,6 +173,47 @@ def to_response(batch: list[Event]) -> pb.StreamMessageResponse:
     for _, obj, data in batch:
         fill_event(add(), obj, data)
     return response
+
+
+# An event's proto is at most about 7x its JSON text (a list of one-digit numbers becomes Struct
+# Values of 11 bytes each); a batch whose text is under limit / 8 needs no measuring.
+_GROWTH = 8
+
+
+def responses(batch: list[Event], limit: int) -> Iterator[pb.StreamMessageResponse]:
+    """The events of one read as gRPC messages of at most ``limit`` bytes, in order: one message when
+    the batch is small (the rule), split when it is not; an event that cannot fit in any message
+    raises GatewayError (REPLY_TOO_LARGE) after the messages before it."""
+    text = 0
+    for _, _, data in batch:
+        text += len(data)
+    if text * _GROWTH < limit:
+        yield to_response(batch)
+        return
+    response, size = pb.StreamMessageResponse(), 0
+    for _, obj, data in batch:
+        event = pb.MessageStreamEvent()
+        fill_event(event, obj, data)
+        n = event.ByteSize() + 16  # with its field tag and length, and the response's own
+        if n > limit:
+            if response.events:
+                yield response
+            raise GatewayError(too_large_reply(n, limit))
+        if size + n > limit:
+            yield response
+            response, size = pb.StreamMessageResponse(), 0
+        response.events.append(event)
+        size += n
+    if response.events:
+        yield response
+
+
+def too_large_reply(size: int, limit: int) -> Failure:
+    """The failure of a reply that cannot fit in one gRPC message."""
+    return fail(
+        Reason.REPLY_TOO_LARGE,
+        f"a reply message would be {size} bytes, over GATEWAY_MAX_MESSAGE_BYTES ({limit})",
+    )
 
 
 def _error_event(obj: dict[str, Any]) -> Failure:

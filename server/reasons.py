@@ -55,6 +55,10 @@ class Reason(Enum):
         Code.RESOURCE_EXHAUSTED,
         "one upstream event (or line) is larger than `GATEWAY_MAX_EVENT_BYTES`; the events before it were delivered",
     )
+    REPLY_TOO_LARGE = (
+        Code.RESOURCE_EXHAUSTED,
+        "one event, or CreateMessage's whole message, is larger than `GATEWAY_MAX_MESSAGE_BYTES`",
+    )
     UPSTREAM_REDIRECTED = (
         Code.FAILED_PRECONDITION,
         "the upstream answered with a redirect (HTTP 3xx), which the gateway never follows",

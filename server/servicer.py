@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError, Message
 from server.accumulator import MessageAccumulator
 from server.admission import Undecodable
 from server.call import Calls
-from server.events import Event, to_response
+from server.events import Event, responses
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -27,15 +27,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamMessage(  # type: ignore[override]
         self, request: pb.StreamMessageRequest, context: grpc.aio.ServicerContext
     ) -> None:
+        limit = self._calls.settings.max_message_bytes
+
         async def write(batch: list[Event]) -> None:
-            await context.write(to_response(batch))
+            for response in responses(batch, limit):
+                await context.write(response)
 
         await self._calls.run("StreamMessage", context, request, write)
 
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateMessageResponse:
-        message = MessageAccumulator()
+        message = MessageAccumulator(self._calls.settings.max_message_bytes)
         await self._calls.run("CreateMessage", context, request, message.add)
         return message.response()
 
