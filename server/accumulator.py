@@ -1,4 +1,5 @@
-"""CreateMessage's reply: the final message built from the upstream events, as the SDK's helper builds it.
+"""CreateMessage's reply: the final message built from the upstream events, as the SDK's helper builds it
+(its beta helper when the call has betas).
 
 The events go to the SDK's ``accumulate_event`` as the upstream's JSON objects, and the message is
 converted to its proto once, at the end.
@@ -6,8 +7,11 @@ converted to its proto once, at the end.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import httpx2
+from anthropic.lib.streaming._beta_messages import accumulate_event as accumulate_beta_event
 from anthropic.lib.streaming._messages import accumulate_event
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
@@ -19,8 +23,15 @@ from server.events import Event, too_large_reply
 class MessageAccumulator:
     """Feed it every batch of a call; ``response()`` is the CreateMessage reply."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, betas: Sequence[str] = ()) -> None:
         self._limit = max_message_bytes
+        # With betas, the SDK's beta helper, which knows beta blocks and deltas (compaction, fallback,
+        # context management) and reads the request's `anthropic-beta` header as the SDK's beta stream does.
+        self._accumulate: Callable[..., Any] = accumulate_event
+        self._extra: dict[str, Any] = {}
+        if betas:
+            self._accumulate = accumulate_beta_event
+            self._extra = {"request_headers": httpx2.Headers({"anthropic-beta": ",".join(betas)})}
         self._snapshot: Any = None
         self._json_bufs: dict[int, bytes] = {}
         self._response: pb.CreateMessageResponse | None = None
@@ -31,10 +42,11 @@ class MessageAccumulator:
         try:
             for name, obj, _ in batch:
                 if name != "ping" and obj.get("type") in _KNOWN:  # as the SDK, which skips unknown event types
-                    self._snapshot = accumulate_event(
-                        event=obj,  # type: ignore[arg-type]  # the SDK builds its typed event from the JSON
+                    self._snapshot = self._accumulate(
+                        event=obj,  # the SDK builds its typed event from the JSON
                         current_snapshot=self._snapshot,
                         json_bufs=self._json_bufs,
+                        **self._extra,
                     )
                 if name == "message_stop":
                     message = codec.from_json(self._snapshot.to_dict(mode="json", warnings=False), pb.Message())

@@ -38,7 +38,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateMessageResponse:
-        message = MessageAccumulator(self._calls.settings.max_message_bytes)
+        message = MessageAccumulator(self._calls.settings.max_message_bytes, getattr(request, "betas", ()))
         await self._calls.run("CreateMessage", context, request, message.add)
         return message.response()
 
