@@ -27,11 +27,9 @@ class MessageAccumulator:
         self._limit = max_message_bytes
         # With betas, the SDK's beta helper, which knows beta blocks and deltas (compaction, fallback,
         # context management) and reads the request's `anthropic-beta` header as the SDK's beta stream does.
-        self._accumulate: Callable[..., Any] = accumulate_event
-        self._extra: dict[str, Any] = {}
-        if betas:
-            self._accumulate = accumulate_beta_event
-            self._extra = {"request_headers": httpx2.Headers({"anthropic-beta": ",".join(betas)})}
+        self._accumulate: Callable[..., Any] = accumulate_beta_event if betas else accumulate_event
+        self._betas = betas
+        self._extra: dict[str, Any] | None = None  # made at the first event: admission checked the betas by then
         self._snapshot: Any = None
         self._json_bufs: dict[int, bytes] = {}
         self._response: pb.CreateMessageResponse | None = None
@@ -39,6 +37,10 @@ class MessageAccumulator:
     async def add(self, batch: list[Event]) -> None:
         """Accumulate one batch; at message_stop, build the reply. An event the SDK's accumulation
         cannot use (tool input that is not JSON, a message without usage...) raises GatewayError."""
+        if self._extra is None:
+            self._extra = {}
+            if self._betas:
+                self._extra["request_headers"] = httpx2.Headers({"anthropic-beta": ",".join(self._betas)})
         try:
             for name, obj, _ in batch:
                 if name != "ping" and obj.get("type") in _KNOWN:  # as the SDK, which skips unknown event types
