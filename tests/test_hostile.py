@@ -102,6 +102,7 @@ async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
 
 
 def healthy(outcome: Outcome) -> None:
+    print(f"slowest health check {outcome.slowest_health * 1e3:.1f} ms, RSS growth {outcome.rss_growth >> 10} KiB")
     assert outcome.health_failures == 0, outcome
     assert outcome.slowest_health < 0.5, outcome
 
@@ -127,6 +128,7 @@ def test_a_data_line_that_never_ends_is_cut_at_max_event_bytes_with_memory_bound
             assert outcome.events == 1  # message_start was delivered before the cut
             await up.gone.wait()
             assert up.written < 16 << 20, up.written  # the bound plus socket buffers, not the endless rest
+            print(f"upstream wrote {up.written >> 10} KiB before the call ended")
             assert outcome.rss_growth < 48 << 20, outcome.rss_growth
             healthy(outcome)
 
@@ -196,6 +198,7 @@ def test_an_endless_error_body_is_read_only_to_max_error_body_bytes(transport: s
             assert outcome.status.error_info.metadata["http_status"] == "500"
             await up.gone.wait()
             assert up.written < 16 << 20, up.written
+            print(f"upstream wrote {up.written >> 10} KiB of its error body before the call ended")
             assert outcome.rss_growth < 32 << 20, outcome.rss_growth
             healthy(outcome)
 
