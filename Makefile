@@ -88,7 +88,7 @@ buf-breaking: node
 test: lint typecheck proto-check ts-check buf-lint buf-breaking node
 	$(PY) -m pytest -q
 
-# 10,000 generated and mutated requests at a deployed gateway (tests/test_fuzz.py; about 7 minutes).
+# 10,000 generated and mutated requests at a deployed gateway (tests/test_fuzz.py; about a minute).
 fuzz: setup
 	FUZZ_REQUESTS=10000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 

@@ -7,6 +7,7 @@ converted to its proto once, at the end.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.errors import GatewayError, Reason, fail
-from server.events import Event, too_large_reply
+from server.events import OFFLOAD_BYTES, Event, text_size, too_large_reply
 
 
 class MessageAccumulator:
@@ -33,10 +34,20 @@ class MessageAccumulator:
         self._snapshot: Any = None
         self._json_bufs: dict[int, bytes] = {}
         self._response: pb.CreateMessageResponse | None = None
+        self._text = 0  # data text accumulated so far
 
     async def add(self, batch: list[Event]) -> None:
         """Accumulate one batch; at message_stop, build the reply. An event the SDK's accumulation
-        cannot use (tool input that is not JSON, a message without usage...) raises GatewayError."""
+        cannot use (tool input that is not JSON, a message without usage...) raises GatewayError.
+        Big batches, and the final conversion of a big message, run off the event loop."""
+        size = text_size(batch)
+        self._text += size
+        if size < OFFLOAD_BYTES and (self._text < OFFLOAD_BYTES or batch[-1][0] != "message_stop"):
+            self._add(batch)
+        else:
+            await asyncio.to_thread(self._add, batch)
+
+    def _add(self, batch: list[Event]) -> None:
         if self._extra is None:
             self._extra = {}
             if self._betas:

@@ -14,7 +14,6 @@ codec would; ``to_response`` puts the events of one read into one gRPC message.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from anthropic._streaming import SSEDecoder
@@ -178,18 +177,26 @@ def to_response(batch: list[Event]) -> pb.StreamMessageResponse:
 # An event's proto is at most about 7x its JSON text (a list of one-digit numbers becomes Struct
 # Values of 11 bytes each); a batch whose text is under limit / 8 needs no measuring.
 _GROWTH = 8
+# Batches with more text than this are converted off the event loop (``asyncio.to_thread``): a
+# 4 MiB event of numbers takes seconds to convert, and health and the other calls must not wait.
+OFFLOAD_BYTES = 256 * 1024
 
 
-def responses(batch: list[Event], limit: int) -> Iterator[pb.StreamMessageResponse]:
-    """The events of one read as gRPC messages of at most ``limit`` bytes, in order: one message when
-    the batch is small (the rule), split when it is not; an event that cannot fit in any message
-    raises GatewayError (REPLY_TOO_LARGE) after the messages before it."""
+def text_size(batch: list[Event]) -> int:
+    """The characters of the events' data text: what their conversion costs, roughly."""
     text = 0
     for _, _, data in batch:
         text += len(data)
-    if text * _GROWTH < limit:
-        yield to_response(batch)
-        return
+    return text
+
+
+def responses(batch: list[Event], limit: int) -> tuple[list[pb.StreamMessageResponse], Failure | None]:
+    """The events of one read as gRPC messages of at most ``limit`` bytes, in order: one message when
+    the batch is small (the rule), split when it is not. An event that cannot fit in any message ends
+    the list, with its failure (REPLY_TOO_LARGE) to raise once the messages before it are sent."""
+    if text_size(batch) * _GROWTH < limit:
+        return [to_response(batch)], None
+    out: list[pb.StreamMessageResponse] = []
     response, size = pb.StreamMessageResponse(), 0
     for _, obj, data in batch:
         event = pb.MessageStreamEvent()
@@ -197,15 +204,16 @@ def responses(batch: list[Event], limit: int) -> Iterator[pb.StreamMessageRespon
         n = event.ByteSize() + 16  # with its field tag and length, and the response's own
         if n > limit:
             if response.events:
-                yield response
-            raise GatewayError(too_large_reply(n, limit))
+                out.append(response)
+            return out, too_large_reply(n, limit)
         if size + n > limit:
-            yield response
+            out.append(response)
             response, size = pb.StreamMessageResponse(), 0
         response.events.append(event)
         size += n
     if response.events:
-        yield response
+        out.append(response)
+    return out, None
 
 
 def too_large_reply(size: int, limit: int) -> Failure:

@@ -19,7 +19,7 @@ from typing import Any
 
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, from_exception
-from server.events import Event, SseFramer, parse
+from server.events import OFFLOAD_BYTES, Event, SseFramer, parse
 from server.grammar import Grammar
 from server.retry import backoff
 from server.upstream import Upstream
@@ -120,7 +120,12 @@ class UpstreamReader:
                     fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
                 ) from None
             if frames:
-                return self._parse(frames)
+                text = 0
+                for _, data in frames:
+                    text += len(data)
+                if text < OFFLOAD_BYTES:
+                    return self._parse(frames)
+                return await asyncio.to_thread(self._parse, frames)  # big JSON: parsed off the event loop
 
     def _parse(self, frames: list[tuple[str, str]]) -> list[Event]:
         batch: list[Event] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,8 @@ from google.protobuf.message import DecodeError, Message
 from server.accumulator import MessageAccumulator
 from server.admission import Undecodable
 from server.call import Calls
-from server.events import Event, responses
+from server.errors import GatewayError
+from server.events import OFFLOAD_BYTES, Event, responses, text_size
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -30,8 +32,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         limit = self._calls.settings.max_message_bytes
 
         async def write(batch: list[Event]) -> None:
-            for response in responses(batch, limit):
+            if text_size(batch) < OFFLOAD_BYTES:
+                out, failure = responses(batch, limit)
+            else:
+                out, failure = await asyncio.to_thread(responses, batch, limit)
+            for response in out:
                 await context.write(response)
+            if failure is not None:
+                raise GatewayError(failure)
 
         await self._calls.run("StreamMessage", context, request, write)
 

@@ -43,7 +43,7 @@ class Outcome:
     status: Status | None
     events: int  # events the client received before the end
     metadata: list[tuple[str, str]]
-    slowest_health: float  # seconds, the slowest health check answered while the call ran
+    slowest_health: float  # seconds, the slowest health check (or stall of its 20 ms loop) while the call ran
     health_failures: int
     rss_growth: int  # bytes, peak RSS during the call over RSS before it
 
@@ -61,7 +61,9 @@ async def aimed_at(up: Hostile, **settings: object) -> AsyncIterator[Gateway]:
 
 async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
     """One call of ``rpc``, with health checked every 20 ms and RSS sampled while it runs."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{gw.port}", options=[("grpc.max_receive_message_length", -1)]
+    ) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -80,6 +82,7 @@ async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
                 peak = max(peak, rss())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.02)
+                slowest = max(slowest, time.monotonic() - started - 0.02)  # a stalled loop shows here too
 
         prober = asyncio.create_task(probe())
         status, events, metadata = None, 0, []
@@ -151,8 +154,9 @@ def test_framer_cost_is_linear_in_the_bytes_of_one_long_event() -> None:
 
 
 def compressed(status: int, inflated: int) -> Answer:
+    bomb = gzip.compress(b"\0" * inflated, compresslevel=9)  # made here, not on the gateway's event loop
+
     async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
-        bomb = gzip.compress(b"\0" * inflated, compresslevel=9)
         await up.send(writer, head(status, content_type="text/event-stream", content_encoding="gzip") + bomb)
 
     return answer
@@ -163,8 +167,10 @@ def compressed(status: int, inflated: int) -> Answer:
 def test_a_compressed_body_is_refused_without_inflating_it(transport: str, status: int) -> None:
     """A gzip body (64 MiB inflated) is refused FAILED_PRECONDITION / UPSTREAM_COMPRESSED; identity was asked."""
 
+    answer = compressed(status, 64 << 20)
+
     async def go() -> None:
-        async with Hostile(compressed(status, 64 << 20)) as up, aimed_at(up, http_client=transport) as gw:
+        async with Hostile(answer) as up, aimed_at(up, http_client=transport) as gw:
             outcome = await call_through(gw)
             assert outcome.status is not None
             assert outcome.status.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -172,6 +178,31 @@ def test_a_compressed_body_is_refused_without_inflating_it(transport: str, statu
             assert outcome.status.error_info.reason == "UPSTREAM_COMPRESSED"
             assert up.requests[0].headers.get("accept-encoding") == "identity"
             assert outcome.rss_growth < 32 << 20, outcome.rss_growth
+            healthy(outcome)
+
+    run(go)
+
+
+async def numbers(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+    """A valid stream whose tool_use input is a list of a million numbers (2 MiB of JSON, 11 MiB as a proto)."""
+    block = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": [1] * 1_000_000}}
+    await up.send(writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START))
+    await up.send(
+        writer, sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+    )
+    stop = {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}
+    await up.send(writer, sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    await up.send(writer, sse("message_delta", stop) + sse("message_stop", {"type": "message_stop"}))
+
+
+@pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
+def test_an_event_that_takes_seconds_to_convert_does_not_stall_health_or_other_calls(rpc: str) -> None:
+    """A 2 MiB event of a million numbers is converted off the event loop: health answers throughout."""
+
+    async def go() -> None:
+        async with Hostile(numbers) as up, aimed_at(up) as gw:
+            outcome = await call_through(gw, rpc)
+            assert outcome.status is None, outcome.status
             healthy(outcome)
 
     run(go)

@@ -26,7 +26,8 @@ def test_a_batch_bigger_than_the_limit_is_split_into_messages_that_fit() -> None
     """Twelve 20 KiB events read at once go out as several messages, each within the limit, all in order."""
     events: list[dict[str, Any]] = [START, TEXT0, *[text(20_000) for _ in range(12)], STOP0, MESSAGE_DELTA, END]
     batch: list[Event] = [(e["type"], e, wire([e]).decode().split("data: ", 1)[1].strip()) for e in events]
-    out = list(responses(batch, LIMIT))
+    out, failure = responses(batch, LIMIT)
+    assert failure is None
     assert len(out) >= 4
     assert all(r.ByteSize() <= LIMIT for r in out)
     assert sum(len(r.events) for r in out) == len(events)
