@@ -102,30 +102,32 @@ class UpstreamReader:
         return batch
 
     async def _read(self) -> list[Event] | None:
-        """Read until at least one event is complete; None at the end of the body."""
+        """Read until at least one event is complete; None at the end of the body. Only events are
+        life to the watchdog: bytes that complete none (a line that never ends, comments) are not."""
         assert self._chunks is not None
         watchdog = self._watchdog
-        while True:
-            watchdog.waiting()
-            try:
-                chunk = await anext(self._chunks)
-            except StopAsyncIteration:
-                return None
-            finally:
-                watchdog.reading = False
-            try:
-                frames = self._framer.feed(chunk)
-            except UnicodeDecodeError:
-                raise GatewayError(
-                    fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
-                ) from None
-            if frames:
-                text = 0
-                for _, data in frames:
-                    text += len(data)
-                if text < OFFLOAD_BYTES:
-                    return self._parse(frames)
-                return await asyncio.to_thread(self._parse, frames)  # big JSON: parsed off the event loop
+        watchdog.waiting()
+        try:
+            while True:
+                try:
+                    chunk = await anext(self._chunks)
+                except StopAsyncIteration:
+                    return None
+                try:
+                    frames = self._framer.feed(chunk)
+                except UnicodeDecodeError:
+                    raise GatewayError(
+                        fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
+                    ) from None
+                if frames:
+                    text = 0
+                    for _, data in frames:
+                        text += len(data)
+                    if text < OFFLOAD_BYTES:
+                        return self._parse(frames)
+                    return await asyncio.to_thread(self._parse, frames)  # big JSON: parsed off the event loop
+        finally:
+            watchdog.reading = False
 
     def _parse(self, frames: list[tuple[str, str]]) -> list[Event]:
         batch: list[Event] = []

@@ -138,6 +138,33 @@ def test_a_data_line_that_never_ends_is_cut_at_max_event_bytes_with_memory_bound
     run(go)
 
 
+@pytest.mark.parametrize("trickle", [b": still here\n\n", b"a"], ids=["comments", "a-line-byte-by-byte"])
+def test_bytes_that_complete_no_event_do_not_keep_a_stream_alive(trickle: bytes) -> None:
+    """Comments, or an endless line in small pieces, every 20 ms end the call UPSTREAM_IDLE_TIMEOUT."""
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START))
+        if trickle == b"a":
+            await up.send(writer, b"event: ping\ndata: ")
+        while True:
+            await up.send(writer, trickle)
+            await asyncio.sleep(0.02)
+
+    async def go() -> None:
+        async with Hostile(answer) as up, aimed_at(up, idle_timeout=0.5) as gw:
+            started = time.monotonic()
+            outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "UPSTREAM_IDLE_TIMEOUT"
+            assert time.monotonic() - started < 5
+            assert outcome.events == 1
+            healthy(outcome)
+
+    run(go)
+
+
 def test_framer_cost_is_linear_in_the_bytes_of_one_long_event() -> None:
     """32 MiB of one event fed in 4 KiB reads is framed in well under two seconds (re-copying would take minutes)."""
     from server.events import SseFramer
