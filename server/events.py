@@ -190,11 +190,14 @@ def text_size(batch: list[Event]) -> int:
     return text
 
 
-def responses(batch: list[Event], limit: int) -> tuple[list[pb.StreamMessageResponse], Failure | None]:
+def responses(
+    batch: list[Event], limit: int, size: int | None = None
+) -> tuple[list[pb.StreamMessageResponse], Failure | None]:
     """The events of one read as gRPC messages of at most ``limit`` bytes, in order: one message when
     the batch is small (the rule), split when it is not. An event that cannot fit in any message ends
-    the list, with its failure (REPLY_TOO_LARGE) to raise once the messages before it are sent."""
-    if text_size(batch) * _GROWTH < limit:
+    the list, with its failure (REPLY_TOO_LARGE) to raise once the messages before it are sent.
+    ``size`` is the batch's ``text_size``, if the caller has it."""
+    if (text_size(batch) if size is None else size) * _GROWTH < limit:
         return [to_response(batch)], None
     out: list[pb.StreamMessageResponse] = []
     response, size = pb.StreamMessageResponse(), 0

@@ -32,8 +32,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         limit = self._calls.settings.max_message_bytes
 
         async def write(batch: list[Event]) -> None:
-            if text_size(batch) < OFFLOAD_BYTES:
-                out, failure = responses(batch, limit)
+            size = text_size(batch)
+            if size < OFFLOAD_BYTES:
+                out, failure = responses(batch, limit, size)
             else:
                 out, failure = await asyncio.to_thread(responses, batch, limit)
             for response in out:
