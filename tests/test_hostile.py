@@ -118,11 +118,14 @@ async def endless_line(up: Hostile, _: Request, writer: asyncio.StreamWriter) ->
         await up.send(writer, block)
 
 
-def test_a_data_line_that_never_ends_is_cut_at_max_event_bytes_with_memory_bounded_and_health_answering() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_data_line_that_never_ends_is_cut_at_max_event_bytes_with_memory_bounded_and_health_answering(
+    transport: str,
+) -> None:
     """An endless `data:` line ends the call RESOURCE_EXHAUSTED / UPSTREAM_EVENT_TOO_LARGE near the bound."""
 
     async def go() -> None:
-        async with Hostile(endless_line) as up, aimed_at(up, max_event_bytes=1 << 20) as gw:
+        async with Hostile(endless_line) as up, aimed_at(up, max_event_bytes=1 << 20, http_client=transport) as gw:
             outcome = await call_through(gw)
             assert outcome.status is not None
             assert outcome.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
