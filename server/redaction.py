@@ -9,6 +9,7 @@ upstream request id on only when it looks like one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Iterable
 
@@ -52,3 +53,23 @@ class Redactor:
         if message is failure.message and rid == failure.request_id:
             return failure
         return dataclasses.replace(failure, message=message, request_id=rid)
+
+
+class LogRedaction(logging.Filter):
+    """A handler filter that cuts the secrets out of every record: message, arguments and traceback.
+    Defence in depth: the gateway's own lines carry no upstream text, but a library's might."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self._redactor.text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redactor.text(record.exc_text)
+        return True
