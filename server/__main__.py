@@ -15,6 +15,7 @@ from typing import Any
 
 from server.app import BindError, build_server
 from server.config import Settings, env_name, flag_name, parse
+from server.redaction import LogRedaction, Redactor
 from server.signals import termination
 from server.supervisor import READY, WORKER_ENV, metrics_listen_of_worker, run_workers
 
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    env = os.environ
+    secrets = Redactor((env.get("ANTHROPIC_API_KEY"), env.get("ANTHROPIC_AUTH_TOKEN"), settings.auth_token))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(LogRedaction(secrets))
     # The SDK logs request details at DEBUG; keep it at WARNING so nothing sensitive reaches the log.
     logging.getLogger("anthropic").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)

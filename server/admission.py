@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, Violation, fail
 from server.usage import Usage
-from server.validation import violations
+from server.validation import beta_violations, body_of, violations
 
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
 ANONYMOUS = "anonymous"  # the caller of a gateway that does not identify callers
@@ -93,7 +92,8 @@ class Admission:
             )
         if isinstance(request, Undecodable):
             raise GatewayError(invalid([Violation("request", f"not a valid protobuf message: {request.error}")]))
-        bad = violations(request.params)
+        bad = violations(request.params) + list(beta_violations(request.betas))
+        body, bad = body_of(request.params) if not bad else ({}, bad)
         if bad:
             raise GatewayError(invalid(bad))
         budget = settings.max_stream_seconds
@@ -105,7 +105,7 @@ class Admission:
         task = asyncio.current_task()
         assert task is not None
         call = Admitted(
-            codec.to_json(request.params),
+            body,
             request.betas,
             ANONYMOUS,
             asyncio.get_running_loop().time() + budget,

@@ -20,9 +20,10 @@ from server.admission import Admission
 from server.call import Calls
 from server.config import Settings
 from server.metrics import Endpoint, Metrics
+from server.redaction import Redactor
 from server.servicer import ChatServicer, lenient
 from server.telemetry import Telemetry
-from server.upstream import Upstream
+from server.upstream import Upstream, http_client
 
 if TYPE_CHECKING:
     from server.tracing import Tracing
@@ -134,10 +135,7 @@ def sdk_client(settings: Settings, **kwargs: Any) -> anthropic.AsyncAnthropic:
     ``kwargs`` go to ``AsyncAnthropic`` (base_url, api_key); without them the SDK reads
     ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY itself.
     """
-    if settings.http_client == "aiohttp":
-        # The SDK's own aiohttp transport: about half the CPU per relayed event of its default (bench/).
-        kwargs["http_client"] = anthropic.DefaultAioHttpClient()
-    return anthropic.AsyncAnthropic(**kwargs)
+    return anthropic.AsyncAnthropic(http_client=http_client(settings), **kwargs)
 
 
 async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
@@ -164,7 +162,8 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         tracing = Tracing(settings.otlp_endpoint)
 
     server = grpc.aio.server(options=server_options(settings))
-    calls = Calls(settings, admission, upstream, Telemetry(price_table, metrics), tracing)
+    redactor = Redactor((client.api_key, client.auth_token, settings.auth_token))
+    calls = Calls(settings, admission, upstream, Telemetry(price_table, metrics), tracing, redactor)
     add_chat_service(ChatServicer(calls), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

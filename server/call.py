@@ -11,17 +11,19 @@ records the call as it goes and reports it once at its end (trailer, log line, m
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
 
 from server.admission import Admission, Request, Undecodable
 from server.config import Settings
-from server.errors import Failure, GatewayError, Reason, to_status
+from server.errors import Failure, GatewayError, Reason, fail, to_status
 from server.events import Event
 from server.reader import UpstreamReader
+from server.redaction import Redactor
 from server.telemetry import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord, Telemetry
 from server.upstream import Upstream
 from server.watchdog import Watchdog
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from server.tracing import Tracing
+
+log = logging.getLogger("server.call")
 
 REQUEST_ID_KEY = "anthropic-request-id"  # initial metadata: the upstream request id of the call
 CLIENT_CANCELLED = "CLIENT_CANCELLED"  # the reason of a call the client cancelled (log and metrics only)
@@ -47,6 +51,7 @@ class Calls:
     upstream: Upstream
     telemetry: Telemetry
     tracing: Tracing | None = None  # None when tracing is off: no span is made
+    redactor: Redactor = field(default_factory=lambda: Redactor(()))  # the secrets upstream text must not carry
 
     async def run(
         self, method: str, context: grpc.aio.ServicerContext, request: Request | Undecodable, deliver: Sink
@@ -74,7 +79,7 @@ class Calls:
                             batch: list[Event] | None = await reader.open(call.body, call.betas)
                         finally:
                             record.attempts, record.retried = reader.attempts, reader.retried
-                        record.request_id = reader.request_id
+                        record.request_id = self.redactor.request_id(reader.request_id)
                         if record.request_id:  # for Anthropic support, and to match the gateway's log line
                             await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
                         while batch is not None:
@@ -93,16 +98,17 @@ class Calls:
                     record.bytes_read = reader.bytes_read
                     watchdog.close()
         except GatewayError as exc:
-            failure = exc.failure
+            failure = self.redactor.failure(exc.failure)
             record.status, record.reason = failure.code.name, failure.reason
             record.error_type = failure.error_type or failure.reason
             if failure.error_type or failure.reason.startswith("UPSTREAM_"):
                 record.upstream_error = failure.error_type or failure.reason
             record.request_id = record.request_id or failure.request_id
-        except Exception:  # a fault of the gateway's own: grpc answers UNKNOWN; logged and counted as such
-            record.status, record.reason = "UNKNOWN", GATEWAY_ERROR
+        except Exception as exc:  # a bug: the caller still gets a status, and the log the traceback
+            log.exception("%s failed inside the gateway", method)
+            failure = fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")
+            record.status, record.reason = failure.code.name, failure.reason
             record.error_type = GATEWAY_ERROR
-            raise
         finally:
             if record.status == CANCELLED and failure is None:  # the client cancelled, or its deadline passed
                 record.reason, record.error_type = CLIENT_CANCELLED, "cancelled"

@@ -41,6 +41,13 @@ class Settings:
     max_message_bytes: int = setting(
         32 * 1024 * 1024, "largest gRPC message in either direction, in bytes (32 MiB, the API's request limit)"
     )
+    max_event_bytes: int = setting(
+        4 * 1024 * 1024,
+        "largest upstream SSE event (or line) in bytes; one larger ends the call with RESOURCE_EXHAUSTED",
+    )
+    max_error_body_bytes: int = setting(
+        64 * 1024, "most bytes of an upstream HTTP error body read; the rest is dropped unread"
+    )
     drain_delay: float = setting(0.0, "on SIGTERM, seconds NOT_SERVING before new calls are refused")
     drain_grace: float = setting(30.0, "on SIGTERM, seconds calls in flight get to finish")
     keepalive_seconds: float = setting(30.0, "interval in seconds of server keepalive pings on idle connections")
@@ -80,6 +87,9 @@ class Settings:
                 raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, not {value!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("GATEWAY_TLS_CERT and GATEWAY_TLS_KEY go together")
+        for name in ("max_event_bytes", "max_error_body_bytes"):
+            if getattr(self, name) < 1024:
+                raise ValueError(f"{env_name(name)} must be at least 1024, not {getattr(self, name)}")
         if self.workers < 1:
             raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
         _, colon, port = self.metrics_listen.rpartition(":")
