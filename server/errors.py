@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import anthropic
 import grpc
 import httpx2
@@ -171,7 +172,7 @@ def from_exception(exc: BaseException) -> Failure:
             Reason.GATEWAY_NOT_CONFIGURED,
             "the gateway has no Anthropic credentials: set ANTHROPIC_API_KEY where it runs",
         )
-    if isinstance(exc, httpx2.TransportError):  # reset, or a chunked body cut short
+    if isinstance(exc, httpx2.TransportError | aiohttp.ClientError):  # reset, or a chunked body cut short
         return fail(Reason.UPSTREAM_CONNECTION_LOST, "upstream connection lost mid-stream", retryable=True)
     return fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")
 

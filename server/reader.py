@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from server.config import Settings
@@ -37,7 +37,7 @@ class UpstreamReader:
         self._watchdog = watchdog
         self._deadline = deadline
         self._stack = contextlib.AsyncExitStack()
-        self._chunks: AsyncIterator[bytes] | None = None
+        self._read_body: Callable[[], Awaitable[bytes]] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
         self._framer = SseFramer(settings.max_event_bytes)
         self._grammar = Grammar()
@@ -64,7 +64,7 @@ class UpstreamReader:
             self._watchdog.waiting()
             self.attempts = attempt
             try:
-                self.request_id, self._chunks = await self._stack.enter_async_context(
+                self.request_id, self._read_body = await self._stack.enter_async_context(
                     self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
                 )
                 batch = await self._read()
@@ -109,14 +109,14 @@ class UpstreamReader:
     async def _read(self) -> list[Event] | None:
         """Read until at least one event is complete; None at the end of the body. Only events are
         life to the watchdog: bytes that complete none (a line that never ends, comments) are not."""
-        assert self._chunks is not None
+        read_body = self._read_body
+        assert read_body is not None
         watchdog = self._watchdog
         watchdog.waiting()
         try:
             while True:
-                try:
-                    chunk = await anext(self._chunks)
-                except StopAsyncIteration:
+                chunk = await read_body()
+                if not chunk:
                     return None
                 self.bytes_read += len(chunk)
                 try:

@@ -16,10 +16,11 @@ identity`` and says not to follow redirects.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import anthropic
 import httpx2
 
@@ -81,6 +82,25 @@ class _Capped(httpx2.AsyncByteStream):
         await self._stream.aclose()
 
 
+def body_reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
+    """How to read ``response``'s body: what has arrived, b"" at the end.
+
+    On the SDK's aiohttp transport this is aiohttp's own ``readany`` on the response below the SDK's
+    adapter, one await per read instead of four async generators (the adapter's chunker, httpx2's
+    byte and raw iterators); the response hook already refused any content-encoding, so the bytes are
+    the same. On httpx it is httpx2's raw iterator (no decoder, for the same reason).
+    """
+    raw = getattr(response.stream, "_aiohttp_response", None)
+    if isinstance(raw, aiohttp.ClientResponse):
+        return raw.content.readany
+    chunks = response.aiter_raw()
+
+    async def read() -> bytes:
+        return await anext(chunks, b"")
+
+    return read
+
+
 class Upstream:
     """Opens streaming Messages API calls. One per process; it owns the connection pool."""
 
@@ -91,11 +111,12 @@ class Upstream:
     @asynccontextmanager
     async def stream(
         self, body: dict[str, Any], betas: Sequence[str], timeout: float
-    ) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
-        """POST /v1/messages with "stream": true; yields the upstream request id and the body's byte
-        chunks as they arrive.
+    ) -> AsyncIterator[tuple[str | None, Callable[[], Awaitable[bytes]]]]:
+        """POST /v1/messages with "stream": true; yields the upstream request id and a read function
+        that returns the body's bytes as they arrive (b"" at its end).
 
-        Raises the SDK's exceptions for HTTP errors and connection failures.
+        Raises the SDK's exceptions for HTTP errors and connection failures; a read raises its
+        transport's (``server.errors.from_exception`` maps both).
         """
         # No read timeout: the gateway's watchdog bounds reads (idle, deadline) without a timer per
         # chunk, which is what a transport read timeout costs.
@@ -111,7 +132,7 @@ class Upstream:
             stream=True,
         )
         try:
-            yield response.headers.get("request-id"), response.aiter_bytes()
+            yield response.headers.get("request-id"), body_reader(response)
         finally:
             await response.aclose()
 
