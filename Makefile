@@ -8,7 +8,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos bench clean node buf-lint buf-breaking ts-protos ts-check
+.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos fuzz bench clean node buf-lint buf-breaking ts-protos ts-check
 
 setup: $(STAMP)
 
@@ -87,6 +87,10 @@ buf-breaking: node
 
 test: lint typecheck proto-check ts-check buf-lint buf-breaking node
 	$(PY) -m pytest -q
+
+# 10,000 generated and mutated requests at a deployed gateway (tests/test_fuzz.py; about a minute).
+fuzz: setup
+	FUZZ_REQUESTS=10000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
 bench: setup
 	$(PY) -m bench

@@ -35,6 +35,8 @@ class Plan:
     cancel_concurrency: int = 4
     # 7. workers: this many streams through 1 and then 2 workers, every process unpinned
     workers_streams: int = 200
+    # 8. observability cost: calls per timed run (in the bench process, on the gateway's own objects)
+    telemetry_calls: int = 2000
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,4 +58,5 @@ QUICK = Plan(
     overload_rejects=100,
     cancels=50,
     workers_streams=150,
+    telemetry_calls=200,
 )

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from typing import Any
 
+from bench import telemetry
 from bench.jobs import Job
 from bench.processes import Child, result
 from bench.report import Row, judged, ms, pct
@@ -585,6 +586,34 @@ async def _unpinned(session: Session, count: int) -> Run:
         await session.procs.stop(gateway)
 
 
+async def observability(session: Session) -> list[Row]:
+    """What usage, cost, the log line and metrics add per event and per call (``python -m bench.telemetry``)."""
+    figures = await asyncio.to_thread(telemetry.measure, session.plan.telemetry_calls, 5)
+    per_event = figures[telemetry.SEE_PACED]
+    before, off, on = (figures[telemetry.PLAIN_LOG], figures[telemetry.FINISH_OFF], figures[telemetry.FINISH_ON])
+    data = {"us": figures}
+    return [
+        Row(
+            "8a",
+            "observability CPU per relayed event",
+            f"{per_event:.2f} us",
+            "< 5 % of row 2",
+            "info",
+            "usage and the first content delta, noted once per upstream read (one paced delta per read)",
+            data,
+        ),
+        Row(
+            "8b",
+            "observability CPU per call, metrics off / on",
+            f"{off:.1f} / {on:.1f} us (the plain log line before: {before:.1f} us)",
+            "< 50 us added (5 % of row 3c's 1 ms)",
+            judged(on - before < 50),
+            "usage trailer, cost, JSON log line; metrics on adds their update; tracing (off) not included",
+            data,
+        ),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "1": capacity,
     "2": cpu_per_event,
@@ -593,6 +622,7 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "5": overload,
     "6": cancel,
     "7": workers,
+    "8": observability,
 }
 
 NAMES = {
@@ -603,4 +633,5 @@ NAMES = {
     "5": "overload",
     "6": "cancel-to-close",
     "7": "workers",
+    "8": "observability cost",
 }

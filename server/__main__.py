@@ -9,14 +9,15 @@ import gc
 import logging
 import os
 import sys
-from dataclasses import Field, fields
+from dataclasses import Field, fields, replace
 from importlib import metadata
 from typing import Any
 
 from server.app import BindError, StartError, build_server
 from server.config import Settings, env_name, flag_name, parse
+from server.redaction import LogRedaction, Redactor
 from server.signals import termination
-from server.supervisor import READY, WORKER_ENV, run_workers
+from server.supervisor import READY, WORKER_ENV, metrics_listen_of_worker, run_workers
 
 DESCRIPTION = """\
 gRPC gateway to Claude's Messages API. Every flag can also be set by its environment variable
@@ -71,6 +72,9 @@ async def serve(settings: Settings) -> None:
     # The demo, the supervisor and scripts wait for this line: the port is bound, health is SERVING,
     # and SIGTERM drains.
     print(f"{READY}{host}:{gateway.port}", flush=True)
+    if gateway.metrics is not None:
+        metrics_host = settings.metrics_listen.rpartition(":")[0]
+        logging.getLogger("server").info("metrics on http://%s:%d/metrics", metrics_host, gateway.metrics.port)
     await stop.wait()
     logging.getLogger("server").info("draining: NOT_SERVING, grace %gs", settings.drain_grace)
     await gateway.drain()
@@ -84,13 +88,20 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env(overrides=overrides)
     except ValueError as exc:
         cli.error(str(exc))  # one line and exit code 2, as for a bad flag
-    if settings.workers > 1 and not os.environ.get(WORKER_ENV):
+    worker = os.environ.get(WORKER_ENV)
+    if settings.workers > 1 and not worker:
         sys.exit(run_workers(settings.workers, settings.listen, argv))
+    if worker and settings.metrics_listen:
+        settings = replace(settings, metrics_listen=metrics_listen_of_worker(settings.metrics_listen, int(worker)))
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    env = os.environ
+    secrets = Redactor((env.get("ANTHROPIC_API_KEY"), env.get("ANTHROPIC_AUTH_TOKEN"), settings.auth_token))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(LogRedaction(secrets))
     # The SDK logs request details at DEBUG; keep it at WARNING so nothing sensitive reaches the log.
     logging.getLogger("anthropic").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)

@@ -14,19 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.config import Settings
 from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violation, fail
 from server.identity import Identity
 from server.policy import OPEN, Policy
-from server.quota import Lease, MemoryQuotas, Quotas, Spent, estimate_tokens
-from server.validation import violations
+from server.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
+from server.usage import Usage
+from server.validation import beta_violations, body_of, violations
 
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
 
@@ -49,8 +49,10 @@ class Admitted:
     expired: Failure  # the status when the deadline passes
     task: asyncio.Task[Any]
     cut: Failure | None = None  # set by whoever cancels the call on the gateway's side
+    # The call's merged upstream usage, kept up to date while it runs (server.call): complete when the
+    # ``admit`` context exits, where token quotas charge it.
+    usage: Usage = field(default_factory=Usage)
     lease: Lease | None = None  # the call's claim on its caller's quotas, if the caller has limits
-    spent: Spent | None = None  # the tokens the call's events report, when a token quota needs them
 
 
 class Admission:
@@ -112,7 +114,8 @@ class Admission:
         params = request.params
         if not params.model and self.policy.default_model:
             params.model = self.policy.default_model
-        bad = violations(params)
+        bad = violations(params) + list(beta_violations(request.betas))
+        body, bad = body_of(params) if not bad else ({}, bad)
         if bad:
             raise GatewayError(invalid(bad))
         model = self.policy.model(params.model)
@@ -142,17 +145,8 @@ class Admission:
         assert task is not None
         limits = rules.limits
         estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute else 0
-        body = codec.to_json(params)
         body["model"] = model
-        call = Admitted(
-            body,
-            request.betas,
-            caller,
-            asyncio.get_running_loop().time() + budget,
-            expired,
-            task,
-            spent=Spent() if limits.tokens_per_minute else None,
-        )
+        call = Admitted(body, request.betas, caller, asyncio.get_running_loop().time() + budget, expired, task)
         self._calls.add(call)  # counted before the quota store's round trip, so the gateway's own limit holds
         self._idle.clear()
         try:
@@ -163,7 +157,13 @@ class Admission:
             if not self._calls:
                 self._idle.set()
             if call.lease is not None:
-                self.quotas.release(call.lease, call.spent.tokens if call.spent is not None else 0)
+                self.quotas.release(call.lease, charged(call.usage))
+
+
+def charged(usage: Usage) -> int:
+    """The tokens a call's token quota is charged: input, cache writes and output (cache reads are not
+    counted, as the API's own input-tokens-per-minute limits do not count them); 0 if no usage came."""
+    return usage.input_tokens + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens + usage.output_tokens
 
 
 def invalid(bad: list[Violation]) -> Failure:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 import grpc
@@ -15,15 +15,22 @@ from claude_gateway.v1 import chat_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server import prices
 from server.admission import Admission
 from server.call import Calls
 from server.config import Settings
 from server.identity import Identity
+from server.metrics import Endpoint, Metrics
 from server.policy import OPEN
 from server.policy import load as load_policy
 from server.quota import quotas as quota_store
+from server.redaction import Redactor
 from server.servicer import ChatServicer, lenient
-from server.upstream import Upstream
+from server.telemetry import Telemetry
+from server.upstream import Upstream, http_client
+
+if TYPE_CHECKING:
+    from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,8 @@ class Gateway:
     admission: Admission
     upstream: Upstream
     settings: Settings
+    metrics: Endpoint | None = None  # the metrics HTTP server, when GATEWAY_METRICS_LISTEN is set
+    tracing: Tracing | None = None
 
     async def drain(self) -> None:
         """Graceful stop: NOT_SERVING at once; after drain_delay refuse new calls with UNAVAILABLE; give
@@ -67,6 +76,12 @@ class Gateway:
         await self.upstream.aclose()
         await self.admission.identity.close()
         await self.admission.quotas.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still queued
+            self.tracing = None
 
 
 def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
@@ -134,10 +149,7 @@ def sdk_client(settings: Settings, **kwargs: Any) -> anthropic.AsyncAnthropic:
     ``kwargs`` go to ``AsyncAnthropic`` (base_url, api_key); without them the SDK reads
     ANTHROPIC_BASE_URL and ANTHROPIC_API_KEY itself.
     """
-    if settings.http_client == "aiohttp":
-        # The SDK's own aiohttp transport: about half the CPU per relayed event of its default (bench/).
-        kwargs["http_client"] = anthropic.DefaultAioHttpClient()
-    return anthropic.AsyncAnthropic(**kwargs)
+    return anthropic.AsyncAnthropic(http_client=http_client(settings), **kwargs)
 
 
 async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
@@ -150,18 +162,30 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         client = sdk_client(settings)
         if not client.api_key and not client.auth_token:
             log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
-    try:  # before anything else starts: a bad file never leaves a gateway running without its limits
+    try:  # before anything starts: a bad file stops start-up (never a gateway running without its limits)
         identity = Identity(settings)
         policy = load_policy(settings.policy_file) if settings.policy_file else OPEN
+        price_table = prices.load(settings.prices_file)
     except ValueError as exc:
         await client.close()
         raise StartError(str(exc)) from None
     upstream = Upstream(client, connect_timeout=settings.connect_timeout)
-    admission = Admission(settings, identity, policy, quota_store(settings))
+    metrics = None
+    if settings.metrics_listen:
+        metrics = Metrics(settings.metrics_max_callers, frozenset(price_table.models), lambda: admission.active)
+    store_up = metrics.quota_store.set if metrics is not None and settings.redis_url else None
+    admission = Admission(settings, identity, policy, quota_store(settings, store_up))
     health_servicer = health.aio.HealthServicer()
+    tracing = None
+    if settings.otlp_endpoint:
+        from server.tracing import Tracing  # imported only when on: no OpenTelemetry cost otherwise
+
+        tracing = Tracing(settings.otlp_endpoint)
 
     server = grpc.aio.server(options=server_options(settings))
-    add_chat_service(ChatServicer(Calls(settings, admission, upstream)), server)
+    redactor = Redactor((client.api_key, client.auth_token, settings.auth_token))
+    calls = Calls(settings, admission, upstream, Telemetry(price_table, metrics), tracing, redactor)
+    add_chat_service(ChatServicer(calls), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
@@ -175,6 +199,13 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         await upstream.aclose()
         await admission.quotas.close()
         raise BindError(f"cannot listen on {settings.listen}: the port is in use or the address is not this host's")
+    endpoint = None
+    if metrics is not None:
+        try:
+            endpoint = metrics.serve(settings.metrics_listen)
+        except OSError as exc:
+            await upstream.aclose()
+            raise BindError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
     await server.start()
     identity.start()
     admission.quotas.start()
@@ -186,4 +217,4 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
     )
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, admission, upstream, settings)
+    return Gateway(server, port, health_servicer, admission, upstream, settings, endpoint, tracing)

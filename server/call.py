@@ -4,67 +4,91 @@ Every call runs inside one time budget: the client's deadline, capped by max_str
 with the first-event and idle bounds by a ``Watchdog``. Before the first event reaches the client
 the gateway may retry the upstream call (``UpstreamReader.open``); after it, never. Any failure ends
 the call with a status from ``server.errors``. A cancel, from the client or from the gateway itself
-(watchdog, drain), unwinds through ``async with``, which closes the upstream connection.
+(watchdog, drain), unwinds through ``async with``, which closes the upstream connection. ``server.telemetry``
+records the call as it goes and reports it once at its end (trailer, log line, metrics, spans).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
 from server.admission import Admission, Request, Undecodable
 from server.config import Settings
-from server.errors import Failure, GatewayError, to_status
+from server.errors import Failure, GatewayError, Reason, fail, to_status
 from server.events import Event
 from server.reader import UpstreamReader
+from server.redaction import Redactor
+from server.telemetry import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord, Telemetry
 from server.upstream import Upstream
 from server.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from server.tracing import Tracing
 
 log = logging.getLogger("server.call")
 
 REQUEST_ID_KEY = "anthropic-request-id"  # initial metadata: the upstream request id of the call
+CLIENT_CANCELLED = "CLIENT_CANCELLED"  # the reason of a call the client cancelled (log and metrics only)
+GATEWAY_ERROR = Reason.GATEWAY_ERROR.name
 
 Sink = Callable[[list[Event]], Awaitable[None]]  # takes each batch of events, in order
 
 
 @dataclass(frozen=True)
 class Calls:
-    """What every call runs with: the settings, admission, and the upstream."""
+    """What every call runs with: the settings, admission, the upstream, and what reports on calls."""
 
     settings: Settings
     admission: Admission
     upstream: Upstream
+    telemetry: Telemetry
+    tracing: Tracing | None = None  # None when tracing is off: no span is made
+    redactor: Redactor = field(default_factory=lambda: Redactor(()))  # the secrets upstream text must not carry
 
     async def run(
         self, method: str, context: grpc.aio.ServicerContext, request: Request | Undecodable, deliver: Sink
     ) -> None:
-        """Run one call: every batch of upstream events goes to ``deliver``; any failure aborts the call."""
-        started = time.monotonic()
-        delivered = 0
+        """Run one call: every batch of upstream events goes to ``deliver``; any failure aborts the call.
+        Whatever the outcome, the call is logged and counted once, and its usage and cost go to the
+        caller in the trailing metadata (unless the caller left)."""
+        record = CallRecord(method, "" if isinstance(request, Undecodable) else request.params.model)
+        tracing = self.tracing
+        spans: list[Span] = []
+        if tracing is not None:
+            spans.append(tracing.call_span(record, context.invocation_metadata()))
         failure: Failure | None = None
-        outcome = "CANCELLED"  # unless the call ends otherwise: the client left
-        request_id: str | None = None
         try:
             async with self.admission.admit(context, request) as call:
+                record.caller = call.caller
+                record.model = call.body["model"]  # the model id, when the caller named an alias or none
+                record.usage = call.usage  # one Usage: what admission (quotas) reads is what is reported
                 watchdog = Watchdog(call.task, call.deadline, call.expired, self.settings)
+                if tracing is not None:
+                    assert not isinstance(request, Undecodable)
+                    spans.append(tracing.upstream_span(spans[0], record, request.params.max_tokens))
                 try:
                     async with UpstreamReader(self.settings, self.upstream, watchdog, call.deadline) as reader:
-                        batch: list[Event] | None = await reader.open(call.body, call.betas)
-                        request_id = reader.request_id
-                        if request_id:  # for Anthropic support, and to match the gateway's log line
-                            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+                        try:
+                            batch: list[Event] | None = await reader.open(call.body, call.betas)
+                        finally:
+                            record.attempts, record.retried = reader.attempts, reader.retried
+                        record.request_id = self.redactor.request_id(reader.request_id)
+                        if record.request_id:  # for Anthropic support, and to match the gateway's log line
+                            await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
                         while batch is not None:
-                            if call.spent is not None:  # a token quota charges what the events report
-                                call.spent.add(batch)
+                            record.see(batch)
                             await deliver(batch)
-                            delivered += len(batch)
+                            record.events += len(batch)
                             batch = await reader.next()
-                        outcome = "OK"
+                        record.status = OK
                 except asyncio.CancelledError:
                     cut = watchdog.fired or call.cut
                     if cut is None:
@@ -72,13 +96,30 @@ class Calls:
                     call.task.uncancel()
                     raise GatewayError(cut) from None
                 finally:
+                    record.bytes_read = reader.bytes_read
                     watchdog.close()
         except GatewayError as exc:
-            failure = exc.failure
-            outcome = f"{failure.code.name} {failure.reason}"
-            request_id = request_id or failure.request_id
+            failure = self.redactor.failure(exc.failure)
+            record.status, record.reason = failure.code.name, failure.reason
+            record.error_type = failure.error_type or failure.reason
+            if failure.error_type or failure.reason.startswith("UPSTREAM_"):
+                record.upstream_error = failure.error_type or failure.reason
+            record.request_id = record.request_id or failure.request_id
+        except Exception as exc:  # a bug: the caller still gets a status, and the log the traceback
+            log.exception("%s failed inside the gateway", method)
+            failure = fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")
+            record.status, record.reason = failure.code.name, failure.reason
+            record.error_type = GATEWAY_ERROR
         finally:
-            elapsed_ms = (time.monotonic() - started) * 1e3
-            log.info("%s %s events=%d %.0fms request_id=%s", method, outcome, delivered, elapsed_ms, request_id or "-")
+            if record.status == CANCELLED and failure is None:  # the client cancelled, or its deadline passed
+                record.reason, record.error_type = CLIENT_CANCELLED, "cancelled"
+                record.cancelled_phase = STREAMING if record.events else BEFORE_FIRST_EVENT
+            self.telemetry.finish(record)
+            if tracing is not None:
+                for span in reversed(spans):
+                    tracing.end(span, record)
+        trailer = self.telemetry.trailer(record)
         if failure is not None:
-            await context.abort_with_status(to_status(failure, delivered))
+            status = to_status(failure, record.events)
+            await context.abort_with_status(status._replace(trailing_metadata=(*status.trailing_metadata, *trailer)))
+        context.set_trailing_metadata(trailer)

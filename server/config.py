@@ -43,6 +43,13 @@ class Settings:
     max_message_bytes: int = setting(
         32 * 1024 * 1024, "largest gRPC message in either direction, in bytes (32 MiB, the API's request limit)"
     )
+    max_event_bytes: int = setting(
+        4 * 1024 * 1024,
+        "largest upstream SSE event (or line) in bytes; one larger ends the call with RESOURCE_EXHAUSTED",
+    )
+    max_error_body_bytes: int = setting(
+        64 * 1024, "most bytes of an upstream HTTP error body read; the rest is dropped unread"
+    )
     drain_delay: float = setting(0.0, "on SIGTERM, seconds NOT_SERVING before new calls are refused")
     drain_grace: float = setting(30.0, "on SIGTERM, seconds calls in flight get to finish")
     keepalive_seconds: float = setting(30.0, "interval in seconds of server keepalive pings on idle connections")
@@ -96,7 +103,19 @@ class Settings:
         "free after it)",
     )
     workers: int = setting(1, "gateway processes sharing the port through SO_REUSEPORT (about one per core)")
-    log_level: str = setting("INFO", "log level; one line per call at INFO", choices=LOG_LEVELS)
+    log_level: str = setting("INFO", "log level; one JSON line per call at INFO", choices=LOG_LEVELS)
+    metrics_listen: str = setting(
+        "", "host:port to serve Prometheus metrics on, over HTTP at /metrics (unset = no metrics; port 0 picks one)"
+    )
+    metrics_max_callers: int = setting(
+        100, "distinct callers kept as a metrics label; later ones are counted as `other`"
+    )
+    prices_file: str = setting("", "TOML price table replacing the one shipped in server/prices.toml (same format)")
+    otlp_endpoint: str = setting(
+        "",
+        "OTLP/gRPC endpoint to export traces to, e.g. http://otel-collector:4317 "
+        "(unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT if set, else no tracing)",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -124,8 +143,16 @@ class Settings:
             raise ValueError(
                 "GATEWAY_LEASE_SECONDS, GATEWAY_CALLERS_RELOAD_SECONDS and GATEWAY_REDIS_TIMEOUT must be positive"
             )
+        for name in ("max_event_bytes", "max_error_body_bytes"):
+            if getattr(self, name) < 1024:
+                raise ValueError(f"{env_name(name)} must be at least 1024, not {getattr(self, name)}")
         if self.workers < 1:
             raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
+        _, colon, port = self.metrics_listen.rpartition(":")
+        if self.metrics_listen and not (colon and port.isdigit()):
+            raise ValueError(f"GATEWAY_METRICS_LISTEN must be host:port, not {self.metrics_listen!r}")
+        if self.metrics_max_callers < 1:
+            raise ValueError(f"GATEWAY_METRICS_MAX_CALLERS must be at least 1, not {self.metrics_max_callers}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -137,6 +164,11 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = parse(f, raw)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        if not values.get("otlp_endpoint"):
+            # OpenTelemetry's standard variables turn tracing on too; the exporter reads them itself.
+            standard = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            if standard:
+                values["otlp_endpoint"] = standard
         return cls(**values)
 
 

@@ -11,9 +11,11 @@ built from the upstream's error message, the error type and our own words.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import anthropic
 import grpc
 import httpx2
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 DOMAIN = "claude-gateway"
+_ERROR_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")  # what an API error type looks like
 
 # API error type -> gRPC code. Unknown types fall back to HTTP_CODES by status.
 API_ERRORS: dict[str, Code] = {
@@ -122,7 +125,12 @@ def from_api_error(
     retry_after: float | None = None,
     should_retry: bool | None = None,
 ) -> Failure:
-    """Map an upstream API error (HTTP error body or `error` event) by its error type."""
+    """Map an upstream API error (HTTP error body or `error` event) by its error type.
+
+    The upstream's words are untrusted: an error type that does not look like one is dropped (it
+    becomes ErrorInfo.reason), and ``server.redaction`` cleans the message before it is shown."""
+    if error_type is not None and not _ERROR_TYPE.fullmatch(error_type):
+        error_type = None
     code = API_ERRORS.get(error_type or "")
     if code is None:
         code = HTTP_CODES.get(http_status or 0, Code.UNAVAILABLE if (http_status or 500) >= 500 else Code.UNKNOWN)
@@ -150,6 +158,10 @@ def from_exception(exc: BaseException) -> Failure:
     """Map an exception from the SDK or its HTTP library. Unknown ones become INTERNAL."""
     if isinstance(exc, GatewayError):
         return exc.failure
+    if isinstance(exc, anthropic.APIConnectionError) and isinstance(exc.__cause__, GatewayError):
+        return exc.__cause__.failure  # the gateway's own response check, wrapped by the SDK
+    if isinstance(exc, anthropic.APIStatusError) and 300 <= exc.status_code < 400:
+        return fail(Reason.UPSTREAM_REDIRECTED, f"upstream answered HTTP {exc.status_code}, a redirect; not followed")
     if isinstance(exc, anthropic.APIStatusError):
         headers = exc.response.headers
         error = exc.body.get("error") if isinstance(exc.body, dict) else None
@@ -172,7 +184,7 @@ def from_exception(exc: BaseException) -> Failure:
             Reason.GATEWAY_NOT_CONFIGURED,
             "the gateway has no Anthropic credentials: set ANTHROPIC_API_KEY where it runs",
         )
-    if isinstance(exc, httpx2.TransportError):  # reset, or a chunked body cut short
+    if isinstance(exc, httpx2.TransportError | aiohttp.ClientError):  # reset, or a chunked body cut short
         return fail(Reason.UPSTREAM_CONNECTION_LOST, "upstream connection lost mid-stream", retryable=True)
     return fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")
 

@@ -30,44 +30,100 @@ _DATA = b"data: "
 
 
 class SseFramer:
-    """Feeds raw bytes, returns the (event, data) frames they complete, in order."""
+    """Feeds raw bytes, returns the (event, data) frames they complete, in order.
 
-    def __init__(self) -> None:
+    Linear in the bytes fed: an unfinished frame is held as the chunks it came in and joined once,
+    when a chunk completes it. More than ``max_event_bytes`` held for one frame (or one line, or
+    one event built of many lines) raises GatewayError (UPSTREAM_EVENT_TOO_LARGE).
+    """
+
+    def __init__(self, max_event_bytes: int = 4 * 1024 * 1024) -> None:
         self._decoder = SSEDecoder()
-        self._pending = b""
+        self._parts: list[bytes] = []  # the unfinished frame (fast path) or line (by lines)
+        self._held = 0  # bytes in _parts
+        self._max = max_event_bytes
+        self._event_bytes = 0  # by lines: bytes of the event the SDK's decoder is building
         self._crlf = False  # once a CR is seen, every line goes through the SDK's decoder
 
     def feed(self, chunk: bytes) -> list[Frame]:
-        data = self._pending + chunk if self._pending else chunk
-        if self._crlf or b"\r" in data:
+        parts = self._parts
+        if self._crlf or b"\r" in chunk:
             self._crlf = True
-            out, self._pending = self._by_lines(data)
-            return out
-        *frames, self._pending = data.split(b"\n\n")
+            return self._feed_lines(chunk)
+        if parts:
+            if b"\n\n" not in chunk and not (chunk[:1] == b"\n" and parts[-1][-1:] == b"\n"):
+                return self._hold(chunk)
+            parts.append(chunk)
+            data = b"".join(parts)
+            parts.clear()
+            self._held = 0
+        else:
+            data = chunk
+        *frames, rest = data.split(b"\n\n")
         out = []
         for frame in frames:
+            if len(frame) > self._max:
+                raise GatewayError(_too_large(len(frame), self._max))
             head, sep, tail = frame.partition(b"\n")
             if sep and head.startswith(_EVENT) and tail.startswith(_DATA) and b"\n" not in tail:
                 out.append((head[7:].decode(), tail[6:].decode()))
             elif frame:
-                out.extend(self._by_lines(frame + b"\n\n")[0])
+                out.extend(self._by_lines(frame + b"\n\n"))
+        if rest:
+            self._hold(rest)
         return out
 
-    def _by_lines(self, data: bytes) -> tuple[list[Frame], bytes]:
-        """The frames that ``data``'s complete lines finish, and the incomplete rest."""
+    def _hold(self, data: bytes) -> list[Frame]:
+        """Keep ``data`` for the next chunk, within the bound."""
+        self._held += len(data)
+        if self._held > self._max:
+            raise GatewayError(_too_large(self._held, self._max))
+        self._parts.append(data)
+        return []
+
+    def _feed_lines(self, chunk: bytes) -> list[Frame]:
+        parts = self._parts
+        if parts:
+            # A held line ending in a lone CR is complete unless the chunk starts with its LF.
+            if parts[-1][-1:] != b"\r" and b"\n" not in chunk and b"\r" not in chunk:
+                return self._hold(chunk)
+            parts.append(chunk)
+            data = b"".join(parts)
+            parts.clear()
+            self._held = 0
+        else:
+            data = chunk
         lines = data.splitlines(keepends=True)
-        rest = b""
         # A last line without its terminator is incomplete; so is a lone "\r" that may be half of "\r\n".
         if lines and (not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r")):
-            rest = lines.pop()
+            self._hold(lines.pop())
+        return self._by_lines(lines)
+
+    def _by_lines(self, data: bytes | list[bytes]) -> list[Frame]:
+        """The frames that complete lines finish (``data`` is whole lines, or bytes ending in one)."""
+        lines = data.splitlines(keepends=True) if isinstance(data, bytes) else data
         out: list[Frame] = []
         decode = self._decoder.decode
         for line in lines:
-            sse = decode(line.rstrip(b"\r\n").decode())
+            text = line.rstrip(b"\r\n")
+            if text:
+                self._event_bytes += len(line)
+                if self._event_bytes > self._max:
+                    raise GatewayError(_too_large(self._event_bytes, self._max))
+            else:
+                self._event_bytes = 0  # a blank line ends the event
+            sse = decode(text.decode())
             # The SDK ignores frames without an `event:` line; so do we.
             if sse is not None and sse.event is not None:
                 out.append((sse.event, sse.data))
-        return out, rest
+        return out
+
+
+def _too_large(size: int, limit: int) -> Failure:
+    return fail(
+        Reason.UPSTREAM_EVENT_TOO_LARGE,
+        f"upstream sent an event over GATEWAY_MAX_EVENT_BYTES ({limit} bytes; {size} bytes held so far)",
+    )
 
 
 # The hot deltas: one string field besides "type". delta type -> that field.
@@ -116,6 +172,59 @@ def to_response(batch: list[Event]) -> pb.StreamMessageResponse:
     for _, obj, data in batch:
         fill_event(add(), obj, data)
     return response
+
+
+# An event's proto is at most about 7x its JSON text (a list of one-digit numbers becomes Struct
+# Values of 11 bytes each); a batch whose text is under limit / 8 needs no measuring.
+_GROWTH = 8
+# Batches with more text than this are converted off the event loop (``asyncio.to_thread``): a
+# 4 MiB event of numbers takes seconds to convert, and health and the other calls must not wait.
+OFFLOAD_BYTES = 256 * 1024
+
+
+def text_size(batch: list[Event]) -> int:
+    """The characters of the events' data text: what their conversion costs, roughly."""
+    text = 0
+    for _, _, data in batch:
+        text += len(data)
+    return text
+
+
+def responses(
+    batch: list[Event], limit: int, size: int | None = None
+) -> tuple[list[pb.StreamMessageResponse], Failure | None]:
+    """The events of one read as gRPC messages of at most ``limit`` bytes, in order: one message when
+    the batch is small (the rule), split when it is not. An event that cannot fit in any message ends
+    the list, with its failure (REPLY_TOO_LARGE) to raise once the messages before it are sent.
+    ``size`` is the batch's ``text_size``, if the caller has it."""
+    if (text_size(batch) if size is None else size) * _GROWTH < limit:
+        return [to_response(batch)], None
+    out: list[pb.StreamMessageResponse] = []
+    response, size = pb.StreamMessageResponse(), 0
+    for _, obj, data in batch:
+        event = pb.MessageStreamEvent()
+        fill_event(event, obj, data)
+        n = event.ByteSize() + 16  # with its field tag and length, and the response's own
+        if n > limit:
+            if response.events:
+                out.append(response)
+            return out, too_large_reply(n, limit)
+        if size + n > limit:
+            out.append(response)
+            response, size = pb.StreamMessageResponse(), 0
+        response.events.append(event)
+        size += n
+    if response.events:
+        out.append(response)
+    return out, None
+
+
+def too_large_reply(size: int, limit: int) -> Failure:
+    """The failure of a reply that cannot fit in one gRPC message."""
+    return fail(
+        Reason.REPLY_TOO_LARGE,
+        f"a reply message would be {size} bytes, over GATEWAY_MAX_MESSAGE_BYTES ({limit})",
+    )
 
 
 def _error_event(obj: dict[str, Any]) -> Failure:

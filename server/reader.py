@@ -4,6 +4,7 @@
         batch = await reader.open(body, betas)    # retries what is safe to retry, before any event
         batch = await reader.next()               # None after message_stop; GatewayError on any failure
 
+Every event is checked against the stream grammar (``server.grammar``) before it is passed on.
 A batch holds the events of one network read, in order, so the gateway sends what was already
 waiting in one gRPC message. Leaving the ``async with`` closes the upstream response.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, from_exception
-from server.events import Event, SseFramer, parse
+from server.events import OFFLOAD_BYTES, Event, SseFramer, parse
+from server.grammar import Grammar
 from server.retry import backoff
 from server.upstream import Upstream
 from server.watchdog import Watchdog
@@ -35,11 +37,15 @@ class UpstreamReader:
         self._watchdog = watchdog
         self._deadline = deadline
         self._stack = contextlib.AsyncExitStack()
-        self._chunks: AsyncIterator[bytes] | None = None
+        self._read_body: Callable[[], Awaitable[bytes]] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
-        self._framer = SseFramer()
+        self._framer = SseFramer(settings.max_event_bytes)
+        self._grammar = Grammar()
         self._failure: GatewayError | None = None  # raised after the events that came before it
         self.complete = False  # message_stop seen
+        self.attempts = 0  # upstream attempts made by open()
+        self.retried: list[str] = []  # the failure of each retried attempt (error type or reason), for metrics
+        self.bytes_read = 0  # of upstream body, counted per network read
 
     async def __aenter__(self) -> UpstreamReader:
         return self
@@ -56,8 +62,9 @@ class UpstreamReader:
         attempt = 1
         while True:
             self._watchdog.waiting()
+            self.attempts = attempt
             try:
-                self.request_id, self._chunks = await self._stack.enter_async_context(
+                self.request_id, self._read_body = await self._stack.enter_async_context(
                     self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
                 )
                 batch = await self._read()
@@ -77,8 +84,10 @@ class UpstreamReader:
                 ):
                     raise GatewayError(failure) from None
                 log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
+                self.retried.append(failure.error_type or failure.reason)
                 attempt += 1
-                self._framer = SseFramer()
+                self._framer = SseFramer(self._settings.max_event_bytes)
+                self._grammar = Grammar()
                 await asyncio.sleep(delay)
 
     async def next(self) -> list[Event] | None:
@@ -98,33 +107,44 @@ class UpstreamReader:
         return batch
 
     async def _read(self) -> list[Event] | None:
-        """Read until at least one event is complete; None at the end of the body."""
-        assert self._chunks is not None
+        """Read until at least one event is complete; None at the end of the body. Only events are
+        life to the watchdog: bytes that complete none (a line that never ends, comments) are not."""
+        read_body = self._read_body
+        assert read_body is not None
         watchdog = self._watchdog
-        while True:
-            watchdog.waiting()
-            try:
-                chunk = await anext(self._chunks)
-            except StopAsyncIteration:
-                return None
-            finally:
-                watchdog.reading = False
-            try:
-                frames = self._framer.feed(chunk)
-            except UnicodeDecodeError:
-                raise GatewayError(
-                    fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
-                ) from None
-            if frames:
-                return self._parse(frames)
+        watchdog.waiting()
+        try:
+            while True:
+                chunk = await read_body()
+                if not chunk:
+                    return None
+                self.bytes_read += len(chunk)
+                try:
+                    frames = self._framer.feed(chunk)
+                except UnicodeDecodeError:
+                    raise GatewayError(
+                        fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
+                    ) from None
+                if frames:
+                    text = 0
+                    for _, data in frames:
+                        text += len(data)
+                    if text < OFFLOAD_BYTES:
+                        return self._parse(frames)
+                    return await asyncio.to_thread(self._parse, frames)  # big JSON: parsed off the event loop
+        finally:
+            watchdog.reading = False
 
     def _parse(self, frames: list[tuple[str, str]]) -> list[Event]:
         batch: list[Event] = []
+        check = self._grammar.check
         for name, data in frames:
             if self.complete:
                 break  # nothing follows message_stop
             try:
-                batch.append((name, parse(name, data), data))
+                obj = parse(name, data)
+                check(name, obj)
+                batch.append((name, obj, data))
             except GatewayError as exc:
                 if not batch:
                     raise

@@ -65,6 +65,28 @@ class Reason(Enum):
     UPSTREAM_INCOMPLETE_STREAM = (Code.UNAVAILABLE, "the upstream stream ended without `message_stop`")
     UPSTREAM_MALFORMED_EVENT = (
         Code.DATA_LOSS,
-        "the upstream sent a frame that is not a JSON object, or bytes that are not UTF-8",
+        "the upstream sent a frame that is not a JSON object, bytes that are not UTF-8, or (CreateMessage) an "
+        "event the message cannot be built from, such as tool input that is not JSON",
+    )
+    UPSTREAM_OUT_OF_ORDER = (
+        Code.DATA_LOSS,
+        "the upstream broke the stream grammar (a delta before its block's start, an index jump, a stream not "
+        "starting with `message_start`...); the events before it were delivered",
+    )
+    UPSTREAM_EVENT_TOO_LARGE = (
+        Code.RESOURCE_EXHAUSTED,
+        "one upstream event (or line) is larger than `GATEWAY_MAX_EVENT_BYTES`; the events before it were delivered",
+    )
+    REPLY_TOO_LARGE = (
+        Code.RESOURCE_EXHAUSTED,
+        "one event, or CreateMessage's whole message, is larger than `GATEWAY_MAX_MESSAGE_BYTES`",
+    )
+    UPSTREAM_REDIRECTED = (
+        Code.FAILED_PRECONDITION,
+        "the upstream answered with a redirect (HTTP 3xx), which the gateway never follows",
+    )
+    UPSTREAM_COMPRESSED = (
+        Code.FAILED_PRECONDITION,
+        "the upstream answered with a `content-encoding` other than `identity`, which the gateway never inflates",
     )
     GATEWAY_ERROR = (Code.INTERNAL, "a fault inside the gateway (a bug: please report it with the log line)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,8 @@ from google.protobuf.message import DecodeError, Message
 from server.accumulator import MessageAccumulator
 from server.admission import Undecodable
 from server.call import Calls
-from server.events import Event, to_response
+from server.errors import GatewayError
+from server.events import OFFLOAD_BYTES, Event, responses, text_size
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -27,15 +29,25 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamMessage(  # type: ignore[override]
         self, request: pb.StreamMessageRequest, context: grpc.aio.ServicerContext
     ) -> None:
+        limit = self._calls.settings.max_message_bytes
+
         async def write(batch: list[Event]) -> None:
-            await context.write(to_response(batch))
+            size = text_size(batch)
+            if size < OFFLOAD_BYTES:
+                out, failure = responses(batch, limit, size)
+            else:
+                out, failure = await asyncio.to_thread(responses, batch, limit)
+            for response in out:
+                await context.write(response)
+            if failure is not None:
+                raise GatewayError(failure)
 
         await self._calls.run("StreamMessage", context, request, write)
 
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateMessageResponse:
-        message = MessageAccumulator()
+        message = MessageAccumulator(self._calls.settings.max_message_bytes, getattr(request, "betas", ()))
         await self._calls.run("CreateMessage", context, request, message.add)
         return message.response()
 

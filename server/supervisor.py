@@ -17,7 +17,14 @@ import sys
 from types import FrameType
 
 READY = "gateway listening on "
-WORKER_ENV = "GATEWAY_WORKER_OF_SUPERVISOR"  # set in each worker's environment by the supervisor
+WORKER_ENV = "GATEWAY_WORKER_OF_SUPERVISOR"  # each worker's number (1..N), set in its environment by the supervisor
+
+
+def metrics_listen_of_worker(listen: str, number: int) -> str:
+    """Worker ``number``'s metrics address: each worker serves its own metrics, on the port plus number - 1
+    (port 0 stays 0: each picks a free one)."""
+    host, _, port = listen.rpartition(":")
+    return listen if int(port) == 0 else f"{host}:{int(port) + number - 1}"
 
 
 def run_workers(count: int, listen: str, argv: list[str]) -> int:
@@ -31,8 +38,10 @@ def run_workers(count: int, listen: str, argv: list[str]) -> int:
         reservation.bind((host.strip("[]") or "0.0.0.0", 0))
         port = str(reservation.getsockname()[1])
     args = [sys.executable, "-m", "server", *argv, "--listen", f"{host}:{port}"]
-    env = {**os.environ, WORKER_ENV: "1"}
-    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env) for _ in range(count)]
+    workers = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, WORKER_ENV: str(number)})
+        for number in range(1, count + 1)
+    ]
 
     def forward(signum: int, frame: FrameType | None) -> None:
         for worker in workers:

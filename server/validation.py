@@ -2,20 +2,29 @@
 
 ``violations(params)`` lists every bad field with its path, so the caller gets one
 INVALID_ARGUMENT with a BadRequest detail naming them all, and the upstream is never called.
-Checks stay to shape; the API remains the judge of meaning (model names, token limits...).
+Checks stay to shape; the API remains the judge of meaning (model names, token limits...). What
+cannot be sent at all is refused too: raw JSON that is not strict JSON, nests past MAX_JSON_DEPTH
+or holds lone surrogates; numbers that are not finite; betas that are not header-safe.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
+from google.protobuf import struct_pb2
 
 from server.errors import Violation
 
 ROLES = ("user", "assistant")
+MAX_JSON_DEPTH = 64  # nesting levels of JSON in one raw_json field
+_JSON_TYPES = frozenset(("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"))
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}")  # RFC 9110 token, minus the comma that joins betas
 
 
 def violations(params: pb.MessageCreateParams, path: str = "params") -> list[Violation]:
@@ -41,42 +50,142 @@ def _params(p: pb.MessageCreateParams, path: str) -> Iterator[Violation]:
         elif not m.content and not m.HasField("content_text"):
             yield Violation(f"{where}.content", "required: content blocks or content_text")
         for j, block in enumerate(m.content):
-            yield from _union(block, f"{where}.content[{j}]")
             if m.role == "assistant" and block.WhichOneof("type") == "document":
                 yield Violation(f"{where}.content[{j}]", "document blocks are only allowed in user messages")
     for i, tool in enumerate(p.tools):
-        yield from _union(tool, f"{path}.tools[{i}]")
         if tool.WhichOneof("type") == "custom" and not tool.custom.name:
             yield Violation(f"{path}.tools[{i}].custom.name", "required: the tool's name")
-    for name in ("tool_choice", "thinking"):
-        if p.HasField(name):
-            yield from _union(getattr(p, name), f"{path}.{name}")
+    yield from _unions(p, path)
 
 
-def _union(msg: Any, path: str) -> Iterator[Violation]:
-    """A oneof `type` message must have an arm set, and a raw_json arm must be a typed object."""
-    arm = msg.WhichOneof("type")
-    if arm is None:
-        yield Violation(path, f"no {msg.DESCRIPTOR.name} type set: set exactly one of its fields")
-        return
-    if arm == "raw_json":
-        raw = msg.raw_json
-        where = f"{path}.raw_json.json"
-        if not raw.json:
-            yield Violation(where, 'empty: must be a JSON object with a string "type"')
+def _unions(msg: Any, path: str) -> Iterator[Violation]:
+    """Under ``msg``, anywhere: every oneof `type` message has an arm set, and every raw_json arm is a
+    JSON object with a string "type" that the API can take (see ``_raw_json``)."""
+    if msg.DESCRIPTOR.oneofs_by_name.get("type") is not None:
+        arm = msg.WhichOneof("type")
+        if arm is None:
+            yield Violation(path, f"no {msg.DESCRIPTOR.name} type set: set exactly one of its fields")
             return
-        try:
-            obj = json.loads(raw.json)
-        except ValueError as exc:
-            yield Violation(where, f"not valid JSON: {exc}")
+        if arm == "raw_json":
+            yield from _raw_json(msg.raw_json.json, f"{path}.raw_json.json")
             return
-        if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-            yield Violation(where, 'must be a JSON object with a string "type"')
-        return
-    # Nested unions (tool_result content, document sources...) are checked the same way.
-    for fd, value in getattr(msg, arm).ListFields():
-        if fd.message_type is None or fd.message_type.oneofs_by_name.get("type") is None:
+        msg, path = getattr(msg, arm), f"{path}.{arm}"
+    for fd, value in msg.ListFields():
+        kind = fd.message_type
+        if kind is None or kind.full_name in _JSON_TYPES:
             continue
-        items = value if fd.is_repeated else [value]
-        for k, item in enumerate(items):
-            yield from _union(item, f"{path}.{arm}.{fd.name}" + (f"[{k}]" if fd.is_repeated else ""))
+        if fd.is_repeated:
+            for k, item in enumerate(value):
+                yield from _unions(item, f"{path}.{fd.name}[{k}]")
+        else:
+            yield from _unions(value, f"{path}.{fd.name}")
+
+
+def _raw_json(text: str, where: str) -> Iterator[Violation]:
+    if not text:
+        yield Violation(where, 'empty: must be a JSON object with a string "type"')
+        return
+    try:
+        obj = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        yield Violation(where, f"nested deeper than {MAX_JSON_DEPTH} levels")
+        return
+    except ValueError as exc:
+        yield Violation(where, f"not valid JSON: {exc}")
+        return
+    problem = json_problem(obj)
+    if problem:
+        yield Violation(where, problem)
+    elif not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        yield Violation(where, 'must be a JSON object with a string "type"')
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_problem(value: Any) -> str | None:
+    """Why ``value`` (parsed JSON) cannot go upstream: nesting past MAX_JSON_DEPTH, a number that is
+    not finite (1e999 parses as infinity), or a string with a lone surrogate (not encodable as UTF-8)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            if kind is dict:
+                for key, sub in item.items():
+                    if not _encodable(key):
+                        return "holds a key that is not valid Unicode (a lone surrogate)"
+                    stack.append((sub, depth + 1))
+            else:
+                stack.extend((sub, depth + 1) for sub in item)
+        elif kind is float:
+            if not math.isfinite(item):
+                return f"holds a number that is not finite ({item})"
+        elif kind is str and not _encodable(item):
+            return "holds a string that is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def body_of(params: pb.MessageCreateParams, path: str = "params") -> tuple[dict[str, Any], list[Violation]]:
+    """The JSON body for ``params`` (checked by ``violations`` first), or the fields that cannot be
+    JSON: numbers in Struct or Value fields that are not finite."""
+    try:
+        return codec.to_json(params), []
+    except (ValueError, RecursionError):
+        pass
+    bad = list(_non_finite(params, path))
+    return {}, bad or [Violation(path, "cannot be encoded as JSON")]
+
+
+def _non_finite(msg: Any, path: str) -> Iterator[Violation]:
+    """Every Struct / Value / ListValue field under ``msg`` holding NaN or an infinity."""
+    for fd, value in msg.ListFields():
+        kind = fd.message_type
+        if kind is None:
+            continue
+        items = list(enumerate(value)) if fd.is_repeated else [(None, value)]
+        for k, item in items:
+            where = f"{path}.{fd.name}" + ("" if k is None else f"[{k}]")
+            if kind.full_name in _JSON_TYPES:
+                problem = _struct_problem(item)
+                if problem:
+                    yield Violation(where, problem)
+            else:
+                yield from _non_finite(item, where)
+
+
+def _struct_problem(message: Any) -> str | None:
+    stack = [message]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, struct_pb2.Struct):
+            stack.extend(item.fields.values())
+        elif isinstance(item, struct_pb2.ListValue):
+            stack.extend(item.values)
+        elif isinstance(item, struct_pb2.Value):
+            arm = item.WhichOneof("kind")
+            if arm == "number_value" and not math.isfinite(item.number_value):
+                return f"holds a number that is not finite ({item.number_value})"
+            if arm in ("struct_value", "list_value"):
+                stack.append(getattr(item, arm))
+    return None
+
+
+def beta_violations(betas: Sequence[str], path: str = "betas") -> Iterator[Violation]:
+    """Each beta must be an HTTP token (it goes into the `anthropic-beta` header, comma-joined)."""
+    for i, beta in enumerate(betas):
+        if not _TOKEN.fullmatch(beta):
+            yield Violation(f"{path}[{i}]", "must be a beta name: letters, digits and -._ only (an HTTP token)")

@@ -7,6 +7,7 @@ shows as one skipped case that says why.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,19 @@ def _shared(folder: Path, pattern: str = "*.sse") -> list[Path]:
 
 def is_complete(path: Path) -> bool:
     return b"message_stop" in path.read_bytes()
+
+
+def sdk_streams() -> list[Any]:
+    """pytest params of every body of the official SDKs' stream corpus (``../shared/fixtures/sdk-streams``),
+    with its index entry; required in CI, one skipped case outside it when the corpus is not there."""
+    index = SHARED_SDK / "index.json"
+    if index.is_file():
+        entries = json.loads(index.read_text())["fixtures"]
+        return [pytest.param(SHARED_SDK / e["file"], e, id=e["name"]) for e in entries]
+    if os.environ.get("CI"):
+        raise FileNotFoundError(f"CI needs the SDK stream corpus at {SHARED_SDK}")
+    reason = f"the SDK stream corpus is not beside this clone ({SHARED_SDK}): its replays are skipped"
+    return [pytest.param(None, None, id="sdk-streams", marks=pytest.mark.skip(reason=reason))]
 
 
 def streams(*, complete: bool) -> list[Any]:

@@ -118,6 +118,12 @@ def status_of(error: grpc.aio.AioRpcError) -> Status:
     )
 
 
+def call_log(text: str) -> list[dict[str, Any]]:
+    """The JSON object of every call log line (logger ``server.call``) in a gateway's log output."""
+    marker = "server.call: "
+    return [json.loads(line.split(marker, 1)[1]) for line in text.splitlines() if marker in line]
+
+
 def fixture_events(path: Path) -> list[dict[str, Any]]:
     """The JSON of every event in a recorded SSE body, in order."""
     return sse_events(path.read_bytes())

@@ -110,5 +110,5 @@ def test_workers_share_one_port_and_drain_together() -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0
-        served_by = {ln.split()[2] for ln in err.splitlines() if "StreamMessage OK" in ln}
+        served_by = {ln.split()[2] for ln in err.splitlines() if "server.call: " in ln and '"status":"OK"' in ln}
         assert len(served_by) == 2, err

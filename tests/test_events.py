@@ -69,3 +69,16 @@ def test_error_event_and_malformed_data_raise_gateway_errors() -> None:
         with pytest.raises(GatewayError) as caught:
             parse("content_block_delta", bad)
         assert caught.value.failure.reason == "UPSTREAM_MALFORMED_EVENT"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [{"type": "thinking", "thinking": ""}, {"type": "thinking", "thinking": "", "signature": ""}],
+    ids=["signature-absent", "signature-empty"],
+)
+def test_thinking_signature_is_present_exactly_when_the_json_key_is(block: dict[str, str]) -> None:
+    """A thinking block without a signature key comes back without one; an empty one stays empty."""
+    obj = {"type": "content_block_start", "index": 0, "content_block": block}
+    event = pb.MessageStreamEvent()
+    fill_event(event, obj, json.dumps(obj))
+    assert codec.to_json(event) == obj

@@ -55,3 +55,14 @@ def test_the_gateway_imports_none_of_its_tooling() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_gateway_wheel_ships_its_price_table_and_the_usage_reader(tmp_path: Path) -> None:
+    """The gateway's wheel holds server/prices.toml (the default price table) and the client's usage trailer reader."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("claude_grpc_gateway-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"server/prices.toml", "server/usage.py", "claude_gateway/usage.py"} <= names

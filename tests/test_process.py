@@ -12,7 +12,7 @@ import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2_grpc
 
-from tests.harness import body, run, stream_request
+from tests.harness import body, call_log, run, stream_request
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-ant-api03-PROCESS-TEST-SECRET"
@@ -55,6 +55,8 @@ def test_real_api_configuration_is_only_the_key_and_base_url_and_no_secret_is_lo
         out, err = gateway.communicate(timeout=30)
         sim.communicate(timeout=30)
     assert gateway.returncode == 0
-    assert "StreamMessage OK" in err
-    assert "request_id=req_" in err
+    calls = call_log(err)
+    assert (calls[0]["method"], calls[0]["status"]) == ("StreamMessage", "OK")
+    assert all(c["request_id"].startswith("req_") for c in calls)
+    assert [c["reason"] for c in calls[1:]] == ["AUTHENTICATION_ERROR", "OVERLOADED_ERROR", "UPSTREAM_CONNECTION_LOST"]
     assert KEY not in out + err

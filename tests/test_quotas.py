@@ -7,6 +7,7 @@ import contextlib
 import math
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.admission import charged
 from server.errors import GatewayError
 from server.policy import Limits
-from server.quota import WINDOW, MemoryQuotas, Spent, keys, wait_for
+from server.quota import WINDOW, MemoryQuotas, wait_for
+from server.redis_quotas import keys
+from server.usage import Usage
 from simulator import Pace
 from tests.harness import API_KEY, Status, body, clean_env, gateway, process, run, status_of, stream_request, until
 from tests.store import RedisServer, free_port, redis_server
@@ -63,6 +67,12 @@ async def first_event(stub: chat_pb2_grpc.ChatServiceStub, caller: str, prompt: 
     return call
 
 
+async def scrape(port: int) -> str:
+    """The gateway's Prometheus page."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+
+
 async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
     """Call ``probe`` until it returns True: for state shared through another process, with no event to await."""
     async with asyncio.timeout(timeout):
@@ -94,18 +104,18 @@ def test_sliding_minute_says_when_a_cost_fits(
         assert prev * (1 - (elapsed + got) / WINDOW) + cur + cost == pytest.approx(limit)
 
 
-def test_spent_counts_input_cache_writes_and_cumulative_output() -> None:
-    """Spent takes message_start's input and cache writes, and message_delta's cumulative output."""
-    spent = Spent()
-    usage = {"input_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 100, "output_tokens": 1}
-    spent.add([("message_start", {"message": {"usage": usage}}, "")])
-    assert spent.tokens == 36
-    spent.add(
-        [("message_delta", {"usage": {"output_tokens": 7}}, ""), ("message_delta", {"usage": {"output_tokens": 9}}, "")]
-    )
-    assert spent.tokens == 44
-    spent.add([("message_delta", {"usage": {"input_tokens": None, "output_tokens": 12}}, "")])
-    assert spent.tokens == 47
+def test_a_call_is_charged_input_cache_writes_and_cumulative_output_but_not_cache_reads() -> None:
+    """charged() takes message_start's input and cache writes and message_delta's cumulative output."""
+    usage = Usage()
+    start = {"input_tokens": 30, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 100, "output_tokens": 1}
+    usage.observe("message_start", {"message": {"usage": start}})
+    assert charged(usage) == 36
+    usage.observe("message_delta", {"usage": {"output_tokens": 7}})
+    usage.observe("message_delta", {"usage": {"output_tokens": 9}})
+    assert charged(usage) == 44
+    usage.observe("message_delta", {"usage": {"input_tokens": None, "output_tokens": 12}})
+    assert charged(usage) == 47
+    assert charged(Usage()) == 0
 
 
 def test_memory_quotas_refuse_over_each_limit_and_free_slots_on_release() -> None:
@@ -336,7 +346,10 @@ def test_unreachable_redis_fails_open_or_closed_as_set_and_health_keeps_serving(
             policy_file=policy(tmp_path, text),
             redis_url=store.url,
             redis_unreachable=mode,
+            metrics_listen="127.0.0.1:0",
         ) as h:
+            assert h.gateway.metrics is not None
+            port = h.gateway.metrics.port
             if mode == "open":
                 assert await h_events(h, body(), "alpha")
             else:
@@ -349,6 +362,7 @@ def test_unreachable_redis_fails_open_or_closed_as_set_and_health_keeps_serving(
             reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             assert "quota store unreachable" in caplog.text
+            assert "gateway_quota_store_up 0.0" in await scrape(port)
             store.start()
 
             async def admitted_and_logged() -> bool:
@@ -358,6 +372,7 @@ def test_unreachable_redis_fails_open_or_closed_as_set_and_health_keeps_serving(
 
             # The gateway tries a failed store again once a second: call until a call finds it back.
             await eventually(admitted_and_logged)
+            assert "gateway_quota_store_up 1.0" in await scrape(port)
 
     try:
         run(go)

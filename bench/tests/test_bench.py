@@ -16,7 +16,7 @@ import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2 as pb
 
-from bench import floor
+from bench import floor, telemetry
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
 from bench.jobs import Job
 from bench.report import Row, ms, table
@@ -249,3 +249,10 @@ def test_cancelled_call_is_recorded_and_its_close_reaches_the_simulator_record()
     (entry,) = found
     assert entry["tag"] == "t1"
     assert entry["closed_at"] is not None
+
+
+def test_telemetry_timing_measures_every_figure() -> None:
+    """bench.telemetry times per-event and per-call recording, with metrics off and on, as positive microseconds."""
+    results = telemetry.measure(calls=20, repeats=1)
+    assert len(results) == 5
+    assert all(value > 0 for value in results.values())

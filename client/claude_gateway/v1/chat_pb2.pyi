@@ -1860,7 +1860,9 @@ class ThinkingBlock(_message.Message):
     thinking: _builtins.str
     """The reasoning; "" in content_block_start, grown by thinking_delta."""
     signature: _builtins.str
-    """Opaque signature to send back with the block; set by signature_delta."""
+    """Opaque signature to send back with the block; set by signature_delta. Present exactly when
+    the API's JSON has the key (a block may start without one).
+    """
     @_builtins.property
     def extra(self) -> _struct_pb2.Struct:
         """Keys this proto does not name, explicit nulls and empty lists."""
@@ -1869,14 +1871,16 @@ class ThinkingBlock(_message.Message):
         self,
         *,
         thinking: _builtins.str = ...,
-        signature: _builtins.str = ...,
+        signature: _builtins.str | None = ...,
         extra: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_signature", b"_signature", "extra", b"extra", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra", "signature", b"signature", "thinking", b"thinking"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_signature", b"_signature", "extra", b"extra", "signature", b"signature", "thinking", b"thinking"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__signature: _TypeAlias = _typing.Literal["signature"]  # noqa: Y015
+    _WhichOneofArgType__signature: _TypeAlias = _typing.Literal["_signature", b"_signature"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__signature) -> _WhichOneofReturnType__signature | None: ...
 
 Global___ThinkingBlock: _TypeAlias = ThinkingBlock  # noqa: Y015
 

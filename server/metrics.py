@@ -1,0 +1,197 @@
+"""Prometheus metrics, served on their own HTTP port (``GATEWAY_METRICS_LISTEN``; off when unset).
+
+Names follow the OpenTelemetry GenAI semantic conventions where one exists, converted the way
+OpenTelemetry's Prometheus exporter converts them (dots to underscores, the unit ``s`` as
+``_seconds``, ``{token}`` dropped), with the conventions' recommended bucket boundaries; the
+gateway's own metrics are prefixed ``gateway_``. Every value is recorded once per call, at its end
+(``record``), except ``gateway_active_streams``, which is read from admission at scrape time:
+nothing here runs per event.
+
+Labels stay bounded: ``caller`` keeps the first ``max_callers`` distinct callers and files the rest
+under ``other``; ``model`` keeps the priced models and a few dozen others, then ``other``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from server.telemetry import CallRecord
+
+OTHER = "other"
+OPERATION = "chat"  # gen_ai.operation.name of a Messages API call
+PROVIDER = "anthropic"  # gen_ai.provider.name
+EXTRA_MODELS = 32  # distinct unpriced model names kept as labels before "other"
+
+# The semantic conventions' recommended ExplicitBucketBoundaries.
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16, ... 67108864
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+ALWAYS_OBSERVED = frozenset({"input", "output"})
+GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+
+
+class LabelCap:
+    """A bounded label: the first ``limit`` distinct values (besides ``always``) as they are, then ``other``."""
+
+    def __init__(self, limit: int, always: frozenset[str] = frozenset()) -> None:
+        self._limit = limit
+        self._always = always
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._always or value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return OTHER
+
+
+@dataclass
+class Endpoint:
+    """The metrics HTTP server: its port, and how to stop it."""
+
+    port: int
+    stop: Callable[[], None]
+
+
+class Metrics:
+    """The gateway's instruments, in a registry of its own (one per built gateway)."""
+
+    def __init__(self, max_callers: int, priced_models: frozenset[str], active: Callable[[], int]) -> None:
+        self.registry = registry = CollectorRegistry()
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self.caller = LabelCap(max_callers)
+        self.model = LabelCap(EXTRA_MODELS, priced_models)
+        self.tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per call (gen_ai.client.token.usage), by token type",
+            [*GENAI, "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Seconds from arrival to the first content delta from upstream (gen_ai.server.time_to_first_token)",
+            GENAI,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tpot = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "Seconds per output token after the first, for calls that completed (gen_ai.server.time_per_output_token)",
+            GENAI,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "gen_ai_server_request_duration_seconds",
+            "Seconds from the call's arrival to its end, whatever the outcome (gen_ai.server.request.duration)",
+            [*GENAI, "error_type"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.active = Gauge("gateway_active_streams", "Calls in flight", registry=registry)
+        self.quota_store = Gauge(
+            "gateway_quota_store_up",
+            "1 while the Redis quota store answers, 0 while it cannot be reached (0 as well without Redis)",
+            registry=registry,
+        )
+        self.active.set_function(lambda: float(active()))
+        self.calls = Counter(
+            "gateway_calls",
+            "Calls by RPC, model, final gRPC status and reason (OK, CANCELLED, or the ErrorInfo reason)",
+            ["method", "model", "status", "reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "gateway_retries", "Upstream attempts retried, by the failure retried", ["reason"], registry=registry
+        )
+        self.cancellations = Counter(
+            "gateway_cancellations",
+            "Calls the client cancelled, by phase: before_first_event or streaming",
+            ["method", "phase"],
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Upstream failures (retried or final), by API error type or gateway reason",
+            ["type"],
+            registry=registry,
+        )
+        self.events = Counter("gateway_relayed_events", "Events relayed to callers", ["method"], registry=registry)
+        self.bytes = Counter("gateway_upstream_bytes", "Bytes of upstream event stream read", registry=registry)
+        self.caller_tokens = Counter(
+            "gateway_tokens", "Tokens by model, caller and type", ["model", "caller", "type"], registry=registry
+        )
+        self.cost = Counter("gateway_cost_usd", "USD spent by model and caller", ["model", "caller"], registry=registry)
+        self.unpriced = Counter(
+            "gateway_unpriced_calls",
+            "Calls whose model has no price: tokens counted, cost unknown",
+            ["model"],
+            registry=registry,
+        )
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once per label set (prometheus-client's lookup costs a few us)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def record(self, call: CallRecord) -> None:
+        """Count one finished call."""
+        child = self._child
+        model = self.model(call.model or "unknown")
+        genai = (OPERATION, PROVIDER, model)
+        child(self.calls, call.method, model, call.status, call.reason).inc()
+        child(self.duration, *genai, call.error_type or "").observe(call.duration)
+        if call.events:
+            child(self.events, call.method).inc(call.events)
+        if call.bytes_read:
+            self.bytes.inc(call.bytes_read)
+        for reason in call.retried:
+            child(self.retries, reason).inc()
+            child(self.upstream_errors, reason).inc()
+        if call.upstream_error:
+            child(self.upstream_errors, call.upstream_error).inc()
+        if call.cancelled_phase:
+            child(self.cancellations, call.method, call.cancelled_phase).inc()
+        if call.ttft is not None:
+            child(self.ttft, *genai).observe(call.ttft)
+            tpot = call.time_per_output_token
+            if tpot is not None:
+                child(self.tpot, *genai).observe(tpot)
+        if call.usage.seen:
+            caller = self.caller(call.caller)
+            for kind, count in call.usage.tokens().items():
+                # Input and output for every call that reported usage, as the conventions say; the cache
+                # kinds only when used, so their histograms describe the calls that use the cache.
+                if count or kind in ALWAYS_OBSERVED:
+                    child(self.tokens, *genai, kind).observe(count)
+                if count:
+                    child(self.caller_tokens, model, caller, kind).inc(count)
+            if call.cost is None:
+                child(self.unpriced, model).inc()
+            else:
+                child(self.cost, model, caller).inc(call.cost)
+
+    def serve(self, listen: str) -> Endpoint:
+        """Serve /metrics on ``listen`` (host:port; port 0 picks one) from a thread of its own."""
+        host, _, port = listen.rpartition(":")
+        server, thread = start_http_server(int(port), host.strip("[]") or "0.0.0.0", registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        return Endpoint(server.server_address[1], stop)

@@ -1,0 +1,323 @@
+"""Caller quotas in Redis, shared by every replica that names the same server (``GATEWAY_REDIS_URL``).
+
+One Lua script admits a call (every check, then every count, atomically), one releases it, one
+renews the stream slots (leases) a replica holds; ``Pipeline`` sends them, many to a round trip.
+What is counted and how is ``server.quota``'s; this module is only imported when Redis is configured
+(redis-py loads OpenTelemetry's SDK when it is installed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+from server.config import Settings
+from server.errors import GatewayError, Reason, fail
+from server.policy import Limits
+from server.quota import STORE_RETRY, Lease, refusal
+
+log = logging.getLogger("server.quota")
+
+
+# Both scripts keep one caller's counts in two keys with the caller as hash tag (one Redis Cluster
+# slot): a sorted set of stream slots scored by lease expiry (ms), and a hash of the two minutes'
+# counts: w (this minute's number), pr/cr (requests), pt/ct (tokens), previous/current. Time is
+# Redis's own clock, the one clock every replica shares.
+_ROLL = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local w = math.floor(now / 60)
+local c = redis.call('HMGET', KEYS[2], 'w', 'pr', 'cr', 'pt', 'ct')
+local pr, cr, pt, ct = tonumber(c[2]) or 0, tonumber(c[3]) or 0, tonumber(c[4]) or 0, tonumber(c[5]) or 0
+local was = tonumber(c[1]) or w
+if was == w - 1 then pr, cr, pt, ct = cr, 0, ct, 0 elseif was ~= w then pr, cr, pt, ct = 0, 0, 0, 0 end
+"""
+
+# KEYS: slots, counts. ARGV: lease id, lease ms, max streams, requests/min, tokens/min (0 = none),
+# token estimate. Returns {minute, [limit name, retry ms (-1: never)]...}: admitted if only the minute.
+ADMIT = (
+    _ROLL
+    + """
+local elapsed = now - w * 60
+local function wait(prev, cur, limit, cost)
+  if cost > limit then return -1 end
+  if prev * (1 - elapsed / 60) + cur + cost <= limit then return nil end
+  if cur + cost <= limit then
+    return math.max(1, math.ceil(1000 * (60 * (1 - (limit - cur - cost) / prev) - elapsed)))
+  end
+  return math.ceil(1000 * ((60 - elapsed) + 60 * (1 - (limit - cost) / cur)))
+end
+local out = {w}
+local streams, rpm, tpm, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if streams > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now * 1000)
+  if redis.call('ZCARD', KEYS[1]) >= streams then table.insert(out, 'concurrent_streams'); table.insert(out, 1000) end
+end
+if rpm > 0 then
+  local ms = wait(pr, cr, rpm, 1)
+  if ms then table.insert(out, 'requests_per_minute'); table.insert(out, ms) end
+end
+if tpm > 0 then
+  local ms = wait(pt, ct, tpm, cost)
+  if ms then table.insert(out, 'tokens_per_minute'); table.insert(out, ms) end
+end
+if #out > 1 then return out end
+if streams > 0 then
+  redis.call('ZADD', KEYS[1], now * 1000 + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
+end
+if rpm > 0 or tpm > 0 then
+  redis.call('HSET', KEYS[2], 'w', w, 'pr', pr, 'cr', cr + 1, 'pt', pt, 'ct', ct + cost)
+  redis.call('PEXPIRE', KEYS[2], 120000)
+end
+return out
+"""
+)
+
+# KEYS: slots, counts. ARGV: lease id, the minute it was counted in, tokens to add (may be negative).
+RELEASE = (
+    _ROLL
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+local delta, minute = tonumber(ARGV[3]), tonumber(ARGV[2])
+if delta ~= 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  if minute == w then ct = math.max(0, ct + delta) elseif minute == w - 1 then pt = math.max(0, pt + delta) end
+  redis.call('HSET', KEYS[2], 'w', w, 'pr', pr, 'cr', cr, 'pt', pt, 'ct', ct)
+  redis.call('PEXPIRE', KEYS[2], 120000)
+end
+return 1
+"""
+)
+
+# KEYS: slots. ARGV: lease ms, lease ids. Pushes back the expiry of the slots that still exist.
+RENEW = """
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[1]))
+return 1
+"""
+
+
+def keys(caller: str) -> list[str]:
+    """The Redis keys of ``caller``'s counts: its stream slots and its two minutes' counts."""
+    return [f"claude-gateway:{{{caller}}}:streams", f"claude-gateway:{{{caller}}}:minutes"]
+
+
+class Pipeline:
+    """Sends the quota scripts to Redis, many calls to one round trip: whatever is queued while a round
+    trip is out goes together in the next, so under load the cost of a round trip is shared, and an
+    idle gateway sends at once. Scripts go by their sha1 (EVALSHA), loaded again if Redis lost them."""
+
+    def __init__(self, client: aioredis.Redis, scripts: dict[str, str]) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._shas = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in scripts.items()}
+        self._queue: list[tuple[str, list[str], tuple[Any, ...], asyncio.Future[Any] | None]] = []
+        self._wake = asyncio.Event()
+        self._sent = asyncio.Event()  # set when every queued call has had its round trip
+        self._sender: asyncio.Task[None] | None = None
+        self.on_error: Callable[[BaseException], None] = lambda exc: None  # for failures no caller awaits
+
+    def call(self, script: str, keys: list[str], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """The reply of ``script`` run on ``keys`` with ``args``, or the Redis error."""
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._put(script, keys, args, reply)
+        return reply
+
+    def send(self, script: str, keys: list[str], args: tuple[Any, ...]) -> None:
+        """Run ``script`` without waiting for its reply (a failure goes to ``on_error``)."""
+        self._put(script, keys, args, None)
+
+    def _put(self, script: str, keys: list[str], args: tuple[Any, ...], reply: asyncio.Future[Any] | None) -> None:
+        self._queue.append((script, keys, args, reply))
+        self._sent.clear()
+        self._wake.set()
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_all())
+
+    async def _send_all(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._queue = self._queue, []
+            try:
+                replies = await self._round_trip(batch)
+            except asyncio.CancelledError:
+                self._fail(batch, ConnectionError("the gateway is closing"))
+                raise
+            except Exception as exc:  # every Redis or socket error is the batch's answer
+                self._fail(batch, exc)
+                if not self._queue:
+                    self._sent.set()
+                continue
+            for (_, _, _, reply), value in zip(batch, replies, strict=True):
+                if isinstance(value, Exception):
+                    if reply is None:
+                        self.on_error(value)
+                    elif not reply.done():
+                        reply.set_exception(value)
+                elif reply is not None and not reply.done():
+                    reply.set_result(value)
+            if not self._queue:
+                self._sent.set()
+
+    async def _round_trip(self, batch: list[tuple[str, list[str], tuple[Any, ...], Any]]) -> list[Any]:
+        for attempt in (1, 2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(self._shas[script], len(keys), *keys, *args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                for text in self._scripts.values():  # a restarted or flushed Redis: load them, send again
+                    await self._client.script_load(text)
+                continue
+            return replies
+        raise AssertionError("unreachable")
+
+    def _fail(
+        self, batch: list[tuple[str, list[str], tuple[Any, ...], asyncio.Future[Any] | None]], exc: BaseException
+    ) -> None:
+        self.on_error(exc)
+        for _, _, _, reply in batch:
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+
+    async def close(self) -> None:
+        """Send what is queued, then stop."""
+        if self._sender is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2 * STORE_RETRY):
+                    await self._sent.wait()
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+
+
+class RedisQuotas:
+    """Counts in Redis, shared by every replica that names the same server."""
+
+    def __init__(self, settings: Settings, *, on_store_change: Callable[[bool], None] | None = None) -> None:
+        # One quick retry on a fresh connection (a restarted Redis), then the failure is the answer.
+        self.client = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._pipeline = Pipeline(self.client, {"admit": ADMIT, "release": RELEASE, "renew": RENEW})
+        self._pipeline.on_error = self._went_down
+        self._fail_open = settings.redis_unreachable == "open"
+        self._lease_ms = int(settings.lease_seconds * 1000)
+        self._replica = uuid.uuid4().hex[:12]
+        self._ids = itertools.count()
+        self._live: dict[str, set[str]] = {}  # caller -> this replica's stream slots in Redis
+        self._renewer: asyncio.Task[None] | None = None
+        self._retry_at = 0.0  # monotonic time before which a failed Redis is not tried again
+        self.up = True
+        self.on_store_change = on_store_change  # the hook for a metric of the store's state
+
+    async def acquire(self, caller: str, limits: Limits, estimate: int) -> Lease | None:
+        if not limits:
+            return None
+        lease = Lease(caller, limits, estimate, id=f"{self._replica}:{next(self._ids)}")
+        if time.monotonic() < self._retry_at:
+            return self._without_store(lease)
+        args = (
+            lease.id,
+            self._lease_ms,
+            limits.concurrent_streams or 0,
+            limits.requests_per_minute or 0,
+            limits.tokens_per_minute or 0,
+            estimate,
+        )
+        try:
+            reply = await self._pipeline.call("admit", keys(caller), args)
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            return self._without_store(lease)
+        self._came_up()
+        lease.window = int(reply[0])
+        if len(reply) > 1:
+            values = {
+                "concurrent_streams": limits.concurrent_streams,
+                "requests_per_minute": limits.requests_per_minute,
+                "tokens_per_minute": limits.tokens_per_minute,
+            }
+            over = []
+            for name, ms in zip(reply[1::2], reply[2::2], strict=True):
+                limit_name = name.decode() if isinstance(name, bytes) else str(name)
+                wait = math.inf if int(ms) < 0 else int(ms) / 1000
+                over.append((limit_name, values[limit_name] or 0, wait))
+            raise refusal(caller, over)
+        if limits.concurrent_streams:
+            self._live.setdefault(caller, set()).add(lease.id)
+        return lease
+
+    def _without_store(self, lease: Lease) -> Lease:
+        if not self._fail_open:
+            raise GatewayError(
+                fail(
+                    Reason.QUOTA_STORE_UNAVAILABLE, "the gateway cannot reach its quota store", retry_after=STORE_RETRY
+                )
+            )
+        lease.counted = False
+        return lease
+
+    def release(self, lease: Lease, tokens: int) -> None:
+        if not lease.counted:
+            return
+        live = self._live.get(lease.caller)
+        if live is not None:
+            live.discard(lease.id)
+            if not live:
+                del self._live[lease.caller]
+        delta = tokens - lease.estimate if lease.limits.tokens_per_minute else 0
+        # Off the call's path: the reply does not wait for Redis. If Redis is down, the slot's lease runs out.
+        self._pipeline.send("release", keys(lease.caller), (lease.id, lease.window, delta))
+
+    def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            for caller, ids in self._live.items():
+                self._pipeline.send("renew", keys(caller)[:1], (self._lease_ms, *ids))
+
+    def _went_down(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + STORE_RETRY
+        if self.up:
+            self.up = False
+            how = "admitting calls without shared quotas" if self._fail_open else "refusing calls with UNAVAILABLE"
+            log.warning("quota store unreachable (%s), %s until it is back", type(exc).__name__, how)
+            if self.on_store_change is not None:
+                self.on_store_change(False)
+
+    def _came_up(self) -> None:
+        if not self.up:
+            self.up = True
+            log.warning("quota store reachable again: shared quotas apply")
+            if self.on_store_change is not None:
+                self.on_store_change(True)
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        await self._pipeline.close()
+        await self.client.aclose()

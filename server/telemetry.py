@@ -1,0 +1,155 @@
+"""What the gateway tells about each call: its usage and cost trailer, its log line, metrics and spans.
+
+``CallRecord`` gathers one call's facts as it runs: its usage (``server.usage``), time to the first
+content delta, events, retries, outcome. Its ``see(batch)`` is the only per-batch work; everything
+else happens once, when the call ends, in ``Telemetry.finish``:
+
+- the trailer ``claude-gateway-usage`` (``USAGE_KEY``): JSON ``{"model", "usage", "cost_usd", "partial"}``,
+  where ``usage`` is the merged usage object in the API's shape, ``cost_usd`` is null when the
+  model has no price, and ``partial`` is true when the call did not end OK;
+- one JSON log line (logger ``server.call``) with the call's caller, model, method, status and
+  reason, upstream request id, TTFT, duration, events, usage and cost: never prompt or completion
+  text, never a credential;
+- the Prometheus metrics (``server.metrics``), when they are on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.events import Event
+from server.metrics import Metrics
+from server.prices import PriceTable
+from server.usage import Usage
+
+log = logging.getLogger("server.call")
+
+USAGE_KEY = "claude-gateway-usage"  # trailing metadata: the call's usage and cost, JSON
+
+OK = "OK"
+CANCELLED = "CANCELLED"
+BEFORE_FIRST_EVENT = "before_first_event"
+STREAMING = "streaming"
+
+
+@dataclass(eq=False)
+class CallRecord:
+    """One call's facts, filled in as it runs."""
+
+    method: str
+    model: str
+    started: float = field(default_factory=time.monotonic)
+    caller: str = ""
+    usage: Usage = field(default_factory=Usage)
+    first_token: float | None = None  # monotonic time of the first content delta from upstream
+    ended: float | None = None
+    events: int = 0  # delivered to the caller
+    bytes_read: int = 0
+    attempts: int = 0
+    retried: list[str] = field(default_factory=list)  # the failure of each retried attempt
+    request_id: str | None = None
+    response_id: str | None = None
+    response_model: str | None = None
+    stop_reason: str | None = None
+    status: str = CANCELLED  # the gRPC code's name, unless the call ends otherwise: the client left
+    reason: str = ""  # "" for OK, ErrorInfo's reason for a failure, CLIENT_CANCELLED for a client's cancel
+    error_type: str | None = None  # error.type of the spans and the duration metric
+    upstream_error: str | None = None  # the final failure, when it came from upstream
+    cancelled_phase: str | None = None
+    cost: float | None = None
+
+    def see(self, batch: list[Event]) -> None:
+        """Take note of one batch of upstream events, before it is delivered: usage, the first content delta."""
+        for name, obj, _ in batch:
+            if name == "content_block_delta":
+                if self.first_token is None:
+                    self.first_token = time.monotonic()
+            elif name == "message_start" or name == "message_delta":
+                self.usage.observe(name, obj)
+                if name == "message_start":
+                    message = obj.get("message")
+                    if isinstance(message, dict):
+                        self.response_id = _text(message.get("id"))
+                        self.response_model = _text(message.get("model"))
+                else:
+                    delta = obj.get("delta")
+                    if isinstance(delta, dict):
+                        self.stop_reason = _text(delta.get("stop_reason")) or self.stop_reason
+
+    @property
+    def partial(self) -> bool:
+        """Whether the call did not end OK: its usage is what the upstream reported before the end."""
+        return self.status != OK
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the call's arrival to its end (or to now)."""
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from the call's arrival to the first content delta from upstream."""
+        return None if self.first_token is None else self.first_token - self.started
+
+    @property
+    def time_per_output_token(self) -> float | None:
+        """Seconds per output token after the first, for a call that completed with more than one."""
+        tokens = self.usage.output_tokens
+        if self.status != OK or self.first_token is None or self.ended is None or tokens < 2:
+            return None
+        return (self.ended - self.first_token) / (tokens - 1)
+
+    def summary(self) -> dict[str, Any]:
+        """The usage trailer's JSON object."""
+        return {"model": self.model, "usage": self.usage.values, "cost_usd": self.cost, "partial": self.partial}
+
+    def log_line(self) -> dict[str, Any]:
+        """The call's log line, as a JSON object."""
+        ttft = self.ttft
+        return {
+            "event": "call",
+            "method": self.method,
+            "caller": self.caller,
+            "model": self.model,
+            "status": self.status,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "ttft_ms": None if ttft is None else round(ttft * 1e3, 3),
+            "duration_ms": round(self.duration * 1e3, 3),
+            "events": self.events,
+            "attempts": self.attempts,
+            "usage": self.usage.values,
+            "cost_usd": self.cost,
+            "partial": self.partial,
+        }
+
+
+class Telemetry:
+    """Ends each call's record: cost, trailer, log line, metrics."""
+
+    def __init__(self, prices: PriceTable, metrics: Metrics | None) -> None:
+        self.prices = prices
+        self.metrics = metrics
+
+    def finish(self, call: CallRecord) -> None:
+        """Price the call, log it and count it (once, at its end)."""
+        call.ended = time.monotonic()
+        # A priced model with no usage yet (refused, failed before message_start) cost nothing; an
+        # unpriced model's cost is unknown (None), whatever its tokens.
+        call.cost = self.prices.cost(call.model, call.usage)
+        log.info("%s", json.dumps(call.log_line(), separators=(",", ":")))
+        if self.metrics is not None:
+            self.metrics.record(call)
+
+    @staticmethod
+    def trailer(call: CallRecord) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata that reports the call's usage and cost to the caller."""
+        return ((USAGE_KEY, json.dumps(call.summary(), separators=(",", ":"))),)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

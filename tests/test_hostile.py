@@ -1,0 +1,337 @@
+"""A hostile upstream on loopback: every misbehaviour costs one call a clean status, never the process,
+the key, the memory or the other calls (health keeps answering throughout)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from claude_gateway.client import create_request
+from claude_gateway.v1 import chat_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.app import Gateway, build_server, sdk_client
+from server.config import Settings
+from tests.harness import API_KEY, Status, body, run, status_of, stream_request
+from tests.hostile import MESSAGE_START, Answer, Hostile, Request, head, sse
+
+TRANSPORTS = ["aiohttp", "httpx"]
+SSE_HEAD = {"content_type": "text/event-stream", "request_id": "req_hostile01"}
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@dataclass
+class Outcome:
+    """What one call through the gateway ended with, and how the gateway fared meanwhile."""
+
+    status: Status | None
+    events: int  # events the client received before the end
+    metadata: list[tuple[str, str]]
+    slowest_health: float  # seconds, the slowest health check (or stall of its 20 ms loop) while the call ran
+    health_failures: int
+    rss_growth: int  # bytes, peak RSS during the call over RSS before it
+
+
+@contextlib.asynccontextmanager
+async def aimed_at(up: Hostile, **settings: object) -> AsyncIterator[Gateway]:
+    """A gateway whose upstream is ``up``."""
+    config = Settings(listen="127.0.0.1:0", **settings)  # type: ignore[arg-type]
+    gw = await build_server(config, sdk_client(config, base_url=up.url, api_key=API_KEY))
+    try:
+        yield gw
+    finally:
+        await gw.close()
+
+
+async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
+    """One call of ``rpc``, with health checked every 20 ms and RSS sampled while it runs."""
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{gw.port}", options=[("grpc.max_receive_message_length", -1)]
+    ) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        base = peak = rss()
+        slowest, failures, done = 0.0, 0, asyncio.Event()
+
+        async def probe() -> None:
+            nonlocal slowest, failures, peak
+            while not done.is_set():
+                started = time.monotonic()
+                try:
+                    await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.aio.AioRpcError:
+                    failures += 1
+                slowest = max(slowest, time.monotonic() - started)
+                peak = max(peak, rss())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 0.02)
+                slowest = max(slowest, time.monotonic() - started - 0.02)  # a stalled loop shows here too
+
+        prober = asyncio.create_task(probe())
+        status, events, metadata = None, 0, []
+        try:
+            if rpc == "StreamMessage":
+                call = stub.StreamMessage(stream_request(body()), timeout=30)
+                async for response in call:
+                    events += len(response.events)
+            else:
+                call = stub.CreateMessage(create_request(body()), timeout=30)
+                await call
+            metadata = [(k, v) for k, v in (await call.initial_metadata() or ())]
+        except grpc.aio.AioRpcError as err:
+            status = status_of(err)
+            metadata = [(k, str(v)) for k, v in (err.initial_metadata() or ())]
+        finally:
+            done.set()
+            await prober
+        return Outcome(status, events, metadata, slowest, failures, max(0, peak - base))
+
+
+def healthy(outcome: Outcome) -> None:
+    print(f"slowest health check {outcome.slowest_health * 1e3:.1f} ms, RSS growth {outcome.rss_growth >> 10} KiB")
+    assert outcome.health_failures == 0, outcome
+    assert outcome.slowest_health < 0.5, outcome
+
+
+async def endless_line(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+    """200, message_start, then one `data:` line that never ends (64 KiB writes until the client leaves)."""
+    await up.send(writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START) + b"event: ping\ndata: ")
+    block = b"a" * 65536
+    while True:
+        await up.send(writer, block)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_data_line_that_never_ends_is_cut_at_max_event_bytes_with_memory_bounded_and_health_answering(
+    transport: str,
+) -> None:
+    """An endless `data:` line ends the call RESOURCE_EXHAUSTED / UPSTREAM_EVENT_TOO_LARGE near the bound."""
+
+    async def go() -> None:
+        async with Hostile(endless_line) as up, aimed_at(up, max_event_bytes=1 << 20, http_client=transport) as gw:
+            outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "UPSTREAM_EVENT_TOO_LARGE"
+            assert outcome.events == 1  # message_start was delivered before the cut
+            await up.gone.wait()
+            assert up.written < 16 << 20, up.written  # the bound plus socket buffers, not the endless rest
+            print(f"upstream wrote {up.written >> 10} KiB before the call ended")
+            assert outcome.rss_growth < 48 << 20, outcome.rss_growth
+            healthy(outcome)
+
+    run(go)
+
+
+@pytest.mark.parametrize("trickle", [b": still here\n\n", b"a"], ids=["comments", "a-line-byte-by-byte"])
+def test_bytes_that_complete_no_event_do_not_keep_a_stream_alive(trickle: bytes) -> None:
+    """Comments, or an endless line in small pieces, every 20 ms end the call UPSTREAM_IDLE_TIMEOUT."""
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START))
+        if trickle == b"a":
+            await up.send(writer, b"event: ping\ndata: ")
+        while True:
+            await up.send(writer, trickle)
+            await asyncio.sleep(0.02)
+
+    async def go() -> None:
+        async with Hostile(answer) as up, aimed_at(up, idle_timeout=0.5) as gw:
+            started = time.monotonic()
+            outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "UPSTREAM_IDLE_TIMEOUT"
+            assert time.monotonic() - started < 5
+            assert outcome.events == 1
+            healthy(outcome)
+
+    run(go)
+
+
+def test_framer_cost_is_linear_in_the_bytes_of_one_long_event() -> None:
+    """32 MiB of one event fed in 4 KiB reads is framed in well under two seconds (re-copying would take minutes)."""
+    from server.events import SseFramer
+
+    framer = SseFramer(max_event_bytes=64 << 20)
+    started = time.process_time()
+    assert framer.feed(b"event: ping\ndata: ") == []
+    chunk = b"x" * 4096
+    for _ in range((32 << 20) // 4096):
+        assert framer.feed(chunk) == []
+    ((name, data),) = framer.feed(b"\n\n")
+    assert (name, len(data)) == ("ping", 32 << 20)
+    assert time.process_time() - started < 2.0
+
+
+def compressed(status: int, inflated: int) -> Answer:
+    bomb = gzip.compress(b"\0" * inflated, compresslevel=9)  # made here, not on the gateway's event loop
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(status, content_type="text/event-stream", content_encoding="gzip") + bomb)
+
+    return answer
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("status", [200, 500])
+def test_a_compressed_body_is_refused_without_inflating_it(transport: str, status: int) -> None:
+    """A gzip body (64 MiB inflated) is refused FAILED_PRECONDITION / UPSTREAM_COMPRESSED; identity was asked."""
+
+    answer = compressed(status, 64 << 20)
+
+    async def go() -> None:
+        async with Hostile(answer) as up, aimed_at(up, http_client=transport) as gw:
+            outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "UPSTREAM_COMPRESSED"
+            assert up.requests[0].headers.get("accept-encoding") == "identity"
+            assert outcome.rss_growth < 32 << 20, outcome.rss_growth
+            healthy(outcome)
+
+    run(go)
+
+
+async def numbers(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+    """A valid stream whose tool_use input is a list of a million numbers (2 MiB of JSON, 11 MiB as a proto)."""
+    block = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": [1] * 1_000_000}}
+    await up.send(writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START))
+    await up.send(
+        writer, sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+    )
+    stop = {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}
+    await up.send(writer, sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    await up.send(writer, sse("message_delta", stop) + sse("message_stop", {"type": "message_stop"}))
+
+
+@pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
+def test_an_event_that_takes_seconds_to_convert_does_not_stall_health_or_other_calls(rpc: str) -> None:
+    """A 2 MiB event of a million numbers is converted off the event loop: health answers throughout."""
+
+    async def go() -> None:
+        async with Hostile(numbers) as up, aimed_at(up) as gw:
+            outcome = await call_through(gw, rpc)
+            assert outcome.status is None, outcome.status
+            healthy(outcome)
+
+    run(go)
+
+
+async def huge_error(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+    """HTTP 500 whose body never ends."""
+    await up.send(writer, head(500, content_type="application/json") + b'{"type":"error","error":{"message":"')
+    block = b"b" * 65536
+    while True:
+        await up.send(writer, block)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_endless_error_body_is_read_only_to_max_error_body_bytes(transport: str) -> None:
+    """A 500 with an endless body ends UNAVAILABLE after reading about GATEWAY_MAX_ERROR_BODY_BYTES of it."""
+
+    async def go() -> None:
+        async with Hostile(huge_error) as up, aimed_at(up, http_client=transport, max_attempts=1) as gw:
+            outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.UNAVAILABLE
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.metadata["http_status"] == "500"
+            await up.gone.wait()
+            assert up.written < 16 << 20, up.written
+            print(f"upstream wrote {up.written >> 10} KiB of its error body before the call ended")
+            assert outcome.rss_growth < 32 << 20, outcome.rss_growth
+            healthy(outcome)
+
+    run(go)
+
+
+def echoing(where: str) -> Answer:
+    """An upstream that hands back the key it was sent, ``where`` the test says."""
+
+    async def answer(up: Hostile, request: Request, writer: asyncio.StreamWriter) -> None:
+        authorization = request.headers["authorization"]  # "Bearer <key>"
+        key = authorization.removeprefix("Bearer ")
+        if where == "error body":
+            error = {"type": "error", "error": {"type": "authentication_error", "message": f"bad key {key}"}}
+            data = json.dumps({**error, "request_id": f"req_{key}"}).encode()
+            await up.send(writer, head(401, content_type="application/json", request_id=key) + data)
+        else:
+            await up.send(writer, head(200, content_type="text/event-stream", request_id=f"req_{key}"))
+            await up.send(writer, sse("message_start", MESSAGE_START))
+            said = f"Authorization: {authorization}"
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": said}}
+            await up.send(writer, sse("error", {**error, "request_id": key}))
+
+    return answer
+
+
+@pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
+@pytest.mark.parametrize("where", ["error body", "error event"])
+def test_a_key_echoed_by_the_upstream_reaches_neither_the_caller_nor_the_log(
+    where: str, rpc: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key echoed in an error message, request id header or error event is redacted or dropped everywhere."""
+    caplog.set_level(logging.INFO)
+
+    async def go() -> Outcome:
+        async with Hostile(echoing(where)) as up, aimed_at(up, max_attempts=1) as gw:
+            return await call_through(gw, rpc)
+
+    outcome = run(go)
+    assert outcome.status is not None
+    assert outcome.status.code == (
+        grpc.StatusCode.UNAUTHENTICATED if where == "error body" else grpc.StatusCode.UNAVAILABLE
+    )
+    assert "[REDACTED]" in outcome.status.message
+    seen = repr(outcome) + caplog.text
+    assert API_KEY not in seen
+    assert API_KEY[4:20] not in seen  # nor a recognisable piece of it
+    assert outcome.status.error_info is not None
+    assert "request_id" not in outcome.status.error_info.metadata
+    assert not [v for k, v in outcome.metadata if k == "anthropic-request-id"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_redirect_to_another_origin_is_not_followed(transport: str) -> None:
+    """A 307 elsewhere ends FAILED_PRECONDITION / UPSTREAM_REDIRECTED; the prompt never reaches the other origin."""
+
+    async def nothing(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(200, **SSE_HEAD))
+
+    async def go() -> None:
+        async with Hostile(nothing) as elsewhere:
+
+            async def redirect(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+                await up.send(writer, head(307, location=f"{elsewhere.url}/v1/messages", content_length="0"))
+
+            async with Hostile(redirect) as up, aimed_at(up, http_client=transport) as gw:
+                outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "UPSTREAM_REDIRECTED"
+            assert len(up.requests) == 1
+            assert elsewhere.requests == []
+
+    run(go)

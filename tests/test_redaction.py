@@ -1,0 +1,75 @@
+"""What the upstream says, made safe: secrets masked, messages bounded, request ids checked, logs filtered."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import grpc
+import pytest
+
+from server.errors import Failure
+from server.redaction import MASK, LogRedaction, Redactor, request_id
+from tests.harness import API_KEY
+
+TOKEN = "gw-caller-token-123456"
+
+
+@pytest.mark.parametrize(
+    ("value", "passed"),
+    [
+        ("req_011CSHoEeqs5C35K2UUqR7Fy", True),
+        ("req_sim00000000000000001", True),
+        ("req_", False),
+        ("request-1", False),
+        ("req_" + "a" * 121, False),
+        ("req_abc\r\nx-injected: 1", False),
+        ("req_abc def", False),
+        (None, False),
+        (42, False),
+    ],
+)
+def test_request_ids_pass_only_when_they_look_like_one(value: object, passed: bool) -> None:
+    """`req_` and up to 120 of [A-Za-z0-9_-]; anything else is dropped."""
+    assert request_id(value) == (value if passed else None)
+
+
+def test_failures_lose_every_secret_and_keep_a_bounded_message() -> None:
+    """The key and the caller token are masked, the message cut at 1,024 characters, a tainted id dropped."""
+    redactor = Redactor((API_KEY, TOKEN, None, "short"))
+    failure = Failure(
+        grpc.StatusCode.UNAVAILABLE,
+        "API_ERROR",
+        f"upstream said {API_KEY} and Bearer {TOKEN} and short " + "x" * 5000,
+        request_id=f"req_{API_KEY.replace('-', '_')}",
+    )
+    clean = redactor.failure(failure)
+    assert API_KEY not in clean.message
+    assert TOKEN not in clean.message
+    assert clean.message.count(MASK) == 2
+    assert "short" in clean.message  # too short to be a secret: ordinary words stay
+    assert len(clean.message) < 1100
+    tainted = Failure(grpc.StatusCode.UNAVAILABLE, "X", "m", request_id=f"req_{TOKEN}")
+    assert redactor.failure(tainted).request_id is None
+
+
+def test_log_filter_masks_secrets_in_messages_arguments_and_tracebacks() -> None:
+    """A record carrying the key in its arguments or its exception's text is written without it."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(LogRedaction(Redactor((API_KEY,))))
+    logger = logging.getLogger("tests.redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("header was %s", f"Bearer {API_KEY}")
+        try:
+            raise ValueError(f"bad key {API_KEY}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = out.getvalue()
+    assert API_KEY not in text
+    assert text.count(MASK) == 2
+    assert "ValueError" in text

@@ -1,0 +1,185 @@
+"""Usage merging, pricing and bounded labels: pure functions, table tests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from claude_gateway.usage import USAGE_KEY, from_metadata
+
+from server.metrics import OTHER, LabelCap
+from server.prices import load
+from server.telemetry import CallRecord, Telemetry
+from server.usage import Usage
+
+START = {"input_tokens": 2100, "cache_creation_input_tokens": 1500, "cache_read_input_tokens": 4000, "output_tokens": 3}
+
+
+def start(usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "message_start", {"type": "message_start", "message": {"id": "msg_1", "usage": usage}}
+
+
+def delta(usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}
+
+
+MERGES: list[tuple[str, list[tuple[str, dict[str, Any]]], dict[str, Any]]] = [
+    ("input side from message_start", [start(START)], START),
+    (
+        "message_delta counts are cumulative totals, not increments",
+        [start(START), delta({"output_tokens": 40}), delta({"output_tokens": 95})],
+        {**START, "output_tokens": 95},
+    ),
+    (
+        "null in message_delta keeps the message_start value",
+        [start(START), delta({"input_tokens": None, "cache_read_input_tokens": None, "output_tokens": 7})],
+        {**START, "output_tokens": 7},
+    ),
+    (
+        "absent keys keep their value; a repeated count replaces it",
+        [start(START), delta({"input_tokens": 2200, "output_tokens": 9})],
+        {**START, "input_tokens": 2200, "output_tokens": 9},
+    ),
+    (
+        "nested objects merge key by key",
+        [
+            start({**START, "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 500}}),
+            delta(
+                {"cache_creation": {"ephemeral_1h_input_tokens": None}, "server_tool_use": {"web_search_requests": 1}}
+            ),
+            delta({"server_tool_use": {"web_fetch_requests": 2}, "output_tokens_details": {"thinking_tokens": 12}}),
+        ],
+        {
+            **START,
+            "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 500},
+            "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 2},
+            "output_tokens_details": {"thinking_tokens": 12},
+        },
+    ),
+    ("events without usage change nothing", [("content_block_delta", {"usage": {"output_tokens": 5}})], {}),
+]
+
+
+@pytest.mark.parametrize(("case", "events", "merged"), MERGES, ids=[m[0] for m in MERGES])
+def test_usage_merges_as_the_api_defines_it(case: str, events: list[tuple[str, dict[str, Any]]], merged: Any) -> None:
+    """Each event sequence merges to exactly the usage object the API means."""
+    usage = Usage()
+    for name, obj in events:
+        usage.observe(name, obj)
+    assert usage.values == merged
+
+
+COUNTS: list[tuple[dict[str, Any], dict[str, int], int | None]] = [
+    (
+        {**START, "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 500}},
+        {"input": 2100, "output": 3, "cache_read": 4000, "cache_write_5m": 1000, "cache_write_1h": 500},
+        None,
+    ),
+    (  # no breakdown: all cache writes at the default 5 minute lifetime
+        START,
+        {"input": 2100, "output": 3, "cache_read": 4000, "cache_write_5m": 1500, "cache_write_1h": 0},
+        None,
+    ),
+    (
+        {"input_tokens": 10, "output_tokens": 50, "output_tokens_details": {"thinking_tokens": 30}},
+        {"input": 10, "output": 50, "cache_read": 0, "cache_write_5m": 0, "cache_write_1h": 0},
+        30,
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "tokens", "thinking"), COUNTS)
+def test_usage_counts_each_token_type_once(
+    values: dict[str, Any], tokens: dict[str, int], thinking: int | None
+) -> None:
+    """Priced token counts split cache writes by lifetime and report thinking tokens only when the API did."""
+    usage = Usage()
+    usage.merge(values)
+    assert usage.tokens() == tokens
+    assert usage.thinking_tokens == thinking
+
+
+SONNET_46 = {**START, "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 500}}
+
+COSTS: list[tuple[str, dict[str, Any], float | None]] = [
+    # 2100 x 3 + 95 x 15 + 1000 x 3.75 + 500 x 6 + 4000 x 0.30 = 15675 per million
+    ("claude-sonnet-4-6", {**SONNET_46, "output_tokens": 95}, 0.015675),
+    ("claude-haiku-4-5-20251001", {"input_tokens": 1_000_000, "output_tokens": 1_000_000}, 6.0),  # dated snapshot
+    ("claude-opus-4-6", {}, 0.0),  # a priced model that reported nothing cost nothing
+    ("claude-unknown-9", {"input_tokens": 10, "output_tokens": 10}, None),  # unpriced: unknown, never zero
+    ("claude-sonnet-4-6x", {"input_tokens": 10}, None),  # a prefix match needs the "-" boundary
+]
+
+
+@pytest.mark.parametrize(("model", "values", "cost"), COSTS)
+def test_shipped_price_table_prices_each_token_type(model: str, values: dict[str, Any], cost: float | None) -> None:
+    """The shipped table prices input, output, both cache writes and cache reads; unknown models cost None."""
+    usage = Usage()
+    usage.merge(values)
+    assert load().cost(model, usage) == cost
+
+
+def test_prices_file_replaces_the_shipped_table(tmp_path: Path) -> None:
+    """An operator's file is the whole table: its models are priced by it, the shipped ones no longer."""
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        "[models.my-model]\ninput = 1\noutput = 2\ncache_write_5m = 0\ncache_write_1h = 0\ncache_read = 0\n"
+    )
+    usage = Usage()
+    usage.merge({"input_tokens": 500_000, "output_tokens": 250_000})
+    table = load(str(path))
+    assert table.cost("my-model", usage) == 1.0
+    assert table.cost("claude-sonnet-4-6", usage) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("not toml [", "not TOML"),
+        ("[other]\nx = 1\n", r"no \[models\.NAME\]"),
+        ("[models.m]\ninput = 1\n", "must set exactly"),
+        (
+            "[models.m]\ninput = -1\noutput = 1\ncache_write_5m = 1\ncache_write_1h = 1\ncache_read = 1\n",
+            "must be a number >= 0",
+        ),
+    ],
+)
+def test_a_bad_prices_file_is_refused_with_what_is_wrong(tmp_path: Path, text: str, complaint: str) -> None:
+    """A prices file that is not a complete table of numbers stops start-up with a message saying why."""
+    path = tmp_path / "prices.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=complaint):
+        load(str(path))
+
+
+def test_a_bounded_label_keeps_the_first_values_then_says_other() -> None:
+    """Past its limit a label files new values under `other`, keeping those it already has and the always-kept."""
+    cap = LabelCap(2, frozenset({"kept"}))
+    assert [cap(v) for v in ("a", "b", "c", "a", "kept", "d")] == ["a", "b", OTHER, "a", "kept", OTHER]
+
+
+def test_the_trailer_round_trips_through_the_client_parser() -> None:
+    """What the server puts in the trailer is what the client library reads back."""
+    record = CallRecord("StreamMessage", "claude-sonnet-4-6")
+    record.usage.merge({**SONNET_46, "output_tokens": 95})
+    Telemetry(load(), None).finish(record)
+    parsed = from_metadata([("other", "x"), *Telemetry.trailer(record)])
+    assert parsed is not None
+    assert (parsed.model, parsed.cost_usd, parsed.partial) == ("claude-sonnet-4-6", 0.015675, True)
+    assert parsed.usage == record.usage.values
+    assert (parsed.input_tokens, parsed.output_tokens) == (2100, 95)
+    assert from_metadata([("other", "x")]) is None
+    with pytest.raises(ValueError, match=USAGE_KEY):
+        from_metadata([(USAGE_KEY, "[]")])
+
+
+def test_shipped_cache_prices_follow_the_published_multipliers() -> None:
+    """Every shipped model's cache prices are 1.25x (5m write), 2x (1h write) and 0.1x (read) its input price."""
+    for name, price in load().models.items():
+        assert (price.cache_write_5m, price.cache_write_1h, price.cache_read) == (
+            price.input * Decimal("1.25"),
+            price.input * 2,
+            price.input * Decimal("0.1"),
+        ), name
