@@ -37,7 +37,9 @@ from protobuf.wkt import Any as AnyDetail
 from server.accumulator import MessageAccumulator
 from server.admission import Undecodable
 from server.call import Calls
-from server.events import Event, to_response
+from server.errors import GatewayError
+from server.events import Event
+from server.servicer import converted
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -109,7 +111,9 @@ class HttpCallContext:
         return f"ipv4:{self._ctx.client_address}" if self._ctx.client_address else "unknown"
 
     async def abort_with_status(self, status: grpc.Status) -> None:
-        """End the call with ``status``: connectrpc writes it as Connect error JSON or gRPC-Web trailers."""
+        """End the call with ``status``: connectrpc writes it as Connect error JSON or gRPC-Web trailers,
+        with the status's other trailing metadata (the usage report) beside it."""
+        self.set_trailing_metadata((k, v) for k, v in status.trailing_metadata or () if k != STATUS_DETAILS_KEY)
         raise to_connect_error(status)
 
 
@@ -186,12 +190,18 @@ class ChatHandlers:
     async def stream_message(
         self, request: pb.StreamMessageRequest, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[pb.StreamMessageResponse]:
-        """StreamMessage: each batch is one message, sent before the call reads the next."""
+        """StreamMessage: each batch is one message (or more, to fit), sent before the call reads on."""
         queue: asyncio.Queue[pb.StreamMessageResponse | None] = asyncio.Queue()
 
+        limit = self._calls.settings.max_message_bytes
+
         async def write(batch: list[Event]) -> None:
-            queue.put_nowait(to_response(batch))
-            await queue.join()  # until the message is sent: the browser's pace is the call's
+            out, failure = await converted(batch, limit)  # as on gRPC: split to fit, or REPLY_TOO_LARGE
+            for response in out:
+                queue.put_nowait(response)
+                await queue.join()  # until the message is sent: the browser's pace is the call's
+            if failure is not None:
+                raise GatewayError(failure)
 
         call = self._start("StreamMessage", request, ctx, write)
         call.add_done_callback(lambda _: queue.put_nowait(None))
@@ -207,7 +217,7 @@ class ChatHandlers:
         self, request: pb.CreateMessageRequest, ctx: RequestContext[Any, Any]
     ) -> pb.CreateMessageResponse:
         """CreateMessage: the events summed into one message."""
-        message = MessageAccumulator()
+        message = MessageAccumulator(self._calls.settings.max_message_bytes, getattr(request, "betas", ()))
         call = self._start("CreateMessage", request, ctx, message.add)
         try:
             await call

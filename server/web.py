@@ -37,7 +37,10 @@ CORS_REQUEST_HEADERS = (
     b"content-type, connect-protocol-version, connect-timeout-ms, connect-content-encoding, "
     b"connect-accept-encoding, grpc-timeout, x-grpc-web, x-user-agent, authorization"
 )
-CORS_RESPONSE_HEADERS = b"grpc-status, grpc-message, grpc-status-details-bin, anthropic-request-id"
+CORS_RESPONSE_HEADERS = (
+    b"grpc-status, grpc-message, grpc-status-details-bin, anthropic-request-id, "
+    b"claude-gateway-usage, trailer-claude-gateway-usage"  # the usage report: a trailer, or Connect unary's header
+)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,13 @@ def texts(responses: list[dict[str, Any]]) -> str:
     )
 
 
+def usage_of(end: dict[str, Any]) -> dict[str, Any]:
+    """The usage report in a Connect end-of-stream message that carries no error."""
+    assert "error" not in end, end
+    report: dict[str, Any] = json.loads(end["metadata"]["claude-gateway-usage"][0])
+    return report
+
+
 def details_of(error: dict[str, Any]) -> dict[str, Any]:
     """Connect error JSON details, decoded by type name."""
     types = {"google.rpc.ErrorInfo": error_details_pb2.ErrorInfo, "google.rpc.BadRequest": error_details_pb2.BadRequest}
@@ -113,7 +120,7 @@ def test_connect_json_stream_relays_the_reply_in_many_messages_then_ends_ok() ->
             assert reply.headers["anthropic-request-id"].startswith("req_sim")
             *messages, (end_flags, end) = frames(reply.body)
             assert end_flags == 2
-            assert json.loads(end) == {}
+            assert usage_of(json.loads(end))["usage"]["output_tokens"] == 12  # an OK end: no error, the usage
             responses = [json.loads(m) for _, m in messages]
             assert len(responses) > 3
             over_grpc = await h.events(body("Hello [[sim:tokens 12]]"))
@@ -152,6 +159,7 @@ def test_connect_unary_json_returns_the_whole_message() -> None:
             message = json.loads(reply.body)["message"]
             assert message["stopReason"] == "end_turn"
             assert message["usage"]["outputTokens"] == 6
+            assert json.loads(reply.headers["trailer-claude-gateway-usage"])["usage"]["output_tokens"] == 6
             assert message["content"][0]["text"]["text"].startswith("Hello there")
 
     run(go)
@@ -220,6 +228,7 @@ def test_grpc_web_stream_ends_with_a_trailer_frame() -> None:
             *messages, (trailer_flags, trailer) = frames(reply.body)
             assert trailer_flags == 0x80
             assert "grpc-status: 0" in trailer.decode().lower()
+            assert "claude-gateway-usage: " in trailer.decode().lower()
             assert all(pb.StreamMessageResponse.FromString(m).events for _, m in messages)
 
     run(go)
@@ -343,7 +352,7 @@ def test_drain_refuses_new_http_calls_lets_open_ones_finish_then_closes_the_port
                 refused = await post(f"{url}{SERVICE}/CreateMessage", "application/json", short)
                 assert json.loads(refused.body)["code"] == "unavailable"
                 rest = await response.read()
-                assert json.loads(frames(rest)[-1][1]) == {}  # the open stream ended OK
+                assert "error" not in json.loads(frames(rest)[-1][1])  # the open stream ended OK
             await drain
             with pytest.raises(aiohttp.ClientConnectionError):
                 await post(f"{url}{SERVICE}/CreateMessage", "application/json", short)
@@ -455,7 +464,7 @@ def test_readme_curl_command_streams_json_lines_while_the_call_runs() -> None:
             assert h.gateway.admission.active == 1  # the reply is still streaming
             rest = [json.loads(line) for line in (await proc.stdout.read()).decode().splitlines()]
             assert await proc.wait() == 0
-            assert rest[-1] == {}  # the end-of-stream message: OK
+            assert usage_of(rest[-1])["partial"] is False  # the end-of-stream message: OK, with the usage
             assert len(texts([first, *rest[:-1]]).split()) > 5
 
     run(go)
