@@ -8,7 +8,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos fuzz bench clean node buf-lint buf-breaking ts-protos ts-check
+.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos fuzz bench clean node buf-lint buf-breaking ts-protos ts-check page page-check
 
 setup: $(STAMP)
 
@@ -59,7 +59,7 @@ TS_SOURCES := $(shell find client/ts/src client/ts/examples -name '*.ts') client
 
 node: $(TS_BUILT)
 
-$(NODE_STAMP): package.json package-lock.json client/ts/package.json
+$(NODE_STAMP): package.json package-lock.json client/ts/package.json client/web/package.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
@@ -85,7 +85,23 @@ buf-lint: node
 buf-breaking: node
 	$(BUF) breaking protos --against protos/released/v1.binpb
 
-test: lint typecheck proto-check ts-check buf-lint buf-breaking node
+# The chat page's browser bundle, server/page/chat.js: client/web/src on @claude-gateway/client (client/ts/src)
+# and @connectrpc/connect-web. Committed, so that the demo, the wheel and images need no Node.js.
+PAGE_BUNDLE := server/page/chat.js
+ESBUILD_PAGE = node_modules/.bin/esbuild client/web/src/chat.ts --bundle --format=esm --target=es2022 --minify \
+	--legal-comments=none --alias:@claude-gateway/client=./client/ts/src/index.ts --log-level=warning
+
+page: node
+	$(ESBUILD_PAGE) --outfile=$(PAGE_BUNDLE)
+
+# Fails when the page's sources do not type-check or the committed bundle differs from what they build.
+page-check: node
+	node_modules/.bin/tsc -p client/web
+	@tmp=$$(mktemp -d) && $(ESBUILD_PAGE) --outfile=$$tmp/chat.js && \
+	cmp -s $$tmp/chat.js $(PAGE_BUNDLE) || { echo "page drift: run 'make page' and commit $(PAGE_BUNDLE)"; exit 1; }; \
+	rm -rf $$tmp; echo "page-check: $(PAGE_BUNDLE) matches client/web/src"
+
+test: lint typecheck proto-check ts-check page-check buf-lint buf-breaking node
 	$(PY) -m pytest -q
 
 # 10,000 generated and mutated requests at a deployed gateway (tests/test_fuzz.py; about a minute).

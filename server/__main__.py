@@ -71,7 +71,11 @@ async def serve(settings: Settings) -> None:
     stop = termination()
     # The demo, the supervisor and scripts wait for this line: the port is bound, health is SERVING,
     # and SIGTERM drains.
-    print(f"{READY}{host}:{gateway.port}", flush=True)
+    # With the HTTP port on, its URL follows the gRPC address (what readers of the line split off first).
+    scheme = "https" if settings.tls_cert else "http"
+    http_host = settings.http_listen.rpartition(":")[0]
+    http = f" {scheme}://{http_host}:{gateway.http_port}/" if gateway.http_port else ""
+    print(f"{READY}{host}:{gateway.port}{http}", flush=True)
     if gateway.metrics is not None:
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         logging.getLogger("server").info("metrics on http://%s:%d/metrics", metrics_host, gateway.metrics.port)

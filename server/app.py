@@ -28,6 +28,7 @@ from server.redaction import Redactor
 from server.servicer import ChatServicer, lenient
 from server.telemetry import Telemetry
 from server.upstream import Upstream, http_client
+from server.web import WebApplication, WebServer, bind
 
 if TYPE_CHECKING:
     from server.tracing import Tracing
@@ -50,6 +51,12 @@ class Gateway:
     settings: Settings
     metrics: Endpoint | None = None  # the metrics HTTP server, when GATEWAY_METRICS_LISTEN is set
     tracing: Tracing | None = None
+    web: WebServer | None = None  # the HTTP port (Connect, gRPC-Web, chat page), when http_listen is set
+
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP port, None when it is off."""
+        return self.web.port if self.web else None
 
     async def drain(self) -> None:
         """Graceful stop: NOT_SERVING at once; after drain_delay refuse new calls with UNAVAILABLE; give
@@ -68,11 +75,15 @@ class Gateway:
         await self.admission.wait_idle()
         await self.server.stop(0)  # what remains are health Watch streams, which never end by themselves
         await stopping
+        if self.web:
+            await self.web.stop()  # no call is left: close its port and idle keep-alive connections
         await self.close()
 
     async def close(self) -> None:
         """Stop at once and release the upstream client, the callers file watch and the quota store."""
         await self.server.stop(None)
+        if self.web:
+            await self.web.stop(force=True)
         await self.upstream.aclose()
         await self.admission.identity.close()
         await self.admission.quotas.close()
@@ -206,6 +217,18 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         except OSError as exc:
             await upstream.aclose()
             raise BindError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
+    web = None
+    if settings.http_listen:
+        try:
+            sock = bind(settings.http_listen, reuse_port=settings.workers > 1)
+        except (OSError, ValueError):
+            await upstream.aclose()
+            if endpoint is not None:
+                endpoint.stop()
+            raise BindError(
+                f"cannot listen on {settings.http_listen}: the port is in use or the address is not this host's"
+            ) from None
+        web = WebServer(WebApplication(calls, settings), sock, settings)
     await server.start()
     identity.start()
     admission.quotas.start()
@@ -215,6 +238,8 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         settings.policy_file or "none (any caller, any model, no limits)",
         "redis" if settings.redis_url else "in memory",
     )
+    if web:
+        await web.start()
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, admission, upstream, settings, endpoint, tracing)
+    return Gateway(server, port, health_servicer, admission, upstream, settings, endpoint, tracing, web)

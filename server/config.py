@@ -102,6 +102,16 @@ class Settings:
         "life in seconds of a stream's slot in Redis unless its replica renews it (a crashed replica's slots "
         "free after it)",
     )
+    http_listen: str = setting(
+        "",
+        "host:port to also serve ChatService over Connect and gRPC-Web (HTTP/1.1, for browsers and curl; "
+        "TLS with tls_cert); off when empty (port 0 picks a free one)",
+    )
+    cors_origins: str = setting(
+        "",
+        "browser origins allowed to call the HTTP port, comma-separated (`*` = any); no CORS headers when empty",
+    )
+    chat_page: bool = setting(False, "serve the chat page at / of the HTTP port (needs http_listen)")
     workers: int = setting(1, "gateway processes sharing the port through SO_REUSEPORT (about one per core)")
     log_level: str = setting("INFO", "log level; one JSON line per call at INFO", choices=LOG_LEVELS)
     metrics_listen: str = setting(
@@ -146,6 +156,10 @@ class Settings:
         for name in ("max_event_bytes", "max_error_body_bytes"):
             if getattr(self, name) < 1024:
                 raise ValueError(f"{env_name(name)} must be at least 1024, not {getattr(self, name)}")
+        if self.workers > 1 and self.http_listen.endswith(":0"):
+            raise ValueError("GATEWAY_HTTP_LISTEN needs a fixed port with GATEWAY_WORKERS > 1 (the workers share it)")
+        if self.chat_page and not self.http_listen:
+            raise ValueError("GATEWAY_CHAT_PAGE needs GATEWAY_HTTP_LISTEN")
         if self.workers < 1:
             raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
         _, colon, port = self.metrics_listen.rpartition(":")
@@ -175,6 +189,8 @@ class Settings:
 def parse(f: Field[Any], raw: str) -> Any:
     """``raw`` as the type of setting ``f``; ValueError naming the variable when it is not one."""
     kind = cast(Callable[[str], Any], type(f.default))
+    if kind is bool:
+        kind = boolean
     if f.name == "log_level":
         raw = raw.upper()  # logging's names; `info` is meant as INFO
     try:
@@ -185,6 +201,16 @@ def parse(f: Field[Any], raw: str) -> Any:
     if choices and value not in choices:
         raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, not {raw!r}")
     return value
+
+
+def boolean(raw: str) -> bool:
+    """A yes/no setting: true/false, yes/no, on/off or 1/0, in any case."""
+    word = raw.strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
 
 
 def env_name(field_name: str) -> str:

@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError, Message
 from server.accumulator import MessageAccumulator
 from server.admission import Undecodable
 from server.call import Calls
-from server.errors import GatewayError
+from server.errors import Failure, GatewayError
 from server.events import OFFLOAD_BYTES, Event, responses, text_size
 
 
@@ -32,11 +32,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         limit = self._calls.settings.max_message_bytes
 
         async def write(batch: list[Event]) -> None:
-            size = text_size(batch)
-            if size < OFFLOAD_BYTES:
-                out, failure = responses(batch, limit, size)
-            else:
-                out, failure = await asyncio.to_thread(responses, batch, limit)
+            out, failure = await converted(batch, limit)
             for response in out:
                 await context.write(response)
             if failure is not None:
@@ -50,6 +46,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         message = MessageAccumulator(self._calls.settings.max_message_bytes, getattr(request, "betas", ()))
         await self._calls.run("CreateMessage", context, request, message.add)
         return message.response()
+
+
+async def converted(batch: list[Event], limit: int) -> tuple[list[pb.StreamMessageResponse], Failure | None]:
+    """``events.responses`` for one batch, off the event loop when the batch is big; the messages that fit
+    go out before the failure, if any (StreamMessage on gRPC, Connect and gRPC-Web alike)."""
+    size = text_size(batch)
+    if size < OFFLOAD_BYTES:
+        return responses(batch, limit, size)
+    return await asyncio.to_thread(responses, batch, limit)
 
 
 def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:

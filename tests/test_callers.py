@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import subprocess
 import sys
@@ -306,3 +308,38 @@ def test_the_readme_policy_example_is_a_valid_policy() -> None:
     assert rules is not None
     assert rules.limits.concurrent_streams == 50
     assert loaded.rules("someone-else") == loaded.anyone
+
+
+def test_callers_and_their_limits_apply_the_same_over_connect(tmp_path: Path) -> None:
+    """Over the HTTP port (Connect) the bearer token names the caller as on gRPC: the policy's alias,
+    allowlist and max_tokens cap apply, and a cap refusal carries its QuotaFailure."""
+    from google.rpc import error_details_pb2
+
+    from tests.test_web import SERVICE, http_gateway, post, request_json
+
+    callers = write(tmp_path, "callers", f"{token_hash(ALPHA)} alpha\n{token_hash(BETA)} beta\n")
+    policy = write(tmp_path, "policy.yaml", POLICY + "    max_tokens: 300\n")
+
+    async def go() -> None:
+        async with http_gateway(caller_identity="token", callers_file=callers, policy_file=policy) as (_, url):
+            endpoint = f"{url}{SERVICE}/CreateMessage"
+
+            async def create(token: str, **params: Any) -> Any:
+                data = json.dumps(request_json("Hi [[sim:tokens 3]]", **params)).encode()
+                reply = await post(endpoint, "application/json", data, authorization=f"Bearer {token}")
+                return reply.status, json.loads(reply.body)
+
+            status_code, reply = await create(ALPHA, model="chat")
+            assert status_code == 200
+            assert reply["message"]["model"] == "claude-sonnet-4-6"
+            assert (await create(BETA, model="chat"))[1]["code"] == "permission_denied"
+            assert (await create("tok-unknown", model="chat"))[1]["code"] == "unauthenticated"
+            _, error = await create(ALPHA, model="chat", max_tokens=301)
+            assert error["code"] == "resource_exhausted"
+            (quota,) = [d for d in error["details"] if d["type"] == "google.rpc.QuotaFailure"]
+            failure = error_details_pb2.QuotaFailure.FromString(base64.b64decode(quota["value"] + "=="))
+            assert [(v.subject, v.quota_metric, v.quota_value) for v in failure.violations] == [
+                ("caller:alpha", "max_tokens", 300)
+            ]
+
+    run(go)

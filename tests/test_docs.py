@@ -30,9 +30,13 @@ def test_settings_table_lists_every_setting_with_its_flag_and_default() -> None:
     for f in fields(Settings):
         name = env_name(f.name)
         assert name in rows, f"{name} is missing from the README settings table"
-        default = (
-            f.default if isinstance(f.default, str | int) and not isinstance(f.default, bool) else f"{f.default:g}"
-        )
+        default: str | int
+        if isinstance(f.default, bool):
+            default = str(f.default).lower()
+        elif isinstance(f.default, str | int):
+            default = f.default
+        else:
+            default = f"{f.default:g}"
         assert rows[name][1] == flag_name(f.name), name
         assert rows[name][2] == str(default), name
     settings = {env_name(f.name) for f in fields(Settings)}

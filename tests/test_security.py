@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2_grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.config import Settings
@@ -47,6 +50,28 @@ def test_tls_port_serves_tls_clients_and_refuses_plaintext(tmp_path: Path) -> No
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await h.events(body(), timeout=2)
             assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    run(go)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the test certificate")
+def test_http_port_speaks_tls_with_the_grpc_ports_certificate(tmp_path: Path) -> None:
+    """With GATEWAY_TLS_CERT/KEY the HTTP port is https with the same certificate, and refuses plain http."""
+    cert, key = self_signed(tmp_path)
+
+    async def go() -> None:
+        async with gateway(tls_cert=str(cert), tls_key=str(key), http_listen="127.0.0.1:0") as h:
+            url = f"127.0.0.1:{h.gateway.http_port}/claude_gateway.v1.ChatService/CreateMessage"
+            data = json_format.MessageToJson(stream_request(body("Hi [[sim:tokens 3]]"))).encode()
+            context = ssl.create_default_context(cafile=str(cert))
+            async with aiohttp.ClientSession() as session:
+                headers = {"content-type": "application/json"}
+                async with session.post(f"https://{url}", data=data, headers=headers, ssl=context) as response:
+                    assert response.status == 200
+                    assert (await response.json())["message"]["stopReason"] == "end_turn"
+                with pytest.raises(aiohttp.ClientError):
+                    async with session.post(f"http://{url}", data=data, headers=headers) as response:
+                        await response.read()
 
     run(go)
 

@@ -1,0 +1,273 @@
+"""ChatService over the Connect protocol and gRPC-Web: the ``connectrpc`` ASGI application.
+
+connectrpc speaks the wire protocols (Connect unary and streaming, JSON and binary; gRPC-Web); every
+call still runs through ``server.call.Calls.run``, the one path of a call, exactly as on the gRPC
+port. ``HttpCallContext`` gives that path the small surface of ``grpc.aio.ServicerContext`` it uses;
+each call runs in a task of its own, as a grpc.aio handler does, so that the watchdog, the drain and
+a browser that goes away can each cancel it and the upstream request closes with it.
+
+The call's deadline (``connect-timeout-ms`` or ``grpc-timeout``) is taken from the headers here and
+kept by the gateway's watchdog, not by connectrpc, so a deadline ends the call with the gateway's own
+status, log line and details. Request bytes that do not decode reach admission as ``Undecodable`` and
+get INVALID_ARGUMENT with the reason, as on gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from claude_gateway.v1 import chat_pb2 as pb
+from connectrpc.code import Code
+from connectrpc.codec import Codec
+from connectrpc.errors import ConnectError, ErrorDetail
+from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
+from connectrpc.request import RequestContext
+from connectrpc.server import ConnectASGIApplication, Endpoint
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
+from protobuf.wkt import Any as AnyDetail
+
+from server.accumulator import MessageAccumulator
+from server.admission import Undecodable
+from server.call import Calls
+from server.errors import GatewayError
+from server.events import Event
+from server.servicer import converted
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+TIMEOUT_HEADERS = (b"connect-timeout-ms", b"grpc-timeout")
+
+# Every gRPC code and its Connect name: the same numbers, one spelling differs (CANCELLED / canceled).
+CODES: Mapping[grpc.StatusCode, Code] = {
+    code: Code.CANCELED if code is grpc.StatusCode.CANCELLED else Code[code.name]
+    for code in grpc.StatusCode
+    if code is not grpc.StatusCode.OK
+}
+
+# The loop time by which the current HTTP call must end, from its timeout header; None without one.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+_GRPC_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_CONNECT_TIMEOUT = re.compile(r"^[0-9]{1,10}$")
+
+
+def timeout_seconds(name: bytes, value: bytes) -> float | None:
+    """The timeout a ``connect-timeout-ms`` or ``grpc-timeout`` header gives, None when malformed."""
+    text = value.decode("latin-1").strip()
+    if name == b"connect-timeout-ms":
+        return int(text) / 1e3 if _CONNECT_TIMEOUT.match(text) else None
+    match = _GRPC_TIMEOUT.match(text)
+    return int(match[1]) * _GRPC_UNITS[match[2]] if match else None
+
+
+def to_connect_error(status: grpc.Status) -> ConnectError:
+    """The Connect error for a gRPC status: same code, message and rich details (ErrorInfo, ...)."""
+    details: list[ErrorDetail] = []
+    for key, value in status.trailing_metadata or ():
+        if key == STATUS_DETAILS_KEY:
+            for any_pb in status_pb2.Status.FromString(value).details:
+                details.append(ErrorDetail(AnyDetail(type_url=any_pb.type_url, value=any_pb.value)))
+    return ConnectError(CODES[status.code], status.details or "", details)
+
+
+class HttpCallContext:
+    """What ``Calls.run`` needs of a grpc.aio ServicerContext, for a call over Connect or gRPC-Web."""
+
+    def __init__(self, ctx: RequestContext[Any, Any], deadline: float | None) -> None:
+        self._ctx = ctx
+        self._deadline = deadline
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The request headers, as gRPC metadata (lower-case keys): ``authorization`` among them."""
+        return tuple((key.lower(), value) for key, value in self._ctx.request_headers.allitems())
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the call's deadline, None without one."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    async def send_initial_metadata(self, metadata: Iterable[tuple[str, str]]) -> None:
+        """Response headers, sent with the first message (or with the error)."""
+        for key, value in metadata:
+            self._ctx.response_headers[key] = value
+
+    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        """Response trailers: gRPC-Web's trailer frame, Connect's end-of-stream metadata."""
+        for key, value in metadata:
+            self._ctx.response_trailers[key] = value if isinstance(value, str) else value.decode("latin-1")
+
+    def peer(self) -> str:
+        """The client's address, as grpc spells it."""
+        return f"ipv4:{self._ctx.client_address}" if self._ctx.client_address else "unknown"
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        """End the call with ``status``: connectrpc writes it as Connect error JSON or gRPC-Web trailers,
+        with the status's other trailing metadata (the usage report) beside it."""
+        self.set_trailing_metadata((k, v) for k, v in status.trailing_metadata or () if k != STATUS_DETAILS_KEY)
+        raise to_connect_error(status)
+
+
+M = TypeVar("M", bound=Message)
+
+
+class ProtoCodec(Codec[Message, Any]):
+    """Binary protobuf (``application/proto``, ``application/grpc-web+proto``); bad bytes become
+    ``Undecodable`` for admission to refuse."""
+
+    def name(self) -> str:
+        return "proto"
+
+    def encode(self, message: Message) -> bytes:
+        return message.SerializeToString()
+
+    def decode(self, data: bytes | bytearray, message_class: type[M]) -> M | Undecodable:
+        try:
+            return message_class.FromString(bytes(data))
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+
+class JsonCodec(Codec[Message, Any]):
+    """The canonical protobuf JSON (``application/json``, ``application/connect+json``), one line per
+    message; unknown fields and bad JSON become ``Undecodable`` for admission to refuse."""
+
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: Message) -> bytes:
+        return json_format.MessageToJson(message, indent=None).encode()
+
+    def decode(self, data: bytes | bytearray, message_class: type[M]) -> M | Undecodable:
+        message = message_class()
+        try:
+            json_format.Parse(bytes(data), message)
+        except json_format.ParseError as exc:
+            return Undecodable(str(exc))
+        return message
+
+
+def _method(name: str, request: type[Message], response: type[Message], kind: StreamType) -> MethodInfo[Any, Any]:
+    return MethodInfo(
+        name=name,
+        stream_type=kind,
+        service_name=SERVICE,
+        input=request,
+        output=response,
+        idempotency_level=IdempotencyLevel.UNKNOWN,
+    )
+
+
+STREAM_MESSAGE = _method("StreamMessage", pb.StreamMessageRequest, pb.StreamMessageResponse, StreamType.SERVER_STREAM)
+CREATE_MESSAGE = _method("CreateMessage", pb.CreateMessageRequest, pb.CreateMessageResponse, StreamType.UNARY)
+
+
+class ChatHandlers:
+    """The two RPCs for connectrpc, each a call of ``Calls.run`` in a task of its own."""
+
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+
+    def _start(
+        self,
+        method: str,
+        request: Any,
+        ctx: RequestContext[Any, Any],
+        deliver: Callable[[list[Event]], Awaitable[None]],
+    ) -> asyncio.Task[None]:
+        context = HttpCallContext(ctx, _deadline.get())
+        return asyncio.ensure_future(self._calls.run(method, context, request, deliver))
+
+    async def stream_message(
+        self, request: pb.StreamMessageRequest, ctx: RequestContext[Any, Any]
+    ) -> AsyncIterator[pb.StreamMessageResponse]:
+        """StreamMessage: each batch is one message (or more, to fit), sent before the call reads on."""
+        queue: asyncio.Queue[pb.StreamMessageResponse | None] = asyncio.Queue()
+
+        limit = self._calls.settings.max_message_bytes
+
+        async def write(batch: list[Event]) -> None:
+            out, failure = await converted(batch, limit)  # as on gRPC: split to fit, or REPLY_TOO_LARGE
+            for response in out:
+                queue.put_nowait(response)
+                await queue.join()  # until the message is sent: the browser's pace is the call's
+            if failure is not None:
+                raise GatewayError(failure)
+
+        call = self._start("StreamMessage", request, ctx, write)
+        call.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (response := await queue.get()) is not None:
+                yield response
+                queue.task_done()
+            await call  # its status: nothing, or the ConnectError it ended with
+        finally:
+            await _stop(call)
+
+    async def create_message(
+        self, request: pb.CreateMessageRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.CreateMessageResponse:
+        """CreateMessage: the events summed into one message."""
+        message = MessageAccumulator(self._calls.settings.max_message_bytes, getattr(request, "betas", ()))
+        call = self._start("CreateMessage", request, ctx, message.add)
+        try:
+            await call
+        finally:
+            await _stop(call)
+        return message.response()
+
+    def endpoints(self) -> Mapping[str, Any]:  # connectrpc types it by its private Endpoint subclasses
+        """URL path -> endpoint, as connectrpc's generated code would give it."""
+        return {
+            f"/{SERVICE}/StreamMessage": Endpoint.server_stream(method=STREAM_MESSAGE, function=self.stream_message),
+            f"/{SERVICE}/CreateMessage": Endpoint.unary(method=CREATE_MESSAGE, function=self.create_message),
+        }
+
+
+async def _stop(call: asyncio.Task[None]) -> None:
+    """Cancel ``call`` if it still runs (the client left) and wait until it has closed the upstream."""
+    if not call.done():
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+
+
+class ChatApplication(ConnectASGIApplication[ChatHandlers]):
+    """ChatService as an ASGI application: Connect (JSON and binary) and gRPC-Web."""
+
+    def __init__(self, calls: Calls, max_message_bytes: int) -> None:
+        codecs: Sequence[Codec[Any, Any]] = (ProtoCodec(), JsonCodec())
+        super().__init__(
+            service=ChatHandlers(calls),
+            endpoints=ChatHandlers.endpoints,
+            read_max_bytes=max_message_bytes,
+            codecs=codecs,
+        )
+
+    @property
+    def path(self) -> str:
+        return f"/{SERVICE}"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Take the timeout headers out of the request: the gateway keeps the call's deadline itself."""
+        if scope["type"] == "http":
+            deadline = None
+            kept = []
+            for name, value in scope.get("headers", ()):
+                seconds = timeout_seconds(name, value) if name in TIMEOUT_HEADERS else None
+                if seconds is None:
+                    kept.append((name, value))  # a malformed one is left for connectrpc to refuse
+                else:
+                    deadline = asyncio.get_running_loop().time() + seconds
+            scope = {**scope, "headers": kept}
+            _deadline.set(deadline)
+        await super().__call__(scope, receive, send)
