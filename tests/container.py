@@ -215,7 +215,8 @@ def base_platform(docker: Engine, base: str) -> dict[str, str]:
         "print(json.dumps({'version': f'{v.major}{v.minor}', 'glibc': platform.libc_ver()[1], "
         "'machine': platform.machine()}))"
     )
-    found: dict[str, str] = json.loads(docker.docker("run", "--rm", "--network=none", base, "python3", "-c", probe).stdout)
+    done = docker.docker("run", "--rm", "--network=none", base, "python3", "-c", probe)
+    found: dict[str, str] = json.loads(done.stdout)
     return found
 
 
