@@ -11,7 +11,8 @@
 #   PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX
 #                  pip's own settings for the build stage: a package mirror, or a local wheelhouse
 #                  for a build with no package index at all (tests/test_container.py builds so).
-#   VERSION, REVISION   recorded in the OCI labels.
+#   VERSION, REVISION, SOURCE   recorded in the OCI labels (the version, the git commit, the
+#                  repository's URL).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
@@ -32,17 +33,11 @@ RUN /opt/claude-gateway/bin/pip wheel --wheel-dir /wheels /src/client /src \
  && /opt/claude-gateway/bin/pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-LABEL org.opencontainers.image.title="claude-grpc-gateway" \
-      org.opencontainers.image.description="A gRPC gateway to Claude's Messages API: typed, lossless streaming over one ChatService" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.source="https://github.com/example/claude-grpc-gateway"
 COPY --from=build /opt/claude-gateway /opt/claude-gateway
 # The virtualenv's python comes first on PATH, so `python -m server` (the entrypoint, and the command
 # the Kubernetes manifests write out) runs the gateway. The bytecode was compiled at install time:
-# never try to write more of it on a read-only root.
+# never try to write more of it on a read-only root. GATEWAY_LISTEN: all interfaces, since a
+# container's loopback is its own.
 ENV PATH=/opt/claude-gateway/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -52,3 +47,12 @@ ENV PATH=/opt/claude-gateway/bin:$PATH \
 USER 65532:65532
 EXPOSE 50051
 ENTRYPOINT ["python", "-m", "server"]
+# Last, so that a new revision rebuilds no layer above.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/example/claude-grpc-gateway
+LABEL org.opencontainers.image.title="claude-grpc-gateway" \
+      org.opencontainers.image.description="A gRPC gateway to Claude's Messages API: typed, lossless streaming over one ChatService" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"

@@ -15,7 +15,8 @@ Everything that can outlive a run does, under ``$XDG_CACHE_HOME/claude-grpc-gate
 engine's images and layer cache, the wheelhouse), so a second run rebuilds only what changed. A file
 lock there keeps two runs from sharing one engine at once.
 
-``python -m tests.container`` (as root) builds the image this way and prints its size.
+``python -m tests.container`` (as root) builds the image this way and prints its size and the resident
+memory of an idle gateway in it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Debian package's client and daemon (the machine may also carry a newer client elsewhere on PATH).
@@ -257,13 +259,22 @@ def wheelhouse(platform: dict[str, str]) -> Path:
 
 @contextlib.contextmanager
 def served(directory: Path) -> Iterator[str]:
-    """``directory`` served over HTTP on loopback for the block; yields its URL (a pip find-links page)."""
+    """``directory`` served over HTTP on loopback for the block; yields its URL (a pip find-links page).
+
+    The URL is a build argument, and the classic builder reuses a RUN layer only when the build arguments it
+    sees are unchanged: the port is derived from the directory's name (which names its content), so that the
+    same wheels get the same URL run after run, and any free port only if that one is taken."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    handler = functools.partial(Quiet, directory=str(directory))
+    stable = 20000 + int(hashlib.sha256(directory.name.encode()).hexdigest(), 16) % 10000
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", stable), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -295,6 +306,50 @@ def build_image(docker: Engine) -> str:
     return IMAGE
 
 
+def run_args(pod: dict[str, Any], container: dict[str, Any], secrets: Path, env: dict[str, str]) -> list[str]:
+    """``docker run`` flags that run ``container`` of the Kubernetes pod spec ``pod`` as the kubelet would: its
+    user and group, read-only root, dropped capabilities, no privilege escalation, emptyDir volumes as tmpfs,
+    Secret volumes from ``secrets/<secretName>/<key>`` files, its literal env plus ``env``, and its command.
+    The container shares the host's network, where the test reaches it on loopback."""
+    pod_context, context = pod["securityContext"], container["securityContext"]
+    user = context.get("runAsUser", pod_context["runAsUser"])
+    group = context.get("runAsGroup", pod_context["runAsGroup"])
+    args = ["run", "--detach", "--network=host", f"--user={user}:{group}"]
+    if context["readOnlyRootFilesystem"]:
+        args.append("--read-only")
+    args += [f"--cap-drop={capability}" for capability in context["capabilities"]["drop"]]
+    if context["allowPrivilegeEscalation"] is False:
+        args += ["--security-opt", "no-new-privileges"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            args.append(f"--tmpfs={mount['mountPath']}")
+        elif "secret" in volume:
+            source = secrets / volume["secret"]["secretName"]
+            args.append(f"--volume={source}:{mount['mountPath']}:ro")
+        else:
+            raise ValueError(f"no docker equivalent for volume {volume}")
+    literal = {entry["name"]: entry["value"] for entry in container.get("env", []) if "value" in entry}
+    for name, value in (literal | env).items():
+        args += ["--env", f"{name}={value}"]
+    command = container["command"]
+    return [*args, f"--entrypoint={command[0]}", IMAGE, *command[1:]]
+
+
+def secret_files(root: Path, secrets: dict[str, dict[str, str]]) -> Path:
+    """``secrets`` (Secret name -> key -> value) as files under ``root``, readable by any user, as the kubelet
+    mounts a Secret volume (mode 0644)."""
+    root.chmod(0o755)
+    for name, data in secrets.items():
+        folder = root / name
+        folder.mkdir(mode=0o755)
+        for key, value in data.items():
+            (folder / key).write_text(value + "\n", encoding="utf-8")
+            (folder / key).chmod(0o644)
+    return root
+
+
 def megabytes(size: object) -> float:
     return round(int(str(size)) / 1e6, 1)
 
@@ -305,6 +360,24 @@ def image_sizes(docker: Engine, image: str) -> dict[str, float]:
     (base,) = docker.inspect("image", "inspect", dockerfile_arg("PYTHON_IMAGE"))
     total, below = megabytes(found["Size"]), megabytes(base["Size"])
     return {"image": total, "base": below, "gateway": round(total - below, 1)}
+
+
+def idle_rss_mib(docker: Engine, image: str) -> float:
+    """Resident memory of the image's gateway, one worker, started and idle (MiB)."""
+    args = ["run", "--detach", "--network=none", "--read-only", "--cap-drop=ALL", "--env=ANTHROPIC_API_KEY=unused"]
+    name = docker.docker(*args, "--env=GATEWAY_WORKERS=1", image).stdout.strip()
+    try:
+        deadline = time.monotonic() + 60
+        while "gateway listening" not in docker.docker("logs", name).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start:\n{docker.docker('logs', name).stderr}")
+            time.sleep(0.2)  # polls a container that signals readiness only on its stdout
+        pid = json.loads(docker.docker("container", "inspect", "--format={{json .State.Pid}}", name).stdout)
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+        (kilobytes,) = re.findall(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+        return round(int(kilobytes) / 1024, 1)
+    finally:
+        docker.docker("rm", "--force", name, check=False)
 
 
 def main() -> None:
@@ -319,6 +392,7 @@ def main() -> None:
             f"{image} built in {time.monotonic() - started:.0f} s with {docker.storage_driver}: {sizes['image']} MB, "
             f"of which the base {sizes['base']} MB and the gateway's virtualenv {sizes['gateway']} MB"
         )
+        print(f"one idle gateway worker in it: {idle_rss_mib(docker, image)} MiB resident")
 
 
 if __name__ == "__main__":
