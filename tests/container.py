@@ -52,7 +52,6 @@ BUILD_STAGE_IMAGE = "claude-grpc-gateway:test-build"
 # for the build stage), and CA certificates for the gateway's TLS to the API.
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 RECIPE_LABEL = "org.claude-grpc-gateway.test.recipe"
-CLIENT_PYPROJECT = ROOT / "client" / "pyproject.toml"
 
 
 def cache_dir() -> Path:
@@ -224,16 +223,9 @@ def base_platform(docker: Engine, base: str) -> dict[str, str]:
 
 
 def project_requirements() -> list[str]:
-    """What the Dockerfile builds needs from the index: the build requirements and dependencies of the root
-    project and of the client project beside it (the build stage makes wheels of both), less those two."""
-    projects = [tomllib.loads(p.read_text(encoding="utf-8")) for p in (ROOT / "pyproject.toml", CLIENT_PYPROJECT)]
-    local = {project["project"]["name"] for project in projects}
-    wanted: list[str] = []
-    for project in projects:
-        for requirement in [*project["build-system"]["requires"], *project["project"]["dependencies"]]:
-            if re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0] not in local and requirement not in wanted:
-                wanted.append(requirement)
-    return wanted
+    """What building and running the root project needs from the index: its build requirements and dependencies."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    return [*project["build-system"]["requires"], *project["project"]["dependencies"]]
 
 
 def wheelhouse(platform: dict[str, str]) -> Path:
