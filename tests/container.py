@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -143,12 +144,31 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def stop_stale_daemon(cache: Path) -> None:
+    """Stop the dockerd a killed run left on this cache's data root, which would keep a new one from starting."""
+    pid_file = cache / "dockerd.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text(encoding="utf-8"))
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        command = []
+    if command and command[0] == DOCKERD.encode() and any(str(cache).encode() in arg for arg in command):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # another process's exit: nothing to await but its disappearance
+    pid_file.unlink()
+
+
 @contextlib.contextmanager
 def engine() -> Iterator[Engine]:
     """A private dockerd for the duration of the block: overlay2 where the kernel allows it, else vfs."""
     cache = cache_dir()
     with (cache / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        stop_stale_daemon(cache)
         # The runtime directory holds the socket: a short path under /tmp keeps it within the 108-byte limit.
         run_dir = Path(tempfile.mkdtemp(prefix="gw-docker-", dir="/tmp"))
         try:
@@ -159,10 +179,12 @@ def engine() -> Iterator[Engine]:
                 except RuntimeError as exc:
                     failures.append(str(exc))
                     continue
+                (cache / "dockerd.pid").write_text(str(proc.pid), encoding="utf-8")
                 try:
                     yield running
                 finally:
                     stop_daemon(proc)
+                    (cache / "dockerd.pid").unlink(missing_ok=True)
                 return
             raise RuntimeError("\n\n".join(failures))
         finally:
