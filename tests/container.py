@@ -1,6 +1,7 @@
 """The container image, built and run on this machine with no container registry in reach.
 
-What the build needs and cannot pull, the test arranges, the way the issue describes:
+No container registry is reachable from this project's machines; Debian's packages and PyPI are. What
+the build would pull, the test arranges from those:
 
 - **An engine**: Debian's ``docker.io`` daemon, started here as root on a socket of its own, with no
   bridge and no iptables rules (containers use the host's network and talk only over loopback).
