@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,8 @@ from server.app import SERVICE
 from simulator import Simulator
 from tests import container
 from tests.harness import API_KEY, body, run, stream_request
-from tests.test_k8s import gateway_container, pod_spec, workers
+from tests.test_k8s import gateway_container, gateway_settings, pod_spec, workers
+from tests.test_security import self_signed
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -85,36 +85,52 @@ def test_image_is_slim_non_root_and_labelled(engine: container.Engine) -> None:
     assert done.returncode == 0, f"the final image carries build leftovers: {done.stdout}{done.stderr}"
 
 
-def test_image_run_as_the_manifests_do_serves_streams_and_drains_on_docker_stop(engine: container.Engine) -> None:
-    """Run as the sidecar manifest runs it (non-root, read-only root, no capabilities, the key from a mounted file,
-    settings from env), the image turns SERVING, streams a reply from the simulator, and on `docker stop` turns
-    NOT_SERVING, lets the stream in flight finish and exits 0 within the pod's grace period."""
-    spec = pod_spec("sidecar")
+@pytest.mark.parametrize("overlay", ["sidecar", "shared"])
+def test_image_run_as_each_manifest_runs_it_serves_streams_and_drains_on_docker_stop(
+    engine: container.Engine, overlay: str, tmp_path: Path
+) -> None:
+    """Run as an overlay runs it (its user, read-only root, no capabilities, the key and TLS files from mounted
+    Secrets, its settings from env; for shared, TLS with health on its own plaintext port and two workers), the
+    image turns SERVING, streams a reply from the simulator, and on `docker stop` turns NOT_SERVING, lets the
+    stream in flight finish and exits 0 within the pod's grace period."""
+    spec = pod_spec(overlay)
     gateway = gateway_container(spec)
+    settings = gateway_settings(gateway)
     grace = spec["terminationGracePeriodSeconds"]
-    port = free_port()
+    chat = health = f"127.0.0.1:{free_port()}"
+    secrets = dict(SECRETS)
+    credentials = None
+    env = {
+        # The kubelet resolves GATEWAY_WORKERS from the CPU request; the pod's IP is loopback here.
+        "GATEWAY_WORKERS": str(workers(gateway)),
+        "GATEWAY_LISTEN": chat,
+    }
+    if settings.tls_cert:
+        cert, key = self_signed(tmp_path)
+        secrets["claude-gateway-tls"] = {"tls.crt": cert.read_text(), "tls.key": key.read_text()}
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    if settings.health_listen:
+        health = env["GATEWAY_HEALTH_LISTEN"] = f"127.0.0.1:{free_port()}"
     logs = ""
 
     async def go() -> None:
         nonlocal logs
-        with tempfile.TemporaryDirectory() as tmp:
-            secrets = container.secret_files(Path(tmp), SECRETS)
-            async with Simulator(api_key=API_KEY) as sim:
-                env = {
-                    # The kubelet resolves GATEWAY_WORKERS from the CPU request; the pod's IP is loopback here.
-                    "GATEWAY_WORKERS": str(workers(gateway)),
-                    "GATEWAY_LISTEN": f"127.0.0.1:{port}",
-                    "ANTHROPIC_BASE_URL": sim.base_url,
-                }
-                args = container.run_args(spec, gateway, secrets, env)
-                started = await asyncio.to_thread(engine.docker, *args)
-                name = started.stdout.strip()
-                try:
-                    await serve_and_drain(engine, name, f"127.0.0.1:{port}", grace)
-                    assert len(sim.requests) == 1
-                finally:
-                    logs = (await asyncio.to_thread(engine.docker, "logs", name, check=False)).stderr
-                    await asyncio.to_thread(engine.docker, "rm", "--force", name, check=False)
+        async with Simulator(api_key=API_KEY) as sim:
+            (tmp_path / "secrets").mkdir()
+            mounted = container.secret_files(tmp_path / "secrets", secrets)
+            args = container.run_args(spec, gateway, mounted, env | {"ANTHROPIC_BASE_URL": sim.base_url})
+            name = (await asyncio.to_thread(engine.docker, *args)).stdout.strip()
+            try:
+                if credentials is None:
+                    channel = grpc.aio.insecure_channel(chat)
+                else:
+                    channel = grpc.aio.secure_channel(chat, credentials)
+                async with channel, grpc.aio.insecure_channel(health) as probe:
+                    await serve_and_drain(engine, name, channel, probe, grace)
+                assert len(sim.requests) == 1
+            finally:
+                logs = (await asyncio.to_thread(engine.docker, "logs", name, check=False)).stderr
+                await asyncio.to_thread(engine.docker, "rm", "--force", name, check=False)
 
     try:
         run(go)
@@ -125,29 +141,34 @@ def test_image_run_as_the_manifests_do_serves_streams_and_drains_on_docker_stop(
     assert "StreamMessage OK" in logs
 
 
-async def serve_and_drain(engine: container.Engine, name: str, target: str, grace: int) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        watch = health_pb2_grpc.HealthStub(channel).Watch(
-            health_pb2.HealthCheckRequest(service=SERVICE), wait_for_ready=True, timeout=grace + 120
-        )
-        async with asyncio.timeout(60):  # start-up: the manifest's startupProbe allows 30 s
-            while (await watch.read()).status != SERVING:
-                pass
-        # About 2 s of reply: still streaming when `docker stop` sends SIGTERM.
-        prompt = "[[sim:tokens 40]] [[sim:tps 20]] Hello from the container test"
-        call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(body(prompt)), timeout=60)
-        events = [codec.to_json(e) for e in (await call.read()).events]
-        stopped_at = time.monotonic()
-        stopping = asyncio.create_task(asyncio.to_thread(engine.docker, "stop", f"--time={grace}", name))
-        assert (await watch.read()).status == NOT_SERVING
-        before_drain = len(events)
-        while (response := await call.read()) is not grpc.aio.EOF:
-            events += [codec.to_json(e) for e in response.events]
-        assert await call.code() == grpc.StatusCode.OK
-        assert events[-1]["type"] == "message_stop"
-        assert len(events) > before_drain, "the stream was over before the drain began"
-        await stopping
-        elapsed = time.monotonic() - stopped_at
+async def serve_and_drain(
+    engine: container.Engine, name: str, channel: grpc.aio.Channel, probe: grpc.aio.Channel, grace: int
+) -> None:
+    """Wait for SERVING on the probe's channel, start a stream on the chat channel, `docker stop`, and check
+    the drain: NOT_SERVING, the stream completes, exit code 0 within ``grace``."""
+    watch = health_pb2_grpc.HealthStub(probe).Watch(
+        health_pb2.HealthCheckRequest(service=SERVICE), wait_for_ready=True, timeout=grace + 120
+    )
+    async with asyncio.timeout(60):  # start-up: the manifests' startupProbe allows 30 s
+        while (await watch.read()).status != SERVING:
+            pass
+    # About 2 s of reply: still streaming when `docker stop` sends SIGTERM.
+    prompt = "[[sim:tokens 40]] [[sim:tps 20]] Hello from the container test"
+    call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(
+        stream_request(body(prompt)), timeout=60, wait_for_ready=True
+    )
+    events = [codec.to_json(e) for e in (await call.read()).events]
+    stopped_at = time.monotonic()
+    stopping = asyncio.create_task(asyncio.to_thread(engine.docker, "stop", f"--time={grace}", name))
+    assert (await watch.read()).status == NOT_SERVING
+    before_drain = len(events)
+    while (response := await call.read()) is not grpc.aio.EOF:
+        events += [codec.to_json(e) for e in response.events]
+    assert await call.code() == grpc.StatusCode.OK
+    assert events[-1]["type"] == "message_stop"
+    assert len(events) > before_drain, "the stream was over before the drain began"
+    await stopping
+    elapsed = time.monotonic() - stopped_at
     state = json.loads(engine.docker("container", "inspect", "--format={{json .State}}", name).stdout)
     assert state["ExitCode"] == 0, json.dumps(state)
     assert not state["OOMKilled"]
