@@ -163,6 +163,15 @@ def stop_stale_daemon(cache: Path) -> None:
     pid_file.unlink()
 
 
+def remove_run_dir(run_dir: Path) -> None:
+    """Remove the daemon's runtime directory, first unmounting what dockerd leaves mounted in it (the handle of
+    its network namespace)."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()]
+    for target in sorted((m for m in mounts if m.startswith(f"{run_dir}/")), key=len, reverse=True):
+        subprocess.run(["umount", target], check=False, capture_output=True)
+    shutil.rmtree(run_dir)
+
+
 @contextlib.contextmanager
 def engine() -> Iterator[Engine]:
     """A private dockerd for the duration of the block: overlay2 where the kernel allows it, else vfs."""
@@ -189,7 +198,7 @@ def engine() -> Iterator[Engine]:
                 return
             raise RuntimeError("\n\n".join(failures))
         finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            remove_run_dir(run_dir)
 
 
 def dockerfile_arg(name: str) -> str:
