@@ -7,10 +7,12 @@ docker.io and mmdebstrap (.ci/run installs them): elsewhere they skip, and in CI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.app import SERVICE
 from simulator import Simulator
 from tests import container
-from tests.harness import API_KEY, body, run, stream_request
+from tests.harness import API_KEY, body, call_log, run, stream_request
 from tests.test_k8s import gateway_container, gateway_settings, pod_spec, workers
 from tests.test_security import self_signed
 
@@ -53,6 +55,35 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports (each worker serves metrics on the next one)."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for offset in range(count):
+                    held.enter_context(socket.create_server(("127.0.0.1", first + offset)))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def metrics_page(url: str) -> bool:
+    """Whether ``url`` serves a Prometheus page with the gateway's metrics."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status == 200 and b"gateway_active_streams" in reply.read()
+    except OSError:
+        return False
+
+
+async def until_serving(url: str) -> None:
+    """Return once ``url`` serves the gateway's metrics (a worker may still be starting)."""
+    while not await asyncio.to_thread(metrics_page, url):  # noqa: ASYNC110 -- another process's state, no event
+        await asyncio.sleep(0.1)
 
 
 def test_image_is_slim_non_root_and_labelled(engine: container.Engine) -> None:
@@ -90,9 +121,9 @@ def test_image_run_as_each_manifest_runs_it_serves_streams_and_drains_on_docker_
     engine: container.Engine, overlay: str, tmp_path: Path
 ) -> None:
     """Run as an overlay runs it (its user, read-only root, no capabilities, the key and TLS files from mounted
-    Secrets, its settings from env; for shared, TLS with health on its own plaintext port and two workers), the
-    image turns SERVING, streams a reply from the simulator, and on `docker stop` turns NOT_SERVING, lets the
-    stream in flight finish and exits 0 within the pod's grace period."""
+    Secrets, its settings from env; for shared, TLS with health on its own plaintext port, two workers and their
+    metrics pages), the image turns SERVING, streams a reply from the simulator, and on `docker stop` turns
+    NOT_SERVING, lets the stream in flight finish and exits 0 within the pod's grace period."""
     spec = pod_spec(overlay)
     gateway = gateway_container(spec)
     settings = gateway_settings(gateway)
@@ -111,6 +142,11 @@ def test_image_run_as_each_manifest_runs_it_serves_streams_and_drains_on_docker_
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     if settings.health_listen:
         health = env["GATEWAY_HEALTH_LISTEN"] = f"127.0.0.1:{free_port()}"
+    scrape = []
+    if settings.metrics_listen:
+        first = free_port_run(settings.workers)
+        env["GATEWAY_METRICS_LISTEN"] = f"127.0.0.1:{first}"
+        scrape = [f"http://127.0.0.1:{first + number}/metrics" for number in range(settings.workers)]
     logs = ""
 
     async def go() -> None:
@@ -126,7 +162,7 @@ def test_image_run_as_each_manifest_runs_it_serves_streams_and_drains_on_docker_
                 else:
                     channel = grpc.aio.secure_channel(chat, credentials)
                 async with channel, grpc.aio.insecure_channel(health) as probe:
-                    await serve_and_drain(engine, name, channel, probe, grace)
+                    await serve_and_drain(engine, name, channel, probe, grace, scrape)
                 assert len(sim.requests) == 1
             finally:
                 logs = (await asyncio.to_thread(engine.docker, "logs", name, check=False)).stderr
@@ -138,20 +174,28 @@ def test_image_run_as_each_manifest_runs_it_serves_streams_and_drains_on_docker_
         exc.add_note(f"container log:\n{logs}")
         raise
     assert API_KEY not in logs
-    assert "StreamMessage OK" in logs
+    (call,) = call_log(logs)
+    assert (call["method"], call["status"]) == ("StreamMessage", "OK")
 
 
 async def serve_and_drain(
-    engine: container.Engine, name: str, channel: grpc.aio.Channel, probe: grpc.aio.Channel, grace: int
+    engine: container.Engine,
+    name: str,
+    channel: grpc.aio.Channel,
+    probe: grpc.aio.Channel,
+    grace: int,
+    scrape: list[str],
 ) -> None:
-    """Wait for SERVING on the probe's channel, start a stream on the chat channel, `docker stop`, and check
-    the drain: NOT_SERVING, the stream completes, exit code 0 within ``grace``."""
+    """Wait for SERVING on the probe's channel (and every worker's metrics page), start a stream on the chat
+    channel, `docker stop`, and check the drain: NOT_SERVING, the stream completes, exit code 0 within ``grace``."""
     watch = health_pb2_grpc.HealthStub(probe).Watch(
         health_pb2.HealthCheckRequest(service=SERVICE), wait_for_ready=True, timeout=grace + 120
     )
     async with asyncio.timeout(60):  # start-up: the manifests' startupProbe allows 30 s
         while (await watch.read()).status != SERVING:
             pass
+        for url in scrape:  # each worker serves its own page once it has started
+            await until_serving(url)
     # About 2 s of reply: still streaming when `docker stop` sends SIGTERM.
     prompt = "[[sim:tokens 40]] [[sim:tps 20]] Hello from the container test"
     call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(

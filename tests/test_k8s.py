@@ -409,8 +409,17 @@ def test_shared_disruption_budget_and_autoscaler_cover_the_gateway() -> None:
     assert metric["resource"]["name"] == "cpu"
 
 
-def test_shared_network_policy_admits_clients_to_the_grpc_port_only() -> None:
-    """The shared NetworkPolicy selects the gateway pods and admits labelled clients to the gRPC port, nothing else."""
+def metrics_ports(settings: Settings) -> list[int]:
+    """The ports the gateway serves metrics on: GATEWAY_METRICS_LISTEN's port plus 0..workers-1, one per worker."""
+    if not settings.metrics_listen:
+        return []
+    first = port_of(settings.metrics_listen)
+    return [first + number for number in range(settings.workers)]
+
+
+def test_shared_network_policy_admits_clients_to_grpc_and_prometheus_to_metrics_only() -> None:
+    """The shared NetworkPolicy selects the gateway pods, admits labelled clients to the gRPC port and Prometheus
+    to every worker's metrics port, and nothing else."""
     docs = render("shared")
     spec = pod_spec("shared")
     (policy,) = of_kind(docs, "NetworkPolicy")
@@ -418,7 +427,23 @@ def test_shared_network_policy_admits_clients_to_the_grpc_port_only() -> None:
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     named = named_container_ports(spec)
-    grpc_port = port_of(gateway_settings(gateway_container(spec)).listen)
+    settings = gateway_settings(gateway_container(spec))
+    admitted = {}
     for rule in policy["spec"]["ingress"]:
         assert rule.get("from"), "a rule without `from` admits every pod"
-        assert [named.get(p["port"], p["port"]) for p in rule["ports"]] == [grpc_port]
+        (source,) = rule["from"]
+        (who,) = source["podSelector"]["matchLabels"].items()
+        admitted[who] = sorted(named.get(p["port"], p["port"]) for p in rule["ports"])
+    assert admitted.pop(("claude-gateway/client", "true")) == [port_of(settings.listen)]
+    assert admitted == {("app.kubernetes.io/name", "prometheus"): metrics_ports(settings)}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_worker_metrics_port_is_declared(overlay: str) -> None:
+    """Each worker's metrics port is a named container port, so that a scraper and the policy can find it."""
+    spec = pod_spec(overlay)
+    settings = gateway_settings(gateway_container(spec))
+    declared = set(named_container_ports(spec).values())
+    assert set(metrics_ports(settings)) <= declared
+    if overlay == "shared":
+        assert metrics_ports(settings), "the shared gateway serves metrics"

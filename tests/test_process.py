@@ -87,7 +87,8 @@ def test_api_key_file_is_read_at_start_up_and_never_logged(tmp_path: Path) -> No
         out, err = gateway.communicate(timeout=30)
         sim.communicate(timeout=30)
     assert gateway.returncode == 0
-    assert "StreamMessage OK" in err
+    (call,) = call_log(err)
+    assert (call["method"], call["status"]) == ("StreamMessage", "OK")
     assert KEY not in out + err
 
 
