@@ -41,7 +41,7 @@ KEY_SHAPED = re.compile(r"sk-ant-[A-Za-z0-9_-]{16,}")
 # What a relayed stream costs, from the README's performance table (rows 2b and 4), at the bench's pace.
 DELTAS_PER_SECOND = 50
 # Resident memory of one idle gateway worker in the image, measured by `python -m tests.container` (MiB).
-IDLE_WORKER_MIB = 101
+IDLE_WORKER_MIB = 109
 
 Doc = dict[str, Any]
 
