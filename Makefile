@@ -8,7 +8,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos fuzz bench clean node buf-lint buf-breaking ts-protos ts-check page page-check
+.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos fuzz image bench clean node buf-lint buf-breaking ts-protos ts-check page page-check
 
 setup: $(STAMP)
 
@@ -107,6 +107,11 @@ test: lint typecheck proto-check ts-check page-check buf-lint buf-breaking node
 # 10,000 generated and mutated requests at a deployed gateway (tests/test_fuzz.py; about a minute).
 fuzz: setup
 	FUZZ_REQUESTS=10000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
+
+# The container image built as tests/test_container.py builds it, with no registry in reach (root; Debian's
+# docker.io and mmdebstrap): prints its size and an idle gateway's memory. With a registry, plain `docker build .`.
+image: setup
+	$(PY) -m tests.container
 
 bench: setup
 	$(PY) -m bench

@@ -13,7 +13,7 @@ from dataclasses import Field, fields, replace
 from importlib import metadata
 from typing import Any
 
-from server.app import BindError, StartError, build_server
+from server.app import StartupError, build_server
 from server.config import Settings, env_name, flag_name, parse
 from server.redaction import LogRedaction, Redactor
 from server.signals import termination
@@ -22,8 +22,9 @@ from server.supervisor import READY, WORKER_ENV, metrics_listen_of_worker, run_w
 DESCRIPTION = """\
 gRPC gateway to Claude's Messages API. Every flag can also be set by its environment variable
 (shown in capitals); a flag wins over its variable. The upstream key comes from ANTHROPIC_API_KEY
-and the upstream URL from ANTHROPIC_BASE_URL (default https://api.anthropic.com); both are read by
-the anthropic SDK and never logged."""
+(or from the file ANTHROPIC_API_KEY_FILE names, read once at start-up) and the upstream URL from
+ANTHROPIC_BASE_URL (default https://api.anthropic.com); neither the key nor the file's content is
+ever logged."""
 
 
 def version() -> str:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         asyncio.run(serve(settings))
-    except (BindError, StartError) as exc:
+    except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -52,6 +52,9 @@ class Gateway:
     metrics: Endpoint | None = None  # the metrics HTTP server, when GATEWAY_METRICS_LISTEN is set
     tracing: Tracing | None = None
     web: WebServer | None = None  # the HTTP port (Connect, gRPC-Web, chat page), when http_listen is set
+    health_server: grpc.aio.Server | None = None
+    """The plaintext health-only server on ``settings.health_listen``, if any."""
+    health_port: int = 0
 
     @property
     def http_port(self) -> int | None:
@@ -84,6 +87,8 @@ class Gateway:
         await self.server.stop(None)
         if self.web:
             await self.web.stop(force=True)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await self.upstream.aclose()
         await self.admission.identity.close()
         await self.admission.quotas.close()
@@ -124,12 +129,24 @@ def tls_credentials(settings: Settings) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, chain)])
 
 
-class BindError(Exception):
+class StartupError(Exception):
+    """The gateway cannot start as configured; the message says why and never holds a secret."""
+
+
+class BindError(StartupError):
     """The gateway could not listen on its address (in use, or not an address of this host)."""
 
 
-class StartError(Exception):
-    """The gateway must not start: its policy file or callers file is bad (the message names the line)."""
+def read_api_key(path: str) -> str:
+    """The API key in the file ``path`` (surrounding whitespace and the final newline dropped)."""
+    try:
+        key = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise StartupError(f"cannot read the API key from ANTHROPIC_API_KEY_FILE={path}: {reason}") from None
+    if not key:
+        raise StartupError(f"ANTHROPIC_API_KEY_FILE={path} is empty")
+    return key
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -164,13 +181,15 @@ def sdk_client(settings: Settings, **kwargs: Any) -> anthropic.AsyncAnthropic:
 
 
 async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
-    """Build and start the gateway on ``settings.listen``; BindError if it cannot listen there.
+    """Build and start the gateway on ``settings.listen``; BindError if it cannot listen there,
+    StartupError if the key file, the policy file, the callers file or the price file is bad.
 
-    ``client`` defaults to an SDK client configured from the environment (ANTHROPIC_API_KEY,
-    ANTHROPIC_BASE_URL).
+    ``client`` defaults to an SDK client configured from the environment (ANTHROPIC_API_KEY or the
+    file ANTHROPIC_API_KEY_FILE names, ANTHROPIC_BASE_URL).
     """
     if client is None:
-        client = sdk_client(settings)
+        # api_key=None: the SDK reads ANTHROPIC_API_KEY itself.
+        client = sdk_client(settings, api_key=read_api_key(settings.api_key_file) if settings.api_key_file else None)
         if not client.api_key and not client.auth_token:
             log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
     try:  # before anything starts: a bad file stops start-up (never a gateway running without its limits)
@@ -179,7 +198,7 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         price_table = prices.load(settings.prices_file)
     except ValueError as exc:
         await client.close()
-        raise StartError(str(exc)) from None
+        raise StartupError(str(exc)) from None
     upstream = Upstream(client, connect_timeout=settings.connect_timeout)
     metrics = None
     if settings.metrics_listen:
@@ -210,6 +229,18 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         await upstream.aclose()
         await admission.quotas.close()
         raise BindError(f"cannot listen on {settings.listen}: the port is in use or the address is not this host's")
+    health_server, health_port = None, 0
+    if settings.health_listen:
+        # The same health servicer, so both ports report the same status; nothing else is served here.
+        health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        try:
+            health_port = health_server.add_insecure_port(settings.health_listen)
+        except RuntimeError:
+            health_port = 0
+        if health_port == 0:
+            await upstream.aclose()
+            raise BindError(f"cannot listen on {settings.health_listen} (GATEWAY_HEALTH_LISTEN)")
     endpoint = None
     if metrics is not None:
         try:
@@ -229,6 +260,8 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
                 f"cannot listen on {settings.http_listen}: the port is in use or the address is not this host's"
             ) from None
         web = WebServer(WebApplication(calls, settings), sock, settings)
+    if health_server is not None:
+        await health_server.start()
     await server.start()
     identity.start()
     admission.quotas.start()
@@ -242,4 +275,6 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
         await web.start()
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, admission, upstream, settings, endpoint, tracing, web)
+    return Gateway(
+        server, port, health_servicer, admission, upstream, settings, endpoint, tracing, web, health_server, health_port
+    )

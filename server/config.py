@@ -3,7 +3,8 @@
 Every field is a ``GATEWAY_*`` variable and a ``python -m server`` flag of the same name; its help
 text (``help_of``) is the README's settings table. The anthropic SDK itself reads
 ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL; they are not copied here, so the key lives in one place
-and never in a settings dump or a log line.
+and never in a settings dump or a log line. The one setting named otherwise,
+``ANTHROPIC_API_KEY_FILE``, holds a path: the key is read from it at start-up (``server.app``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ STORE_DOWN = ("open", "closed")
 HTTP_CLIENTS = ("aiohttp", "httpx")
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] = (), secret: bool = False) -> Any:
-    """A settings field: its default, what it does, and the values it allows."""
-    return field(default=default, repr=not secret, metadata={"help": help, "choices": choices})
+def setting(default: Any, help: str, *, choices: tuple[str, ...] = (), secret: bool = False, env: str = "") -> Any:
+    """A settings field: its default, what it does, the values it allows, and its variable if not GATEWAY_*."""
+    return field(default=default, repr=not secret, metadata={"help": help, "choices": choices, "env": env})
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,17 @@ class Settings:
         "browser origins allowed to call the HTTP port, comma-separated (`*` = any); no CORS headers when empty",
     )
     chat_page: bool = setting(False, "serve the chat page at / of the HTTP port (needs http_listen)")
+    health_listen: str = setting(
+        "",
+        "host:port of a second, plaintext port serving only grpc.health.v1, for probes that cannot speak TLS "
+        "(Kubernetes' grpc probes) when the main port does; unset = none",
+    )
+    api_key_file: str = setting(
+        "",
+        "file holding the Anthropic API key (e.g. a mounted Secret), read once at start-up; "
+        "wins over ANTHROPIC_API_KEY; the key is never logged",
+        env="ANTHROPIC_API_KEY_FILE",
+    )
     workers: int = setting(1, "gateway processes sharing the port through SO_REUSEPORT (about one per core)")
     log_level: str = setting("INFO", "log level; one JSON line per call at INFO", choices=LOG_LEVELS)
     metrics_listen: str = setting(
@@ -214,8 +226,9 @@ def boolean(raw: str) -> bool:
 
 
 def env_name(field_name: str) -> str:
-    """The environment variable that sets ``field_name``."""
-    return "GATEWAY_" + field_name.upper()
+    """The environment variable that sets ``field_name``: GATEWAY_<NAME> unless the field names another."""
+    named = {f.name: f.metadata["env"] for f in fields(Settings)}.get(field_name)
+    return named or "GATEWAY_" + field_name.upper()
 
 
 def flag_name(field_name: str) -> str:

@@ -38,28 +38,46 @@ def run_workers(count: int, listen: str, argv: list[str]) -> int:
         reservation.bind((host.strip("[]") or "0.0.0.0", 0))
         port = str(reservation.getsockname()[1])
     args = [sys.executable, "-m", "server", *argv, "--listen", f"{host}:{port}"]
-    workers = [
-        subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, WORKER_ENV: str(number)})
-        for number in range(1, count + 1)
-    ]
+    workers: list[subprocess.Popen[str]] = []
+    stopping: list[int] = []  # the signal forwarded to the workers, once there was one
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signum)
 
+    # Before the first worker exists: a stop that arrives while they start is forwarded, never lost.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    workers += [
+        subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, WORKER_ENV: str(number)})
+        for number in range(1, count + 1)
+    ]
+    if stopping:
+        # The stop came while workers were being spawned: forward it to all of them now that all exist (a
+        # signal that reached a worker between fork and exec was lost with the exec).
+        forward(stopping[0], None)
     try:
         for worker in workers:
             assert worker.stdout is not None
             line = worker.stdout.readline()
             if not line.startswith(READY):
+                if stopping:
+                    # Told to stop while this worker was still starting (the signal may end a worker before
+                    # its own handler is in place): a stop, not a failure.
+                    return exit_code([w.wait() for w in workers], stopped_by=stopping[0])
                 forward(signal.SIGTERM, None)
                 print(f"a worker failed to start: {line!r}", file=sys.stderr)
-                return max(1, *(w.wait() for w in workers))
+                return max(1, exit_code([w.wait() for w in workers]))
         print(f"{READY}{host}:{port} ({count} workers)", flush=True)
-        return max(worker.wait() for worker in workers)
+        return exit_code([worker.wait() for worker in workers])
     finally:
         if reservation is not None:
             reservation.close()
+
+
+def exit_code(codes: list[int], stopped_by: int = 0) -> int:
+    """The worst of the workers' exit codes, a death by signal N counting as 128 + N (as a shell reports it),
+    except by ``stopped_by``, the signal the supervisor forwarded itself."""
+    return max(0 if code == -stopped_by else 128 - code if code < 0 else code for code in codes)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +17,7 @@ import pytest
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import body, deployed, run, status_of, stream_request
+from tests.harness import API_KEY, body, deployed, run, status_of, stream_request
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,3 +115,22 @@ def test_workers_share_one_port_and_drain_together() -> None:
         assert proc.returncode == 0
         served_by = {ln.split()[2] for ln in err.splitlines() if "server.call: " in ln and '"status":"OK"' in ln}
         assert len(served_by) == 2, err
+
+
+def test_a_stop_while_workers_start_ends_the_supervisor_cleanly() -> None:
+    """SIGTERM to a GATEWAY_WORKERS=2 gateway whose workers are still starting ends it with exit code 0, as a
+    stop, not as a failed start (`docker stop` or a pod deletion can come at any moment)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_"))}
+    env |= {"GATEWAY_WORKERS": "2", "GATEWAY_LISTEN": "127.0.0.1:0", "ANTHROPIC_API_KEY": API_KEY}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 30
+    while len(children.read_text().split()) < 2:  # both workers spawned: the stop handler is in place
+        assert time.monotonic() < deadline, "the supervisor never started its workers"
+        time.sleep(0.001)  # polls another process's children, which signal nothing
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "failed to start" not in err

@@ -1,9 +1,13 @@
-"""The Kubernetes manifests in k8s/: valid against the Kubernetes schemas offline, and consistent with the
-gateway's own settings, health services and drain sequence."""
+"""The Kubernetes manifests in k8s/: every overlay renders offline with Kustomize, validates against the
+Kubernetes schemas, and agrees with the gateway's own settings, health services, drain sequence and image."""
 
 from __future__ import annotations
 
+import functools
+import math
 import re
+import shutil
+import subprocess
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,67 +19,71 @@ import yaml
 from server.app import SERVICE
 from server.config import Settings, env_name
 
-K8S = Path(__file__).resolve().parents[1] / "k8s"
-POD_MANIFESTS = ("sidecar.yaml", "deployment.yaml")
-MANIFESTS = (*POD_MANIFESTS, "secret.example.yaml")
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+OVERLAYS = ("sidecar", "shared")
 
 # The oldest Kubernetes the manifests target (1.29: native sidecars on by default) and the newest schema that
 # kubernetes-validate 1.37 bundles.
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 
-GATEWAY_IMAGE = "ghcr.io/example/claude-grpc-gateway:0.1.0"
+GATEWAY = "gateway"  # the gateway container's name in every mode
 GATEWAY_COMMAND = ["python", "-m", "server"]
 SETTINGS_ENV = frozenset(env_name(f.name) for f in fields(Settings))
-# GATEWAY_* variables read by the sample client (client/claude_gateway/cli.py), not by the gateway.
+# GATEWAY_* variables read by the Python client (client/claude_gateway/cli.py), not by the gateway.
 CLIENT_ENV = frozenset({"GATEWAY_TARGET"})
-# Where the example app says how long its own drain takes (k8s/sidecar.yaml).
+# Where the example app says how long its own drain takes (k8s/overlays/sidecar/app.yaml).
 APP_SHUTDOWN_ENV = "APP_SHUTDOWN_SECONDS"
 # server/app.py gives server.stop() drain_grace + 5 s before giving up: the pod has to outlast that as well.
 STOP_BACKSTOP_SECONDS = 5.0
 WILDCARD_HOSTS = ("0.0.0.0", "[::]")
 KEY_SHAPED = re.compile(r"sk-ant-[A-Za-z0-9_-]{16,}")
+# What a relayed stream costs, from the README's performance table (rows 2b and 4), at the bench's pace.
+DELTAS_PER_SECOND = 50
+# Resident memory of one idle gateway worker in the image, measured by `python -m tests.container` (MiB).
+IDLE_WORKER_MIB = 109
 
 Doc = dict[str, Any]
 
 
-def load(name: str) -> list[Doc]:
-    """The non-empty YAML documents of one manifest."""
-    with (K8S / name).open(encoding="utf-8") as f:
-        return [doc for doc in yaml.safe_load_all(f) if doc is not None]
+@functools.cache
+def render(overlay: str) -> tuple[Doc, ...]:
+    """The objects `kubectl kustomize k8s/overlays/<overlay>` renders, offline."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl (with its built-in kustomize) renders the overlays; it ships on this kind of machine")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, f"kustomize build of {overlay} failed:\n{done.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc is not None)
 
 
-def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
+def of_kind(docs: tuple[Doc, ...], kind: str) -> list[Doc]:
     return [doc for doc in docs if doc["kind"] == kind]
 
 
-def pod_spec(name: str) -> Doc:
-    """The pod template of the one Deployment in a manifest."""
-    (deployment,) = of_kind(load(name), "Deployment")
-    spec: Doc = deployment["spec"]["template"]["spec"]
+def deployment(overlay: str) -> Doc:
+    (found,) = of_kind(render(overlay), "Deployment")
+    return found
+
+
+def pod_spec(overlay: str) -> Doc:
+    spec: Doc = deployment(overlay)["spec"]["template"]["spec"]
     return spec
-
-
-def pod_labels(docs: list[Doc]) -> dict[str, str]:
-    (deployment,) = of_kind(docs, "Deployment")
-    labels: dict[str, str] = deployment["spec"]["template"]["metadata"]["labels"]
-    return labels
 
 
 def all_containers(spec: Doc) -> list[Doc]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
-def is_gateway(container: Doc) -> bool:
-    return bool(container["image"] == GATEWAY_IMAGE)
-
-
 def gateway_container(spec: Doc) -> Doc:
-    (gateway,) = [c for c in all_containers(spec) if is_gateway(c)]
+    (gateway,) = [c for c in all_containers(spec) if c["name"] == GATEWAY]
     return gateway
 
 
 def app_containers(spec: Doc) -> list[Doc]:
-    return [c for c in all_containers(spec) if not is_gateway(c)]
+    return [c for c in all_containers(spec) if c["name"] != GATEWAY]
 
 
 def env_entries(container: Doc) -> dict[str, Doc]:
@@ -86,13 +94,32 @@ def literal_env(container: Doc) -> dict[str, str]:
     return {name: entry["value"] for name, entry in env_entries(container).items() if "value" in entry}
 
 
+def cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
+    for suffix, scale in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * scale
+    raise ValueError(f"unexpected memory quantity {quantity!r}")
+
+
+def workers(container: Doc) -> int:
+    """GATEWAY_WORKERS as the kubelet resolves it: the CPU request rounded up (divisor 1)."""
+    return max(1, math.ceil(cpu_cores(container["resources"]["requests"]["cpu"])))
+
+
 def gateway_settings(container: Doc) -> Settings:
     """The Settings the gateway container starts with, parsed the way the gateway parses them."""
-    return Settings.from_env({k: v for k, v in literal_env(container).items() if k.startswith("GATEWAY_")})
+    env = {k: v for k, v in literal_env(container).items() if k in SETTINGS_ENV}
+    env[env_name("workers")] = str(workers(container))
+    return Settings.from_env(env)
 
 
-def listen_port(settings: Settings) -> int:
-    return int(settings.listen.rsplit(":", 1)[1])
+def port_of(listen: str) -> int:
+    return int(listen.rsplit(":", 1)[1])
 
 
 def prestop_seconds(container: Doc) -> float:
@@ -109,206 +136,314 @@ def is_native_sidecar(spec: Doc, container: Doc) -> bool:
     return any(c is container for c in spec.get("initContainers", [])) and container.get("restartPolicy") == "Always"
 
 
-def mebibytes(quantity: str) -> float:
-    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
-    for suffix, scale in units.items():
-        if quantity.endswith(suffix):
-            return float(quantity[: -len(suffix)]) * scale
-    raise ValueError(f"unexpected memory quantity {quantity!r}")
-
-
 def named_container_ports(spec: Doc) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for c in all_containers(spec) for p in c.get("ports", []) if "name" in p}
 
 
-def test_manifests_parse_into_named_objects() -> None:
-    """Every manifest parses as YAML into Kubernetes objects that each have an apiVersion, a kind and a name."""
-    for name in MANIFESTS:
-        docs = load(name)
-        assert docs, f"{name} holds no objects"
-        for doc in docs:
-            assert {"apiVersion", "kind", "metadata"} <= doc.keys(), f"{name}: {doc}"
-            assert doc["metadata"]["name"], f"{name}: a {doc['kind']} has no name"
-            assert "namespace" not in doc["metadata"], f"{name}: apply with -n instead of fixing a namespace"
+def readme_figure(row: str, pattern: str) -> float:
+    """A number from the README's performance table: the first match of ``pattern`` in the row that starts so."""
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith(f"| {row} |"):
+            match = re.search(pattern, line)
+            assert match is not None, f"README performance row {row} has no {pattern!r}"
+            return float(match.group(1))
+    raise AssertionError(f"README has no performance row {row}")
+
+
+def dockerfile_user() -> tuple[int, int]:
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile").read_text(encoding="utf-8"), re.MULTILINE)
+    return int(user[0]), int(user[1])
+
+
+def base_image_reference() -> str:
+    """The image the base kustomization sets: the one place that names it."""
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text(encoding="utf-8"))
+    (image,) = kustomization["images"]
+    return f"{image['newName']}:{image['newTag']}"
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("name", MANIFESTS)
-def test_manifest_matches_the_kubernetes_schema(name: str, version: str) -> None:
-    """Every object validates offline against the strict (no unknown fields) schema of each targeted version."""
-    for doc in load(name):
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_matches_the_kubernetes_schema(overlay: str, version: str) -> None:
+    """Every rendered object validates offline against the strict (no unknown fields) schema of each version."""
+    docs = render(overlay)
+    assert docs, f"{overlay} renders nothing"
+    for doc in docs:
+        assert "namespace" not in doc["metadata"], f"{overlay}: apply with -n instead of fixing a namespace"
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(part) for part in exc.path)
-            pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']} at {where}: {exc.message}")
+            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']} at {where}: {exc.message}")
 
 
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_gateway_env_names_are_settings(name: str) -> None:
-    """GATEWAY_* variables on the gateway are Settings fields that parse; apps set only the client's."""
-    spec = pod_spec(name)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_is_applied_and_nothing_key_shaped_is_committed(overlay: str) -> None:
+    """No overlay creates a Secret (users create their own), and no file under k8s/ holds anything key-shaped."""
+    assert not of_kind(render(overlay), "Secret")
+    for path in K8S.rglob("*.yaml"):
+        assert not KEY_SHAPED.search(path.read_text(encoding="utf-8")), f"{path} holds something key-shaped"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_env_names_are_settings(overlay: str) -> None:
+    """GATEWAY_* variables on the gateway are Settings fields whose values parse; apps set only the client's."""
+    spec = pod_spec(overlay)
     gateway = gateway_container(spec)
     unknown = {n for n in env_entries(gateway) if n.startswith("GATEWAY_")} - SETTINGS_ENV
-    assert not unknown, f"{name}: the gateway does not read {sorted(unknown)}"
+    assert not unknown, f"{overlay}: the gateway does not read {sorted(unknown)}"
     gateway_settings(gateway)  # raises on a value the gateway would refuse at start-up
     for app in app_containers(spec):
         stray = {n for n in env_entries(app) if n.startswith("GATEWAY_")} - CLIENT_ENV
-        assert not stray, f"{name}: {app['name']} sets gateway-only variables {sorted(stray)}"
+        assert not stray, f"{overlay}: {app['name']} sets gateway-only variables {sorted(stray)}"
 
 
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_termination_grace_covers_the_drain(name: str) -> None:
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workers_follow_the_cpu_request(overlay: str) -> None:
+    """GATEWAY_WORKERS comes from the gateway container's own CPU request through the downward API."""
+    gateway = gateway_container(pod_spec(overlay))
+    ref = env_entries(gateway)["GATEWAY_WORKERS"]["valueFrom"]["resourceFieldRef"]
+    assert ref == {"containerName": GATEWAY, "resource": "requests.cpu", "divisor": "1"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_termination_grace_covers_the_drain(overlay: str) -> None:
     """terminationGracePeriodSeconds outlasts preStop, the app's own drain (for a sidecar), drain delay and grace."""
-    spec = pod_spec(name)
+    spec = pod_spec(overlay)
     gateway = gateway_container(spec)
     settings = gateway_settings(gateway)
     budget = prestop_seconds(gateway) + settings.drain_delay + settings.drain_grace + STOP_BACKSTOP_SECONDS
     if is_native_sidecar(spec, gateway):
         # The kubelet stops a native sidecar only after the app containers have exited: their drain comes first.
         apps = app_containers(spec)
-        assert all(APP_SHUTDOWN_ENV in literal_env(c) for c in apps), f"{name}: say how long the app takes to stop"
+        assert all(APP_SHUTDOWN_ENV in literal_env(c) for c in apps), f"{overlay}: say how long the app takes to stop"
         budget += max(float(literal_env(c)[APP_SHUTDOWN_ENV]) + prestop_seconds(c) for c in apps)
-    assert spec["terminationGracePeriodSeconds"] > budget, f"{name}: SIGKILL would land inside the drain"
+    assert spec["terminationGracePeriodSeconds"] > budget, f"{overlay}: SIGKILL would land inside the drain"
 
 
 def test_shared_gateway_never_cuts_a_stream_on_rollout() -> None:
     """The shared gateway's drain grace is at least its longest stream, so a rollout lets every stream finish."""
-    settings = gateway_settings(gateway_container(pod_spec("deployment.yaml")))
+    settings = gateway_settings(gateway_container(pod_spec("shared")))
     assert settings.drain_grace >= settings.max_stream_seconds
     assert settings.drain_delay > 0, "the drain delay is what replaces a preStop sleep here"
+    rollout = deployment("shared")["spec"]["strategy"]["rollingUpdate"]
+    assert rollout["maxUnavailable"] == 0
 
 
-def test_shared_service_is_headless_grpc() -> None:
-    """The claude-gateway Service is headless, selects the gateway pods and publishes the gRPC port as grpc."""
-    docs = load("deployment.yaml")
-    (deployment,) = of_kind(docs, "Deployment")
-    (service,) = of_kind(docs, "Service")
-    spec = deployment["spec"]["template"]["spec"]
-    port = listen_port(gateway_settings(gateway_container(spec)))
-    assert service["metadata"]["name"] == "claude-gateway"
-    assert service["spec"]["clusterIP"] == "None"
-    assert not service["spec"].get("publishNotReadyAddresses", False)
-    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    (service_port,) = service["spec"]["ports"]
-    assert service_port["port"] == port
-    assert service_port["appProtocol"] == "grpc"
-    assert named_container_ports(spec).get(service_port["targetPort"], service_port["targetPort"]) == port
-    assert deployment["spec"]["replicas"] >= 2
-
-
-def test_disruption_budget_covers_the_gateway_pods() -> None:
-    """The PodDisruptionBudget selects the gateway pods and leaves at least one serving."""
-    docs = load("deployment.yaml")
-    (deployment,) = of_kind(docs, "Deployment")
-    (pdb,) = of_kind(docs, "PodDisruptionBudget")
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["spec"]["maxUnavailable"] < deployment["spec"]["replicas"]
-
-
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_api_key_comes_only_from_a_secret_ref(name: str) -> None:
-    """ANTHROPIC_API_KEY reaches the gateway only through a secretKeyRef to the example Secret, and no app sees it."""
-    (secret,) = of_kind(load("secret.example.yaml"), "Secret")
-    spec = pod_spec(name)
-    for container in all_containers(spec):
-        assert "envFrom" not in container, f"{name}: envFrom would hand whole Secrets/ConfigMaps to {container['name']}"
-        entry = env_entries(container).get("ANTHROPIC_API_KEY")
-        if not is_gateway(container):
-            assert entry is None, f"{name}: {container['name']} must not get the API key"
-            continue
-        assert entry is not None, f"{name}: the gateway has no ANTHROPIC_API_KEY"
-        assert "value" not in entry, f"{name}: the API key is a literal value"
-        ref = entry["valueFrom"]["secretKeyRef"]
-        assert ref["name"] == secret["metadata"]["name"]
-        assert ref["key"] in secret["stringData"]
-        assert not ref.get("optional", False), "a missing Secret should stop the pod, not start a keyless gateway"
-
-
-def test_example_secret_is_a_placeholder() -> None:
-    """The example Secret holds an obvious placeholder, nothing shaped like a real Anthropic key."""
-    (secret,) = of_kind(load("secret.example.yaml"), "Secret")
-    assert "data" not in secret, "base64 would hide what the value is"
-    for value in secret["stringData"].values():
-        assert "not-a-real-key" in value
-        assert not value.startswith("sk-ant-")
-    for name in MANIFESTS:
-        assert not KEY_SHAPED.search((K8S / name).read_text(encoding="utf-8")), f"{name} holds something key-shaped"
-
-
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_probes_use_grpc_health_with_the_right_services(name: str) -> None:
-    """Startup and liveness probe health service "", readiness the chat service, all with the native grpc probe."""
-    gateway = gateway_container(pod_spec(name))
-    port = listen_port(gateway_settings(gateway))
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_use_grpc_health_on_a_plaintext_grpc_port(overlay: str) -> None:
+    """Startup and liveness probe health "", readiness the chat service, all native grpc probes on a port the
+    gateway serves health on in plaintext (the health port when the main port is TLS)."""
+    gateway = gateway_container(pod_spec(overlay))
+    settings = gateway_settings(gateway)
+    if settings.tls_cert:
+        assert settings.health_listen, f"{overlay}: kubelet grpc probes cannot speak TLS; set GATEWAY_HEALTH_LISTEN"
+        port = port_of(settings.health_listen)
+    else:
+        port = port_of(settings.listen)
     expected = {"startupProbe": "", "livenessProbe": "", "readinessProbe": SERVICE}
     assert SERVICE == "claude_gateway.v1.ChatService"
     for probe_name, service in expected.items():
         probe = gateway[probe_name]
         handlers = {"grpc", "exec", "httpGet", "tcpSocket"} & probe.keys()
-        assert handlers == {"grpc"}, f"{name}: {probe_name} uses {sorted(handlers)}"
-        assert probe["grpc"]["port"] == port, f"{name}: {probe_name} probes another port"
-        assert probe["grpc"].get("service", "") == service, f"{name}: {probe_name} checks the wrong service"
+        assert handlers == {"grpc"}, f"{overlay}: {probe_name} uses {sorted(handlers)}"
+        assert probe["grpc"]["port"] == port, f"{overlay}: {probe_name} probes a port without plaintext health"
+        assert probe["grpc"].get("mode", "Plaintext") == "Plaintext"
+        assert probe["grpc"].get("service", "") == service, f"{overlay}: {probe_name} checks the wrong service"
 
 
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_gateway_listens_where_the_probes_can_reach(name: str) -> None:
-    """The gateway binds all interfaces, since the kubelet's grpc probes dial the pod IP, never loopback."""
-    settings = gateway_settings(gateway_container(pod_spec(name)))
-    assert settings.listen.rsplit(":", 1)[0] in WILDCARD_HOSTS
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_listens_where_the_probes_can_reach(overlay: str) -> None:
+    """The gateway binds all interfaces (and so does its health port), since the kubelet's probes dial the pod IP."""
+    settings = gateway_settings(gateway_container(pod_spec(overlay)))
+    for listen in filter(None, (settings.listen, settings.health_listen)):
+        assert listen.rsplit(":", 1)[0] in WILDCARD_HOSTS
 
 
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_gateway_has_no_prestop_hook(name: str) -> None:
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_has_no_prestop_hook(overlay: str) -> None:
     """No preStop sleep: GATEWAY_DRAIN_DELAY keeps the gateway answering while endpoints are removed."""
-    assert "lifecycle" not in gateway_container(pod_spec(name))
+    assert "lifecycle" not in gateway_container(pod_spec(overlay))
 
 
-def test_sidecar_is_native_private_and_on_loopback() -> None:
-    """The sidecar is a native sidecar, the app dials 127.0.0.1, and neither a Service nor the policy opens its port."""
-    docs = load("sidecar.yaml")
-    spec = pod_spec("sidecar.yaml")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_api_key_is_a_mounted_secret_file_only_the_gateway_sees(overlay: str) -> None:
+    """The key reaches the gateway only as ANTHROPIC_API_KEY_FILE inside a mounted Secret; no app mounts it and no
+    container gets it as a variable."""
+    spec = pod_spec(overlay)
     gateway = gateway_container(spec)
-    port = listen_port(gateway_settings(gateway))
-    assert is_native_sidecar(spec, gateway)
-    (app,) = app_containers(spec)
-    assert literal_env(app)["GATEWAY_TARGET"] == f"127.0.0.1:{port}"
-    assert "ports" not in gateway, "the gateway's port is not for other pods"
-    named = named_container_ports(spec)
-    for service in of_kind(docs, "Service"):
-        for service_port in service["spec"]["ports"]:
-            assert port not in (service_port["port"], named.get(service_port.get("targetPort"), None))
-    (policy,) = of_kind(docs, "NetworkPolicy")
-    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels(docs).items()
-    assert "Ingress" in policy["spec"]["policyTypes"]
-    for rule in policy["spec"].get("ingress", []):
-        assert rule.get("ports"), "an ingress rule without ports would open every port, 50051 included"
-        for rule_port in rule["ports"]:
-            assert named.get(rule_port["port"], rule_port["port"]) != port
+    path = Path(literal_env(gateway)["ANTHROPIC_API_KEY_FILE"])
+    (mount,) = [m for m in gateway["volumeMounts"] if path.parent == Path(m["mountPath"])]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert not secret.get("optional", False), "a missing Secret should stop the pod, not start a keyless gateway"
+    assert path.name in {item["path"] for item in secret["items"]}
+    for container in all_containers(spec):
+        assert "envFrom" not in container, f"{overlay}: envFrom would hand whole Secrets to {container['name']}"
+        assert "ANTHROPIC_API_KEY" not in env_entries(container), f"{overlay}: the key as a variable"
+        if container is not gateway:
+            names = {m["name"] for m in container.get("volumeMounts", [])}
+            assert mount["name"] not in names, f"{overlay}: {container['name']} can read the API key"
 
 
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_containers_are_locked_down(name: str) -> None:
-    """Every container runs non-root with a read-only root, no privilege escalation and no capabilities."""
-    spec = pod_spec(name)
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] != 0
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nobody_runs_as_root(overlay: str) -> None:
+    """The pod and every container run as the image's non-root numeric user, read-only, with no capabilities,
+    no privilege escalation and the runtime's seccomp profile (the "restricted" Pod Security Standard)."""
+    spec = pod_spec(overlay)
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True
+    assert (pod["runAsUser"], pod["runAsGroup"]) == dockerfile_user()
+    assert pod["runAsUser"] != 0
+    assert pod["seccompProfile"]["type"] == "RuntimeDefault"
     assert spec.get("automountServiceAccountToken") is False
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(key, False)
     for container in all_containers(spec):
         context = container["securityContext"]
+        assert context.get("runAsUser", pod["runAsUser"]) != 0
         assert context.get("runAsNonRoot", True) is True
         assert context["readOnlyRootFilesystem"] is True
         assert context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"]
+        assert "add" not in context["capabilities"]
+        assert not context.get("privileged", False)
 
 
-@pytest.mark.parametrize("name", POD_MANIFESTS)
-def test_gateway_image_command_and_resources(name: str) -> None:
-    """The gateway runs `python -m server`, with CPU and memory requests and a memory limit above the request."""
-    gateway = gateway_container(pod_spec(name))
+def test_every_gateway_image_is_the_one_the_base_sets() -> None:
+    """Every container that runs the gateway's image, in every overlay, runs exactly the base's reference."""
+    expected = base_image_reference()
+    seen = set()
+    for overlay in OVERLAYS:
+        spec = pod_spec(overlay)
+        assert gateway_container(spec)["image"] == expected
+        for container in all_containers(spec):
+            if "claude-grpc-gateway" in container["image"]:
+                seen.add(container["image"])
+    assert seen == {expected}
+    for path in K8S.rglob("*.yaml"):
+        if path != K8S / "base" / "kustomization.yaml":
+            assert expected.split(":")[0] not in path.read_text(encoding="utf-8"), f"{path} names the image again"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateway_command_and_resources_fit_the_benchmark(overlay: str) -> None:
+    """The gateway runs `python -m server`; its CPU request covers its stream limit at the benchmark's CPU per
+    event, and its memory request covers idle workers plus every admitted stream, under a larger limit."""
+    gateway = gateway_container(pod_spec(overlay))
     assert gateway["command"] == GATEWAY_COMMAND
+    settings = gateway_settings(gateway)
     resources = gateway["resources"]
-    assert {"cpu", "memory"} <= resources["requests"].keys()
-    assert mebibytes(resources["requests"]["memory"]) >= 256
-    assert mebibytes(resources["limits"]["memory"]) >= mebibytes(resources["requests"]["memory"])
+    streams = settings.workers * settings.max_concurrent_streams
+    cpu_per_event = readme_figure("2b", r"paced.*?\| ([\d.]+) us") / 1e6
+    assert cpu_cores(resources["requests"]["cpu"]) >= streams * DELTAS_PER_SECOND * cpu_per_event
+    stream_mib = readme_figure("4", r"\| ([\d.]+) KB") / 1024
+    assert mebibytes(resources["requests"]["memory"]) >= settings.workers * IDLE_WORKER_MIB + streams * stream_mib
+    assert mebibytes(resources["limits"]["memory"]) > mebibytes(resources["requests"]["memory"])
+    assert "cpu" not in resources["limits"], "a CPU limit throttles every stream's relay"
+
+
+def test_sidecar_is_native_and_private_on_loopback() -> None:
+    """The sidecar is a native sidecar the app dials on 127.0.0.1, no Service targets it, and the policy admits
+    nothing to it."""
+    docs = render("sidecar")
+    spec = pod_spec("sidecar")
+    gateway = gateway_container(spec)
+    port = port_of(gateway_settings(gateway).listen)
+    assert is_native_sidecar(spec, gateway)
+    assert gateway not in spec["containers"]
+    (app,) = app_containers(spec)
+    assert literal_env(app)["GATEWAY_TARGET"] == f"127.0.0.1:{port}"
+    assert app["command"][:2] == ["sh", "-c"]
+    assert "python -m claude_gateway" in app["command"][2]
+    assert not of_kind(docs, "Service")
+    assert not of_kind(docs, "HorizontalPodAutoscaler")
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    labels = deployment("sidecar")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    named = named_container_ports(spec)
+    for rule in policy["spec"].get("ingress", []):
+        assert rule.get("ports"), "an ingress rule without ports would open every port, the gateway's included"
+        for rule_port in rule["ports"]:
+            assert named.get(rule_port["port"], rule_port["port"]) != port
+
+
+def test_shared_service_is_headless_grpc_with_tls() -> None:
+    """The shared Service is headless, selects the gateway pods and publishes the gRPC port, served with TLS from
+    a mounted kubernetes.io/tls Secret."""
+    docs = render("shared")
+    spec = pod_spec("shared")
+    gateway = gateway_container(spec)
+    settings = gateway_settings(gateway)
+    (service,) = of_kind(docs, "Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert not service["spec"].get("publishNotReadyAddresses", False)
+    assert service["spec"]["selector"].items() <= deployment("shared")["spec"]["template"]["metadata"]["labels"].items()
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["appProtocol"] == "grpc"
+    assert named_container_ports(spec).get(service_port["targetPort"]) == port_of(settings.listen)
+    mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
+    tls = Path(settings.tls_cert).parent
+    # The key names of a kubernetes.io/tls Secret, in one mounted directory.
+    assert (settings.tls_cert, settings.tls_key) == (str(tls / "tls.crt"), str(tls / "tls.key"))
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mounts[str(tls)]]
+    assert "secret" in volume
+
+
+def test_shared_disruption_budget_and_autoscaler_cover_the_gateway() -> None:
+    """The PodDisruptionBudget and the autoscaler act on the gateway's pods, which the autoscaler alone counts."""
+    docs = render("shared")
+    gateway_deployment = deployment("shared")
+    labels = gateway_deployment["spec"]["template"]["metadata"]["labels"]
+    (pdb,) = of_kind(docs, "PodDisruptionBudget")
+    (hpa,) = of_kind(docs, "HorizontalPodAutoscaler")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", gateway_deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    assert "replicas" not in gateway_deployment["spec"], "a fixed count would fight the autoscaler on every apply"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+
+
+def metrics_ports(settings: Settings) -> list[int]:
+    """The ports the gateway serves metrics on: GATEWAY_METRICS_LISTEN's port plus 0..workers-1, one per worker."""
+    if not settings.metrics_listen:
+        return []
+    first = port_of(settings.metrics_listen)
+    return [first + number for number in range(settings.workers)]
+
+
+def test_shared_network_policy_admits_clients_to_grpc_and_prometheus_to_metrics_only() -> None:
+    """The shared NetworkPolicy selects the gateway pods, admits labelled clients to the gRPC port and Prometheus
+    to every worker's metrics port, and nothing else."""
+    docs = render("shared")
+    spec = pod_spec("shared")
+    (policy,) = of_kind(docs, "NetworkPolicy")
+    labels = deployment("shared")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    named = named_container_ports(spec)
+    settings = gateway_settings(gateway_container(spec))
+    admitted = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from"), "a rule without `from` admits every pod"
+        (source,) = rule["from"]
+        (who,) = source["podSelector"]["matchLabels"].items()
+        admitted[who] = sorted(named.get(p["port"], p["port"]) for p in rule["ports"])
+    assert admitted.pop(("claude-gateway/client", "true")) == [port_of(settings.listen)]
+    assert admitted == {("app.kubernetes.io/name", "prometheus"): metrics_ports(settings)}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_worker_metrics_port_is_declared(overlay: str) -> None:
+    """Each worker's metrics port is a named container port, so that a scraper and the policy can find it."""
+    spec = pod_spec(overlay)
+    settings = gateway_settings(gateway_container(spec))
+    declared = set(named_container_ports(spec).values())
+    assert set(metrics_ports(settings)) <= declared
+    if overlay == "shared":
+        assert metrics_ports(settings), "the shared gateway serves metrics"
