@@ -85,12 +85,15 @@ class _Capped(httpx2.AsyncByteStream):
 def body_reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
     """How to read ``response``'s body: what has arrived, b"" at the end.
 
-    On the SDK's aiohttp transport this is aiohttp's own ``readany`` on the response below the SDK's
-    adapter, one await per read instead of four async generators (the adapter's chunker, httpx2's
-    byte and raw iterators); the response hook already refused any content-encoding, so the bytes are
-    the same. On httpx it is httpx2's raw iterator (no decoder, for the same reason).
+    On the SDK's aiohttp transport this is aiohttp's own ``readany`` on the response under the SDK's
+    adapter and httpx2's timing wrapper: one await per read instead of five nested async generators
+    (httpx2's raw and bound streams, the adapter's chunker and exception mapper, aiohttp's chunk
+    iterator). The response hook already refused any content-encoding, so the bytes are the same.
+    On httpx, or if those layers ever change shape, it is httpx2's raw iterator (no decoder, for the
+    same reason).
     """
-    raw = getattr(response.stream, "_aiohttp_response", None)
+    inner = getattr(response.stream, "_stream", None)  # httpx2's BoundAsyncStream around the transport's
+    raw = getattr(inner, "_aiohttp_response", None)  # the SDK's AiohttpResponseStream
     if isinstance(raw, aiohttp.ClientResponse):
         return raw.content.readany
     chunks = response.aiter_raw()

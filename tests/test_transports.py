@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import grpc
 import pytest
 
@@ -53,5 +54,25 @@ def test_cancel_and_stall_close_the_upstream_on_both_transports(http_client: str
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             await h.sim.requests[-1].wait_closed(timeout=1)
             await until(lambda: h.gateway.admission.active == 0)
+
+    run(go)
+
+
+@pytest.mark.parametrize("http_client", TRANSPORTS)
+def test_the_body_is_read_below_the_sdk_adapter_on_aiohttp(http_client: str) -> None:
+    """On aiohttp the gateway reads the body with aiohttp's own readany, not through the SDK's adapter;
+    if the SDK's layers change shape, the fallback (httpx2's raw iterator) still reads the same bytes."""
+
+    async def go() -> None:
+        async with gateway(http_client=http_client) as h:
+            upstream = h.gateway.upstream
+            async with upstream.stream(body(), (), 10.0) as (request_id, read):
+                fast = isinstance(getattr(read, "__self__", None), aiohttp.StreamReader)
+                assert fast == (http_client == "aiohttp")
+                data = b""
+                while chunk := await read():
+                    data += chunk
+            assert request_id is not None
+            assert data.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
 
     run(go)
