@@ -18,10 +18,11 @@ import yaml
 
 from server.app import SERVICE
 from server.config import Settings, env_name
+from server.policy import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-OVERLAYS = ("sidecar", "shared")
+OVERLAYS = ("sidecar", "shared", "shared-limits")
 
 # The oldest Kubernetes the manifests target (1.29: native sidecars on by default) and the newest schema that
 # kubernetes-validate 1.37 bundles.
@@ -447,3 +448,23 @@ def test_every_worker_metrics_port_is_declared(overlay: str) -> None:
     assert set(metrics_ports(settings)) <= declared
     if overlay == "shared":
         assert metrics_ports(settings), "the shared gateway serves metrics"
+
+
+def test_the_limits_component_mounts_a_valid_policy_and_the_callers_where_the_settings_point() -> None:
+    """shared-limits turns on token callers, the policy and Redis quotas: the policy it ships is one the gateway
+    loads, each file setting points into a mounted volume, and the Redis URL comes from a Secret, not a value."""
+    policy = parse((K8S / "components" / "callers-and-limits" / "policy.yaml").read_text(), "policy.yaml")
+    assert policy.model("chat") == "claude-sonnet-4-6"
+    spec = pod_spec("shared-limits")
+    gateway = gateway_container(spec)
+    env = {e["name"]: e for e in gateway["env"]}
+    assert env["GATEWAY_CALLER_IDENTITY"]["value"] == "token"
+    assert "value" not in env["GATEWAY_REDIS_URL"]
+    assert env["GATEWAY_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == "claude-gateway-redis"
+    mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for setting, volume in (("GATEWAY_CALLERS_FILE", "callers"), ("GATEWAY_POLICY_FILE", "policy")):
+        assert Path(env[setting]["value"]).parent == Path(mounts[volume]), setting
+    (config_map,) = of_kind(render("shared-limits"), "ConfigMap")
+    assert volumes["policy"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert "policy.yaml" in config_map["data"]
