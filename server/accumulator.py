@@ -54,7 +54,7 @@ class MessageAccumulator:
                 self._extra["request_headers"] = httpx2.Headers({"anthropic-beta": ",".join(self._betas)})
         try:
             for name, obj, _ in batch:
-                if name != "ping" and obj.get("type") in _KNOWN:  # as the SDK, which skips unknown event types
+                if obj.get("type") in _KNOWN:  # as the SDK, which skips unknown event types (and pings)
                     self._snapshot = self._accumulate(
                         event=obj,  # the SDK builds its typed event from the JSON
                         current_snapshot=self._snapshot,
