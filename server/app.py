@@ -199,7 +199,7 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
     except ValueError as exc:
         await client.close()
         raise StartupError(str(exc)) from None
-    upstream = Upstream(client, connect_timeout=settings.connect_timeout)
+    upstream = Upstream(client, settings)
     metrics = None
     if settings.metrics_listen:
         metrics = Metrics(settings.metrics_max_callers, frozenset(price_table.models), lambda: admission.active)

@@ -60,12 +60,13 @@ def test_cancel_and_stall_close_the_upstream_on_both_transports(http_client: str
 
 @pytest.mark.parametrize("http_client", TRANSPORTS)
 def test_the_body_is_read_below_the_sdk_adapter_on_aiohttp(http_client: str) -> None:
-    """On aiohttp the gateway reads the body with aiohttp's own readany, not through the SDK's adapter;
-    if the SDK's layers change shape, the fallback (httpx2's raw iterator) still reads the same bytes."""
+    """On aiohttp the gateway posts on its own session and reads the body with aiohttp's readany; on
+    httpx it goes through the SDK's post and reads httpx2's raw iterator. Both read the same bytes."""
 
     async def go() -> None:
         async with gateway(http_client=http_client) as h:
             upstream = h.gateway.upstream
+            assert upstream.direct == (http_client == "aiohttp")
             async with upstream.stream(body(), (), 10.0) as (request_id, read):
                 fast = isinstance(getattr(read, "__self__", None), aiohttp.StreamReader)
                 assert fast == (http_client == "aiohttp")
@@ -74,5 +75,41 @@ def test_the_body_is_read_below_the_sdk_adapter_on_aiohttp(http_client: str) -> 
                     data += chunk
             assert request_id is not None
             assert data.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+    run(go)
+
+
+# Headers that differ between two requests of the same client, or that the HTTP library sets for itself.
+_PER_REQUEST = {
+    "x-stainless-retry-count",
+    "x-stainless-timeout",
+    "x-stainless-read-timeout",
+    "content-length",
+    "connection",
+}
+
+
+def test_the_gateway_s_own_session_sends_what_the_sdk_sends() -> None:
+    """The aiohttp path's request carries the SDK's auth, version, user agent and platform headers, and
+    the body the SDK's post would send, with identity encoding and the caller's betas."""
+
+    async def go() -> None:
+        sent = {}
+        for http_client in TRANSPORTS:
+            async with gateway(http_client=http_client) as h:
+                request = body(metadata={"user_id": "u-1"})
+                call = h.stub.StreamMessage(stream_request(request, ["files-api-2025-04-14"]), timeout=10)
+                assert [r async for r in call][-1].events[-1].HasField("message_stop")
+                (seen,) = h.sim.requests
+                sent[http_client] = (
+                    {k: v for k, v in seen.headers.items() if k not in _PER_REQUEST and k != "host"},
+                    seen.body,
+                )
+        headers, json_body = sent["aiohttp"]
+        assert (headers, json_body) == sent["httpx"]
+        assert headers["authorization"].startswith("Bearer ")
+        assert headers["accept-encoding"] == "identity"
+        assert headers["anthropic-beta"] == "files-api-2025-04-14"
+        assert json_body["stream"] is True
 
     run(go)
