@@ -22,7 +22,7 @@ from server.errors import Failure, GatewayError, Reason, fail, from_exception
 from server.events import OFFLOAD_BYTES, Event, SseFramer, parse
 from server.grammar import Grammar
 from server.retry import backoff
-from server.upstream import Upstream
+from server.upstream import Body, Upstream
 from server.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class UpstreamReader:
         self._watchdog = watchdog
         self._deadline = deadline
         self._stack = contextlib.AsyncExitStack()
+        self._body: Body | None = None
         self._read_body: Callable[[], Awaitable[bytes]] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
         self._framer = SseFramer(settings.max_event_bytes)
@@ -64,9 +65,10 @@ class UpstreamReader:
             self._watchdog.waiting()
             self.attempts = attempt
             try:
-                self.request_id, self._read_body = await self._stack.enter_async_context(
+                self._body = await self._stack.enter_async_context(
                     self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
                 )
+                self.request_id, self._read_body = self._body.request_id, self._body.read
                 batch = await self._read()
                 if batch is None:
                     raise GatewayError(_incomplete())
@@ -152,6 +154,8 @@ class UpstreamReader:
                 break
             if name == "message_stop":
                 self.complete = True
+                assert self._body is not None
+                self._body.complete = True  # what follows is the body's end: the connection can be kept
         return batch
 
 

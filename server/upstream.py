@@ -17,6 +17,8 @@ request asks for ``accept-encoding: identity`` and says not to follow redirects.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -25,6 +27,8 @@ from typing import Any
 import aiohttp
 import anthropic
 import httpx2
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from server.config import Settings
 from server.errors import GatewayError, Reason, fail
@@ -32,6 +36,9 @@ from server.errors import GatewayError, Reason, fail
 MESSAGES_PATH = "/v1/messages"
 _IDENTITY = ("", "identity")
 _MAX_CONNECTIONS = 1000  # the SDK's own default pool size
+# What may follow a stream's last event before its connection is kept: the body's end (a few bytes).
+_FINISH_BYTES = 16 * 1024
+_FINISH_SECONDS = 1.0
 
 
 def http_client(settings: Settings) -> httpx2.AsyncClient:
@@ -107,6 +114,38 @@ def body_reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
     return read
 
 
+class Body:
+    """One upstream response body, as ``Upstream.stream`` yields it."""
+
+    __slots__ = ("complete", "read", "request_id")
+
+    def __init__(self, request_id: str | None, read: Callable[[], Awaitable[bytes]]) -> None:
+        self.request_id = request_id  # the upstream's request-id header
+        self.read = read  # what has arrived; b"" at the end
+        # Set by the reader once the stream's last event (message_stop) is in: leaving then keeps
+        # the connection, reading the body's end in the background instead of dropping it.
+        self.complete = False
+
+
+async def _read_to_end(response: aiohttp.ClientResponse) -> None:
+    """Read a complete body's remaining bytes (at most a few, within a second) and release its
+    connection to the pool; anything more, later or broken drops the connection."""
+    left = _FINISH_BYTES
+    try:
+        async with asyncio.timeout(_FINISH_SECONDS):
+            while chunk := await response.content.readany():
+                left -= len(chunk)
+                if left < 0:
+                    break
+    except (TimeoutError, aiohttp.ClientError):
+        pass
+    finally:
+        if response.content.at_eof():
+            response.release()
+        else:
+            response.close()
+
+
 class Upstream:
     """Opens streaming Messages API calls. One per process; it owns the connection pool.
 
@@ -127,6 +166,7 @@ class Upstream:
         self._connect_timeout = settings.connect_timeout
         self._max_error_body_bytes = settings.max_error_body_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._finishing: set[asyncio.Task[None]] = set()  # complete bodies whose end is still being read
         client = self._client
         if (
             settings.http_client == "aiohttp"
@@ -138,9 +178,14 @@ class Upstream:
             self._request = httpx2.Request("POST", self._url)  # what the SDK's exceptions point at
             self._headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
             self._headers["accept-encoding"] = "identity"
+            # HTTPS_PROXY / NO_PROXY as the SDK's clients read them, once: aiohttp's trust_env would
+            # look them up in a thread on every request.
+            self._proxy: URL | None = None
+            self._proxy_auth: aiohttp.BasicAuth | None = None
+            with contextlib.suppress(LookupError):
+                self._proxy, self._proxy_auth = get_env_proxy_for_url(URL(self._url))
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=_MAX_CONNECTIONS, ssl=httpx2.create_ssl_context(trust_env=True)),
-                trust_env=True,  # HTTPS_PROXY and NO_PROXY, as the SDK's clients read them
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
@@ -150,15 +195,17 @@ class Upstream:
         """Whether calls go out on the gateway's own session (True) or through the SDK's ``post``."""
         return self._session is not None
 
-    def stream(
-        self, body: dict[str, Any], betas: Sequence[str], timeout: float
-    ) -> AbstractAsyncContextManager[tuple[str | None, Callable[[], Awaitable[bytes]]]]:
-        """POST /v1/messages with "stream": true; yields the upstream request id and a read function
-        that returns the body's bytes as they arrive (b"" at its end).
+    @property
+    def finishing(self) -> int:
+        """Complete bodies whose end is still being read in the background."""
+        return len(self._finishing)
+
+    def stream(self, body: dict[str, Any], betas: Sequence[str], timeout: float) -> AbstractAsyncContextManager[Body]:
+        """POST /v1/messages with "stream": true; yields the response ``Body``.
 
         Raises the SDK's exceptions for HTTP errors and connection failures; a read raises its
-        transport's (``server.errors.from_exception`` maps both). Leaving closes the response, and
-        the connection with it unless the body was read to its end.
+        transport's (``server.errors.from_exception`` maps both). Leaving closes the response, and the
+        connection with it unless the body was read to its end or marked ``complete``.
         """
         if self._session is not None:
             return self._post(self._session, body, betas, timeout)
@@ -167,7 +214,7 @@ class Upstream:
     @asynccontextmanager
     async def _post(
         self, session: aiohttp.ClientSession, body: dict[str, Any], betas: Sequence[str], timeout: float
-    ) -> AsyncIterator[tuple[str | None, Callable[[], Awaitable[bytes]]]]:
+    ) -> AsyncIterator[Body]:
         headers = self._headers
         if betas:
             headers = {**headers, "anthropic-beta": ",".join(betas)}
@@ -176,11 +223,21 @@ class Upstream:
         # chunk, which is what a transport read timeout costs.
         limits = aiohttp.ClientTimeout(connect=timeout, sock_connect=min(self._connect_timeout, timeout))
         try:
-            response = await session.post(self._url, data=data, headers=headers, allow_redirects=False, timeout=limits)
+            response = await session.post(
+                self._url,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=limits,
+                proxy=self._proxy,
+                proxy_auth=self._proxy_auth,
+            )
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise anthropic.APITimeoutError(request=self._request) from exc
         except aiohttp.ClientError as exc:
             raise anthropic.APIConnectionError(request=self._request) from exc
+        content = response.content
+        out = Body(response.headers.get("request-id"), content.readany)
         try:
             status = response.status
             if 300 <= status < 400:
@@ -193,12 +250,21 @@ class Upstream:
                 )
             if status >= 300:
                 raise await self._status_error(response)
-            yield response.headers.get("request-id"), response.content.readany
+            yield out
         finally:
-            if response.content.at_eof():
+            if content.at_eof():
                 response.release()  # the connection goes back to the pool
+            elif out.complete:
+                self._finish(response)
             else:
                 response.close()  # a body left unread: the connection is dropped
+
+    def _finish(self, response: aiohttp.ClientResponse) -> None:
+        """Read what is left of a complete body (its end, usually in flight) in the background, so the
+        connection goes back to the pool as a reader to the end (the SDK's) would leave it."""
+        task = asyncio.get_running_loop().create_task(_read_to_end(response))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _status_error(self, response: aiohttp.ClientResponse) -> anthropic.APIStatusError:
         """The SDK's exception for an HTTP error, from at most ``max_error_body_bytes`` of its body."""
@@ -213,9 +279,7 @@ class Upstream:
         return self._client._make_status_error_from_response(http_response)
 
     @asynccontextmanager
-    async def _sdk_post(
-        self, body: dict[str, Any], betas: Sequence[str], timeout: float
-    ) -> AsyncIterator[tuple[str | None, Callable[[], Awaitable[bytes]]]]:
+    async def _sdk_post(self, body: dict[str, Any], betas: Sequence[str], timeout: float) -> AsyncIterator[Body]:
         limits = httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout), read=None)
         headers = {"accept-encoding": "identity"}
         if betas:
@@ -228,11 +292,14 @@ class Upstream:
             stream=True,
         )
         try:
-            yield response.headers.get("request-id"), body_reader(response)
+            yield Body(response.headers.get("request-id"), body_reader(response))
         finally:
             await response.aclose()
 
     async def aclose(self) -> None:
+        for task in self._finishing:
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         await self._client.close()

@@ -83,6 +83,7 @@ class Replay:
 
     body: bytes
     headers: dict[str, str] | None = None
+    end_delay: float = 0.0  # seconds between the last frame and the body's end (the last, empty chunk)
 
 
 StreamFault = ErrorEvent | Cut | Stall | Malformed | EndWithoutStop

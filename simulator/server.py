@@ -65,6 +65,7 @@ class Simulator:
         self.requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
         self._serials = count(1)
+        self.accepted = 0  # connections accepted since start: a client that reuses its connections makes few
         self._server: asyncio.Server | None = None
         self._connections: set[Connection] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -111,6 +112,7 @@ class Simulator:
         assert handler is not None  # start_server runs each connection in a task
         self._connections.add(connection)
         self._handlers.add(handler)
+        self.accepted += 1
         try:
             while (request := await connection.read_request()) is not None:
                 if not await self._respond(connection, request) or not request.keep_alive:
@@ -144,7 +146,9 @@ class Simulator:
             if isinstance(fault, HttpError):
                 return await answer.error(fault)
             if isinstance(fault, Replay):
-                return await answer.stream(sse.split(fault.body), None, self.pace, fault.headers or {})
+                return await answer.stream(
+                    sse.split(fault.body), None, self.pace, fault.headers or {}, end_delay=fault.end_delay
+                )
             body = check_body(request.body, version)
             try:
                 directives = parse(model.prompt_of(body))
@@ -201,8 +205,16 @@ class _Answer:
         self._record.status = 200
         return await self._connection.send_response(200, {**_JSON_HEADERS, "request-id": self._request_id}, body)
 
-    async def stream(self, frames: list[bytes], fault: StreamFault | None, pace: Pace, headers: dict[str, str]) -> bool:
-        """Stream `frames`, misbehaving as `fault` says after its number of them."""
+    async def stream(
+        self,
+        frames: list[bytes],
+        fault: StreamFault | None,
+        pace: Pace,
+        headers: dict[str, str],
+        end_delay: float = 0.0,
+    ) -> bool:
+        """Stream `frames`, misbehaving as `fault` says after its number of them; end the body
+        `end_delay` seconds after the last frame."""
         if isinstance(fault, Stall) and fault.after_events < 0:
             await self._connection.closed.wait()
             return False
@@ -227,6 +239,8 @@ class _Answer:
             case Malformed():
                 if not await self._event(sse.MALFORMED) or not await self._send(frames[at:], delays[at:], pace):
                     return False
+        if end_delay > 0 and not await self._connection.idle(end_delay):
+            return False
         return await self._connection.end_chunked()
 
     async def _send(self, frames: list[bytes], delays: list[float], pace: Pace) -> bool:

@@ -8,7 +8,8 @@ import aiohttp
 import grpc
 import pytest
 
-from simulator import Cut, ErrorEvent, HttpError, Pace, Stall
+from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
+from tests.corpus import OWN
 from tests.harness import body, gateway, run, status_of, stream_request, until
 
 TRANSPORTS = ["aiohttp", "httpx"]
@@ -67,13 +68,13 @@ def test_the_body_is_read_below_the_sdk_adapter_on_aiohttp(http_client: str) -> 
         async with gateway(http_client=http_client) as h:
             upstream = h.gateway.upstream
             assert upstream.direct == (http_client == "aiohttp")
-            async with upstream.stream(body(), (), 10.0) as (request_id, read):
-                fast = isinstance(getattr(read, "__self__", None), aiohttp.StreamReader)
+            async with upstream.stream(body(), (), 10.0) as response:
+                fast = isinstance(getattr(response.read, "__self__", None), aiohttp.StreamReader)
                 assert fast == (http_client == "aiohttp")
                 data = b""
-                while chunk := await read():
+                while chunk := await response.read():
                     data += chunk
-            assert request_id is not None
+            assert response.request_id is not None
             assert data.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
 
     run(go)
@@ -111,5 +112,30 @@ def test_the_gateway_s_own_session_sends_what_the_sdk_sends() -> None:
         assert headers["accept-encoding"] == "identity"
         assert headers["anthropic-beta"] == "files-api-2025-04-14"
         assert json_body["stream"] is True
+
+    run(go)
+
+
+def test_a_finished_stream_leaves_its_connection_to_the_next_call() -> None:
+    """Calls that end at message_stop reuse one upstream connection even when the body's end comes
+    later (here 50 ms after the last event); a cancelled call's connection is dropped at
+    once and the next call opens another."""
+
+    async def go() -> None:
+        reply = (OWN / "own_text_with_ping.sse").read_bytes()
+        async with gateway() as h:
+            for _ in range(3):
+                h.sim.enqueue(Replay(reply, end_delay=0.05))
+                assert (await h.events(body()))[-1]["type"] == "message_stop"
+                await until(lambda: not h.gateway.upstream.finishing)  # the connection is back in the pool
+            assert h.sim.accepted == 1
+            call = h.stub.StreamMessage(
+                stream_request(body("[[sim:tokens 500]] [[sim:tps 50]] long", max_tokens=1000)), timeout=10
+            )
+            await call.read()
+            call.cancel()
+            await h.sim.requests[-1].wait_closed(timeout=2)
+            assert (await h.events(body("[[sim:tokens 3]] hi")))[-1]["type"] == "message_stop"
+            assert h.sim.accepted == 2
 
     run(go)
