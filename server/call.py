@@ -87,6 +87,7 @@ class Calls:
                             record.see(batch)
                             await deliver(batch)
                             record.events += len(batch)
+                            batch = None  # not held while the next read waits (memory per open stream)
                             batch = await reader.next()
                         record.status = OK
                 except asyncio.CancelledError:

@@ -12,9 +12,9 @@ waiting in one gRPC message. Leaving the ``async with`` closes the upstream resp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from server.config import Settings
@@ -36,7 +36,7 @@ class UpstreamReader:
         self._upstream = upstream
         self._watchdog = watchdog
         self._deadline = deadline
-        self._stack = contextlib.AsyncExitStack()
+        self._exchange: AbstractAsyncContextManager[Body] | None = None  # the open upstream response
         self._body: Body | None = None
         self._read_body: Callable[[], Awaitable[bytes]] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
@@ -52,7 +52,12 @@ class UpstreamReader:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+        await self._close()
+
+    async def _close(self) -> None:
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            await exchange.__aexit__(None, None, None)
 
     async def open(self, body: dict[str, Any], betas: Sequence[str]) -> list[Event]:
         """Start the upstream stream and return its first events, retrying what is safe to retry:
@@ -65,9 +70,9 @@ class UpstreamReader:
             self._watchdog.waiting()
             self.attempts = attempt
             try:
-                self._body = await self._stack.enter_async_context(
-                    self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
-                )
+                exchange = self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
+                self._body = await exchange.__aenter__()
+                self._exchange = exchange
                 self.request_id, self._read_body = self._body.request_id, self._body.read
                 batch = await self._read()
                 if batch is None:
@@ -76,7 +81,7 @@ class UpstreamReader:
                 return batch
             except Exception as exc:
                 self._watchdog.reading = False
-                await self._stack.aclose()
+                await self._close()
                 failure = from_exception(exc)
                 delay = backoff(attempt, failure.retry_after)
                 if (

@@ -208,13 +208,14 @@ class Upstream:
         connection with it unless the body was read to its end or marked ``complete``.
         """
         if self._session is not None:
-            return self._post(self._session, body, betas, timeout)
+            return _Post(self, self._session, body, betas, timeout)
         return self._sdk_post(body, betas, timeout)
 
-    @asynccontextmanager
-    async def _post(
+    async def post(
         self, session: aiohttp.ClientSession, body: dict[str, Any], betas: Sequence[str], timeout: float
-    ) -> AsyncIterator[Body]:
+    ) -> aiohttp.ClientResponse:
+        """POST the body on the gateway's session and check the response's head: the SDK's exceptions
+        for connection failures and HTTP errors, GatewayError for a redirect or a compressed body."""
         headers = self._headers
         if betas:
             headers = {**headers, "anthropic-beta": ",".join(betas)}
@@ -236,8 +237,6 @@ class Upstream:
             raise anthropic.APITimeoutError(request=self._request) from exc
         except aiohttp.ClientError as exc:
             raise anthropic.APIConnectionError(request=self._request) from exc
-        content = response.content
-        out = Body(response.headers.get("request-id"), content.readany)
         try:
             status = response.status
             if 300 <= status < 400:
@@ -250,16 +249,12 @@ class Upstream:
                 )
             if status >= 300:
                 raise await self._status_error(response)
-            yield out
-        finally:
-            if content.at_eof():
-                response.release()  # the connection goes back to the pool
-            elif out.complete:
-                self._finish(response)
-            else:
-                response.close()  # a body left unread: the connection is dropped
+        except BaseException:
+            response.close()
+            raise
+        return response
 
-    def _finish(self, response: aiohttp.ClientResponse) -> None:
+    def finish(self, response: aiohttp.ClientResponse) -> None:
         """Read what is left of a complete body (its end, usually in flight) in the background, so the
         connection goes back to the pool as a reader to the end (the SDK's) would leave it."""
         task = asyncio.get_running_loop().create_task(_read_to_end(response))
@@ -303,3 +298,49 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
         await self._client.close()
+
+
+class _Post:
+    """One call's POST on the gateway's session, as the async context manager ``Upstream.stream`` returns:
+    entering sends it and yields its ``Body``; leaving releases the connection to the pool if the body
+    was read to its end, keeps it if the body is complete (``Upstream.finish``), and drops it otherwise.
+    A class rather than a generator: it is held by every open stream, and is smaller."""
+
+    __slots__ = ("_args", "_body", "_response", "_upstream")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        session: aiohttp.ClientSession,
+        body: dict[str, Any],
+        betas: Sequence[str],
+        timeout: float,
+    ) -> None:
+        self._upstream = upstream
+        self._args: tuple[aiohttp.ClientSession, dict[str, Any], Sequence[str], float] | None = (
+            session,
+            body,
+            betas,
+            timeout,
+        )
+        self._response: aiohttp.ClientResponse | None = None
+        self._body: Body | None = None
+
+    async def __aenter__(self) -> Body:
+        assert self._args is not None, "entered twice"
+        args, self._args = self._args, None
+        response = self._response = await self._upstream.post(*args)
+        self._body = Body(response.headers.get("request-id"), response.content.readany)
+        return self._body
+
+    async def __aexit__(self, *exc: object) -> None:
+        response, body = self._response, self._body
+        assert response is not None
+        assert body is not None
+        self._response = self._body = None
+        if response.content.at_eof():
+            response.release()  # the connection goes back to the pool
+        elif body.complete:
+            self._upstream.finish(response)
+        else:
+            response.close()  # a body left unread: the connection is dropped
