@@ -74,8 +74,8 @@ class UpstreamReader:
                 self._body = await exchange.__aenter__()
                 self._exchange = exchange
                 self.request_id, self._read_body = self._body.request_id, self._body.read
-                batch = await self._read()
-                if batch is None:
+                batch = await self.next()
+                if batch is None:  # not before message_stop, which cannot come before the first read
                     raise GatewayError(_incomplete())
                 self._watchdog.first_event_seen()
                 return batch
@@ -98,33 +98,25 @@ class UpstreamReader:
                 await asyncio.sleep(delay)
 
     async def next(self) -> list[Event] | None:
-        """The next events; None once message_stop was read. Raises GatewayError on any failure."""
+        """The next events: those one network read completed (reading on until at least one is);
+        None once message_stop was read. Raises GatewayError on any failure. Only events are life
+        to the watchdog: bytes that complete none (a line that never ends, comments) are not."""
         if self._failure is not None:
             raise self._failure
         if self.complete:
             return None
-        try:
-            batch = await self._read()
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise GatewayError(from_exception(exc)) from None
-        if batch is None:
-            raise GatewayError(_incomplete())
-        return batch
-
-    async def _read(self) -> list[Event] | None:
-        """Read until at least one event is complete; None at the end of the body. Only events are
-        life to the watchdog: bytes that complete none (a line that never ends, comments) are not."""
         read_body = self._read_body
         assert read_body is not None
         watchdog = self._watchdog
         watchdog.waiting()
         try:
             while True:
-                chunk = await read_body()
+                try:
+                    chunk = await read_body()
+                except Exception as exc:
+                    raise GatewayError(from_exception(exc)) from None
                 if not chunk:
-                    return None
+                    raise GatewayError(_incomplete())
                 self.bytes_read += len(chunk)
                 try:
                     frames = self._framer.feed(chunk)

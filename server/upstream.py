@@ -28,6 +28,7 @@ import aiohttp
 import anthropic
 import httpx2
 from aiohttp.helpers import get_env_proxy_for_url
+from multidict import CIMultiDict
 from yarl import URL
 
 from server.config import Settings
@@ -176,7 +177,8 @@ class Upstream:
         ):
             self._url = str(self._client.base_url.join(MESSAGES_PATH.lstrip("/")))
             self._request = httpx2.Request("POST", self._url)  # what the SDK's exceptions point at
-            self._headers = {k: v for k, v in self._client.default_headers.items() if isinstance(v, str)}
+            # Built once as aiohttp's own header type: a plain dict would be copied into one per request.
+            self._headers = CIMultiDict((k, v) for k, v in self._client.default_headers.items() if isinstance(v, str))
             self._headers["accept-encoding"] = "identity"
             # HTTPS_PROXY / NO_PROXY as the SDK's clients read them, once: aiohttp's trust_env would
             # look them up in a thread on every request.
@@ -218,7 +220,8 @@ class Upstream:
         for connection failures and HTTP errors, GatewayError for a redirect or a compressed body."""
         headers = self._headers
         if betas:
-            headers = {**headers, "anthropic-beta": ",".join(betas)}
+            headers = headers.copy()
+            headers["anthropic-beta"] = ",".join(betas)
         data = json.dumps({**body, "stream": True}, separators=(",", ":")).encode()
         # No read timeout: the gateway's watchdog bounds reads (idle, deadline) without a timer per
         # chunk, which is what a transport read timeout costs.
