@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+import aiohttp
 import anthropic
 import grpc
 
@@ -57,7 +58,8 @@ class Job:
     after_deltas: int = 3
     delay: float = 0.0
     deadline: float = 300.0  # per call
-    http_client: str = "aiohttp"  # the SDK's transport for SDK calls, as the gateway's default
+    http_client: str = "aiohttp"  # the SDK's transport for SDK calls, as the gateway's default; "raw": no SDK,
+    # a bare aiohttp session that reads the bytes and parses nothing (``raw_streams``)
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
@@ -81,6 +83,8 @@ class Clients:
 
     channels: list[grpc.aio.Channel]
     sdk: anthropic.AsyncAnthropic | None
+    raw: aiohttp.ClientSession | None = None
+    base_url: str = ""
 
     @classmethod
     async def connect(cls, job: Job) -> Clients:
@@ -92,6 +96,8 @@ class Clients:
                 await asyncio.wait_for(channel.channel_ready(), 10)
                 channels.append(channel)
         sdk = None
+        if job.base_url and job.http_client == "raw":
+            return cls(channels, None, aiohttp.ClientSession(auto_decompress=False), job.base_url)
         if job.base_url:
             http = anthropic.DefaultAioHttpClient() if job.http_client == "aiohttp" else None
             sdk = anthropic.AsyncAnthropic(base_url=job.base_url, api_key="bench", max_retries=0, http_client=http)
@@ -112,7 +118,25 @@ class Clients:
         async with stream:
             await read_sdk(stream, record, samples)
 
+    async def raw_stream(self, request_body: dict[str, Any], record: StreamRecord) -> None:
+        """One streamed call straight to the simulator on a bare aiohttp session: the bytes read as they
+        arrive, counted as events by their blank lines, nothing parsed. What reading alone costs."""
+        assert self.raw is not None
+        headers = {"authorization": "Bearer bench", "anthropic-version": "2026-10-21", "accept-encoding": "identity"}
+        async with self.raw.post(
+            f"{self.base_url}/v1/messages", json={**request_body, "stream": True}, headers=headers
+        ) as r:
+            if r.status != 200:
+                record.error = f"HTTP {r.status}"
+                return
+            while chunk := await r.content.readany():
+                n = chunk.count(b"\n\n")
+                record.events += n
+                record.messages += n
+
     async def close(self) -> None:
+        if self.raw is not None:
+            await self.raw.close()
         for channel in self.channels:
             await channel.close()
         if self.sdk is not None:
@@ -161,7 +185,10 @@ async def run_sdk_streams(job: Job, clients: Clients, control: Control) -> Resul
 
     async def one(i: int, start: int) -> None:
         await sleep_until(start)
-        await clients.sdk_stream(request_body, records[i], samples)
+        if clients.raw is not None:
+            await clients.raw_stream(request_body, records[i])
+        else:
+            await clients.sdk_stream(request_body, records[i], samples)
 
     await asyncio.gather(*(one(i, t) for i, t in enumerate(_starts(origin, job.streams, job.ramp))))
     return _stream_result(records, samples)

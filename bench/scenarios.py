@@ -2,8 +2,9 @@
 
 1. capacity: relay latency of N concurrent paced streams, and whether any fell behind schedule
 2. CPU per relayed event, gateway against a process consuming the same streams with the SDK, and
-   against grpc.aio alone writing the same paced streams (``floor``)
-3. time to first event added by the gateway, and its fixed CPU per request
+   against grpc.aio alone writing the same paced streams (``floor``) and aiohttp alone reading them
+3. time to first event added by the gateway, and its fixed CPU per request, against the bare SDK and
+   against grpc.aio alone serving the same calls
 4. memory per open stream
 5. overload: refusals at the stream limit, and the admitted streams' latency meanwhile
 6. cancel-to-close: client cancel to the upstream connection closing
@@ -209,7 +210,50 @@ async def cpu_per_event(session: Session) -> list[Row]:
     finally:
         await session.procs.stop(floor)
     rows.append(_floor_row(f"{size} streams x {plan.tps:g}/s", paced, floor_run))
+    reads = Job(
+        "sdk_streams",
+        base_url=session.base_url,
+        streams=size,
+        tokens=plan.capacity_tokens,
+        tps=plan.tps,
+        ramp=plan.ramp,
+        record=False,
+        http_client="raw",
+    )
+    reads_run = await session.run([reads], alone=True)
+    rows.append(_reading_row(paced, floor_run, reads_run))
     return rows
+
+
+def _reading_row(gateway: Run, floor: Run, reads: Run) -> Row:
+    """What reading the same paced streams costs alone (a bare aiohttp session, nothing parsed, on the
+    gateway's core), and the gateway against the sum of that and the grpc.aio floor: the two halves of
+    what it does per event, each at its own floor."""
+    events = _events(gateway)
+    gw_us = gateway.gateway_cpu_s / events * 1e6
+    floor_us = floor.gateway_cpu_s / _events(floor) * 1e6
+    read_us = reads.client_cpu_s / events * 1e6
+    both = floor_us + read_us
+    errors = _errors(_records(reads))
+    return Row(
+        "2d",
+        "reading the same paced streams alone (aiohttp, nothing parsed), and the gateway against reading + the floor",
+        f"reading {read_us:.1f} us = {read_us / floor_us:.2f}x the floor; gateway {gw_us:.1f} us = "
+        f"{gw_us / both:.2f}x reading + floor ({both:.1f} us)",
+        "-",
+        "info",
+        f"one process on the gateway's core reads every stream's body with aiohttp's readany and counts its "
+        f"events by their blank lines; {reads.client_cpu_s:.2f} CPU-s over {reads.wall_s:.1f} s; "
+        f"errors {errors or 'none'}{_others(reads)}",
+        {
+            "read_us_per_event": read_us,
+            "floor_us_per_event": floor_us,
+            "gateway_us_per_event": gw_us,
+            "gateway_over_read_plus_floor": gw_us / both,
+            "read_cpu_s": reads.client_cpu_s,
+            "errors": errors,
+        },
+    )
 
 
 def _floor_row(what: str, gateway: Run, floor: Run) -> Row:
@@ -335,6 +379,32 @@ async def first_event(session: Session) -> list[Row]:
                 "wall_s": tiny.wall_s,
                 "errors": errors,
             },
+        )
+    )
+    floor, floor_target = await session.procs.floor()
+    try:
+        floor_tiny = await session.run(
+            [Job("tiny", target=floor_target, count=plan.tiny_calls, concurrency=plan.tiny_concurrency)],
+            (floor, floor_target),
+        )
+    finally:
+        await session.procs.stop(floor)
+    (floor_res,) = floor_tiny.results
+    floor_per_call = floor_tiny.gateway_cpu_s / plan.tiny_calls
+    own = per_call - floor_per_call
+    rows.append(
+        Row(
+            "3d",
+            "the same calls served by grpc.aio alone (the floor), and the gateway's CPU per request beyond it",
+            f"floor {floor_per_call * 1000:.2f} ms; gateway beyond it {own * 1000:.2f} ms = "
+            f"{own / sdk_per_call:.2f}x the bare SDK's request",
+            "-",
+            "info",
+            f"bench.floor answers each one-token call from memory in 3 gRPC messages, on the gateway's core; "
+            f"{floor_res['events'] / plan.tiny_calls:.0f} events each; errors {floor_res['errors'] or 'none'}. "
+            f"The gateway also sends the upstream request id as initial metadata, a gRPC operation of its own"
+            f"{_others(floor_tiny)}",
+            {"floor_cpu_s_per_call": floor_per_call, "beyond_floor_s": own, "beyond_over_sdk": own / sdk_per_call},
         )
     )
     return rows
