@@ -59,6 +59,7 @@ def records(simulator: Simulator) -> list[dict[str, object]]:
                     "closed_at": record.closed_at,
                     "events_sent": record.events_sent,
                     "status": record.status,
+                    "request_id": record.request_id,
                 }
             )
     return out

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -33,6 +35,8 @@ from yarl import URL
 
 from server.config import Settings
 from server.errors import GatewayError, Reason, fail
+
+log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/v1/messages"
 _IDENTITY = ("", "identity")
@@ -347,3 +351,5 @@ class _Post:
             self._upstream.finish(response)
         else:
             response.close()  # a body left unread: the connection is dropped
+            if log.isEnabledFor(logging.DEBUG):  # CLOCK_MONOTONIC, to set against a client's or upstream's clock
+                log.debug("upstream %s closed unread at monotonic_ns %d", body.request_id, time.monotonic_ns())

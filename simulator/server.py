@@ -134,7 +134,7 @@ class Simulator:
         self.requests.append(record)
         connection.on_close(record.mark_closed)
         serial = next(self._serials)
-        request_id = f"req_sim{serial:017d}"
+        request_id = record.request_id = f"req_sim{serial:017d}"
         answer = _Answer(connection, record, request_id)
         try:
             if path != "/v1/messages":

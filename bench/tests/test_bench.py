@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import socket
@@ -20,7 +21,7 @@ from bench import floor, telemetry
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
 from bench.jobs import Job
 from bench.report import Row, ms, table
-from bench.scenarios import schedule
+from bench.scenarios import upstream_closes, schedule
 from bench.sockets import unread_by_remote_port
 from bench.stamps import stamp_frame, stamp_of, stamps_in
 from bench.stats import percentile, summarize
@@ -231,8 +232,12 @@ def test_sdk_reader_records_every_stamped_delta() -> None:
     assert (record.deltas, record.events) == (20, 20 + 5)
 
 
-def test_cancelled_call_is_recorded_and_its_close_reaches_the_simulator_record() -> None:
-    """A call this client cancels is noted as CANCELLED, and the simulator records when it closed."""
+def test_cancelled_call_is_recorded_and_its_close_reaches_the_simulator_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A call this client cancels is noted as CANCELLED, the simulator records when it closed, and the
+    gateway's DEBUG line gives the moment it closed the upstream response, found by its request id."""
+    caplog.set_level(logging.DEBUG, logger="server.upstream")
 
     async def scenario() -> tuple[StreamRecord, list[dict[str, Any]]]:
         async with _gateway() as (sim, target), grpc.aio.insecure_channel(target) as channel:
@@ -249,6 +254,8 @@ def test_cancelled_call_is_recorded_and_its_close_reaches_the_simulator_record()
     (entry,) = found
     assert entry["tag"] == "t1"
     assert entry["closed_at"] is not None
+    closed_ns = upstream_closes(caplog.text)[entry["request_id"]]
+    assert closed_ns / 1e9 <= entry["closed_at"]  # the gateway closed it before the simulator saw it closed
 
 
 def test_telemetry_timing_measures_every_figure() -> None:
