@@ -21,7 +21,7 @@ from bench import floor, telemetry
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
 from bench.jobs import Job
 from bench.report import Row, ms, table
-from bench.scenarios import upstream_closes, schedule
+from bench.scenarios import schedule, upstream_closes
 from bench.sockets import unread_by_remote_port
 from bench.stamps import stamp_frame, stamp_of, stamps_in
 from bench.stats import percentile, summarize
