@@ -98,9 +98,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_workers(settings.workers, settings.listen, argv))
     if worker and settings.metrics_listen:
         settings = replace(settings, metrics_listen=metrics_listen_of_worker(settings.metrics_listen, int(worker)))
+    # One line per call: what the logging module gathers for each record and the format leaves unused
+    # is skipped (its documented "Optimization" switches): the caller's file and line (a stack walk),
+    # thread and multiprocessing names; the process id is formatted in once.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logProcesses = False
     logging.basicConfig(
         level=settings.log_level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {os.getpid()} %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     env = os.environ

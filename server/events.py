@@ -7,8 +7,9 @@ else (CR line ends, comments, multi-line data) goes through the SDK's own SSE li
 
 ``parse`` turns a frame into its JSON object (an `error` event or a malformed frame raises
 ``GatewayError``); ``fill_event`` is the pure mapping of one event to its proto, lossless by
-``claude_gateway.codec``, with a fast path for the four hot delta types that builds exactly what the
-codec would; ``to_response`` puts the events of one read into one gRPC message.
+``claude_gateway.codec``, with a fast path for the four hot delta types and for the small events
+every reply has (ping, a text block's start, a block's stop, message_stop) that builds exactly what
+the codec would; ``to_response`` puts the events of one read into one gRPC message.
 """
 
 from __future__ import annotations
@@ -151,17 +152,44 @@ def parse(name: str, data: str) -> dict[str, Any]:
 
 def fill_event(event: pb.MessageStreamEvent, obj: dict[str, Any], data: str) -> None:
     """Fill ``event`` from one parsed upstream frame (``data`` is its text, kept whole by raw_json arms)."""
-    if obj.get("type") == "content_block_delta" and len(obj) == 3:
-        delta, index = obj.get("delta"), obj.get("index")
-        if type(delta) is dict and len(delta) == 2 and type(index) is int and index in _INT32:
-            kind = delta.get("type")
-            field = _HOT_DELTAS.get(kind) if type(kind) is str else None
-            if field is not None and type(value := delta.get(field)) is str:
-                assert isinstance(kind, str)
-                target = event.content_block_delta
-                target.index = index
-                setattr(getattr(target.delta, kind), field, value)
-                return
+    kind = obj.get("type")
+    if kind == "content_block_delta":
+        if len(obj) == 3:
+            delta, index = obj.get("delta"), obj.get("index")
+            if type(delta) is dict and len(delta) == 2 and type(index) is int and index in _INT32:
+                delta_type = delta.get("type")
+                field = _HOT_DELTAS.get(delta_type) if type(delta_type) is str else None
+                if field is not None and type(value := delta.get(field)) is str:
+                    assert isinstance(delta_type, str)
+                    target = event.content_block_delta
+                    target.index = index
+                    setattr(getattr(target.delta, delta_type), field, value)
+                    return
+    elif len(obj) == 1 and (kind == "ping" or kind == "message_stop"):
+        getattr(event, kind).SetInParent()
+        return
+    elif kind == "content_block_stop":
+        if len(obj) == 2 and type(index := obj.get("index")) is int and index in _INT32:
+            stop = event.content_block_stop
+            stop.SetInParent()
+            stop.index = index
+            return
+    elif kind == "content_block_start" and len(obj) == 3:
+        block, index = obj.get("content_block"), obj.get("index")
+        if (
+            type(block) is dict
+            and len(block) == 2
+            and block.get("type") == "text"
+            and type(text := block.get("text")) is str
+            and type(index) is int
+            and index in _INT32
+        ):
+            start = event.content_block_start
+            start.index = index
+            target_block = start.content_block.text
+            target_block.SetInParent()
+            target_block.text = text
+            return
     codec.from_json(obj, event, data)
 
 

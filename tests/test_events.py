@@ -19,15 +19,28 @@ HOT = [
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x", "new": 1}},
     {"type": "content_block_delta", "index": 2**40, "delta": {"type": "text_delta", "text": "x"}},
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": None}},
+    {"type": "ping"},
+    {"type": "message_stop"},
+    {"type": "ping", "extra": 1},
+    {"type": "content_block_stop", "index": 0},
+    {"type": "content_block_stop", "index": 7},
+    {"type": "content_block_stop", "index": "0"},
+    {"type": "content_block_stop", "index": 0, "new": True},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": "Hi"}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "", "citations": []}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+    {"type": "content_block_start", "index": 2**40, "content_block": {"type": "text", "text": ""}},
 ]
 
 
 @pytest.mark.parametrize("obj", HOT, ids=range(len(HOT)))
 def test_fast_path_builds_exactly_what_the_codec_builds(obj: dict[str, object]) -> None:
-    """Hot deltas take a shortcut that must give the same proto as the general mapping."""
+    """Hot deltas and the small events of every reply take a shortcut that must give the same proto
+    as the general mapping, and anything off their exact shape takes the general mapping."""
     data = json.dumps(obj)
     fast = pb.MessageStreamEvent()
-    fill_event(fast, parse("content_block_delta", data), data)
+    fill_event(fast, parse(str(obj["type"]), data), data)
     assert fast == codec.from_json(obj, pb.MessageStreamEvent(), data)
     assert codec.to_json(fast) == obj
 
