@@ -31,6 +31,9 @@ from server.validation import beta_violations, body_of, violations
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
 
 
+_DEADLINE_PASSED = fail(Reason.DEADLINE_EXCEEDED, "the call's deadline passed")
+
+
 class Undecodable:
     """A request that did not parse. grpc would answer UNKNOWN; admission answers INVALID_ARGUMENT."""
 
@@ -73,6 +76,9 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        self._too_long = fail(  # one for every call: a Failure is immutable
+            Reason.MAX_STREAM_DURATION, f"the call reached max_stream_seconds ({settings.max_stream_seconds:g}s)"
+        )
 
     @property
     def active(self) -> int:
@@ -135,12 +141,10 @@ class Admission:
                     quota_violations=(cap,),
                 )
             )
-        budget = settings.max_stream_seconds
-        expired = fail(Reason.MAX_STREAM_DURATION, f"the call reached max_stream_seconds ({budget:g}s)")
+        budget, expired = settings.max_stream_seconds, self._too_long
         remaining = context.time_remaining()
         if remaining is not None and remaining < budget:
-            budget = remaining
-            expired = fail(Reason.DEADLINE_EXCEEDED, "the call's deadline passed")
+            budget, expired = remaining, _DEADLINE_PASSED
         task = asyncio.current_task()
         assert task is not None
         limits = rules.limits

@@ -32,7 +32,8 @@ class Settings:
     listen: str = setting("127.0.0.1:50051", "host:port to serve gRPC on (port 0 picks a free one)")
     http_client: str = setting(
         "aiohttp",
-        "the SDK's HTTP transport: aiohttp (its aiohttp extra, about half the CPU per event) or httpx (its default)",
+        "the upstream HTTP client: aiohttp (the gateway's own session with the SDK's headers, URL and errors;"
+        " the least CPU) or httpx (every request through the SDK on its default transport)",
         choices=HTTP_CLIENTS,
     )
     max_stream_seconds: float = setting(600.0, "longest life of a call in seconds, whatever the client's deadline")

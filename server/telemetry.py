@@ -28,6 +28,8 @@ from server.usage import Usage
 
 log = logging.getLogger("server.call")
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
+
 USAGE_KEY = "claude-gateway-usage"  # trailing metadata: the call's usage and cost, JSON
 
 OK = "OK"
@@ -141,14 +143,14 @@ class Telemetry:
         # A priced model with no usage yet (refused, failed before message_start) cost nothing; an
         # unpriced model's cost is unknown (None), whatever its tokens.
         call.cost = self.prices.cost(call.model, call.usage)
-        log.info("%s", json.dumps(call.log_line(), separators=(",", ":")))
+        log.info("%s", _JSON.encode(call.log_line()))
         if self.metrics is not None:
             self.metrics.record(call)
 
     @staticmethod
     def trailer(call: CallRecord) -> tuple[tuple[str, str], ...]:
         """The trailing metadata that reports the call's usage and cost to the caller."""
-        return ((USAGE_KEY, json.dumps(call.summary(), separators=(",", ":"))),)
+        return ((USAGE_KEY, _JSON.encode(call.summary())),)
 
 
 def _text(value: Any) -> str | None:

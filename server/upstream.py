@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/v1/messages"
 _IDENTITY = ("", "identity")
+_JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 _MAX_CONNECTIONS = 1000  # the SDK's own default pool size
 # What may follow a stream's last event before its connection is kept: the body's end (a few bytes).
 _FINISH_BYTES = 16 * 1024
@@ -226,10 +227,10 @@ class Upstream:
         if betas:
             headers = headers.copy()
             headers["anthropic-beta"] = ",".join(betas)
-        data = json.dumps({**body, "stream": True}, separators=(",", ":")).encode()
-        # No read timeout: the gateway's watchdog bounds reads (idle, deadline) without a timer per
-        # chunk, which is what a transport read timeout costs.
-        limits = aiohttp.ClientTimeout(connect=timeout, sock_connect=min(self._connect_timeout, timeout))
+        data = _JSON.encode({**body, "stream": True}).encode()
+        # Only the connect bound: the watchdog bounds the rest (the wait for the first event, silence,
+        # the deadline) without a timer per request or per read, which is what aiohttp's others cost.
+        limits = aiohttp.ClientTimeout(sock_connect=min(self._connect_timeout, timeout))
         try:
             response = await session.post(
                 self._url,
