@@ -2,11 +2,12 @@
 
 A ChatService whose StreamMessage reads the benchmark's prompt directives (``[[sim:tokens N]]``,
 ``[[sim:tps X]]``) and writes the reply the gateway would relay for it, one gRPC message per event
-as the gateway sends paced deltas: the opening events, then each text delta at its time with the
-send-time stamp in its text (as the stamping simulator writes it), then the closing events. The
-messages are built in advance; only the stamp is set per write. What this process spends per event
-is what grpc.aio and the event loop cost for one paced message on this machine: the floor under the
-gateway's own cost per paced event, which adds the upstream read and the event's conversion.
+as the gateway sends paced deltas: a request id as initial metadata (as the gateway sends the
+upstream's), the opening events, then each text delta at its time with the send-time stamp in its
+text (as the stamping simulator writes it), then the closing events. The messages are built in
+advance; only the stamp is set per write. What this process spends per event is what grpc.aio and
+the event loop cost for one paced message on this machine: the floor under the gateway's own cost
+per paced event, which adds the upstream read and the event's conversion.
 
 Prints ``floor listening on HOST:PORT`` once it serves; runs until SIGTERM or SIGINT.
 """
@@ -14,6 +15,7 @@ Prints ``floor listening on HOST:PORT`` once it serves; runs until SIGTERM or SI
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -22,6 +24,7 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 
+from server.call import REQUEST_ID_KEY
 from server.signals import termination
 from simulator.directives import parse
 
@@ -63,6 +66,7 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
     """Writes each stream's events on schedule; nothing else."""
 
     def __init__(self) -> None:
+        self._serials = itertools.count(1)
         self._opening = _response(_OPENING)
         self._closing = _response(_CLOSING)
 
@@ -74,6 +78,8 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
         tokens = found.tokens or 1
         tps = found.tokens_per_second or 0.0
         loop = asyncio.get_running_loop()
+        # As the gateway does: the upstream request id first, as initial metadata (an operation of its own).
+        await context.send_initial_metadata(((REQUEST_ID_KEY, f"req_floor{next(self._serials):017d}"),))
         await context.write(self._opening)
         delta = pb.StreamMessageResponse()
         target = delta.events.add().content_block_delta

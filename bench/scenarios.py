@@ -400,10 +400,9 @@ async def first_event(session: Session) -> list[Row]:
             f"{own / sdk_per_call:.2f}x the bare SDK's request",
             "-",
             "info",
-            f"bench.floor answers each one-token call from memory in 3 gRPC messages, on the gateway's core; "
-            f"{floor_res['events'] / plan.tiny_calls:.0f} events each; errors {floor_res['errors'] or 'none'}. "
-            f"The gateway also sends the upstream request id as initial metadata, a gRPC operation of its own"
-            f"{_others(floor_tiny)}",
+            f"bench.floor answers each one-token call from memory, on the gateway's core, as the gateway does: "
+            f"a request id as initial metadata, then 3 gRPC messages; {floor_res['events'] / plan.tiny_calls:.0f} "
+            f"events each; errors {floor_res['errors'] or 'none'}{_others(floor_tiny)}",
             {"floor_cpu_s_per_call": floor_per_call, "beyond_floor_s": own, "beyond_over_sdk": own / sdk_per_call},
         )
     )

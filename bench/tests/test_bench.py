@@ -182,10 +182,10 @@ def test_gateway_reader_records_every_stamped_delta() -> None:
 
 
 def test_floor_writes_each_delta_stamped_in_its_own_message() -> None:
-    """bench.floor answers the benchmark's request with the gateway's paced shape: opening events,
-    one message per stamped text delta, closing events, in the API's order."""
+    """bench.floor answers the benchmark's request with the gateway's paced shape: a request id as
+    initial metadata, opening events, one message per stamped text delta, closing events, in the API's order."""
 
-    async def scenario() -> tuple[StreamRecord, list[str | None]]:
+    async def scenario() -> tuple[StreamRecord, list[str | None], str]:
         server, port = await floor.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -197,11 +197,13 @@ def test_floor_writes_each_delta_stamped_in_its_own_message() -> None:
                     async for data in stub_call
                     for event in pb.StreamMessageResponse.FromString(data).events
                 ]
-                return record, kinds
+                metadata = dict(await stub_call.initial_metadata())
+                return record, kinds, str(metadata["anthropic-request-id"])
         finally:
             await server.stop(0)
 
-    record, kinds = asyncio.run(scenario())
+    record, kinds, request_id = asyncio.run(scenario())
+    assert request_id.startswith("req_floor")
     assert record.error is None
     assert (record.deltas, record.events, record.messages) == (7, 7 + 5, 7 + 2)
     assert kinds == [
