@@ -12,6 +12,7 @@ then rejected; an `HttpError` or a `Replay` is answered without checking the bod
 
 import asyncio
 import json
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from itertools import count
@@ -54,9 +55,12 @@ class Simulator:
         host: str = "127.0.0.1",
         port: int = 0,
         connection: type[Connection] = Connection,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``connection`` is the class that serves each TCP connection; a subclass can observe or
-        alter what is written (the benchmark stamps send times into text deltas with one)."""
+        alter what is written (the benchmark stamps send times into text deltas with one). With
+        ``tls`` (a server context) it serves HTTPS, as the real API does."""
+        self.tls = tls
         self.pace = pace
         self.api_key = api_key
         self.host = host
@@ -72,7 +76,7 @@ class Simulator:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def open_connections(self) -> int:
@@ -83,7 +87,7 @@ class Simulator:
         self._faults.extend(faults)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
+from claude_gateway import codec
+from claude_gateway.v1 import chat_pb2_grpc
 
-from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
+from server.app import build_server, sdk_client
+from server.config import Settings
+from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Simulator, Stall
 from tests.corpus import OWN
-from tests.harness import body, gateway, run, status_of, stream_request, until
+from tests.harness import API_KEY, body, gateway, run, status_of, stream_request, until
 
 TRANSPORTS = ["aiohttp", "httpx"]
 
@@ -137,5 +145,53 @@ def test_a_finished_stream_leaves_its_connection_to_the_next_call() -> None:
             await h.sim.requests[-1].wait_closed(timeout=2)
             assert (await h.events(body("[[sim:tokens 3]] hi")))[-1]["type"] == "message_stop"
             assert h.sim.accepted == 2
+
+    run(go)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI makes the test certificate")
+@pytest.mark.parametrize("http_client", TRANSPORTS)
+def test_an_https_upstream_is_verified_on_both_transports(
+    http_client: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTPS a certificate the gateway trusts (here by SSL_CERT_FILE, as the SDK's clients read it)
+    streams as over HTTP; one it does not trust fails the call as unreachable, before any event."""
+    cert, key = tmp_path / "upstream.pem", tmp_path / "upstream.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def call(trusted: bool) -> list[dict[str, object]]:
+        if trusted:
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        else:
+            monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        async with Simulator(tls=tls, api_key=API_KEY) as sim:
+            config = Settings(listen="127.0.0.1:0", http_client=http_client, max_attempts=1)
+            gw = await build_server(config, sdk_client(config, base_url=sim.base_url, api_key=API_KEY))
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                    stub = chat_pb2_grpc.ChatServiceStub(channel)
+                    return [
+                        codec.to_json(e)
+                        async for r in stub.StreamMessage(stream_request(body()), timeout=10)
+                        for e in r.events
+                    ]
+            finally:
+                await gw.close()
+
+    async def go() -> None:
+        assert Simulator(tls=tls).base_url.startswith("https://")
+        assert (await call(trusted=True))[-1]["type"] == "message_stop"
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(trusted=False)
+        status = status_of(caught.value)
+        assert status.error_info is not None
+        assert (status.code, status.error_info.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNREACHABLE")
 
     run(go)
