@@ -160,10 +160,10 @@ class Upstream:
     header, its user agent). Each call then posts the body on the gateway's own aiohttp session and
     reads the response below any adapter; an HTTP error body is handed back to the SDK, which makes
     its own exception of it. This skips the SDK's per-request building (options, httpx2 request and
-    response objects, its transport adapter; README "Performance", what changed). A client the gateway cannot read once (custom auth such as
-    the SDK's credential providers, which mint tokens per request, or middleware), a client with no
-    key (whose calls fail with the SDK's own words) and the httpx transport go through the SDK's
-    ``post`` for every call instead.
+    response objects, its transport adapter; README "Performance", what changed). A client the
+    gateway cannot read once (custom auth such as the SDK's credential providers, which mint tokens
+    per request, or middleware), a client with no key (whose calls fail with the SDK's own words)
+    and the httpx transport go through the SDK's ``post`` for every call instead.
     """
 
     def __init__(self, client: anthropic.AsyncAnthropic, settings: Settings) -> None:
