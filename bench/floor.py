@@ -4,7 +4,8 @@ A ChatService whose StreamMessage reads the benchmark's prompt directives (``[[s
 ``[[sim:tps X]]``) and writes the reply the gateway would relay for it, one gRPC message per event
 as the gateway sends paced deltas: a request id as initial metadata (as the gateway sends the
 upstream's), the opening events, then each text delta at its time with the send-time stamp in its
-text (as the stamping simulator writes it), then the closing events. The messages are built in
+text (as the stamping simulator writes it), then the closing events. An unpaced reply is one message,
+as the gateway sends a reply that arrives at once. The messages are built in
 advance; only the stamp is set per write. What this process spends per event is what grpc.aio and
 the event loop cost for one paced message on this machine: the floor under the gateway's own cost
 per paced event, which adds the upstream read and the event's conversion.
@@ -80,15 +81,23 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
         loop = asyncio.get_running_loop()
         # As the gateway does: the upstream request id first, as initial metadata (an operation of its own).
         await context.send_initial_metadata(((REQUEST_ID_KEY, f"req_floor{next(self._serials):017d}"),))
+        if tps <= 0:
+            # Unpaced, the whole reply is waiting at once, and the gateway sends what is waiting in one message.
+            reply = pb.StreamMessageResponse()
+            reply.MergeFrom(self._opening)
+            for _ in range(tokens):
+                reply.events.add().content_block_delta.delta.text_delta.text = f" ts{time.monotonic_ns():019d}"
+            reply.MergeFrom(self._closing)
+            await context.write(reply)
+            return
         await context.write(self._opening)
         delta = pb.StreamMessageResponse()
         target = delta.events.add().content_block_delta
         start = loop.time()
         for i in range(tokens):
-            if tps > 0:
-                wait = start + i / tps - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+            wait = start + i / tps - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             target.delta.text_delta.text = f" ts{time.monotonic_ns():019d}"
             await context.write(delta)
         await context.write(self._closing)

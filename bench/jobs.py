@@ -242,18 +242,19 @@ async def _workers(count: int, concurrency: int, work: Callable[[int], Awaitable
 async def run_tiny(job: Job, clients: Clients, control: Control) -> Result:
     request = gateway_request(body(1, 0))
     errors: Counter[str] = Counter()
-    events = 0
+    events = messages = 0
 
     async def one(i: int) -> None:
-        nonlocal events
+        nonlocal events, messages
         record = StreamRecord()
         await read_gateway(clients.call(i, request, job.deadline), record, None)
         events += record.events
+        messages += record.messages
         if record.error:
             errors[record.error] += 1
 
     await _workers(job.count, job.concurrency, one)
-    return {"calls": job.count, "events": events, "errors": dict(errors)}
+    return {"calls": job.count, "events": events, "messages": messages, "errors": dict(errors)}
 
 
 async def run_sdk_tiny(job: Job, clients: Clients, control: Control) -> Result:

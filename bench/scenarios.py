@@ -366,7 +366,8 @@ async def first_event(session: Session) -> list[Row]:
             f"{per_call * 1000:.2f} ms = {ratio:.2f}x the SDK's {sdk_per_call * 1000:.2f} ms",
             "<= 1.2x",
             judged(ratio <= 1.2 and not errors),
-            f"{plan.tiny_calls} calls, {plan.tiny_concurrency} at a time, {events_per_call:.0f} events each, "
+            f"{plan.tiny_calls} calls, {plan.tiny_concurrency} at a time, {events_per_call:.0f} events each in "
+            f"{res['messages'] / plan.tiny_calls:.1f} gRPC messages, "
             f"{plan.tiny_calls / tiny.wall_s:.0f} calls/s; the gateway's includes serving gRPC and relaying "
             f"those events; the SDK's is one load process calling the simulator alone on the gateway's core; "
             f"errors {errors or 'none'}{_others(tiny)}",
@@ -401,8 +402,9 @@ async def first_event(session: Session) -> list[Row]:
             "-",
             "info",
             f"bench.floor answers each one-token call from memory, on the gateway's core, as the gateway does: "
-            f"a request id as initial metadata, then 3 gRPC messages; {floor_res['events'] / plan.tiny_calls:.0f} "
-            f"events each; errors {floor_res['errors'] or 'none'}{_others(floor_tiny)}",
+            f"a request id as initial metadata, then {floor_res['messages'] / plan.tiny_calls:.1f} gRPC messages "
+            f"of {floor_res['events'] / plan.tiny_calls:.0f} events each; errors {floor_res['errors'] or 'none'}"
+            f"{_others(floor_tiny)}",
             {"floor_cpu_s_per_call": floor_per_call, "beyond_floor_s": own, "beyond_over_sdk": own / sdk_per_call},
         )
     )

@@ -183,26 +183,31 @@ def test_gateway_reader_records_every_stamped_delta() -> None:
 
 def test_floor_writes_each_delta_stamped_in_its_own_message() -> None:
     """bench.floor answers the benchmark's request with the gateway's paced shape: a request id as
-    initial metadata, opening events, one message per stamped text delta, closing events, in the API's order."""
+    initial metadata, opening events, one message per stamped text delta, closing events, in the API's order;
+    and an unpaced reply in one message, as the gateway sends a reply that arrives at once."""
 
-    async def scenario() -> tuple[StreamRecord, list[str | None], str]:
+    async def scenario() -> tuple[StreamRecord, StreamRecord, list[str | None], str]:
         server, port = await floor.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                record = StreamRecord()
-                await read_gateway(stream_method(channel)(gateway_request(body(7, 0)), timeout=10), record, Samples(0))
-                stub_call = stream_method(channel)(gateway_request(body(2, 0)), timeout=10)
+                record, at_once = StreamRecord(), StreamRecord()
+                paced = stream_method(channel)(gateway_request(body(7, 500)), timeout=10)
+                await read_gateway(paced, record, Samples(0))
+                unpaced = stream_method(channel)(gateway_request(body(3, 0)), timeout=10)
+                await read_gateway(unpaced, at_once, Samples(0))
+                stub_call = stream_method(channel)(gateway_request(body(2, 500)), timeout=10)
                 kinds: list[str | None] = [
                     event.WhichOneof("type")
                     async for data in stub_call
                     for event in pb.StreamMessageResponse.FromString(data).events
                 ]
                 metadata = dict(await stub_call.initial_metadata())
-                return record, kinds, str(metadata["anthropic-request-id"])
+                return record, at_once, kinds, str(metadata["anthropic-request-id"])
         finally:
             await server.stop(0)
 
-    record, kinds, request_id = asyncio.run(scenario())
+    record, at_once, kinds, request_id = asyncio.run(scenario())
+    assert (at_once.deltas, at_once.events, at_once.messages) == (3, 3 + 5, 1)
     assert request_id.startswith("req_floor")
     assert record.error is None
     assert (record.deltas, record.events, record.messages) == (7, 7 + 5, 7 + 2)
