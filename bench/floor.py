@@ -4,11 +4,11 @@ A ChatService whose StreamMessage reads the benchmark's prompt directives (``[[s
 ``[[sim:tps X]]``) and writes the reply the gateway would relay for it, one gRPC message per event
 as the gateway sends paced deltas: a request id as initial metadata (as the gateway sends the
 upstream's), the opening events, then each text delta at its time with the send-time stamp in its
-text (as the stamping simulator writes it), then the closing events. An unpaced reply is one message,
-as the gateway sends a reply that arrives at once. The messages are built in
-advance; only the stamp is set per write. What this process spends per event is what grpc.aio and
-the event loop cost for one paced message on this machine: the floor under the gateway's own cost
-per paced event, which adds the upstream read and the event's conversion.
+text (as the stamping simulator writes it), then the closing events. An unpaced reply is one
+message, as the gateway sends a reply that arrives at once. The messages are built in advance; only
+the stamp is set per write. What this process spends per event is what grpc.aio and the event loop
+cost for one paced message on this machine: the floor under the gateway's own cost per paced event,
+which adds the upstream read and the event's conversion.
 
 Prints ``floor listening on HOST:PORT`` once it serves; runs until SIGTERM or SIGINT.
 """

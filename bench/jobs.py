@@ -59,7 +59,7 @@ class Job:
     delay: float = 0.0
     deadline: float = 300.0  # per call
     http_client: str = "aiohttp"  # the SDK's transport for SDK calls, as the gateway's default; "raw": no SDK,
-    # a bare aiohttp session that reads the bytes and parses nothing (``raw_streams``)
+    # a bare aiohttp session that reads the bytes and parses nothing (``Clients.raw_stream``)
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import anthropic
 import grpc
 import pytest
@@ -19,7 +20,7 @@ from claude_gateway.v1 import chat_pb2 as pb
 
 from bench import floor, telemetry
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
-from bench.jobs import Job
+from bench.jobs import Clients, Job
 from bench.report import Row, ms, table
 from bench.scenarios import schedule, upstream_closes
 from bench.sockets import unread_by_remote_port
@@ -237,6 +238,22 @@ def test_sdk_reader_records_every_stamped_delta() -> None:
     record = asyncio.run(scenario())
     assert record.error is None
     assert (record.deltas, record.events) == (20, 20 + 5)
+
+
+def test_raw_reader_counts_every_event_of_a_reply() -> None:
+    """Reading alone (row 2d) counts each event of the reply, the ping included, by its blank line."""
+
+    async def scenario() -> StreamRecord:
+        async with _gateway() as (sim, _target):
+            clients = Clients([], None, aiohttp.ClientSession(auto_decompress=False), sim.base_url)
+            record = StreamRecord()
+            await clients.raw_stream(body(20, 0), record)
+            await clients.close()
+            return record
+
+    record = asyncio.run(scenario())
+    assert record.error is None
+    assert record.events == 20 + 6
 
 
 def test_cancelled_call_is_recorded_and_its_close_reaches_the_simulator_record(
