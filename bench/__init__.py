@@ -10,8 +10,10 @@ Modules:
 - ``stamps``: the send-time token written into each text delta, and how to read it back.
 - ``workload``: the request bodies every client sends (simulator directives in the prompt).
 - ``upstream``: the simulator process, with the stamping hook and a record of closed connections.
-- ``floor``: grpc.aio alone writing the same paced streams from memory, the floor under the relay.
-- ``calls``: reading one stream, through the gateway (gRPC) or straight from the simulator (SDK).
+- ``floor``: grpc.aio alone writing the same paced streams, or answering the same one-token calls,
+  from memory: the floor under the relay.
+- ``calls``: reading one stream, through the gateway (gRPC) or straight from the simulator (SDK);
+  ``jobs`` also reads it with a bare aiohttp session (reading alone, row 2d).
 - ``jobs``: what a load client does between ``go`` and its result (streams, pairs, cancels, ...).
 - ``loadgen``: one load-client process: runs one job and prints its result.
 - ``processes``: starting, pinning, talking to and stopping the child processes.
@@ -20,7 +22,7 @@ Modules:
 - ``sockets``: bytes left unread in TCP receive queues, i.e. who could not keep up.
 - ``stats``: percentiles and summaries of samples.
 - ``plan``: the sizes of the default run and of ``--quick``.
-- ``scenarios``: the seven measurements, each a function returning table rows.
+- ``scenarios``: the eight measurements, each a function returning table rows.
 - ``machine``: the description of the machine the run was made on.
 - ``report``: the table and its JSON twin.
 - ``profiler``: cProfile (or tracemalloc) of an in-process gateway under the same load.
