@@ -189,8 +189,10 @@ async def cpu_per_event(session: Session) -> list[Row]:
     size = plan.capacity_sizes[0]
     if paced is None:
         paced = await _paced(session, size, plan.capacity_tokens)
-    for key, http in (("2b", "aiohttp"), ("2b'", "httpx")):
-        sdk = Job(
+
+    def straight(http: str) -> Job:
+        """The same paced streams read straight from the simulator: by the SDK on ``http``, or "raw"."""
+        return Job(
             "sdk_streams",
             base_url=session.base_url,
             streams=size,
@@ -200,7 +202,9 @@ async def cpu_per_event(session: Session) -> list[Row]:
             record=False,
             http_client=http,
         )
-        paced_baseline = await session.run([sdk], alone=True)
+
+    for key, http in (("2b", "aiohttp"), ("2b'", "httpx")):
+        paced_baseline = await session.run([straight(http)], alone=True)
         what = f"paced ({size} streams x {plan.tps:g}/s)"
         rows.append(_cpu_row(key, what, http, paced, paced_baseline, judge=False))
 
@@ -210,17 +214,7 @@ async def cpu_per_event(session: Session) -> list[Row]:
     finally:
         await session.procs.stop(floor)
     rows.append(_floor_row(f"{size} streams x {plan.tps:g}/s", paced, floor_run))
-    reads = Job(
-        "sdk_streams",
-        base_url=session.base_url,
-        streams=size,
-        tokens=plan.capacity_tokens,
-        tps=plan.tps,
-        ramp=plan.ramp,
-        record=False,
-        http_client="raw",
-    )
-    reads_run = await session.run([reads], alone=True)
+    reads_run = await session.run([straight("raw")], alone=True)
     rows.append(_reading_row(paced, floor_run, reads_run))
     return rows
 

@@ -172,7 +172,6 @@ class Upstream:
         self._max_error_body_bytes = settings.max_error_body_bytes
         self._session: aiohttp.ClientSession | None = None
         self._finishing: set[asyncio.Task[None]] = set()  # complete bodies whose end is still being read
-        client = self._client
         if (
             settings.http_client == "aiohttp"
             and client.auth_headers
