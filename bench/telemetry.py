@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from server.events import Event, parse
-from server.metrics import Metrics
-from server.prices import load
-from server.telemetry import OK, CallRecord, Telemetry
+from server.call.events import Event, parse
+from server.reporting.metrics import Metrics
+from server.reporting.prices import load
+from server.reporting.telemetry import OK, CallRecord, Telemetry
 
 SEE_PACED = "see() per paced delta (one event per read), us"
 SEE_STREAM = "see() per event over whole streams, one read each, us"

@@ -15,23 +15,23 @@ from claude_gateway.v1 import chat_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import prices
-from server.admission import Admission
-from server.call import Calls
+from server.call.admission import Admission
+from server.call.runner import Calls
 from server.config import Settings
-from server.identity import Identity
-from server.metrics import Endpoint, Metrics
-from server.policy import OPEN
-from server.policy import load as load_policy
-from server.quota import quotas as quota_store
+from server.limits.identity import Identity
+from server.limits.policy import OPEN
+from server.limits.policy import load as load_policy
+from server.limits.quota import quotas as quota_store
+from server.ports.grpc.servicer import ChatServicer, lenient
+from server.ports.http.web import WebApplication, WebServer, bind
 from server.redaction import Redactor
-from server.servicer import ChatServicer, lenient
-from server.telemetry import Telemetry
-from server.upstream import Upstream, http_client
-from server.web import WebApplication, WebServer, bind
+from server.reporting import prices
+from server.reporting.metrics import Endpoint, Metrics
+from server.reporting.telemetry import Telemetry
+from server.upstream.client import Upstream, http_client
 
 if TYPE_CHECKING:
-    from server.tracing import Tracing
+    from server.reporting.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
     health_servicer = health.aio.HealthServicer()
     tracing = None
     if settings.otlp_endpoint:
-        from server.tracing import Tracing  # imported only when on: no OpenTelemetry cost otherwise
+        from server.reporting.tracing import Tracing  # imported only when on: no OpenTelemetry cost otherwise
 
         tracing = Tracing(settings.otlp_endpoint)
 

@@ -18,8 +18,8 @@ from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.config import Settings
-from server.identity import CallersFileError, parse_callers, token_hash
-from server.policy import PolicyError, parse
+from server.limits.identity import CallersFileError, parse_callers, token_hash
+from server.limits.policy import PolicyError, parse
 from tests.harness import API_KEY, ROOT, body, clean_env, gateway, run, status_of, stream_request, until
 
 ALPHA, BETA = "tok-alpha-SECRET", "tok-beta-SECRET"

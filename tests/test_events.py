@@ -8,8 +8,8 @@ import pytest
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
+from server.call.events import SseFramer, fill_event, parse
 from server.errors import GatewayError
-from server.events import SseFramer, fill_event, parse
 
 HOT = [
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},

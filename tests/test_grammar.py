@@ -10,8 +10,8 @@ import grpc
 import pytest
 from claude_gateway.client import create_request
 
+from server.call.grammar import Grammar
 from server.errors import GatewayError
-from server.grammar import Grammar
 from simulator import Replay
 from tests.harness import body, gateway, run, status_of, stream_request
 from tests.hostile import MESSAGE_START

@@ -170,7 +170,7 @@ def test_bytes_that_complete_no_event_do_not_keep_a_stream_alive(trickle: bytes)
 
 def test_framer_cost_is_linear_in_the_bytes_of_one_long_event() -> None:
     """32 MiB of one event fed in 4 KiB reads is framed in well under two seconds (re-copying would take minutes)."""
-    from server.events import SseFramer
+    from server.call.events import SseFramer
 
     framer = SseFramer(max_event_bytes=64 << 20)
     started = time.process_time()

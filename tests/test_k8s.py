@@ -18,7 +18,7 @@ import yaml
 
 from server.app import SERVICE
 from server.config import Settings, env_name
-from server.policy import parse
+from server.limits.policy import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"

@@ -26,9 +26,9 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.config import Settings
-from server.metrics import Metrics
+from server.reporting.metrics import Metrics
+from server.reporting.telemetry import CallRecord
 from server.supervisor import metrics_listen_of_worker
-from server.telemetry import CallRecord
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
 from tests.harness import ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
 
@@ -499,7 +499,7 @@ def test_without_tracing_neither_the_opentelemetry_sdk_nor_an_exporter_is_loaded
         "        await h.events(body())\n"
         "asyncio.run(go())\n"
         "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter', "
-        "'server.tracing'))))\n"
+        "'server.reporting.tracing'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

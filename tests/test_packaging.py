@@ -58,11 +58,11 @@ def test_the_gateway_imports_none_of_its_tooling() -> None:
 
 
 def test_gateway_wheel_ships_its_price_table_and_the_usage_reader(tmp_path: Path) -> None:
-    """The gateway's wheel holds server/prices.toml (the default price table) and the client's usage trailer reader."""
+    """The gateway wheel holds its default price table and the client's usage trailer reader."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
     )
     (wheel,) = tmp_path.glob("claude_grpc_gateway-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"server/prices.toml", "server/usage.py", "claude_gateway/usage.py"} <= names
+    assert {"server/reporting/prices.toml", "server/reporting/usage.py", "claude_gateway/usage.py"} <= names

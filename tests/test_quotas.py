@@ -19,12 +19,12 @@ from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.admission import charged
+from server.call.admission import charged
 from server.errors import GatewayError
-from server.policy import Limits
-from server.quota import WINDOW, MemoryQuotas, wait_for
-from server.redis_quotas import keys
-from server.usage import Usage
+from server.limits.policy import Limits
+from server.limits.quota import WINDOW, MemoryQuotas, wait_for
+from server.limits.redis_quotas import keys
+from server.reporting.usage import Usage
 from simulator import Pace
 from tests.harness import API_KEY, Status, body, clean_env, gateway, process, run, status_of, stream_request, until
 from tests.store import RedisServer, free_port, redis_server
@@ -34,7 +34,7 @@ TOKENS = {f"tok-{name}": name for name in ("alpha", "beta", "gamma")}
 
 def callers_file(tmp_path: Path) -> Path:
     """A callers file for the tokens of TOKENS (hashes only)."""
-    from server.identity import token_hash
+    from server.limits.identity import token_hash
 
     path = tmp_path / "callers"
     path.write_text("".join(f"{token_hash(t)} {name}\n" for t, name in TOKENS.items()))

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from claude_gateway.client import create_request
 
-from server.events import Event, responses
+from server.call.events import Event, responses
 from simulator import Replay
 from tests.harness import body, gateway, run, status_of, stream_request
 from tests.test_grammar import END, MESSAGE_DELTA, START, STOP0, TEXT0, wire

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from claude_gateway.usage import USAGE_KEY, from_metadata
 
-from server.metrics import OTHER, LabelCap
-from server.prices import load
-from server.telemetry import CallRecord, Telemetry
-from server.usage import Usage
+from server.reporting.metrics import OTHER, LabelCap
+from server.reporting.prices import load
+from server.reporting.telemetry import CallRecord, Telemetry
+from server.reporting.usage import Usage
 
 START = {"input_tokens": 2100, "cache_creation_input_tokens": 1500, "cache_read_input_tokens": 4000, "output_tokens": 3}
 

@@ -24,7 +24,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
 from server.config import Settings
-from server.connect import CODES, timeout_seconds
+from server.ports.http.connect import CODES, timeout_seconds
 from simulator import Pace
 from tests.harness import ROOT, UNPACED, Harness, body, deployed, gateway, run, stream_request, until
 

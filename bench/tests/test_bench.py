@@ -29,8 +29,8 @@ from bench.stats import percentile, summarize
 from bench.upstream import StampingConnection, records
 from bench.usage import cpu_seconds, rss_bytes
 from bench.workload import body, tag_of
-from server import events
 from server.app import build_server
+from server.call import events
 from server.config import Settings
 from simulator import Simulator
 from simulator.directives import parse
@@ -261,7 +261,7 @@ def test_cancelled_call_is_recorded_and_its_close_reaches_the_simulator_record(
 ) -> None:
     """A call this client cancels is noted as CANCELLED, the simulator records when it closed, and the
     gateway's DEBUG line gives the moment it closed the upstream response, found by its request id."""
-    caplog.set_level(logging.DEBUG, logger="server.upstream")
+    caplog.set_level(logging.DEBUG, logger="server.upstream.client")
 
     async def scenario() -> tuple[StreamRecord, list[dict[str, Any]]]:
         async with _gateway() as (sim, target), grpc.aio.insecure_channel(target) as channel:

@@ -2,7 +2,7 @@
 
 One Lua script admits a call (every check, then every count, atomically), one releases it, one
 renews the stream slots (leases) a replica holds; ``Pipeline`` sends them, many to a round trip.
-What is counted and how is ``server.quota``'s; this module is only imported when Redis is configured
+What is counted and how is ``server.limits.quota``'s; this module is only imported when Redis is configured
 (redis-py loads OpenTelemetry's SDK when it is installed).
 """
 
@@ -26,10 +26,10 @@ from redis.retry import Retry
 
 from server.config import Settings
 from server.errors import GatewayError, Reason, fail
-from server.policy import Limits
-from server.quota import STORE_RETRY, Lease, refusal
+from server.limits.policy import Limits
+from server.limits.quota import STORE_RETRY, Lease, refusal
 
-log = logging.getLogger("server.quota")
+log = logging.getLogger("server.limits.quota")
 
 
 # Both scripts keep one caller's counts in two keys with the caller as hash tag (one Redis Cluster

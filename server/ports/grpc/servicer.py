@@ -1,4 +1,4 @@
-"""ChatService: the two RPCs, each one call run by ``server.call`` with its own way to deliver events."""
+"""ChatService: the two RPCs, each one call run by ``server.call.runner`` with its own way to deliver events."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 from google.protobuf.message import DecodeError, Message
 
-from server.accumulator import MessageAccumulator
-from server.admission import Undecodable
-from server.call import Calls
+from server.call.accumulator import MessageAccumulator
+from server.call.admission import Undecodable
+from server.call.events import OFFLOAD_BYTES, Event, responses, text_size
+from server.call.runner import Calls
 from server.errors import Failure, GatewayError
-from server.events import OFFLOAD_BYTES, Event, responses, text_size
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):

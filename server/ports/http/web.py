@@ -4,7 +4,7 @@ One ASGI application, served by uvicorn in the gateway's own event loop beside g
 
 - ``POST /claude_gateway.v1.ChatService/<Method>``: Connect (``application/json``, ``application/proto``,
   ``application/connect+json``, ``application/connect+proto``) and gRPC-Web (``application/grpc-web*``),
-  by ``server.connect``; every call runs the same path as on the gRPC port.
+  by ``server.ports.http.connect``; every call runs the same path as on the gRPC port.
 - ``GET /`` and ``GET /chat.js``: the chat page, when ``GATEWAY_CHAT_PAGE`` is on.
 - CORS for the origins in ``GATEWAY_CORS_ORIGINS``: preflights answered here, the gRPC-Web and Connect
   response headers exposed to the page. No CORS headers at all when it is empty.
@@ -20,16 +20,16 @@ from typing import Any
 
 import uvicorn
 
-from server.call import Calls
+from server.call.runner import Calls
 from server.config import Settings
-from server.connect import SERVICE, ChatApplication
+from server.ports.http.connect import SERVICE, ChatApplication
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-PAGE = Path(__file__).resolve().parent / "page"
+PAGE = Path(__file__).resolve().parents[2] / "page"  # server/page: data, not code
 PAGE_FILES = {"/": ("index.html", b"text/html; charset=utf-8"), "/chat.js": ("chat.js", b"text/javascript")}
 
 # What a browser may send and read: the Connect and gRPC-Web protocol headers, the caller's token.

@@ -17,8 +17,8 @@ from anthropic.lib.streaming._messages import accumulate_event
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 
+from server.call.events import OFFLOAD_BYTES, Event, text_size, too_large_reply
 from server.errors import GatewayError, Reason, fail
-from server.events import OFFLOAD_BYTES, Event, text_size, too_large_reply
 
 
 class MessageAccumulator:

@@ -4,7 +4,7 @@
         batch = await reader.open(body, betas)    # retries what is safe to retry, before any event
         batch = await reader.next()               # None after message_stop; GatewayError on any failure
 
-Every event is checked against the stream grammar (``server.grammar``) before it is passed on.
+Every event is checked against the stream grammar (``server.call.grammar``) before it is passed on.
 A batch holds the events of one network read, in order, so the gateway sends what was already
 waiting in one gRPC message. Leaving the ``async with`` closes the upstream response.
 """
@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from server.call.events import OFFLOAD_BYTES, Event, SseFramer, parse
+from server.call.grammar import Grammar
+from server.call.retry import backoff
+from server.call.watchdog import Watchdog
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, from_exception
-from server.events import OFFLOAD_BYTES, Event, SseFramer, parse
-from server.grammar import Grammar
-from server.retry import backoff
-from server.upstream import Body, Upstream
-from server.watchdog import Watchdog
+from server.upstream.client import Body, Upstream
 
 log = logging.getLogger(__name__)
 

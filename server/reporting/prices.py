@@ -1,6 +1,6 @@
 """What a call cost in USD, from a price table per model and the call's merged usage.
 
-The table ships with the package (``server/prices.toml``, which says where its numbers come from
+The table ships with the package (``server/reporting/prices.toml``, which says where its numbers come from
 and as of when); an operator replaces it with their own file of the same format
 (``GATEWAY_PRICES_FILE``) when prices change or they have a contract. Costs are computed in
 ``Decimal`` from the table's written values, so a call's cost is the exact sum of its parts.
@@ -15,7 +15,7 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
-from server.usage import Usage
+from server.reporting.usage import Usage
 
 MILLION = Decimal(1_000_000)
 
@@ -61,8 +61,8 @@ def load(path: str = "") -> PriceTable:
         text = Path(path).read_text()
         where = path
     else:
-        text = resources.files("server").joinpath("prices.toml").read_text()
-        where = "server/prices.toml"
+        text = resources.files("server.reporting").joinpath("prices.toml").read_text()
+        where = "server/reporting/prices.toml"
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -5,13 +5,13 @@
 
 A request counts one against ``requests_per_minute`` when admitted. Tokens are checked and reserved
 on an estimate of the input (``estimate``) and, when the call ends however it ends, corrected to the
-input + output tokens its events reported (``server.admission.charged`` of the call's ``Usage``).
+input + output tokens its events reported (``server.call.admission.charged`` of the call's ``Usage``).
 Minutes are sliding windows: the previous minute's count, weighted by how much of it still lies
 within the last 60 seconds, plus this minute's; so ``RetryInfo`` can say when the caller will fit
 again.
 
 ``MemoryQuotas`` counts in this process (one replica, a sidecar). ``RedisQuotas``
-(``server.redis_quotas``) counts in Redis, shared by every replica: one Lua script admits
+(``server.limits.redis_quotas``) counts in Redis, shared by every replica: one Lua script admits
 (atomically: every check, then every count), one releases; a stream holds a slot that is a lease,
 renewed by its replica while the stream lives, so a replica that dies frees its slots within
 ``GATEWAY_LEASE_SECONDS``. Keys expire when a caller goes quiet. When Redis cannot be reached,
@@ -30,7 +30,7 @@ from typing import Protocol
 
 from server.config import Settings
 from server.errors import GatewayError, QuotaViolation, Reason, fail
-from server.policy import Limits
+from server.limits.policy import Limits
 
 WINDOW = 60.0  # seconds: the "minute" of requests_per_minute and tokens_per_minute
 STREAM_RETRY = 1.0  # seconds to suggest when every stream slot is taken: a slot frees when any stream ends
@@ -189,7 +189,7 @@ def quotas(settings: Settings, on_store_change: Callable[[bool], None] | None = 
     """The quota store the settings name: Redis when ``redis_url`` is set, else this process's memory.
     ``on_store_change`` hears whether Redis answers: True at once, then at every change."""
     if settings.redis_url:
-        from server.redis_quotas import RedisQuotas  # redis-py loads OpenTelemetry's SDK: only when used
+        from server.limits.redis_quotas import RedisQuotas  # redis-py loads OpenTelemetry's SDK: only when used
 
         if on_store_change is not None:
             on_store_change(True)

@@ -1,7 +1,7 @@
 """ChatService over the Connect protocol and gRPC-Web: the ``connectrpc`` ASGI application.
 
 connectrpc speaks the wire protocols (Connect unary and streaming, JSON and binary; gRPC-Web); every
-call still runs through ``server.call.Calls.run``, the one path of a call, exactly as on the gRPC
+call still runs through ``server.call.runner.Calls.run``, the one path of a call, exactly as on the gRPC
 port. ``HttpCallContext`` gives that path the small surface of ``grpc.aio.ServicerContext`` it uses;
 each call runs in a task of its own, as a grpc.aio handler does, so that the watchdog, the drain and
 a browser that goes away can each cancel it and the upstream request closes with it.
@@ -34,12 +34,12 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from protobuf.wkt import Any as AnyDetail
 
-from server.accumulator import MessageAccumulator
-from server.admission import Undecodable
-from server.call import Calls
+from server.call.accumulator import MessageAccumulator
+from server.call.admission import Undecodable
+from server.call.events import Event
+from server.call.runner import Calls
 from server.errors import GatewayError
-from server.events import Event
-from server.servicer import converted
+from server.ports.grpc.servicer import converted
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
 STATUS_DETAILS_KEY = "grpc-status-details-bin"

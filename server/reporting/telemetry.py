@@ -1,6 +1,6 @@
 """What the gateway tells about each call: its usage and cost trailer, its log line, metrics and spans.
 
-``CallRecord`` gathers one call's facts as it runs: its usage (``server.usage``), time to the first
+``CallRecord`` gathers one call's facts as it runs: its usage (``server.reporting.usage``), time to the first
 content delta, events, retries, outcome. Its ``see(batch)`` is the only per-batch work; everything
 else happens once, when the call ends, in ``Telemetry.finish``:
 
@@ -10,7 +10,7 @@ else happens once, when the call ends, in ``Telemetry.finish``:
 - one JSON log line (logger ``server.call``) with the call's caller, model, method, status and
   reason, upstream request id, TTFT, duration, events, usage and cost: never prompt or completion
   text, never a credential;
-- the Prometheus metrics (``server.metrics``), when they are on.
+- the Prometheus metrics (``server.reporting.metrics``), when they are on.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.events import Event
-from server.metrics import Metrics
-from server.prices import PriceTable
-from server.usage import Usage
+from server.call.events import Event
+from server.reporting.metrics import Metrics
+from server.reporting.prices import PriceTable
+from server.reporting.usage import Usage
 
 log = logging.getLogger("server.call")
 

@@ -27,7 +27,7 @@ from typing import Any
 from server.config import Settings
 from server.errors import GatewayError, Reason, fail
 
-log = logging.getLogger("server.identity")
+log = logging.getLogger("server.limits.identity")
 
 ANONYMOUS = "anonymous"  # the one caller when callers are not identified
 SHARED = "default"  # the holder of GATEWAY_AUTH_TOKEN

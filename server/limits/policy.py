@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from server.identity import CALLER_NAME
+from server.limits.identity import CALLER_NAME
 
 ANY_CALLER = "*"
 LIMITS = ("max_tokens", "concurrent_streams", "requests_per_minute", "tokens_per_minute")

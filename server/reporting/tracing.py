@@ -21,8 +21,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from server.metrics import OPERATION, PROVIDER
-from server.telemetry import OK, CallRecord
+from server.reporting.metrics import OPERATION, PROVIDER
+from server.reporting.telemetry import OK, CallRecord
 
 SERVICE_NAME = "claude-grpc-gateway"
 RPC_SERVICE = "claude_gateway.v1.ChatService"
@@ -35,7 +35,7 @@ class Tracing:
         self._provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
         exporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
         self._provider.add_span_processor(BatchSpanProcessor(exporter))
-        self._tracer = self._provider.get_tracer("server.tracing")
+        self._tracer = self._provider.get_tracer("server.reporting.tracing")
         self._propagator = TraceContextTextMapPropagator()
 
     def call_span(self, call: CallRecord, metadata: Sequence[tuple[str, Any]] | None) -> Span:

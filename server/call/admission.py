@@ -1,10 +1,10 @@
 """Admission: whether a call may start now, what it will send upstream, and the calls in flight.
 
 Every check here runs before anything is sent upstream, in this order: who the caller is
-(``server.identity``: UNAUTHENTICATED), drain, whether the policy lets the caller in
-(``server.policy``: PERMISSION_DENIED), the gateway's concurrency limit, the request's shape, the
+(``server.limits.identity``: UNAUTHENTICATED), drain, whether the policy lets the caller in
+(``server.limits.policy``: PERMISSION_DENIED), the gateway's concurrency limit, the request's shape, the
 model (aliases, the default, the caller's allowlist) and the caller's ``max_tokens`` cap, and last
-the caller's quotas (``server.quota``: RESOURCE_EXHAUSTED), which count the call only once every
+the caller's quotas (``server.limits.quota``: RESOURCE_EXHAUSTED), which count the call only once every
 other check has passed. An admitted call is counted until it ends, which is what the drain waits on
 and what ``cut_all`` ends; its end gives back its quota lease with the tokens it used.
 """
@@ -20,13 +20,13 @@ from typing import Any
 import grpc
 from claude_gateway.v1 import chat_pb2 as pb
 
+from server.call.validation import beta_violations, body_of, violations
 from server.config import Settings
 from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violation, fail
-from server.identity import Identity
-from server.policy import OPEN, Policy
-from server.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
-from server.usage import Usage
-from server.validation import beta_violations, body_of, violations
+from server.limits.identity import Identity
+from server.limits.policy import OPEN, Policy
+from server.limits.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
+from server.reporting.usage import Usage
 
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
 
@@ -52,7 +52,7 @@ class Admitted:
     expired: Failure  # the status when the deadline passes
     task: asyncio.Task[Any]
     cut: Failure | None = None  # set by whoever cancels the call on the gateway's side
-    # The call's merged upstream usage, kept up to date while it runs (server.call): complete when the
+    # The call's merged upstream usage, kept up to date while it runs (server.call.runner): complete when the
     # ``admit`` context exits, where token quotas charge it.
     usage: Usage = field(default_factory=Usage)
     lease: Lease | None = None  # the call's claim on its caller's quotas, if the caller has limits

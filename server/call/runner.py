@@ -4,7 +4,7 @@ Every call runs inside one time budget: the client's deadline, capped by max_str
 with the first-event and idle bounds by a ``Watchdog``. Before the first event reaches the client
 the gateway may retry the upstream call (``UpstreamReader.open``); after it, never. Any failure ends
 the call with a status from ``server.errors``. A cancel, from the client or from the gateway itself
-(watchdog, drain), unwinds through ``async with``, which closes the upstream connection. ``server.telemetry``
+(watchdog, drain), unwinds through ``async with``, which closes the upstream connection. ``server.reporting.telemetry``
 records the call as it goes and reports it once at its end (trailer, log line, metrics, spans).
 """
 
@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from server.admission import Admission, Request, Undecodable
+from server.call.admission import Admission, Request, Undecodable
+from server.call.events import Event
+from server.call.reader import UpstreamReader
+from server.call.watchdog import Watchdog
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, to_status
-from server.events import Event
-from server.reader import UpstreamReader
 from server.redaction import Redactor
-from server.telemetry import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord, Telemetry
-from server.upstream import Upstream
-from server.watchdog import Watchdog
+from server.reporting.telemetry import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord, Telemetry
+from server.upstream.client import Upstream
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from server.tracing import Tracing
+    from server.reporting.tracing import Tracing
 
 log = logging.getLogger("server.call")
 
