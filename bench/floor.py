@@ -24,8 +24,8 @@ import grpc
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
+from claude_gateway.wire import REQUEST_ID_KEY
 
-from server.call.runner import REQUEST_ID_KEY
 from server.signals import termination
 from simulator.directives import parse
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anthropic
 import grpc
 from claude_gateway.v1 import chat_pb2
+from claude_gateway.wire import SERVICE
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 HEALTH_SERVICES = ("", SERVICE)
 
 

@@ -1,7 +1,7 @@
 """The gateway's own failure reasons, in one table: ``ErrorInfo.reason``, its gRPC code, and when.
 
 Upstream API errors carry the API's error type instead (``OVERLOADED_ERROR``...; see
-``server.errors.API_ERRORS``). The README's table of the gateway's own failures is this enum, and a
+``server.upstream.failures.API_ERRORS``). The docs' table of the gateway's own failures is this enum, and a
 test holds them equal.
 """
 
@@ -59,7 +59,15 @@ class Reason(Enum):
         Code.FAILED_PRECONDITION,
         "the gateway has no Anthropic credentials (`ANTHROPIC_API_KEY` unset)",
     )
-    UPSTREAM_UNREACHABLE = (Code.UNAVAILABLE, "cannot connect to the upstream")
+    UPSTREAM_UNREACHABLE = (
+        Code.UNAVAILABLE,
+        "cannot connect to the upstream; ErrorInfo's `cause` says why (dns, refused, tls, timeout) and "
+        "`upstream_host` where",
+    )
+    UPSTREAM_MALFORMED_HTTP = (
+        Code.UNAVAILABLE,
+        "the upstream's response is not valid HTTP (a bad status line, header or chunk)",
+    )
     UPSTREAM_TIMEOUT = (Code.UNAVAILABLE, "the upstream connection timed out")
     UPSTREAM_CONNECTION_LOST = (Code.UNAVAILABLE, "the upstream connection broke mid-stream")
     UPSTREAM_INCOMPLETE_STREAM = (Code.UNAVAILABLE, "the upstream stream ended without `message_stop`")

@@ -20,9 +20,9 @@ import grpc
 import pytest
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2_grpc
+from claude_gateway.wire import SERVICE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import SERVICE
 from simulator import Simulator
 from tests import container
 from tests.harness import API_KEY, body, call_log, run, stream_request

@@ -7,8 +7,8 @@ from dataclasses import fields
 from pathlib import Path
 
 from server.config import Settings, env_name, flag_name
-from server.errors import API_ERRORS
 from server.reasons import Reason
+from server.upstream.failures import API_ERRORS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2_grpc
+from claude_gateway.wire import SERVICE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import SERVICE, build_server, sdk_client
+from server.app import build_server, sdk_client
 from server.config import Settings
 from tests.harness import API_KEY, body, gateway, run, stream_request
 from tests.test_security import self_signed

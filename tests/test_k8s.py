@@ -15,8 +15,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from claude_gateway.wire import SERVICE
 
-from server.app import SERVICE
 from server.config import Settings, env_name
 from server.limits.policy import parse
 

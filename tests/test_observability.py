@@ -18,9 +18,10 @@ from typing import Any
 import grpc
 import pytest
 from claude_gateway import AsyncGateway, GatewayError, codec
-from claude_gateway.usage import USAGE_KEY, CallUsage, from_metadata
+from claude_gateway.usage import CallUsage, from_metadata
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1.chat_pb2_grpc import ChatServiceStub
+from claude_gateway.wire import USAGE_KEY
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families

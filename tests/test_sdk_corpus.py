@@ -14,7 +14,7 @@ import pytest
 from claude_gateway import codec
 from claude_gateway.client import create_request, stream_request
 
-from server import errors
+from server.upstream import failures
 from simulator import Replay
 from tests.corpus import sdk_streams
 from tests.harness import Status, body, gateway, run, status_of
@@ -128,4 +128,4 @@ def ended(end: str) -> grpc.StatusCode:
     """The code a stream that ends ``end`` must end the call with."""
     if end == "incomplete":
         return grpc.StatusCode.UNAVAILABLE
-    return errors.API_ERRORS[end.split(":", 1)[1]]
+    return failures.API_ERRORS[end.split(":", 1)[1]]

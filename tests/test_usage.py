@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from claude_gateway.usage import USAGE_KEY, from_metadata
+from claude_gateway.usage import from_metadata
+from claude_gateway.wire import USAGE_KEY
 
 from server.reporting.metrics import OTHER, LabelCap
 from server.reporting.prices import load

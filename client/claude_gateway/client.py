@@ -22,10 +22,10 @@ from typing import Any, cast
 
 import grpc
 import grpc.aio
-from anthropic._models import construct_type
 from anthropic.types import Message, MessageParam
 from claude_gateway import codec
 from claude_gateway.errors import GatewayError
+from claude_gateway.sdk import construct_type
 from claude_gateway.streaming import AsyncMessageStreamManager, MessageStreamManager
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc

@@ -18,16 +18,15 @@ from typing import Any, cast
 
 import grpc
 import grpc.aio
-from anthropic._models import construct_type
 from anthropic.lib.streaming import MessageStreamEvent
-from anthropic.lib.streaming._messages import accumulate_event, build_events
 from anthropic.types import RawMessageStreamEvent
 from anthropic.types.parsed_message import ParsedMessage
 from claude_gateway import codec
 from claude_gateway.errors import GatewayError, metadata_dict
+from claude_gateway.sdk import accumulate_event, build_events, construct_type
 from claude_gateway.v1 import chat_pb2 as pb
+from claude_gateway.wire import REQUEST_ID_KEY
 
-REQUEST_ID_KEY = "anthropic-request-id"
 _CLOSED = (
     "the stream was closed before it ended: its `with` block was left (or close() called) first; "
     "read it to the end inside the block, e.g. with get_final_message()"

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-USAGE_KEY = "claude-gateway-usage"
+from claude_gateway.wire import USAGE_KEY
 
 
 @dataclass(frozen=True)

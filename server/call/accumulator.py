@@ -12,9 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx2
-from anthropic.lib.streaming._beta_messages import accumulate_event as accumulate_beta_event
-from anthropic.lib.streaming._messages import accumulate_event
 from claude_gateway import codec
+from claude_gateway.sdk import accumulate_beta_event, accumulate_event
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.call.events import OFFLOAD_BYTES, Event, text_size, too_large_reply

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from anthropic._streaming import SSEDecoder
 from claude_gateway import codec
+from claude_gateway.sdk import SSEDecoder
 from claude_gateway.v1 import chat_pb2 as pb
 
-from server.errors import Failure, GatewayError, Reason, fail, from_api_error
+from server.errors import Failure, GatewayError, Reason, fail
+from server.upstream.failures import from_api_error
 
 Frame = tuple[str, str]  # (event name, data)
 Event = tuple[str, dict[str, Any], str]  # (event name, its JSON object, its data text)

@@ -22,8 +22,9 @@ from server.call.grammar import Grammar
 from server.call.retry import backoff
 from server.call.watchdog import Watchdog
 from server.config import Settings
-from server.errors import Failure, GatewayError, Reason, fail, from_exception
+from server.errors import Failure, GatewayError, Reason, fail
 from server.upstream.client import Body, Upstream
+from server.upstream.failures import from_exception
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class UpstreamReader:
             except Exception as exc:
                 self._watchdog.reading = False
                 await self._close()
-                failure = from_exception(exc)
+                failure = from_exception(exc, self._upstream.host)
                 delay = backoff(attempt, failure.retry_after)
                 if (
                     not failure.retryable
@@ -114,7 +115,7 @@ class UpstreamReader:
                 try:
                     chunk = await read_body()
                 except Exception as exc:
-                    raise GatewayError(from_exception(exc)) from None
+                    raise GatewayError(from_exception(exc, self._upstream.host)) from None
                 if not chunk:
                     raise GatewayError(_incomplete())
                 self.bytes_read += len(chunk)

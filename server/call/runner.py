@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
+from claude_gateway.wire import REQUEST_ID_KEY
 
 from server.call.admission import Admission, Request, Undecodable
 from server.call.events import Event
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("server.call")
 
-REQUEST_ID_KEY = "anthropic-request-id"  # initial metadata: the upstream request id of the call
 CLIENT_CANCELLED = "CLIENT_CANCELLED"  # the reason of a call the client cancelled (log and metrics only)
 GATEWAY_ERROR = Reason.GATEWAY_ERROR.name
 

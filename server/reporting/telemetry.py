@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from claude_gateway.wire import USAGE_KEY
+
 from server.call.events import Event
 from server.reporting.metrics import Metrics
 from server.reporting.prices import PriceTable
@@ -30,7 +32,6 @@ log = logging.getLogger("server.call")
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 
-USAGE_KEY = "claude-gateway-usage"  # trailing metadata: the call's usage and cost, JSON
 
 OK = "OK"
 CANCELLED = "CANCELLED"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from claude_gateway.wire import SERVICE
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -25,7 +26,7 @@ from server.reporting.metrics import OPERATION, PROVIDER
 from server.reporting.telemetry import OK, CallRecord
 
 SERVICE_NAME = "claude-grpc-gateway"
-RPC_SERVICE = "claude_gateway.v1.ChatService"
+RPC_SERVICE = SERVICE
 
 
 class Tracing:

@@ -30,16 +30,17 @@ import aiohttp
 import anthropic
 import httpx2
 from aiohttp.helpers import get_env_proxy_for_url
+from claude_gateway.sdk import aiohttp_response, status_error
 from multidict import CIMultiDict
 from yarl import URL
 
 from server.config import Settings
-from server.errors import GatewayError, Reason, fail
+from server.errors import GatewayError
+from server.upstream.failures import head_failure
 
 log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/v1/messages"
-_IDENTITY = ("", "identity")
 _JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 _MAX_CONNECTIONS = 1000  # the SDK's own default pool size
 # What may follow a stream's last event before its connection is kept: the body's end (a few bytes).
@@ -63,16 +64,9 @@ class _ResponseCheck:
         self._limit = max_error_body_bytes
 
     async def __call__(self, response: httpx2.Response) -> None:
-        status = response.status_code
-        if 300 <= status < 400:
-            raise GatewayError(
-                fail(Reason.UPSTREAM_REDIRECTED, f"upstream answered HTTP {status}, a redirect; not followed")
-            )
-        encoding = response.headers.get("content-encoding", "").strip().lower()
-        if encoding not in _IDENTITY:
-            raise GatewayError(
-                fail(Reason.UPSTREAM_COMPRESSED, "upstream sent a compressed body although identity was asked for")
-            )
+        refused = head_failure(response.status_code, response.headers.get("content-encoding", ""))
+        if refused is not None:
+            raise GatewayError(refused)
         if not response.is_success:
             assert isinstance(response.stream, httpx2.AsyncByteStream)
             response.stream = _Capped(response.stream, self._limit)
@@ -108,8 +102,7 @@ def body_reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
     On httpx, or if those layers ever change shape, it is httpx2's raw iterator (no decoder, for the
     same reason).
     """
-    inner = getattr(response.stream, "_stream", None)  # httpx2's BoundAsyncStream around the transport's
-    raw = getattr(inner, "_aiohttp_response", None)  # the SDK's AiohttpResponseStream
+    raw = aiohttp_response(response)
     if isinstance(raw, aiohttp.ClientResponse):
         return raw.content.readany
     chunks = response.aiter_raw()
@@ -196,6 +189,11 @@ class Upstream:
             )
 
     @property
+    def host(self) -> str:
+        """The upstream's host name (no scheme, port, path or credentials): for statuses and logs."""
+        return self._client.base_url.host
+
+    @property
     def direct(self) -> bool:
         """Whether calls go out on the gateway's own session (True) or through the SDK's ``post``."""
         return self._session is not None
@@ -209,7 +207,7 @@ class Upstream:
         """POST /v1/messages with "stream": true; yields the response ``Body``.
 
         Raises the SDK's exceptions for HTTP errors and connection failures; a read raises its
-        transport's (``server.errors.from_exception`` maps both). Leaving closes the response, and the
+        transport's (``server.upstream.failures.from_exception`` maps both). Leaving closes the response, and the
         connection with it unless the body was read to its end or marked ``complete``.
         """
         if self._session is not None:
@@ -244,16 +242,10 @@ class Upstream:
         except aiohttp.ClientError as exc:
             raise anthropic.APIConnectionError(request=self._request) from exc
         try:
-            status = response.status
-            if 300 <= status < 400:
-                raise GatewayError(
-                    fail(Reason.UPSTREAM_REDIRECTED, f"upstream answered HTTP {status}, a redirect; not followed")
-                )
-            if response.headers.get("content-encoding", "").strip().lower() not in _IDENTITY:
-                raise GatewayError(
-                    fail(Reason.UPSTREAM_COMPRESSED, "upstream sent a compressed body although identity was asked for")
-                )
-            if status >= 300:
+            refused = head_failure(response.status, response.headers.get("content-encoding", ""))
+            if refused is not None:
+                raise GatewayError(refused)
+            if response.status >= 300:
                 raise await self._status_error(response)
         except BaseException:
             response.close()
@@ -277,7 +269,8 @@ class Upstream:
         http_response = httpx2.Response(
             response.status, headers=response.raw_headers, content=b"".join(chunks), request=self._request
         )
-        return self._client._make_status_error_from_response(http_response)
+        error: anthropic.APIStatusError = status_error(self._client, http_response)
+        return error
 
     @asynccontextmanager
     async def _sdk_post(self, body: dict[str, Any], betas: Sequence[str], timeout: float) -> AsyncIterator[Body]:

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 from claude_gateway.v1 import chat_pb2 as pb
+from claude_gateway.wire import SERVICE, STATUS_DETAILS_KEY
 from connectrpc.code import Code
 from connectrpc.codec import Codec
 from connectrpc.errors import ConnectError, ErrorDetail
@@ -41,8 +42,6 @@ from server.call.runner import Calls
 from server.errors import GatewayError
 from server.ports.grpc.servicer import converted
 
-SERVICE = pb.DESCRIPTOR.services_by_name["ChatService"].full_name
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 TIMEOUT_HEADERS = (b"connect-timeout-ms", b"grpc-timeout")
 
 # Every gRPC code and its Connect name: the same numbers, one spelling differs (CANCELLED / canceled).

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from claude_gateway.wire import SERVICE
 
 from server.call.runner import Calls
 from server.config import Settings
-from server.ports.http.connect import SERVICE, ChatApplication
+from server.ports.http.connect import ChatApplication
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
