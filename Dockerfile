@@ -1,4 +1,4 @@
-# The gateway's container image: `docker build -t claude-grpc-gateway .` (README, "Deploy").
+# The gateway's container image: `docker build -t claude-grpc-gateway .` (docs/deploy.md).
 #
 # Two stages: `build` turns the source into wheels and installs them into a virtualenv; the final
 # stage is the same slim Python base with only that virtualenv added (no compiler, no pip, no wheel

@@ -81,7 +81,7 @@ buf-lint: node
 	$(BUF) lint
 
 # Fails on a wire- or source-incompatible change since the released API; protos/released/v1.binpb is
-# that release's image (docs/debugging.md, "Cutting a proto release", says how to renew it).
+# that release's image (docs/development.md, "Cutting a proto release", says how to renew it).
 buf-breaking: node
 	$(BUF) breaking protos --against protos/released/v1.binpb
 

@@ -5,7 +5,7 @@ upstream read (usage, the first content delta) and ``Telemetry.finish`` plus the
 call (cost, the JSON log line, the metrics when on). This times both in this process on the
 gateway's own objects, best of several repeats, beside what the gateway did per call before (one
 plain-text log line), so the figures can be set beside the benchmark's CPU per relayed event and
-per request (README, Performance). Tracing is not timed here: it is off
+per request (docs/performance.md). Tracing is not timed here: it is off
 unless configured.
 
     python -m bench.telemetry            # about 5 seconds

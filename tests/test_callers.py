@@ -298,11 +298,11 @@ def test_mtls_names_the_caller_from_the_client_certificate(tmp_path: Path) -> No
 
 
 def test_the_readme_policy_example_is_a_valid_policy() -> None:
-    """The policy file shown in the README's "Callers and limits" loads, with the limits it describes."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### The policy file") :]
+    """The policy file shown in docs/operations.md's "Callers and limits" loads, with the limits it describes."""
+    page = (ROOT / "docs" / "operations.md").read_text()
+    section = page[page.index("### The policy file") :]
     example = section[section.index("```yaml\n") + 8 :]
-    loaded = parse(example[: example.index("```")], "README")
+    loaded = parse(example[: example.index("```")], "docs/operations.md")
     assert loaded.model("reasoning") == "claude-opus-4-7"
     rules = loaded.rules("support-ui")
     assert rules is not None

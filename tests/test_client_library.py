@@ -64,7 +64,8 @@ async def python(*argv: str, env: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("name", ["stream.py", "stream_async.py"])
 def test_readme_examples_print_what_the_sdk_prints_against_the_simulator(name: str) -> None:
-    """The README's Python example prints via the gateway exactly what its SDK version prints from the simulator."""
+    """The Python examples (README, docs/clients.md) print via the gateway exactly what their SDK versions print from
+    the simulator."""
     example = EXAMPLES / name
 
     async def go() -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """The proto generates cleanly for every language protoc targets here, with no flag beyond the proto path,
 and the generated code compiles where the machine has the toolchain: C++ (g++), Java (javac with
-Debian's protobuf-java and grpc-java), Go (go with Debian's protobuf-go and grpc-go; the README's Go
-program then streams a reply through a real gateway).
+Debian's protobuf-java and grpc-java), Go (go with Debian's protobuf-go and grpc-go; the Go
+program of docs/clients.md then streams a reply through a real gateway).
 
 protoc here is Debian's (protobuf-compiler 3.21, matching libprotobuf-java and libprotobuf-dev);
 grpcio-tools' protoc only has the Python generators. `.ci/run` installs the packages; outside CI a
@@ -90,8 +90,8 @@ def test_generated_cpp_compiles_and_names_the_auto_arm_auto_underscore(tmp_path:
     )  # fmt: skip
 
 
-def test_java_messages_grpc_stubs_and_the_readme_program_compile(tmp_path: Path) -> None:
-    """javac compiles the generated messages (a file per message), the grpc-java stub and the README's Java program."""
+def test_java_messages_grpc_stubs_and_the_docs_program_compile(tmp_path: Path) -> None:
+    """javac compiles the generated messages (one file each), the grpc-java stub and docs/clients.md's Java program."""
     plugin = Path("/usr/bin/grpc_java_plugin")
     # geronimo-annotation holds javax.annotation.Generated, which the grpc-java stub carries.
     names = ("protobuf", "grpc-api", "grpc-stub", "grpc-protobuf", "guava", "geronimo-annotation-1.3-spec")
@@ -109,8 +109,8 @@ def test_java_messages_grpc_stubs_and_the_readme_program_compile(tmp_path: Path)
     assert (tmp_path / "classes" / "Stream.class").is_file()
 
 
-def test_go_stubs_compile_and_the_readme_program_streams_through_the_gateway(tmp_path: Path) -> None:
-    """The Go stubs land at their go_package path; the README's Go program builds and streams via the gateway."""
+def test_go_stubs_compile_and_the_docs_program_streams_through_the_gateway(tmp_path: Path) -> None:
+    """The Go stubs land at their go_package path; docs/clients.md's Go program builds and streams via the gateway."""
     need(
         "protoc",
         "go",
@@ -152,6 +152,9 @@ def test_go_stubs_compile_and_the_readme_program_streams_through_the_gateway(tmp
 
 
 @pytest.mark.parametrize("example", ["go/main.go", "java/Stream.java", "stream.py", "stream_async.py"])
-def test_readme_shows_each_example_verbatim(example: str) -> None:
-    """The README's Clients section shows each example file as it is, the file the tests compile or run."""
-    assert (EXAMPLES / example).read_text() in (ROOT / "README.md").read_text()
+def test_the_docs_show_each_example_verbatim(example: str) -> None:
+    """docs/clients.md shows each example file as it is, the file the tests compile or run; the README shows the
+    first Python one."""
+    assert (EXAMPLES / example).read_text() in (ROOT / "docs" / "clients.md").read_text()
+    if example == "stream.py":
+        assert (EXAMPLES / example).read_text() in (ROOT / "README.md").read_text()

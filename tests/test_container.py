@@ -31,7 +31,7 @@ from tests.test_security import self_signed
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# The manifests' Secret, as the user creates it (README "Deploy"), with the simulator's key.
+# The manifests' Secret, as the user creates it (docs/deploy.md), with the simulator's key.
 SECRETS = {"anthropic-api-key": {"api-key": API_KEY}}
 
 

@@ -365,9 +365,10 @@ def test_each_call_writes_one_json_log_line_without_prompt_or_completion(caplog:
     run(go)
 
 
-def test_the_readme_and_the_dashboard_name_exactly_the_metrics_the_gateway_serves() -> None:
-    """The README's metrics table lists every metric served, and each dashboard query is in the README and uses them."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_and_the_dashboard_name_exactly_the_metrics_the_gateway_serves() -> None:
+    """docs/operations.md's metrics table lists every metric served, and each dashboard query is on that page and
+    uses them."""
+    readme = (ROOT / "docs" / "operations.md").read_text()
     served = set()
     for family in Metrics(10, frozenset(), lambda: 0).registry.collect():
         served.add(family.name + "_total" if family.type == "counter" else family.name)
@@ -384,9 +385,9 @@ def test_the_readme_and_the_dashboard_name_exactly_the_metrics_the_gateway_serve
                 assert name.removesuffix("_bucket") in served, name
 
 
-def test_the_readme_log_line_table_lists_exactly_the_fields_of_the_log_line() -> None:
-    """Every field of the call log line is in the README's table, and the table lists no other."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_log_line_table_lists_exactly_the_fields_of_the_log_line() -> None:
+    """Every field of the call log line is in docs/operations.md's table, and the table lists no other."""
+    readme = (ROOT / "docs" / "operations.md").read_text()
     section = readme[readme.index("| field | meaning |") :].split("\n\n")[0]
     listed = [line.split("`")[1] for line in section.splitlines()[2:]]
     assert listed == list(CallRecord("StreamMessage", MODEL).log_line())

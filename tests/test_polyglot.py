@@ -229,7 +229,8 @@ def test_buf_curl_streams_reply() -> None:
 
 @needs_grpcurl
 def test_grpcurl_lists_describes_checks_health_and_streams() -> None:
-    """The README's grpcurl commands work as written: list, describe, Health/Check and a streamed reply."""
+    """The grpcurl commands of the README and docs/debugging.md work as written: list, describe, Health/Check and
+    a streamed reply."""
     body = {"params": {"model": MODEL, "max_tokens": 6, "messages": [{"role": "user", "content_text": "hi grpcurl"}]}}
 
     async def test(port: int) -> tuple[Completed, ...]:

@@ -107,5 +107,8 @@ def test_readme_typescript_example_prints_what_the_sdk_prints_against_the_simula
 
 
 def test_readme_shows_the_typescript_example_verbatim() -> None:
-    """The README's TypeScript program is client/ts/examples/stream.ts, the file the test above compiles and runs."""
-    assert (TS / "examples" / "stream.ts").read_text() in (ROOT / "README.md").read_text()
+    """The TypeScript program of the README and docs/clients.md is client/ts/examples/stream.ts, the file the test
+    above compiles and runs."""
+    example = (TS / "examples" / "stream.ts").read_text()
+    assert example in (ROOT / "README.md").read_text()
+    assert example in (ROOT / "docs" / "clients.md").read_text()

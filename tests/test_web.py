@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -442,17 +443,40 @@ def test_chat_page_needs_the_http_port_and_booleans_parse_as_words() -> None:
         Settings.from_env({"GATEWAY_CHAT_PAGE": "maybe", "GATEWAY_HTTP_LISTEN": "127.0.0.1:0"})
 
 
-def readme_curl_stream() -> str:
-    """The README's curl command that streams a reply (the shell block after its marker)."""
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- curl-stream -->\s*```sh\n(.*?)```", readme, re.S)
-    assert match, "README lost its curl-stream example"
+def marked_shell_block(page: Path, marker: str) -> str:
+    """The shell block that follows ``<!-- marker -->`` on ``page``."""
+    match = re.search(rf"<!-- {marker} -->\s*```sh\n(.*?)```", page.read_text(), re.S)
+    assert match, f"{page.name} lost its {marker} example"
     return match.group(1)
+
+
+def readme_curl_stream() -> str:
+    """docs/clients.md's curl command that streams a reply (the shell block after its marker)."""
+    return marked_shell_block(ROOT / "docs" / "clients.md", "curl-stream")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_unary_curl_command_prints_the_whole_message() -> None:
+    """The README's exact curl command (Connect unary CreateMessage) prints the reply message as JSON."""
+
+    async def go() -> None:
+        async with http_gateway() as (h, url):
+            script = marked_shell_block(ROOT / "README.md", "curl-unary").replace("http://127.0.0.1:8080", url)
+            proc = await asyncio.create_subprocess_exec("bash", "-c", script, stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0
+            message = json.loads(out)["message"]
+            assert message["role"] == "assistant"
+            assert message["stopReason"] == "end_turn"
+            assert message["content"][0]["text"]["text"].startswith("Hello the simulator")
+            assert len(h.sim.requests) == 1
+
+    run(go)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_curl_command_streams_json_lines_while_the_call_runs() -> None:
-    """The README's exact curl command prints one JSON message per line, the first while the call still runs."""
+    """docs/clients.md's exact curl command prints one JSON message per line, the first while the call still runs."""
 
     async def go() -> None:
         async with http_gateway(Pace(ttft=0.02, tokens_per_second=10)) as (h, url):
