@@ -26,8 +26,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 # The virtualenv first: it does not depend on the source, so the layer survives source changes.
 RUN python3 -m venv /opt/claude-gateway
 COPY . /src
-# Wheels of the gateway and of every dependency, then an offline install of exactly those wheels.
-RUN /opt/claude-gateway/bin/pip wheel --wheel-dir /wheels /src \
+# Wheels of the gateway, of the client distribution it speaks through (claude_gateway) and of every
+# dependency, then an offline install of exactly those wheels.
+RUN /opt/claude-gateway/bin/pip wheel --wheel-dir /wheels /src/client /src \
  && /opt/claude-gateway/bin/pip install --no-index --find-links /wheels claude-grpc-gateway \
  && /opt/claude-gateway/bin/pip uninstall --yes pip setuptools
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from server.call.events import Event, parse
 from server.reporting.metrics import Metrics
 from server.reporting.prices import load
-from server.reporting.telemetry import OK, CallRecord, Telemetry
+from server.reporting.record import OK, CallRecord
+from server.reporting.telemetry import Telemetry
 
 SEE_PACED = "see() per paced delta (one event per read), us"
 SEE_STREAM = "see() per event over whole streams, one read each, us"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from server.config import Settings
 from server.limits.identity import Identity
 from server.limits.policy import OPEN
 from server.limits.policy import load as load_policy
-from server.limits.quota import quotas as quota_store
+from server.limits.quota import MemoryQuotas, Quotas
 from server.ports.grpc.servicer import ChatServicer, lenient
 from server.ports.http.web import WebApplication, WebServer, bind
 from server.redaction import Redactor
@@ -49,12 +50,12 @@ class Gateway:
     admission: Admission
     upstream: Upstream
     settings: Settings
+    resources: contextlib.AsyncExitStack  # everything build_server opened, closed in reverse by close()
     metrics: Endpoint | None = None  # the metrics HTTP server, when GATEWAY_METRICS_LISTEN is set
     tracing: Tracing | None = None
     web: WebServer | None = None  # the HTTP port (Connect, gRPC-Web, chat page), when http_listen is set
-    health_server: grpc.aio.Server | None = None
-    """The plaintext health-only server on ``settings.health_listen``, if any."""
     health_port: int = 0
+    """The plaintext health-only port on ``settings.health_listen``, 0 when there is none."""
 
     @property
     def http_port(self) -> int | None:
@@ -83,21 +84,10 @@ class Gateway:
         await self.close()
 
     async def close(self) -> None:
-        """Stop at once and release the upstream client, the callers file watch and the quota store."""
-        await self.server.stop(None)
-        if self.web:
-            await self.web.stop(force=True)
-        if self.health_server is not None:
-            await self.health_server.stop(None)
-        await self.upstream.aclose()
-        await self.admission.identity.close()
-        await self.admission.quotas.close()
-        if self.metrics is not None:
-            await asyncio.to_thread(self.metrics.stop)
-            self.metrics = None
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still queued
-            self.tracing = None
+        """Stop at once and release everything build_server opened, newest first (idempotent)."""
+        await self.resources.aclose()
+        self.metrics = None
+        self.tracing = None
 
 
 def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
@@ -180,91 +170,111 @@ def sdk_client(settings: Settings, **kwargs: Any) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(http_client=http_client(settings), **kwargs)
 
 
+def quota_store(settings: Settings, on_store_change: Callable[[bool], None] | None = None) -> Quotas:
+    """The quota store the settings name: Redis when ``redis_url`` is set, else this process's memory.
+    ``on_store_change`` hears whether Redis answers: True at once, then at every change."""
+    if settings.redis_url:
+        from server.limits.redis_quotas import RedisQuotas  # redis-py loads OpenTelemetry's SDK: only when used
+
+        if on_store_change is not None:
+            on_store_change(True)
+        return RedisQuotas(settings, on_store_change=on_store_change)
+    return MemoryQuotas()
+
+
 async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
     """Build and start the gateway on ``settings.listen``; BindError if it cannot listen there,
     StartupError if the key file, the policy file, the callers file or the price file is bad.
 
     ``client`` defaults to an SDK client configured from the environment (ANTHROPIC_API_KEY or the
-    file ANTHROPIC_API_KEY_FILE names, ANTHROPIC_BASE_URL).
+    file ANTHROPIC_API_KEY_FILE names, ANTHROPIC_BASE_URL). Every resource opened here (the client,
+    servers, sockets, threads, the Redis connection) joins one exit stack the moment it exists, so
+    a failure at any step, and ``Gateway.close``, release all of them and nothing twice.
     """
+    resources = contextlib.AsyncExitStack()
+    try:
+        return await _assemble(settings, client, resources)
+    except BaseException:
+        await resources.aclose()
+        raise
+
+
+async def _assemble(
+    settings: Settings, client: anthropic.AsyncAnthropic | None, resources: contextlib.AsyncExitStack
+) -> Gateway:
     if client is None:
         # api_key=None: the SDK reads ANTHROPIC_API_KEY itself.
         client = sdk_client(settings, api_key=read_api_key(settings.api_key_file) if settings.api_key_file else None)
         if not client.api_key and not client.auth_token:
             log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
+    resources.push_async_callback(client.close)
     try:  # before anything starts: a bad file stops start-up (never a gateway running without its limits)
         identity = Identity(settings)
         policy = load_policy(settings.policy_file) if settings.policy_file else OPEN
         price_table = prices.load(settings.prices_file)
     except ValueError as exc:
-        await client.close()
         raise StartupError(str(exc)) from None
     upstream = Upstream(client, settings)
+    resources.push_async_callback(upstream.aclose)
     metrics = None
     if settings.metrics_listen:
         metrics = Metrics(settings.metrics_max_callers, frozenset(price_table.models), lambda: admission.active)
     store_up = metrics.quota_store.set if metrics is not None and settings.redis_url else None
-    admission = Admission(settings, identity, policy, quota_store(settings, store_up))
+    quotas = quota_store(settings, store_up)
+    resources.push_async_callback(quotas.close)
+    admission = Admission(settings, identity, policy, quotas)
     health_servicer = health.aio.HealthServicer()
     tracing = None
     if settings.otlp_endpoint:
         from server.reporting.tracing import Tracing  # imported only when on: no OpenTelemetry cost otherwise
 
         tracing = Tracing(settings.otlp_endpoint)
+        resources.push_async_callback(asyncio.to_thread, tracing.shutdown)  # exports the spans still queued
 
     server = grpc.aio.server(options=server_options(settings))
+    resources.push_async_callback(_stop_grpc, server)
     redactor = Redactor((client.api_key, client.auth_token, settings.auth_token))
     calls = Calls(settings, admission, upstream, Telemetry(price_table, metrics), tracing, redactor)
     add_chat_service(ChatServicer(calls), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    try:
-        if settings.tls_cert:
-            port = server.add_secure_port(settings.listen, tls_credentials(settings))
-        else:
-            port = server.add_insecure_port(settings.listen)
-    except RuntimeError:  # grpc's way of saying the bind failed
-        port = 0
+    credentials = tls_credentials(settings) if settings.tls_cert else None
+    port = _bind_grpc(server, settings.listen, credentials)
     if port == 0:
-        await upstream.aclose()
-        await admission.quotas.close()
         raise BindError(f"cannot listen on {settings.listen}: the port is in use or the address is not this host's")
     health_server, health_port = None, 0
     if settings.health_listen:
         # The same health servicer, so both ports report the same status; nothing else is served here.
         health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(settings.workers > 1))])
+        resources.push_async_callback(_stop_grpc, health_server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        try:
-            health_port = health_server.add_insecure_port(settings.health_listen)
-        except RuntimeError:
-            health_port = 0
+        health_port = _bind_grpc(health_server, settings.health_listen, None)
         if health_port == 0:
-            await upstream.aclose()
             raise BindError(f"cannot listen on {settings.health_listen} (GATEWAY_HEALTH_LISTEN)")
     endpoint = None
     if metrics is not None:
         try:
             endpoint = metrics.serve(settings.metrics_listen)
         except OSError as exc:
-            await upstream.aclose()
             raise BindError(f"cannot serve metrics on {settings.metrics_listen}: {exc.strerror}") from None
+        resources.push_async_callback(asyncio.to_thread, endpoint.stop)
     web = None
     if settings.http_listen:
         try:
             sock = bind(settings.http_listen, reuse_port=settings.workers > 1)
         except (OSError, ValueError):
-            await upstream.aclose()
-            if endpoint is not None:
-                endpoint.stop()
             raise BindError(
                 f"cannot listen on {settings.http_listen}: the port is in use or the address is not this host's"
             ) from None
+        resources.callback(sock.close)  # closed by WebServer.stop too; closing twice is harmless
         web = WebServer(WebApplication(calls, settings), sock, settings)
+        resources.push_async_callback(web.stop, force=True)
     if health_server is not None:
-        await health_server.start()
-    await server.start()
+        await _start_grpc(health_server)
+    await _start_grpc(server)
     identity.start()
-    admission.quotas.start()
+    resources.push_async_callback(identity.close)
+    quotas.start()
     log.info(
         "callers: %s; policy: %s; quotas: %s",
         identity.mode,
@@ -276,5 +286,42 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
     for name in HEALTH_SERVICES:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Gateway(
-        server, port, health_servicer, admission, upstream, settings, endpoint, tracing, web, health_server, health_port
+        server,
+        port,
+        health_servicer,
+        admission,
+        upstream,
+        settings,
+        resources,
+        metrics=endpoint,
+        tracing=tracing,
+        web=web,
+        health_port=health_port,
     )
+
+
+_STARTED = "_gateway_started"  # set on a grpc.aio server once started: see _stop_grpc
+
+
+async def _start_grpc(server: grpc.aio.Server) -> None:
+    await server.start()
+    setattr(server, _STARTED, True)
+
+
+async def _stop_grpc(server: grpc.aio.Server) -> None:
+    """Stop ``server`` at once. grpc.aio releases a port it has bound only when a started server stops
+    (a server bound and never started keeps its listening sockets), so one that never started is
+    started first: on a failed start-up's way out, for a moment before it is stopped."""
+    if not getattr(server, _STARTED, False):
+        await _start_grpc(server)
+    await server.stop(None)
+
+
+def _bind_grpc(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """The port ``server`` now listens on at ``listen``; 0 when it cannot (grpc's own way to say so)."""
+    try:
+        if credentials is not None:
+            return int(server.add_secure_port(listen, credentials))
+        return int(server.add_insecure_port(listen))
+    except RuntimeError:  # grpc's other way of saying the bind failed
+        return 0

@@ -257,7 +257,10 @@ def base_platform(docker: Engine, base: str) -> dict[str, str]:
 def project_requirements() -> list[str]:
     """What building and running the root project needs from the index: its build requirements and dependencies."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    return [*project["build-system"]["requires"], *project["project"]["dependencies"]]
+    client = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    own = client["name"]  # built from client/ inside the image, never fetched
+    dependencies = [d for d in project["project"]["dependencies"] if not d.startswith(own)]
+    return [*project["build-system"]["requires"], *dependencies, *client["dependencies"]]
 
 
 def wheelhouse(platform: dict[str, str]) -> Path:

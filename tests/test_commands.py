@@ -83,14 +83,30 @@ def test_a_gateway_does_not_share_a_port_someone_else_holds() -> None:
 
 
 def test_root_wheel_is_the_gateway_alone_and_runs_from_an_install(tmp_path: Path) -> None:
-    """`pip install .` gives a gateway that starts: the wheel holds server and claude_gateway, no simulator,
-    bench or tests, and `python -m server` runs from the installed files outside the repository."""
+    """`pip install ./client .` gives a gateway that starts: the gateway's wheel holds the server alone (no
+    simulator, bench or tests), the wire package comes from the client's wheel it depends on, and
+    `python -m server` runs from the installed files outside the repository."""
     wheels, site = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, ROOT], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", wheels, ROOT / "client", ROOT], check=True
+    )
     (wheel,) = wheels.glob("claude_grpc_gateway-*.whl")
+    (client,) = wheels.glob("claude_gateway_client-*.whl")
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
-    assert {t for t in tops if not t.endswith(".dist-info")} == {"server", "claude_gateway"}
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site, wheel], check=True)
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"server"}
+    command: list[str | Path] = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--target",
+        site,
+        wheel,
+        client,
+    ]
+    subprocess.run(command, check=True)
     env = {**clean_env(), "PYTHONPATH": str(site), "ANTHROPIC_API_KEY": "unused", "GATEWAY_LISTEN": "127.0.0.1:0"}
     code = "import server, claude_gateway; print(server.__file__, claude_gateway.__file__)"
     where = python("-c", code, cwd=tmp_path, env=env)

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.config import Settings
 from server.reporting.metrics import Metrics
-from server.reporting.telemetry import CallRecord
+from server.reporting.record import CallRecord
 from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
 from tests.harness import ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until

@@ -12,7 +12,8 @@ from claude_gateway.wire import USAGE_KEY
 
 from server.reporting.metrics import OTHER, LabelCap
 from server.reporting.prices import load
-from server.reporting.telemetry import CallRecord, Telemetry
+from server.reporting.record import CallRecord
+from server.reporting.telemetry import Telemetry
 from server.reporting.usage import Usage
 
 START = {"input_tokens": 2100, "cache_creation_input_tokens": 1500, "cache_read_input_tokens": 4000, "output_tokens": 3}

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from claude_gateway.v1 import chat_pb2 as pb
 
+from server.call.context import CallContext
 from server.call.validation import beta_violations, body_of, violations
 from server.config import Settings
 from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violation, fail
@@ -96,7 +96,7 @@ class Admission:
             call.task.cancel()
 
     @contextlib.asynccontextmanager
-    async def admit(self, context: grpc.aio.ServicerContext, request: Request | Undecodable) -> AsyncIterator[Admitted]:
+    async def admit(self, context: CallContext, request: Request | Undecodable) -> AsyncIterator[Admitted]:
         """Checks the call, then yields it, counted as in flight while it runs; GatewayError if refused."""
         settings = self._settings
         caller = self.identity.caller(context)

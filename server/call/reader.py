@@ -1,6 +1,6 @@
 """One upstream stream, read as batches of events, within the call's time bounds.
 
-    async with UpstreamReader(settings, upstream, watchdog, deadline) as reader:
+    async with UpstreamReader(bounds, upstream, watchdog, deadline) as reader:
         batch = await reader.open(body, betas)    # retries what is safe to retry, before any event
         batch = await reader.next()               # None after message_stop; GatewayError on any failure
 
@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from server.call.bounds import Bounds
 from server.call.events import OFFLOAD_BYTES, Event, SseFramer, parse
 from server.call.grammar import Grammar
 from server.call.retry import backoff
 from server.call.watchdog import Watchdog
-from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail
 from server.upstream.client import Body, Upstream
 from server.upstream.failures import from_exception
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 class UpstreamReader:
     """Reads one upstream stream; each batch is the events that one network read completed."""
 
-    def __init__(self, settings: Settings, upstream: Upstream, watchdog: Watchdog, deadline: float) -> None:
-        self._settings = settings
+    def __init__(self, bounds: Bounds, upstream: Upstream, watchdog: Watchdog, deadline: float) -> None:
+        self._bounds = bounds
         self._upstream = upstream
         self._watchdog = watchdog
         self._deadline = deadline
@@ -41,7 +41,7 @@ class UpstreamReader:
         self._body: Body | None = None
         self._read_body: Callable[[], Awaitable[bytes]] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
-        self._framer = SseFramer(settings.max_event_bytes)
+        self._framer = SseFramer(bounds.max_event_bytes)
         self._grammar = Grammar()
         self._failure: GatewayError | None = None  # raised after the events that came before it
         self.complete = False  # message_stop seen
@@ -65,7 +65,7 @@ class UpstreamReader:
         HTTP 408/409/429/5xx, connection failures, and failures after the HTTP 200 but before any
         event, within max_attempts, the first-event bound and the call's deadline."""
         loop = asyncio.get_running_loop()
-        first_deadline = min(self._deadline, loop.time() + self._settings.first_event_timeout)
+        first_deadline = min(self._deadline, loop.time() + self._bounds.first_event_timeout)
         attempt = 1
         while True:
             self._watchdog.waiting()
@@ -87,14 +87,14 @@ class UpstreamReader:
                 delay = backoff(attempt, failure.retry_after)
                 if (
                     not failure.retryable
-                    or attempt >= self._settings.max_attempts
+                    or attempt >= self._bounds.max_attempts
                     or loop.time() + delay >= first_deadline
                 ):
                     raise GatewayError(failure) from None
                 log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
                 self.retried.append(failure.error_type or failure.reason)
                 attempt += 1
-                self._framer = SseFramer(self._settings.max_event_bytes)
+                self._framer = SseFramer(self._bounds.max_event_bytes)
                 self._grammar = Grammar()
                 await asyncio.sleep(delay)
 

@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import grpc
 from claude_gateway.wire import REQUEST_ID_KEY
 
 from server.call.admission import Admission, Request, Undecodable
+from server.call.bounds import Bounds
+from server.call.context import CallContext
+from server.call.delivery import Sink
 from server.call.events import Event
 from server.call.reader import UpstreamReader
 from server.call.watchdog import Watchdog
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, to_status
 from server.redaction import Redactor
-from server.reporting.telemetry import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord, Telemetry
+from server.reporting.record import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord
+from server.reporting.telemetry import Telemetry
 from server.upstream.client import Upstream
 
 if TYPE_CHECKING:
@@ -39,8 +41,6 @@ log = logging.getLogger("server.call")
 CLIENT_CANCELLED = "CLIENT_CANCELLED"  # the reason of a call the client cancelled (log and metrics only)
 GATEWAY_ERROR = Reason.GATEWAY_ERROR.name
 
-Sink = Callable[[list[Event]], Awaitable[None]]  # takes each batch of events, in order
-
 
 @dataclass(frozen=True)
 class Calls:
@@ -52,10 +52,12 @@ class Calls:
     telemetry: Telemetry
     tracing: Tracing | None = None  # None when tracing is off: no span is made
     redactor: Redactor = field(default_factory=lambda: Redactor(()))  # the secrets upstream text must not carry
+    bounds: Bounds = field(init=False)  # what each call's reader and watchdog take of the settings
 
-    async def run(
-        self, method: str, context: grpc.aio.ServicerContext, request: Request | Undecodable, deliver: Sink
-    ) -> None:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", Bounds.of(self.settings))
+
+    async def run(self, method: str, context: CallContext, request: Request | Undecodable, deliver: Sink) -> None:
         """Run one call: every batch of upstream events goes to ``deliver``; any failure aborts the call.
         Whatever the outcome, the call is logged and counted once, and its usage and cost go to the
         caller in the trailing metadata (unless the caller left)."""
@@ -70,12 +72,12 @@ class Calls:
                 record.caller = call.caller
                 record.model = call.body["model"]  # the model id, when the caller named an alias or none
                 record.usage = call.usage  # one Usage: what admission (quotas) reads is what is reported
-                watchdog = Watchdog(call.task, call.deadline, call.expired, self.settings)
+                watchdog = Watchdog(call.task, call.deadline, call.expired, self.bounds)
                 if tracing is not None:
                     assert not isinstance(request, Undecodable)
                     spans.append(tracing.upstream_span(spans[0], record, request.params.max_tokens))
                 try:
-                    async with UpstreamReader(self.settings, self.upstream, watchdog, call.deadline) as reader:
+                    async with UpstreamReader(self.bounds, self.upstream, watchdog, call.deadline) as reader:
                         try:
                             batch: list[Event] | None = await reader.open(call.body, call.betas)
                         finally:

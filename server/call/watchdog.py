@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from server.config import Settings
+from server.call.bounds import Bounds
 from server.errors import Failure, Reason, fail
 
 
@@ -21,13 +21,13 @@ class Watchdog:
     then from the start of each read: time spent writing to a slow client is not upstream silence.
     """
 
-    def __init__(self, task: asyncio.Task[Any], deadline: float, expired: Failure, settings: Settings) -> None:
+    def __init__(self, task: asyncio.Task[Any], deadline: float, expired: Failure, bounds: Bounds) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = task
         self._deadline = deadline
         self._expired = expired
-        self._settings = settings
-        self._limit = settings.first_event_timeout
+        self._bounds = bounds
+        self._limit = bounds.first_event_timeout
         self._first = True
         self.last = self._loop.time()
         self.reading = True  # waiting on the upstream (connect, headers, body), as opposed to writing
@@ -46,7 +46,7 @@ class Watchdog:
     def first_event_seen(self) -> None:
         """From now on the idle bound applies."""
         self._first = False
-        self._limit = self._settings.idle_timeout
+        self._limit = self._bounds.idle_timeout
         self.last = self._loop.time()
         self._handle.cancel()
         self._handle = self._loop.call_at(self._due(), self._check)
@@ -68,11 +68,9 @@ class Watchdog:
         if self._first:
             return fail(
                 Reason.FIRST_EVENT_TIMEOUT,
-                f"no upstream event within first_event_timeout ({self._settings.first_event_timeout:g}s)",
+                f"no upstream event within first_event_timeout ({self._bounds.first_event_timeout:g}s)",
             )
-        return fail(
-            Reason.UPSTREAM_IDLE_TIMEOUT, f"upstream silent for idle_timeout ({self._settings.idle_timeout:g}s)"
-        )
+        return fail(Reason.UPSTREAM_IDLE_TIMEOUT, f"upstream silent for idle_timeout ({self._bounds.idle_timeout:g}s)")
 
     def close(self) -> None:
         self._handle.cancel()

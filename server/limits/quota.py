@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from server.config import Settings
 from server.errors import GatewayError, QuotaViolation, Reason, fail
 from server.limits.policy import Limits
 
@@ -183,15 +182,3 @@ class MemoryQuotas:
 
     async def close(self) -> None:
         pass
-
-
-def quotas(settings: Settings, on_store_change: Callable[[bool], None] | None = None) -> Quotas:
-    """The quota store the settings name: Redis when ``redis_url`` is set, else this process's memory.
-    ``on_store_change`` hears whether Redis answers: True at once, then at every change."""
-    if settings.redis_url:
-        from server.limits.redis_quotas import RedisQuotas  # redis-py loads OpenTelemetry's SDK: only when used
-
-        if on_store_change is not None:
-            on_store_change(True)
-        return RedisQuotas(settings, on_store_change=on_store_change)
-    return MemoryQuotas()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
-    from server.reporting.telemetry import CallRecord
+    from server.reporting.record import CallRecord
 
 OTHER = "other"
 OPERATION = "chat"  # gen_ai.operation.name of a Messages API call

@@ -23,7 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from server.reporting.metrics import OPERATION, PROVIDER
-from server.reporting.telemetry import OK, CallRecord
+from server.reporting.record import OK, CallRecord
 
 SERVICE_NAME = "claude-grpc-gateway"
 RPC_SERVICE = SERVICE

@@ -94,14 +94,6 @@ class Usage:
         value = details.get("thinking_tokens") if isinstance(details, dict) else None
         return value if type(value) is int else None
 
-    @property
-    def server_tool_requests(self) -> dict[str, int]:
-        """Server tool requests by kind (``web_search_requests``, ``web_fetch_requests``, ...)."""
-        tools = self.values.get("server_tool_use")
-        if not isinstance(tools, dict):
-            return {}
-        return {k: v for k, v in tools.items() if type(v) is int}
-
     def tokens(self) -> dict[str, int]:
         """Every priced token count by type: the rows of the token metrics, the columns of the price table."""
         return {

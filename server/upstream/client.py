@@ -194,11 +194,6 @@ class Upstream:
         return self._client.base_url.host
 
     @property
-    def direct(self) -> bool:
-        """Whether calls go out on the gateway's own session (True) or through the SDK's ``post``."""
-        return self._session is not None
-
-    @property
     def finishing(self) -> int:
         """Complete bodies whose end is still being read in the background."""
         return len(self._finishing)

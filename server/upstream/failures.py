@@ -89,6 +89,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _cause(exc: BaseException) -> str | None:
     """The cause one exception names by itself, if any (most specific classes first)."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError):
+        below = _cause(exc.os_error)  # aiohttp keeps the socket's error as an attribute, not as the cause
+        if below is not None:
+            return below
     if isinstance(exc, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return "tls"
     if isinstance(exc, ssl.SSLError):
@@ -144,14 +148,12 @@ def from_exception(exc: BaseException, host: str | None = None) -> Failure:
     why = f": {CAUSES[cause]}" if cause else ""
     details: dict[str, Any] = {"cause": cause, "host": host, "retryable": True}
     if cause == "malformed":
-        return fail(
-            Reason.UPSTREAM_MALFORMED_HTTP, f"upstream{where} sent a response that is not valid HTTP", **details
-        )
+        return fail(Reason.UPSTREAM_MALFORMED_HTTP, f"upstream{where} answered badly{why}", **details)
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException | TimeoutError):
         return fail(Reason.UPSTREAM_TIMEOUT, f"upstream{where} timed out{why}", **details)
     if isinstance(exc, anthropic.APIConnectionError | httpx2.ConnectError | aiohttp.ClientConnectorError):
         return fail(Reason.UPSTREAM_UNREACHABLE, f"cannot connect to the upstream{where}{why}", **details)
-    if isinstance(exc, httpx2.TransportError | aiohttp.ClientError | ConnectionError):
+    if isinstance(exc, httpx2.TransportError | aiohttp.ClientError | OSError):  # OSError: ssl's and sockets' too
         # A reset, or a chunked body cut short, after the response began.
         return fail(Reason.UPSTREAM_CONNECTION_LOST, f"upstream{where} connection lost mid-stream{why}", **details)
     return fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")

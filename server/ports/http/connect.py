@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import contextvars
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from claude_gateway.v1 import chat_pb2 as pb
@@ -35,12 +35,10 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from protobuf.wkt import Any as AnyDetail
 
-from server.call.accumulator import MessageAccumulator
 from server.call.admission import Undecodable
-from server.call.events import Event
+from server.call.context import CallContext
+from server.call.delivery import MessageAccumulator, Sink, streamed
 from server.call.runner import Calls
-from server.errors import GatewayError
-from server.ports.grpc.servicer import converted
 
 TIMEOUT_HEADERS = (b"connect-timeout-ms", b"grpc-timeout")
 
@@ -95,7 +93,7 @@ class HttpCallContext:
             return None
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
-    async def send_initial_metadata(self, metadata: Iterable[tuple[str, str]]) -> None:
+    async def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
         """Response headers, sent with the first message (or with the error)."""
         for key, value in metadata:
             self._ctx.response_headers[key] = value
@@ -105,11 +103,7 @@ class HttpCallContext:
         for key, value in metadata:
             self._ctx.response_trailers[key] = value if isinstance(value, str) else value.decode("latin-1")
 
-    def peer(self) -> str:
-        """The client's address, as grpc spells it."""
-        return f"ipv4:{self._ctx.client_address}" if self._ctx.client_address else "unknown"
-
-    async def abort_with_status(self, status: grpc.Status) -> None:
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
         """End the call with ``status``: connectrpc writes it as Connect error JSON or gRPC-Web trailers,
         with the status's other trailing metadata (the usage report) beside it."""
         self.set_trailing_metadata((k, v) for k, v in status.trailing_metadata or () if k != STATUS_DETAILS_KEY)
@@ -181,9 +175,9 @@ class ChatHandlers:
         method: str,
         request: Any,
         ctx: RequestContext[Any, Any],
-        deliver: Callable[[list[Event]], Awaitable[None]],
+        deliver: Sink,
     ) -> asyncio.Task[None]:
-        context = HttpCallContext(ctx, _deadline.get())
+        context: CallContext = HttpCallContext(ctx, _deadline.get())
         return asyncio.ensure_future(self._calls.run(method, context, request, deliver))
 
     async def stream_message(
@@ -192,16 +186,11 @@ class ChatHandlers:
         """StreamMessage: each batch is one message (or more, to fit), sent before the call reads on."""
         queue: asyncio.Queue[pb.StreamMessageResponse | None] = asyncio.Queue()
 
-        limit = self._calls.settings.max_message_bytes
+        async def send(response: pb.StreamMessageResponse) -> None:
+            queue.put_nowait(response)
+            await queue.join()  # until the message is sent: the browser's pace is the call's
 
-        async def write(batch: list[Event]) -> None:
-            out, failure = await converted(batch, limit)  # as on gRPC: split to fit, or REPLY_TOO_LARGE
-            for response in out:
-                queue.put_nowait(response)
-                await queue.join()  # until the message is sent: the browser's pace is the call's
-            if failure is not None:
-                raise GatewayError(failure)
-
+        write = streamed(send, self._calls.settings.max_message_bytes)  # as on gRPC: split to fit
         call = self._start("StreamMessage", request, ctx, write)
         call.add_done_callback(lambda _: queue.put_nowait(None))
         try:
