@@ -1,7 +1,7 @@
 """Gateway settings: one frozen dataclass, read from the environment once and passed in.
 
 Every field is a ``GATEWAY_*`` variable and a ``python -m server`` flag of the same name; its help
-text (``help_of``) is the README's settings table. The anthropic SDK itself reads
+text (``help_of``) is the settings table of docs/settings.md. The anthropic SDK itself reads
 ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL; they are not copied here, so the key lives in one place
 and never in a settings dump or a log line. The one setting named otherwise,
 ``ANTHROPIC_API_KEY_FILE``, holds a path: the key is read from it at start-up (``server.app``).

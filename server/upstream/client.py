@@ -9,7 +9,7 @@ request, each call goes through the SDK's generic ``post`` (its documented way t
 Leaving ``Upstream.stream`` closes the HTTP response, and with it the connection if the body was
 not read to its end.
 
-Nothing the upstream sends is trusted (see README "Limits and hardening"): both paths refuse
+Nothing the upstream sends is trusted (see docs/operations.md, "Limits and hardening"): both paths refuse
 redirects and compressed bodies and read at most ``max_error_body_bytes`` of an error body (on
 httpx, ``http_client`` builds the SDK's HTTP client with a response hook that does so); every
 request asks for ``accept-encoding: identity`` and says not to follow redirects.
@@ -153,7 +153,7 @@ class Upstream:
     header, its user agent). Each call then posts the body on the gateway's own aiohttp session and
     reads the response below any adapter; an HTTP error body is handed back to the SDK, which makes
     its own exception of it. This skips the SDK's per-request building (options, httpx2 request and
-    response objects, its transport adapter; README "Performance", what changed). A client the
+    response objects, its transport adapter; docs/performance.md). A client the
     gateway cannot read once (custom auth such as the SDK's credential providers, which mint tokens
     per request, or middleware), a client with no key (whose calls fail with the SDK's own words)
     and the httpx transport go through the SDK's ``post`` for every call instead.
