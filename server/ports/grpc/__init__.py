@@ -1,0 +1,1 @@
+"""The gRPC port: ChatService on grpc.aio, whose own ServicerContext is the call's context."""

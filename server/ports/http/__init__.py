@@ -1,0 +1,1 @@
+"""The HTTP port (``GATEWAY_HTTP_LISTEN``): uvicorn serving Connect and gRPC-Web, and the chat page."""
