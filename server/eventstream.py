@@ -15,13 +15,14 @@ byte, then the value; see ``HEADER_TYPES``). The bytes come from the upstream, s
             event_json = bedrock_event(message)  # bytes of one Messages stream event, or None
     decoder.end()                                # raises if the body stopped inside a message
 
-Every way the bytes can be wrong raises ``EventStreamError`` (after the messages before the bad
-bytes have been returned; once raised, again on every later call): a prelude or message CRC that does not match, a length that is too small or above
-``max_message_bytes`` (checked as soon as the prelude is in, before anything is held for it),
-headers that overrun their section, an unknown header type, a repeated header name, a name or
-string that is not UTF-8. Memory is bounded by one message; work is linear in the bytes fed, however
-they are split: a message's bytes are copied once into the held buffer at most, and the buffer is
-compacted once per ``feed``.
+Every way the bytes can be wrong raises ``EventStreamError``: a prelude or message CRC that does
+not match, a length that is too small or above ``max_message_bytes`` (checked as soon as the
+prelude is in, before anything is held for it), headers that overrun their section, an unknown
+header type, a repeated header name, a name or string that is not UTF-8, a body that ends inside a
+message. The messages before the bad bytes are returned first; once raised, the error is raised
+again by every later call. Memory is bounded by one message; work is linear in the bytes fed,
+however they are split: whole messages are read where they lie in the chunk, and only the
+unfinished end of a chunk is copied, once, into the held buffer that later chunks complete.
 
 ``bedrock_event`` turns one decoded Bedrock message into what the Messages API would have sent:
 an ``event``/``chunk`` message's payload ``{"bytes": "<base64>"}`` (with any ``"p"`` padding Bedrock
