@@ -22,7 +22,9 @@ header type, a repeated header name, a name or string that is not UTF-8, a body 
 message. The messages before the bad bytes are returned first; once raised, the error is raised
 again by every later call. Memory is bounded by one message; work is linear in the bytes fed,
 however they are split: whole messages are read where they lie in the chunk, and only the
-unfinished end of a chunk is copied, once, into the held buffer that later chunks complete.
+unfinished end of a chunk is copied, once, into the held buffer that later chunks complete. The
+parsed headers of a few recurring header sections are kept, so a stream of chunks with the same
+headers parses them once.
 
 ``bedrock_event`` turns one decoded Bedrock message into what the Messages API would have sent:
 an ``event``/``chunk`` message's payload ``{"bytes": "<base64>"}`` (with any ``"p"`` padding Bedrock
@@ -32,16 +34,15 @@ adds) decoded to the event's JSON bytes; an ``exception`` (or ``error``) message
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import struct
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from struct import Struct
-from typing import Final
+from types import MappingProxyType
+from typing import Final, NamedTuple
 from zlib import crc32
 
 PRELUDE_BYTES: Final = 12  # total length, headers length, prelude CRC
@@ -73,15 +74,18 @@ HEADER_TYPES: Final[Mapping[int, tuple[str, type]]] = {
     9: ("uuid", uuid.UUID),
 }
 _FIXED: Final[Mapping[int, Struct]] = {2: _I8, 3: _I16, 4: _I32, 5: _I64}
+# A stream repeats the same few header sections (Bedrock: one for every chunk), so each decoder keeps
+# the parsed headers of up to this many distinct sections of up to this size, keyed by their bytes.
+_CACHED_SECTIONS: Final = 16
+_CACHED_SECTION_BYTES: Final = 512
 
 
 class EventStreamError(ValueError):
     """The upstream's bytes are not a well-formed event stream within this decoder's bounds."""
 
 
-@dataclass(frozen=True, slots=True)
-class EventStreamMessage:
-    headers: Mapping[str, HeaderValue]
+class EventStreamMessage(NamedTuple):
+    headers: Mapping[str, HeaderValue]  # read-only: messages with the same header bytes share one
     payload: bytes
 
 
@@ -95,6 +99,7 @@ class EventStreamDecoder:
         self._held = bytearray()  # the start of a message that is not complete yet
         self._need = 0  # the total length of the held message, once its prelude is in and checked
         self._failure: EventStreamError | None = None
+        self._sections: dict[bytes, Mapping[str, HeaderValue]] = {}
 
     @property
     def pending(self) -> int:
@@ -127,44 +132,64 @@ class EventStreamDecoder:
             raise self._failure
 
     def _feed(self, data: bytes | bytearray | memoryview, out: list[EventStreamMessage]) -> None:
+        at, size = 0, len(data)
         held = self._held
         if held:
             # Complete the held message first, taking from ``data`` only what it lacks.
-            taken = 0
             if not self._need:
-                taken = min(PRELUDE_BYTES - len(held), len(data))
-                held += data[:taken]
+                at = min(PRELUDE_BYTES - len(held), size)
+                held += data[:at]
                 if len(held) < PRELUDE_BYTES:
                     return
-                self._need = _checked_prelude(held, self._max)
-            more = min(self._need - len(held), len(data) - taken)
-            held += data[taken : taken + more]
-            taken += more
+                self._need = _checked_prelude(held, 0, self._max)
+            more = min(self._need - len(held), size - at)
+            held += data[at : at + more]
+            at += more
             if len(held) < self._need:
                 return
-            out.append(_message(memoryview(held)))
+            out.append(self._message(held, 0, self._need))
             self._held = bytearray()
             self._need = 0
-            data = memoryview(data)[taken:]
-        view = memoryview(data)
-        at, size = 0, len(view)
+        # Then every whole message where it lies in ``data``; the unfinished end is held.
+        limit, unpack = self._max, _PRELUDE.unpack_from
         while size - at >= PRELUDE_BYTES:
-            total = _checked_prelude(view[at : at + PRELUDE_BYTES], self._max)
+            total, headers_length, prelude_crc = unpack(data, at)
+            if (
+                crc32(data[at : at + 8]) != prelude_crc
+                or not MIN_MESSAGE_BYTES <= total <= limit
+                or headers_length > total - MIN_MESSAGE_BYTES
+                or headers_length > MAX_HEADERS_BYTES
+            ):
+                _checked_prelude(data, at, limit)  # raises, saying which
             if size - at < total:
                 self._need = total
                 break
-            out.append(_message(view[at : at + total]))
+            out.append(self._message(data, at, total))
             at += total
         if at < size:
-            self._held = bytearray(view[at:])
+            self._held = bytearray(data[at:])
+
+    def _message(self, data: bytes | bytearray | memoryview, at: int, total: int) -> EventStreamMessage:
+        """The message of ``total`` bytes at ``at`` (its prelude checked): its CRC verified, its headers parsed."""
+        end = at + total - 4
+        if crc32(data[at:end]) != _U32.unpack_from(data, end)[0]:
+            raise EventStreamError("message CRC mismatch")
+        headers_end = at + PRELUDE_BYTES + _U32.unpack_from(data, at + 4)[0]
+        section = bytes(data[at + PRELUDE_BYTES : headers_end])
+        headers = self._sections.get(section)
+        if headers is None:
+            headers = MappingProxyType(_headers(memoryview(section)))
+            if len(section) <= _CACHED_SECTION_BYTES and len(self._sections) < _CACHED_SECTIONS:
+                self._sections[section] = headers
+        return EventStreamMessage(headers, bytes(data[headers_end:end]))
 
 
-def _checked_prelude(prelude: bytes | bytearray | memoryview, max_bytes: int) -> int:
-    """The message's total length, once its prelude's CRC and lengths are sound."""
+def _checked_prelude(data: bytes | bytearray | memoryview, at: int, max_bytes: int) -> int:
+    """The total length of the message at ``at``, once its prelude's CRC and lengths are sound."""
     total: int
     headers_length: int
-    total, headers_length, prelude_crc = _PRELUDE.unpack_from(prelude)
-    if crc32(prelude[:8]) != prelude_crc:
+    total, headers_length, prelude_crc = _PRELUDE.unpack_from(data, at)
+    if crc32(data[at : at + 8]) != prelude_crc:
         raise EventStreamError("prelude CRC mismatch")
     if total < MIN_MESSAGE_BYTES:
         raise EventStreamError(f"message length {total} is below the minimum {MIN_MESSAGE_BYTES}")
@@ -173,15 +198,6 @@ def _checked_prelude(prelude: bytes | bytearray | memoryview, max_bytes: int) ->
     if headers_length > min(total - MIN_MESSAGE_BYTES, MAX_HEADERS_BYTES):
         raise EventStreamError(f"headers length {headers_length} does not fit a message of {total} bytes")
     return total
-
-
-def _message(view: memoryview) -> EventStreamMessage:
-    """One whole message (prelude already checked): its CRC verified, its headers parsed."""
-    end = len(view) - 4
-    if crc32(view[:end]) != _U32.unpack_from(view, end)[0]:
-        raise EventStreamError("message CRC mismatch")
-    headers_end = PRELUDE_BYTES + _U32.unpack_from(view, 4)[0]
-    return EventStreamMessage(_headers(view[PRELUDE_BYTES:headers_end]), bytes(view[headers_end:end]))
 
 
 def _headers(view: memoryview) -> dict[str, HeaderValue]:
@@ -263,8 +279,8 @@ class BedrockStreamError(Exception):
         self.original_message = original_message
 
 
-_BYTES_PREFIX: Final = b'{"bytes":"'
-_PADDING_PREFIX: Final = b',"p":"'
+_BYTES: Final = b'{"bytes":"'
+_PADDING: Final = b'","p":"'
 
 
 def bedrock_event(message: EventStreamMessage) -> bytes | None:
@@ -292,27 +308,29 @@ def bedrock_event(message: EventStreamMessage) -> bytes | None:
 
 
 def _chunk_bytes(payload: bytes) -> bytes:
-    encoded: object
-    # Bedrock's own layout, read without a JSON parser: {"bytes":"...","p":"<letters and digits>"}.
-    end = payload.find(b'"', len(_BYTES_PREFIX)) if payload.startswith(_BYTES_PREFIX) else -1
-    rest = payload[end + 1 :]
-    if (
-        end > 0
-        and b"\\" not in payload[:end]
-        and (rest == b"}" or (rest.startswith(_PADDING_PREFIX) and rest.endswith(b'"}') and rest[6:-2].isalnum()))
-    ):
-        encoded = payload[len(_BYTES_PREFIX) : end]
-    else:
-        try:
-            document = json.loads(payload)
-        except ValueError as exc:
-            raise EventStreamError("a chunk's payload is not JSON") from exc
-        encoded = document.get("bytes") if isinstance(document, dict) else None
-        if not isinstance(encoded, str):
-            raise EventStreamError('a chunk\'s payload has no "bytes" string')
+    # Bedrock's own layout, {"bytes":"<base64>","p":"<padding>"} (the padding optional), is read
+    # without a JSON parser; anything else (spaces, escapes, other keys) is read as JSON.
+    head, padded, rest = payload.partition(_PADDING)
+    if head[:10] == _BYTES:
+        if padded:
+            encoded = head[10:] if rest[-2:] == b'"}' and b'"' not in rest[:-2] else None
+        else:
+            encoded = head[10:-2] if head[-2:] == b'"}' else None
+        if encoded is not None:
+            try:
+                return binascii.a2b_base64(encoded, strict_mode=True)
+            except binascii.Error:
+                pass  # e.g. an escaped solidus: JSON's business
     try:
-        return base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        document = json.loads(payload)
+    except ValueError as exc:
+        raise EventStreamError("a chunk's payload is not JSON") from exc
+    text = document.get("bytes") if isinstance(document, dict) else None
+    if not isinstance(text, str):
+        raise EventStreamError('a chunk\'s payload has no "bytes" string')
+    try:
+        return binascii.a2b_base64(text.encode("ascii", "replace"), strict_mode=True)
+    except binascii.Error as exc:
         raise EventStreamError('a chunk\'s "bytes" is not base64') from exc
 
 

@@ -308,9 +308,10 @@ def _bedrock(headers: dict[str, str], payload: bytes) -> EventStreamMessage:
         f'{{ "bytes" : "{B64}", "p": "ab" }}'.encode(),  # not Bedrock's layout: read as JSON
         json.dumps({"p": "x", "bytes": B64}).encode(),
         f'{{"bytes":"{B64.replace("/", chr(92) + "/")}","p":"a"}}'.encode(),  # JSON's escaped solidus
-        f'{{"bytes":"{B64}","p":"a-b"}}'.encode(),  # padding outside the fast path's alphabet
+        f'{{"bytes":"{B64}","p":"a-b"}}'.encode(),  # padding of other characters
+        f'{{"bytes":"AAAA","p":"a","bytes":"{B64}"}}'.encode(),  # a repeated key: read as JSON reads it
     ],
-    ids=["bare", "padded", "spaced", "reordered", "escaped-solidus", "odd-padding"],
+    ids=["bare", "padded", "spaced", "reordered", "escaped-solidus", "odd-padding", "repeated-key"],
 )
 def test_a_chunk_is_the_event_it_carries(payload: bytes) -> None:
     """A chunk's base64 is decoded to the Messages event's exact JSON bytes, whatever the payload's layout."""
