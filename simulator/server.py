@@ -223,6 +223,7 @@ class Simulator:
             )
         record.platform, record.model = where.platform, where.model
         answer = _Answer(connection, record, request_id, where.platform)
+        key: str | None = None
         try:
             if request.method != "POST":
                 raise RejectedRequestError(405, "invalid_request_error", f"Method {request.method} is not allowed")
@@ -253,7 +254,7 @@ class Simulator:
                 raise RejectedRequestError(400, "invalid_request_error", str(exc)) from exc
         except RejectedRequestError as rejection:
             rejected = HttpError(rejection.status, rejection.error_type, rejection.message)
-            return await answer.error(rejected, None)
+            return await answer.error(rejected, None if key is None else self._buckets(where, key))
         return await self._reply(answer, where, key, body, directives, fault, serial)
 
     async def _reply(
