@@ -5,8 +5,8 @@ it: SSE (the Messages API, Vertex) and AWS event-stream (Bedrock, every event ba
 chunk). Each is then read back, one network read per event (a paced stream) and all in one read (a
 burst), by
 
-- ``sse``: the gateway's SSE framer (``server.events.SseFramer``), then ``json.loads`` of each event;
-- ``eventstream``: the gateway's decoder (``server.eventstream``), ``bedrock_event``, then the event's
+- ``sse``: the gateway's SSE framer (``server.call.events.SseFramer``), then ``json.loads`` of each event;
+- ``eventstream``: the gateway's decoder (``server.upstream.eventstream``), ``bedrock_event``, then the event's
   text decoded and ``json.loads``, as the SSE framer hands text to ``json.loads``;
 - ``botocore``: botocore's ``EventStreamBuffer`` (what the SDK's Bedrock client reads with), then
   the payload's JSON and base64 and the event's JSON, as the gateway would use it;
@@ -26,8 +26,8 @@ import json
 import time
 from collections.abc import Callable, Iterator
 
-from server.events import SseFramer
-from server.eventstream import EventStreamDecoder, bedrock_event
+from server.call.events import SseFramer
+from server.upstream.eventstream import EventStreamDecoder, bedrock_event
 from simulator import eventstream as written
 from simulator import model, sse
 from simulator.wire import EventStreamWire

@@ -11,7 +11,7 @@ its payload and the CRC32 of all that, big-endian. The simulator writes string h
   exception``, payload ``{"message": ...}`` (plus ``originalStatusCode`` and ``originalMessage``
   for a ``modelStreamErrorException``).
 
-The gateway's decoder is ``server.eventstream``; the tests check these bytes against botocore's.
+The gateway's decoder is ``server.upstream.eventstream``; the tests check these bytes against botocore's.
 """
 
 import base64

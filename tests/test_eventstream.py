@@ -1,4 +1,4 @@
-"""The gateway's AWS event-stream decoder (server/eventstream.py): tables of good and bad bytes, botocore's
+"""The gateway's AWS event-stream decoder (server/upstream/eventstream.py): tables of good and bad bytes, botocore's
 decoder as an oracle on generated streams, every split and every one-byte corruption, and Bedrock's messages
 read as Messages events."""
 
@@ -18,7 +18,7 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.eventstream import (
+from server.upstream.eventstream import (
     MAX_MESSAGE_BYTES,
     BedrockStreamError,
     EventStreamDecoder,

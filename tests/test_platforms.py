@@ -21,7 +21,7 @@ from anthropic.types import MessageParam
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from server.eventstream import BedrockStreamError, EventStreamDecoder, EventStreamError, bedrock_event
+from server.upstream.eventstream import BedrockStreamError, EventStreamDecoder, EventStreamError, bedrock_event
 from simulator import HttpError, Limits, Malformed, Replay, Simulator, SpendLimit, key_id
 from tests.harness import run
 
