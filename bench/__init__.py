@@ -26,6 +26,8 @@ Modules:
 - ``machine``: the description of the machine the run was made on.
 - ``report``: the table and its JSON twin.
 - ``profiler``: cProfile (or tracemalloc) of an in-process gateway under the same load.
+- ``eventstream``: CPU per event of reading Bedrock's event-stream (the gateway's decoder, botocore's,
+  the SDK's) against reading SSE, in one process (``python -m bench.eventstream``).
 
 ``bench/tests`` checks what the measuring parts count (no timing asserts): ``pytest bench/tests``.
 """

@@ -5,6 +5,10 @@ content_block_start but not the keep-alive pings of `Pace.ping_interval`. A coun
 reply's length applies the fault after its last event. On a non-streaming request, `Cut` and
 `EndWithoutStop` drop the connection without a response, `Stall` never answers, `ErrorEvent`
 becomes the HTTP error of its type and `Malformed` answers 200 with a body that is not JSON.
+
+Error types are the Messages API's (`overloaded_error`, ...); each platform writes them in its own
+shape (`platforms`). A type ending in `Exception` (`throttlingException`, `ThrottlingException`)
+is Bedrock's own and is sent as it is: meant for requests to the Bedrock paths.
 """
 
 from dataclasses import dataclass
@@ -35,6 +39,19 @@ class HttpError:
     retry_after: float | None = None  # seconds, sent as `retry-after`
     retry_after_ms: int | None = None  # sent as `retry-after-ms`
     should_retry: bool | None = None  # sent as `x-should-retry: true|false`
+
+
+@dataclass(frozen=True)
+class SpendLimit:
+    """Answer as when the key's spend or credit limit is reached: waiting will not clear it.
+
+    The Messages API says 429 `rate_limit_error` with no `retry-after` and a message naming the
+    usage limit and when access returns (`status` can make it the 400 also seen for it); Bedrock
+    says 403 `AccessDeniedException` about the payment instrument; Vertex 403 `PERMISSION_DENIED`
+    about billing.
+    """
+
+    status: int = 429
 
 
 @dataclass(frozen=True)
@@ -87,4 +104,4 @@ class Replay:
 
 
 StreamFault = ErrorEvent | Cut | Stall | Malformed | EndWithoutStop
-Fault = HttpError | Replay | StreamFault
+Fault = HttpError | SpendLimit | Replay | StreamFault

@@ -77,7 +77,7 @@ def reply(body: Mapping[str, Any], *, prompt: str, length: int | None, serial: i
             "stop_reason": None,
             "stop_sequence": None,
             "usage": {
-                "input_tokens": _input_tokens(body),
+                "input_tokens": input_tokens(body),
                 "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": 0,
                 "output_tokens": 1,
@@ -243,6 +243,6 @@ def _value(spec: object, strings: Iterator[str]) -> object:
     return defaults[kind] if isinstance(kind, str) and kind in defaults else next(strings)
 
 
-def _input_tokens(body: Mapping[str, Any]) -> int:
+def input_tokens(body: Mapping[str, Any]) -> int:
     texts = [_text(body.get("system")), *(_text(turn["content"]) for turn in body["messages"])]
     return max(1, sum(len(text.split()) for text in texts))

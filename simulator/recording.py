@@ -21,6 +21,10 @@ class RecordedRequest:
     events_sent: int = 0  # SSE frames written, keep-alive pings and injected frames included
     status: int | None = None  # the HTTP status answered, None if no response head went out
     request_id: str | None = None  # the request-id header the simulator answers with
+    platform: str | None = None  # anthropic, bedrock or vertex, once the path is known
+    key: str | None = None  # the key the request was made with, once its credentials were read
+    model: str | None = None  # the body's model (anthropic) or the path's (bedrock, vertex)
+    anthropic_version: str | None = None  # the header's (anthropic) or the body's (bedrock, vertex)
     _closed: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     def mark_closed(self, at: float) -> None:

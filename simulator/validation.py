@@ -7,7 +7,7 @@ assistant turn are refused.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 VERSIONS = ("2023-06-01", "2026-10-21")
@@ -35,15 +35,16 @@ def _invalid(message: str) -> RejectedRequestError:
     return RejectedRequestError(400, "invalid_request_error", message)
 
 
-def check_headers(headers: Mapping[str, str], api_key: str | None) -> str:
-    """Check the key (`x-api-key` or `Authorization: Bearer`) and return the API version."""
+def check_headers(headers: Mapping[str, str], accepted: Collection[str] | None) -> str:
+    """Check the key (`x-api-key` or `Authorization: Bearer`; one of `accepted`, unless None) and
+    return the API version."""
     scheme, _, token = headers.get("authorization", "").partition(" ")
     keys = {key for key in (headers.get("x-api-key", ""), token if scheme.lower() == "bearer" else "") if key}
     if not keys:
         raise RejectedRequestError(
             401, "authentication_error", "x-api-key header or Authorization: Bearer token is required"
         )
-    if api_key is not None and api_key not in keys:
+    if accepted is not None and not any(key in accepted for key in keys):
         raise RejectedRequestError(401, "authentication_error", "invalid x-api-key")
     version = headers.get("anthropic-version")
     if version is None:

@@ -1,0 +1,352 @@
+"""The AWS event-stream binary framing, decoded incrementally; and Bedrock's frames read as Messages events.
+
+Amazon Bedrock streams a reply (``/model/{id}/invoke-with-response-stream``) as event-stream messages.
+Each message is
+
+    total length (uint32) | headers length (uint32) | CRC32 of those 8 bytes (uint32)
+    headers | payload | CRC32 of everything before it (uint32)
+
+all big-endian, where each header is a name (1 length byte, then UTF-8) and a typed value (1 type
+byte, then the value; see ``HEADER_TYPES``). The bytes come from the upstream, so they are untrusted:
+
+    decoder = EventStreamDecoder(max_message_bytes=...)
+    for chunk in body:                           # any split, down to one byte per chunk
+        for message in decoder.feed(chunk):      # the messages this chunk completed, in order
+            event_json = bedrock_event(message)  # bytes of one Messages stream event, or None
+    decoder.end()                                # raises if the body stopped inside a message
+
+Every way the bytes can be wrong raises ``EventStreamError``: a prelude or message CRC that does
+not match, a length that is too small or above ``max_message_bytes`` (checked as soon as the
+prelude is in, before anything is held for it), headers that overrun their section, an unknown
+header type, a repeated header name, a name or string that is not UTF-8, a body that ends inside a
+message. The messages before the bad bytes are returned first; once raised, the error is raised
+again by every later call. Memory is bounded by one message; work is linear in the bytes fed,
+however they are split: whole messages are read where they lie in the chunk, and only the
+unfinished end of a chunk is copied, once, into the held buffer that later chunks complete. The
+parsed headers of a few recurring header sections are kept, so a stream of chunks with the same
+headers parses them once.
+
+``bedrock_event`` turns one decoded Bedrock message into what the Messages API would have sent:
+an ``event``/``chunk`` message's payload ``{"bytes": "<base64>"}`` (with any ``"p"`` padding Bedrock
+adds) decoded to the event's JSON bytes; an ``exception`` (or ``error``) message raises
+``BedrockStreamError`` carrying its type and message. Nothing here imports the rest of the gateway.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import struct
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from struct import Struct
+from types import MappingProxyType
+from typing import Final, NamedTuple
+from zlib import crc32
+
+PRELUDE_BYTES: Final = 12  # total length, headers length, prelude CRC
+MIN_MESSAGE_BYTES: Final = PRELUDE_BYTES + 4  # no headers, no payload, the message CRC
+# The format's own limits: 16 MiB for a whole message, 128 KiB of headers.
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+MAX_HEADERS_BYTES: Final = 128 * 1024
+
+_PRELUDE = Struct(">III")
+_U32 = Struct(">I")
+_U16 = Struct(">H")
+_I8 = Struct(">b")
+_I16 = Struct(">h")
+_I32 = Struct(">i")
+_I64 = Struct(">q")
+
+HeaderValue = bool | int | bytes | str | datetime | uuid.UUID
+# Header value types by their type byte: the name, and the Python type the value decodes to.
+HEADER_TYPES: Final[Mapping[int, tuple[str, type]]] = {
+    0: ("bool true", bool),
+    1: ("bool false", bool),
+    2: ("byte", int),
+    3: ("short", int),
+    4: ("integer", int),
+    5: ("long", int),
+    6: ("byte array", bytes),
+    7: ("string", str),
+    8: ("timestamp", datetime),  # milliseconds since the epoch, as an aware UTC datetime
+    9: ("uuid", uuid.UUID),
+}
+_FIXED: Final[Mapping[int, Struct]] = {2: _I8, 3: _I16, 4: _I32, 5: _I64}
+# A stream repeats the same few header sections (Bedrock: one for every chunk), so each decoder keeps
+# the parsed headers of up to this many distinct sections of up to this size, keyed by their bytes.
+_CACHED_SECTIONS: Final = 16
+_CACHED_SECTION_BYTES: Final = 512
+
+
+class EventStreamError(ValueError):
+    """The upstream's bytes are not a well-formed event stream within this decoder's bounds."""
+
+
+class EventStreamMessage(NamedTuple):
+    headers: Mapping[str, HeaderValue]  # read-only: messages with the same header bytes share one
+    payload: bytes
+
+
+class EventStreamDecoder:
+    """Feeds bytes, returns the messages they complete; see the module docstring."""
+
+    def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        if not MIN_MESSAGE_BYTES <= max_message_bytes <= MAX_MESSAGE_BYTES:
+            raise ValueError(f"max_message_bytes must be in [{MIN_MESSAGE_BYTES}, {MAX_MESSAGE_BYTES}]")
+        self._max = max_message_bytes
+        self._held = bytearray()  # the start of a message that is not complete yet
+        self._need = 0  # the total length of the held message, once its prelude is in and checked
+        self._failure: EventStreamError | None = None
+        self._sections: dict[bytes, Mapping[str, HeaderValue]] = {}
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a message that has not been completed yet."""
+        return len(self._held)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[EventStreamMessage]:
+        """The messages completed by ``data``, in order; raises EventStreamError.
+
+        The messages before bad bytes are never lost: when ``data`` completes some and then goes
+        wrong, they are returned and the error is raised by the next call (``feed`` or ``end``)."""
+        if self._failure is not None:
+            raise self._failure
+        out: list[EventStreamMessage] = []
+        try:
+            self._feed(data, out)
+        except EventStreamError as exc:
+            self._failure = exc
+            self._held = bytearray()
+            if not out:
+                raise
+        return out
+
+    def end(self) -> None:
+        """The body has ended: raises EventStreamError if it stopped inside a message."""
+        if self._failure is not None:
+            raise self._failure
+        if self._held:
+            self._failure = EventStreamError(f"the stream ended inside a message ({len(self._held)} bytes of it)")
+            raise self._failure
+
+    def _feed(self, data: bytes | bytearray | memoryview, out: list[EventStreamMessage]) -> None:
+        at, size = 0, len(data)
+        held = self._held
+        if held:
+            # Complete the held message first, taking from ``data`` only what it lacks.
+            if not self._need:
+                at = min(PRELUDE_BYTES - len(held), size)
+                held += data[:at]
+                if len(held) < PRELUDE_BYTES:
+                    return
+                self._need = _checked_prelude(held, 0, self._max)
+            more = min(self._need - len(held), size - at)
+            held += data[at : at + more]
+            at += more
+            if len(held) < self._need:
+                return
+            out.append(self._message(held, 0, self._need))
+            self._held = bytearray()
+            self._need = 0
+        # Then every whole message where it lies in ``data``; the unfinished end is held.
+        limit, unpack = self._max, _PRELUDE.unpack_from
+        while size - at >= PRELUDE_BYTES:
+            total, headers_length, prelude_crc = unpack(data, at)
+            if (
+                crc32(data[at : at + 8]) != prelude_crc
+                or not MIN_MESSAGE_BYTES <= total <= limit
+                or headers_length > total - MIN_MESSAGE_BYTES
+                or headers_length > MAX_HEADERS_BYTES
+            ):
+                _checked_prelude(data, at, limit)  # raises, saying which
+            if size - at < total:
+                self._need = total
+                break
+            out.append(self._message(data, at, total))
+            at += total
+        if at < size:
+            self._held = bytearray(data[at:])
+
+    def _message(self, data: bytes | bytearray | memoryview, at: int, total: int) -> EventStreamMessage:
+        """The message of ``total`` bytes at ``at`` (its prelude checked): its CRC verified, its headers parsed."""
+        end = at + total - 4
+        if crc32(data[at:end]) != _U32.unpack_from(data, end)[0]:
+            raise EventStreamError("message CRC mismatch")
+        headers_end = at + PRELUDE_BYTES + _U32.unpack_from(data, at + 4)[0]
+        section = bytes(data[at + PRELUDE_BYTES : headers_end])
+        headers = self._sections.get(section)
+        if headers is None:
+            headers = MappingProxyType(_headers(memoryview(section)))
+            if len(section) <= _CACHED_SECTION_BYTES and len(self._sections) < _CACHED_SECTIONS:
+                self._sections[section] = headers
+        return EventStreamMessage(headers, bytes(data[headers_end:end]))
+
+
+def _checked_prelude(data: bytes | bytearray | memoryview, at: int, max_bytes: int) -> int:
+    """The total length of the message at ``at``, once its prelude's CRC and lengths are sound."""
+    total: int
+    headers_length: int
+    total, headers_length, prelude_crc = _PRELUDE.unpack_from(data, at)
+    if crc32(data[at : at + 8]) != prelude_crc:
+        raise EventStreamError("prelude CRC mismatch")
+    if total < MIN_MESSAGE_BYTES:
+        raise EventStreamError(f"message length {total} is below the minimum {MIN_MESSAGE_BYTES}")
+    if total > max_bytes:
+        raise EventStreamError(f"message length {total} exceeds the limit {max_bytes}")
+    if headers_length > min(total - MIN_MESSAGE_BYTES, MAX_HEADERS_BYTES):
+        raise EventStreamError(f"headers length {headers_length} does not fit a message of {total} bytes")
+    return total
+
+
+def _headers(view: memoryview) -> dict[str, HeaderValue]:
+    headers: dict[str, HeaderValue] = {}
+    at, size = 0, len(view)
+    try:
+        while at < size:
+            name_length = view[at]
+            if name_length == 0:
+                raise EventStreamError("a header has an empty name")
+            name = _text(view[at + 1 : at + 1 + name_length], "header name")
+            at += 1 + name_length
+            if at >= size:
+                raise EventStreamError(f"header {name!r} has no value")
+            kind = view[at]
+            at += 1
+            value: HeaderValue
+            if kind == 7 or kind == 6:
+                length = _U16.unpack_from(view, at)[0]
+                at += 2
+                if at + length > size:
+                    raise EventStreamError(f"header {name!r} overruns the headers")
+                raw = view[at : at + length]
+                value = _text(raw, f"header {name!r}") if kind == 7 else bytes(raw)
+                at += length
+            elif kind == 0 or kind == 1:
+                value = kind == 0
+            elif kind in _FIXED:
+                fixed = _FIXED[kind]
+                value = fixed.unpack_from(view, at)[0]
+                at += fixed.size
+            elif kind == 8:
+                milliseconds = _I64.unpack_from(view, at)[0]
+                at += 8
+                try:
+                    value = datetime.fromtimestamp(milliseconds / 1000, UTC)
+                except (OverflowError, OSError, ValueError) as exc:
+                    raise EventStreamError(f"header {name!r} is a timestamp out of range") from exc
+            elif kind == 9:
+                if at + 16 > size:
+                    raise EventStreamError(f"header {name!r} overruns the headers")
+                value = uuid.UUID(bytes=bytes(view[at : at + 16]))
+                at += 16
+            else:
+                raise EventStreamError(f"header {name!r} has unknown value type {kind}")
+            if name in headers:
+                raise EventStreamError(f"header {name!r} is repeated")
+            headers[name] = value
+    except (IndexError, struct.error) as exc:  # a length, type or fixed-size value past the end
+        raise EventStreamError("a header overruns the headers") from exc
+    return headers
+
+
+def _text(raw: memoryview, what: str) -> str:
+    try:
+        return str(raw, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventStreamError(f"{what} is not UTF-8") from exc
+
+
+# ---- Bedrock's messages ---------------------------------------------------------------------------
+
+
+class BedrockStreamError(Exception):
+    """An ``exception`` (or ``error``) message in a Bedrock stream: the upstream failed mid-stream.
+
+    ``error_type`` is Bedrock's name for it (``throttlingException``, ``modelStreamErrorException``,
+    ...; for an ``error`` message its ``:error-code``); ``original_status`` and ``original_message``
+    are what a ``modelStreamErrorException`` says the model answered.
+    """
+
+    def __init__(
+        self, error_type: str, message: str, original_status: int | None = None, original_message: str | None = None
+    ) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+        self.original_status = original_status
+        self.original_message = original_message
+
+
+_BYTES: Final = b'{"bytes":"'
+_PADDING: Final = b'","p":"'
+
+
+def bedrock_event(message: EventStreamMessage) -> bytes | None:
+    """The JSON of the Messages stream event a Bedrock ``chunk`` message carries.
+
+    Returns None for an event of another type (none is defined today: skipped, as the SDK skips
+    them); raises BedrockStreamError for an exception or error message and EventStreamError for a
+    message that is none of these or whose payload is not ``{"bytes": base64}``.
+    """
+    headers = message.headers
+    kind = headers.get(":message-type")
+    if kind == "event":
+        if headers.get(":event-type") != "chunk":
+            return None
+        return _chunk_bytes(message.payload)
+    if kind == "exception":
+        error_type = headers.get(":exception-type")
+        if not isinstance(error_type, str):
+            raise EventStreamError("an exception message without :exception-type")
+        raise _exception(error_type, message.payload)
+    if kind == "error":
+        code, text = headers.get(":error-code"), headers.get(":error-message")
+        raise BedrockStreamError(code if isinstance(code, str) else "error", text if isinstance(text, str) else "")
+    raise EventStreamError(f"a message of unknown :message-type {kind!r}")
+
+
+def _chunk_bytes(payload: bytes) -> bytes:
+    # Bedrock's own layout, {"bytes":"<base64>","p":"<padding>"} (the padding optional), is read
+    # without a JSON parser; anything else (spaces, escapes, other keys) is read as JSON.
+    head, padded, rest = payload.partition(_PADDING)
+    if head[:10] == _BYTES:
+        if padded:
+            encoded = head[10:] if rest[-2:] == b'"}' and b'"' not in rest[:-2] else None
+        else:
+            encoded = head[10:-2] if head[-2:] == b'"}' else None
+        if encoded is not None:
+            try:
+                return binascii.a2b_base64(encoded, strict_mode=True)
+            except binascii.Error:
+                pass  # e.g. an escaped solidus: JSON's business
+    try:
+        document = json.loads(payload)
+    except ValueError as exc:
+        raise EventStreamError("a chunk's payload is not JSON") from exc
+    text = document.get("bytes") if isinstance(document, dict) else None
+    if not isinstance(text, str):
+        raise EventStreamError('a chunk\'s payload has no "bytes" string')
+    try:
+        return binascii.a2b_base64(text.encode("ascii", "replace"), strict_mode=True)
+    except binascii.Error as exc:
+        raise EventStreamError('a chunk\'s "bytes" is not base64') from exc
+
+
+def _exception(error_type: str, payload: bytes) -> BedrockStreamError:
+    try:
+        document = json.loads(payload) if payload else {}
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        return BedrockStreamError(error_type, payload.decode("utf-8", "replace"))
+    text = document.get("message", document.get("Message"))
+    status = document.get("originalStatusCode")
+    original = document.get("originalMessage")
+    return BedrockStreamError(
+        error_type,
+        text if isinstance(text, str) else "",
+        status if isinstance(status, int) and not isinstance(status, bool) else None,
+        original if isinstance(original, str) else None,
+    )
