@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
+
+import pytest
+from claude_gateway.cli import parser
 
 from tests.harness import Harness, body, gateway, run
 
@@ -105,5 +109,62 @@ def test_cli_bad_request_names_the_field() -> None:
             assert code == 1
             assert "INVALID_ARGUMENT" in err
             assert "bad field params.max_tokens" in err
+
+    run(go)
+
+
+@pytest.mark.parametrize(("flags", "reader"), [(("--json",), "head -1"), ((), "head -c 100")])
+def test_cli_ends_quietly_when_its_reader_goes_away(flags: tuple[str, ...], reader: str) -> None:
+    """`python -m client --json ... | head -1`: the client stops at the closed pipe, with no traceback.
+
+    The reply (20,000 tokens: over 100 KB of text, megabytes as JSON events) is larger than a pipe's
+    buffer (64 KiB), so the client is still writing when `head` exits: a later write meets the closed pipe.
+    """
+    script = (
+        f'"$0" -m client --target "$1" --deadline 60 --max-tokens 20000 {" ".join(flags)} '
+        f'"[[sim:tokens 20000]] flood" | {reader}; echo "client exit ${{PIPESTATUS[0]}}" >&2'
+    )
+
+    async def go() -> tuple[int, str, str]:
+        async with gateway() as h:
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", script, sys.executable, h.target,
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(60):
+                out, err = await proc.communicate()
+            assert proc.returncode is not None
+            return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = run(go)
+    assert code == 0, err
+    if flags:
+        assert json.loads(out)["type"] == "message_start"  # head's one line, a whole event
+    else:
+        assert out.startswith("flood")
+    assert err == "client exit 141\n"  # no traceback, no "Exception ignored", the status of a SIGPIPE
+
+
+def test_cli_token_help_names_the_client_and_gateway_variables() -> None:
+    """--token's help names the variable the client reads and the gateway settings that call for a token."""
+    entry = " ".join(parser().format_help().split("--token TOKEN", 2)[2].split("--ca-cert")[0].split())
+    assert "env GATEWAY_TOKEN" in entry
+    assert "GATEWAY_AUTH_TOKEN" in entry
+    assert "GATEWAY_CALLERS_FILE" in entry
+
+
+def test_cli_sends_the_token_from_gateway_token() -> None:
+    """With no --token, the client sends GATEWAY_TOKEN's value, which a gateway with GATEWAY_AUTH_TOKEN accepts."""
+
+    async def go() -> None:
+        async with gateway(auth_token="tok-from-env") as h:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "client", "--target", h.target, "--deadline", "20", "--max-tokens", "3", "hi",
+                cwd=ROOT, env={**os.environ, "GATEWAY_TOKEN": "tok-from-env"},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            assert "stop_reason=max_tokens" in err.decode()
 
     run(go)

@@ -2,7 +2,8 @@
 
 Streams the reply text to stdout as it arrives, then usage on stderr. Exit codes: 0 done; 1 the call
 failed (the gRPC status and its details on stderr); 2 a bad command line or request file (one line
-on stderr).
+on stderr); 141 stdout was closed before the reply ended (``| head``): the call is cancelled quietly,
+with the status a command killed by SIGPIPE has.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MODEL = "claude-sonnet-4-6"
 PROG = "python -m client"
+CLOSED_PIPE = 128 + 13  # the exit status of a command that SIGPIPE ended, as `yes | head -1` reports
 
 
 class UsageError(Exception):
@@ -49,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
         description="Stream one Claude reply through the gateway's ChatService: the text to stdout as it "
         "arrives, stop reason and token usage to stderr.",
         epilog="Exit status: 0 done; 1 the call failed (gRPC status and details on stderr); "
-        "2 bad command line or request file.",
+        "2 bad command line or request file; 141 stdout closed before the reply ended (| head).",
     )
     p.add_argument("prompt", nargs="*", help="the user message, words joined by spaces (ignored with --request)")
     p.add_argument(
@@ -85,7 +87,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token",
         default=os.environ.get("GATEWAY_TOKEN"),
-        help="bearer token, when the gateway sets GATEWAY_AUTH_TOKEN (env GATEWAY_TOKEN; default none)",
+        help="bearer token, sent as 'authorization: Bearer TOKEN' (default: env GATEWAY_TOKEN, else none); the "
+        "gateway asks for one when it sets GATEWAY_AUTH_TOKEN (that token) or GATEWAY_CALLERS_FILE (a token whose "
+        "sha256 the file lists)",
     )
     p.add_argument("--ca-cert", metavar="FILE", help="connect with TLS, trusting this PEM CA certificate")
     p.add_argument("--json", action="store_true", help="print every event as its Messages API JSON, one per line")
@@ -173,4 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as error:
         print(f"{PROG}: error: {error} (see --help)", file=sys.stderr)
         code = 2
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head -1`); leaving the `with` blocks cancelled the call. What
+        # is still buffered for stdout must not be flushed at exit, which would raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = CLOSED_PIPE
     sys.exit(code)
