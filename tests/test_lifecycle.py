@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from claude_gateway import codec
+from claude_gateway.client import create_request
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -337,6 +339,30 @@ def test_stock_grpc_client_with_the_shipped_service_config_rides_through_a_trans
             assert [r.status for r in h.sim.requests] == [529, 200]
 
     run(go)
+
+
+def test_stock_grpc_client_with_the_shipped_service_config_fails_fast_on_a_wrong_port() -> None:
+    """With client/service_config.json, a call to a port where nothing listens ends UNAVAILABLE, not at its deadline.
+
+    The port is bound and never listened on, so every connection attempt is refused. The config's
+    waitForReady is false: a call on a channel whose connection attempt failed fails at once (and
+    is retried by the retryPolicy, which fails again); with waitForReady true it would wait out the
+    deadline and end DEADLINE_EXCEEDED.
+    """
+
+    async def go() -> grpc.StatusCode:
+        config = json.loads(SERVICE_CONFIG.read_text())
+        options = [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            target = f"127.0.0.1:{closed.getsockname()[1]}"
+            async with grpc.aio.insecure_channel(target, options=options) as channel:
+                call = chat_pb2_grpc.ChatServiceStub(channel).CreateMessage(create_request(body()), timeout=30)
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await call
+                return failed.value.code()
+
+    assert run(go) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_connection_age_never_cuts_a_stream_inside_its_allowed_life() -> None:
