@@ -7,9 +7,11 @@ processes, one per port, can each play one backend.
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from server.signals import termination
 
+from . import catalog
 from .pace import Pace
 from .platforms import Platform
 from .ratelimits import Limits
@@ -39,6 +41,7 @@ async def _run(args: argparse.Namespace) -> None:
         platforms=args.platform or tuple(Platform),
         name=args.name,
         limits=limits,
+        models=catalog.read(args.models),
     ) as simulator:
         stop = termination()
         print(f"simulator listening on {simulator.base_url}", flush=True)
@@ -70,6 +73,14 @@ def main() -> None:
     parser.add_argument("--rate-limit-window", type=float, default=60.0, help="seconds for an empty bucket to fill")
     parser.add_argument(
         "--enforce-rate-limits", action="store_true", help="answer 429 with retry-after to a request that does not fit"
+    )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=catalog.MODELS_FILE,
+        metavar="FILE",
+        help="the model names served on the Messages API, one a line; others get a 404 not_found_error "
+        "(default: simulator/models.txt)",
     )
     asyncio.run(_run(parser.parse_args()))
 

@@ -7,8 +7,9 @@ It serves the Messages API (`POST /v1/messages`), Amazon Bedrock's
 one simulator to some of them, so that several simulators, each on its own port, can play one
 backend each.
 
-A request is checked as the real platform checks it (path, method, credentials, version, body;
-see `platforms` and `validation`), then answered with the deterministic reply of `model`: a 200
+A request is checked as the real platform checks it (path, method, credentials, version, body,
+then on the Messages API the model, one of `catalog`'s names, else a 404; see `platforms` and
+`validation`), then answered with the deterministic reply of `model`: a 200
 stream (`Transfer-Encoding: chunked`, one chunk per event, written as it is produced, paced by
 `Pace`: SSE, or AWS event-stream on Bedrock) when the request streams, else a JSON Message.
 Connections are kept alive. Every answer on the Messages API path carries the key's rate-limit
@@ -33,14 +34,14 @@ import json
 import math
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs
 
-from . import model, sse
+from . import catalog, model, sse
 from .connection import Connection, Request, UnreadableRequestError
 from .directives import Directives, Seen, parse
 from .faults import (
@@ -60,7 +61,7 @@ from .pace import Pace
 from .platforms import Platform, Route, anthropic_error, credentials, error_response, messages_body, route
 from .ratelimits import Buckets, Limits, RateLimiter
 from .recording import RecordedRequest
-from .validation import RejectedRequestError
+from .validation import RejectedRequestError, check_model
 from .wire import EventStreamWire, SseWire, Wire
 
 _JSON_HEADERS = {"content-type": "application/json"}
@@ -101,6 +102,7 @@ class Simulator:
         platforms: Iterable[str] = tuple(Platform),
         name: str | None = None,
         limits: Limits | None = None,
+        models: Collection[str] = catalog.MODELS,
     ) -> None:
         """``connection`` is the class that serves each TCP connection; a subclass can observe or
         alter what is written (the benchmark stamps send times into text deltas with one). With
@@ -108,8 +110,11 @@ class Simulator:
 
         ``api_key`` and ``keys`` are the only keys accepted (default: any); ``platforms`` those it
         serves (default: all three; a path of another answers 404); ``name`` is what a directive's
-        ``name=`` scope matches; ``limits`` sizes every key's rate-limit buckets."""
+        ``name=`` scope matches; ``limits`` sizes every key's rate-limit buckets; ``models`` are the
+        model names the Messages API serves (default: simulator/models.txt), any other answered 404
+        not_found_error."""
         self.tls = tls
+        self.models = models
         self.pace = pace
         self.api_key = api_key
         accepted = {*(keys or ()), *((api_key,) if api_key is not None else ())}
@@ -248,6 +253,8 @@ class Simulator:
                 record.anthropic_version = record.body.get("anthropic_version")
             body = messages_body(where, request.body, version)
             record.model = body["model"]
+            if where.platform is Platform.ANTHROPIC:
+                check_model(body, self.models)
             try:
                 directives = parse(model.prompt_of(body), Seen(where.platform, key, self.name))
             except ValueError as exc:

@@ -1,4 +1,4 @@
-"""The checks the real Messages API makes before it answers, in its order: credentials, version, body.
+"""The checks the real Messages API makes before it answers, in its order: credentials, version, body, model.
 
 A failed check raises `RejectedRequestError` carrying the HTTP status, the error type and a message that
 names the offending header or field (`messages.1.role: ...`), as the real API's do. Under
@@ -83,6 +83,12 @@ def check_body(raw: bytes, version: str) -> dict[str, Any]:
             if name in body:
                 raise _invalid(f"{name}: Extra inputs are not permitted (removed in anthropic-version {version})")
     return body
+
+
+def check_model(body: Mapping[str, Any], models: Collection[str]) -> None:
+    """A model the API does not serve is not found (404), with the API's message, ``model: NAME``."""
+    if body["model"] not in models:
+        raise RejectedRequestError(404, "not_found_error", f"model: {body['model']}")
 
 
 def _check_turn(i: int, turn: object, version: str) -> None:

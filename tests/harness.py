@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 from server.app import Gateway, build_server, sdk_client
 from server.config import Settings
 from simulator import Pace, Simulator
+from simulator.catalog import MODELS
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +68,12 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def gateway(pace: Pace = UNPACED, **settings: Any) -> AsyncIterator[Harness]:
-    """Simulator + gateway + channel, all on loopback, torn down in order."""
-    async with Simulator(pace, api_key=API_KEY) as sim:
+async def gateway(
+    pace: Pace = UNPACED, *, served_models: Collection[str] = MODELS, **settings: Any
+) -> AsyncIterator[Harness]:
+    """Simulator + gateway + channel, all on loopback, torn down in order. The simulator serves
+    ``served_models`` (default: simulator/models.txt)."""
+    async with Simulator(pace, api_key=API_KEY, models=served_models) as sim:
         config = Settings(listen="127.0.0.1:0", **settings)
         gw = await build_server(config, sdk_client(config, base_url=sim.base_url, api_key=API_KEY))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}")

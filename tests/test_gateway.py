@@ -11,6 +11,7 @@ import anthropic
 import grpc
 import pytest
 from claude_gateway import codec
+from claude_gateway.client import create_request
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -21,7 +22,7 @@ from server.config import Settings
 from server.upstream import failures
 from simulator import EndWithoutStop, HttpError, Malformed, Replay, Simulator
 from tests.corpus import SHARED, streams
-from tests.harness import API_KEY, body, fixture_events, gateway, run, sse_events, status_of, stream_request
+from tests.harness import API_KEY, Status, body, fixture_events, gateway, run, sse_events, status_of, stream_request
 
 COMPLETE = streams(complete=True)
 INCOMPLETE = streams(complete=False)
@@ -190,6 +191,29 @@ def test_upstream_http_errors_map_by_error_type(http: int, error_type: str, code
             assert API_KEY not in status.message
 
     run(go)
+
+
+@pytest.mark.parametrize("method", ["StreamMessage", "CreateMessage"])
+def test_a_model_the_upstream_does_not_serve_is_not_found(method: str) -> None:
+    """A typo in the model name (the simulator serves simulator/models.txt) is NOT_FOUND naming the model, untried."""
+
+    async def go() -> Status:
+        async with gateway() as h:
+            request = body(model="claude-sonet-4-6")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                if method == "StreamMessage":
+                    await h.events(request)
+                else:
+                    await h.stub.CreateMessage(create_request(request), timeout=10)
+            assert [r.status for r in h.sim.requests] == [404]  # a 404 is not retried
+            return status_of(caught.value)
+
+    status = run(go)
+    assert status.code == grpc.StatusCode.NOT_FOUND
+    assert "model: claude-sonet-4-6" in status.message
+    assert status.error_info is not None
+    assert status.error_info.metadata["error_type"] == "not_found_error"
+    assert status.retry_info is None
 
 
 @pytest.mark.parametrize(

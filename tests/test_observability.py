@@ -189,7 +189,7 @@ def test_an_unpriced_model_counts_its_tokens_and_reports_its_cost_unknown() -> N
     """A model missing from the price table gets a null cost in the trailer, never zero, and its tokens are counted."""
 
     async def go() -> None:
-        async with gateway(metrics_listen="127.0.0.1:0") as h:
+        async with gateway(served_models={"claude-unlisted-1"}, metrics_listen="127.0.0.1:0") as h:
             before = await scrape(h)
             events, usage = await stream_with_trailer(h, body(model="claude-unlisted-1"))
             after = await scrape(h)

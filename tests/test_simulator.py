@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import typing
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,11 +26,13 @@ from simulator import (
     Replay,
     Simulator,
     Stall,
+    catalog,
 )
 from tests.corpus import streams
 from tests.harness import run
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = "claude-sonnet-4-6"
 HELLO: list[MessageParam] = [{"role": "user", "content": "hello brave new world"}]
 WEATHER: ToolParam = {
     "name": "get_weather",
@@ -57,7 +60,7 @@ async def connected(
 
 
 async def raw_events(client: anthropic.AsyncAnthropic, **params: Any) -> list[RawMessageStreamEvent]:
-    stream = await client.messages.create(**{"model": "claude-sim", "max_tokens": 1000, **params}, stream=True)
+    stream = await client.messages.create(**{"model": MODEL, "max_tokens": 1000, **params}, stream=True)
     return [event async for event in stream]
 
 
@@ -82,7 +85,7 @@ def test_stream_text_follows_grammar_and_accumulates() -> None:
     async def go() -> None:
         async with connected() as (sim, client):
             events = await raw_events(client, messages=HELLO)
-            async with client.messages.stream(model="claude-sim", max_tokens=1000, messages=HELLO) as stream:
+            async with client.messages.stream(model=MODEL, max_tokens=1000, messages=HELLO) as stream:
                 final = await stream.get_final_message()
         assert GRAMMAR.fullmatch(types(events))
         deltas = [e.delta.text for e in events if e.type == "content_block_delta" and e.delta.type == "text_delta"]
@@ -91,7 +94,7 @@ def test_stream_text_follows_grammar_and_accumulates() -> None:
         assert final.content[0].text == "".join(deltas)
         assert final.content[0].text.startswith("hello brave new world the simulator")
         assert (final.model, final.stop_reason, final.usage.output_tokens, final.usage.input_tokens) == (
-            "claude-sim",
+            MODEL,
             "end_turn",
             24,
             4,
@@ -107,7 +110,7 @@ def test_non_stream_reply_is_the_accumulated_stream() -> None:
 
     async def go() -> None:
         async with connected() as (_, client):
-            params: dict[str, Any] = {"model": "claude-sim", "max_tokens": 1000, "messages": HELLO, "tools": [WEATHER]}
+            params: dict[str, Any] = {"model": MODEL, "max_tokens": 1000, "messages": HELLO, "tools": [WEATHER]}
             async with client.messages.stream(**params) as stream:
                 final = await stream.get_final_message()
             whole = await client.messages.create(**params)
@@ -128,7 +131,7 @@ def test_thinking_then_tool_use() -> None:
                 client, messages=HELLO, tools=[WEATHER], thinking={"type": "enabled", "budget_tokens": 1024}
             )
             async with client.messages.stream(
-                model="claude-sim", max_tokens=1000, messages=HELLO, tools=[WEATHER], thinking={"type": "adaptive"}
+                model=MODEL, max_tokens=1000, messages=HELLO, tools=[WEATHER], thinking={"type": "adaptive"}
             ) as stream:
                 final = await stream.get_final_message()
         assert GRAMMAR.fullmatch(types(events))
@@ -152,7 +155,7 @@ def test_max_tokens_stops_text() -> None:
 
     async def go() -> None:
         async with connected() as (_, client):
-            message = await client.messages.create(model="claude-sim", max_tokens=5, messages=HELLO)
+            message = await client.messages.create(model=MODEL, max_tokens=5, messages=HELLO)
         assert message.content[0].type == "text"
         assert message.content[0].text == "hello brave new world the"
         assert (message.stop_reason, message.usage.output_tokens) == ("max_tokens", 5)
@@ -182,7 +185,7 @@ def test_stop_sequence_ends_text_before_it() -> None:
     async def go() -> None:
         async with connected() as (_, client):
             message = await client.messages.create(
-                model="claude-sim", max_tokens=100, messages=HELLO, stop_sequences=["zzz", "new world"]
+                model=MODEL, max_tokens=100, messages=HELLO, stop_sequences=["zzz", "new world"]
             )
         assert message.content[0].type == "text"
         assert message.content[0].text == "hello brave "
@@ -200,8 +203,8 @@ def test_http_error_carries_retry_headers() -> None:
                 HttpError(429, "rate_limit_error", "slow down", retry_after=3, retry_after_ms=2500, should_retry=True)
             )
             with pytest.raises(anthropic.RateLimitError) as caught:
-                await client.messages.create(model="claude-sim", max_tokens=10, messages=HELLO, stream=True)
-            after = await client.messages.create(model="claude-sim", max_tokens=10, messages=HELLO)
+                await client.messages.create(model=MODEL, max_tokens=10, messages=HELLO, stream=True)
+            after = await client.messages.create(model=MODEL, max_tokens=10, messages=HELLO)
         error = caught.value
         assert (error.type, error.api_message) == ("rate_limit_error", "slow down")
         headers = error.response.headers
@@ -276,7 +279,7 @@ def test_wait_closed_fires_when_client_leaves_mid_stream() -> None:
 
     async def go() -> None:
         async with connected(Pace(tokens_per_second=20)) as (sim, client):
-            async with client.messages.stream(model="claude-sim", max_tokens=100, messages=HELLO) as stream:
+            async with client.messages.stream(model=MODEL, max_tokens=100, messages=HELLO) as stream:
                 async for event in stream:
                     if event.type == "text":
                         break
@@ -325,9 +328,9 @@ def test_authentication() -> None:
     async def go() -> None:
         async with connected(server_key="secret", client_key="wrong") as (sim, client):
             with pytest.raises(anthropic.AuthenticationError) as caught:
-                await client.messages.create(model="claude-sim", max_tokens=10, messages=HELLO)
+                await client.messages.create(model=MODEL, max_tokens=10, messages=HELLO)
             assert caught.value.type == "authentication_error"
-            body = {"model": "m", "max_tokens": 3, "messages": HELLO}
+            body = {"model": MODEL, "max_tokens": 3, "messages": HELLO}
             assert (await post(sim, body)).status_code == 401
             ok = await post(sim, body, {"x-api-key": "secret", "anthropic-version": "2023-06-01"})
             assert ok.status_code == 200
@@ -340,7 +343,7 @@ def test_request_validation() -> None:
     """Bad requests get a 400 invalid_request_error whose message names the field."""
 
     async def go() -> None:
-        good: dict[str, Any] = {"model": "m", "max_tokens": 3, "messages": HELLO}
+        good: dict[str, Any] = {"model": MODEL, "max_tokens": 3, "messages": HELLO}
         document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
         cases: list[tuple[object, str, dict[str, str]]] = [
             ({**good, "temperature": 0.5}, "temperature", {}),
@@ -369,6 +372,34 @@ def test_request_validation() -> None:
     run(go)
 
 
+def test_an_unknown_model_is_not_found_as_the_api_answers() -> None:
+    """A model outside simulator/models.txt (a typo) gets the API's 404 not_found_error, streamed or not."""
+
+    async def go() -> None:
+        async with connected() as (sim, client):
+            with pytest.raises(anthropic.NotFoundError) as caught:
+                await client.messages.create(model="claude-sonet-4-6", max_tokens=10, messages=HELLO, stream=True)
+            raw = await post(sim, {"model": "claude-sonet-4-6", "max_tokens": 3, "messages": HELLO})
+        assert caught.value.type == "not_found_error"
+        not_found = {"type": "not_found_error", "message": "model: claude-sonet-4-6"}
+        assert caught.value.body == {"type": "error", "error": not_found, "request_id": caught.value.request_id}
+        assert raw.status_code == 404
+        assert raw.headers["content-type"] == "application/json"
+        assert raw.json() == {"type": "error", "error": not_found, "request_id": raw.headers["request-id"]}
+        assert [r.status for r in sim.requests] == [404, 404]
+
+    run(go)
+
+
+def test_the_models_file_names_every_model_the_sdk_names() -> None:
+    """simulator/models.txt serves every name of the pinned SDK's `anthropic.types.Model`, dated snapshots too."""
+    literal, _ = typing.get_args(anthropic.types.Model)
+    named = set(typing.get_args(literal))
+    assert {"claude-sonnet-4-6", "claude-haiku-4-5-20251001"} <= named
+    assert named <= catalog.MODELS, sorted(named - catalog.MODELS)
+    assert "claude-sonet-4-6" not in catalog.MODELS
+
+
 def test_sdk_maps_the_2026_temperature_rejection() -> None:
     """The SDK, which sends anthropic-version 2026-10-21, gets BadRequestError for temperature."""
 
@@ -376,7 +407,7 @@ def test_sdk_maps_the_2026_temperature_rejection() -> None:
         async with connected() as (sim, client):
             with pytest.raises(anthropic.BadRequestError, match="temperature"):
                 await client.messages.create(
-                    model="claude-sim", max_tokens=10, messages=HELLO, extra_body={"temperature": 0.2}
+                    model=MODEL, max_tokens=10, messages=HELLO, extra_body={"temperature": 0.2}
                 )
             assert sim.requests[0].headers["anthropic-version"] == "2026-10-21"
 
@@ -396,7 +427,7 @@ def test_replay_is_byte_identical(path: Path) -> None:
                 http.stream(
                     "POST",
                     f"{sim.base_url}/v1/messages",
-                    json={"model": "m", "max_tokens": 3, "messages": HELLO, "stream": True},
+                    json={"model": MODEL, "max_tokens": 3, "messages": HELLO, "stream": True},
                     headers={"x-api-key": "k", "anthropic-version": "2026-10-21"},
                 ) as response,
             ):
@@ -414,7 +445,7 @@ def test_wire_format_and_pings() -> None:
 
     async def go() -> None:
         async with connected(Pace(ttft=0.25, ping_interval=0.1)) as (sim, _):
-            response = await post(sim, {"model": "m", "max_tokens": 3, "messages": HELLO, "stream": True})
+            response = await post(sim, {"model": MODEL, "max_tokens": 3, "messages": HELLO, "stream": True})
         frames = response.content.split(b"\n\n")[:-1]
         names = [frame.split(b"\n")[0].removeprefix(b"event: ").decode() for frame in frames]
         assert names[:5] == ["message_start", "content_block_start", "ping", "ping", "ping"]
@@ -439,9 +470,9 @@ def test_prompt_directives() -> None:
             return [{"role": "user", "content": text}]
 
         async with connected() as (_, client):
-            short = await client.messages.create(model="m", max_tokens=100, messages=ask("hi [[sim:tokens 3]] there"))
+            short = await client.messages.create(model=MODEL, max_tokens=100, messages=ask("hi [[sim:tokens 3]] there"))
             with pytest.raises(anthropic.OverloadedError):
-                await client.messages.create(model="m", max_tokens=100, messages=ask("[[sim:http_error 529]]"))
+                await client.messages.create(model=MODEL, max_tokens=100, messages=ask("[[sim:http_error 529]]"))
             with pytest.raises(anthropic.APIStatusError) as caught:
                 await raw_events(client, messages=ask("[[sim:error_event 2 api_error]]"))
             with pytest.raises(httpx2.ReadError):
@@ -471,10 +502,12 @@ def test_keep_alive_reuses_one_connection() -> None:
     run(go)
 
 
-def test_main_runs_until_sigterm() -> None:
-    """`python -m simulator` prints its base URL, answers, and exits on SIGTERM."""
+def test_main_runs_until_sigterm(tmp_path: Path) -> None:
+    """`python -m simulator` prints its base URL, answers the models of its --models file, and exits on SIGTERM."""
+    models = tmp_path / "models.txt"
+    models.write_text(f"# ours\n{MODEL}\nclaude-in-house-1  # a model of our own\n")
     with subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--port", "0", "--api-key", "k"],
+        [sys.executable, "-m", "simulator", "--port", "0", "--api-key", "k", "--models", str(models)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -485,9 +518,18 @@ def test_main_runs_until_sigterm() -> None:
         assert match, line
         response = httpx2.post(
             f"{match.group(1)}/v1/messages",
-            json={"model": "m", "max_tokens": 2, "messages": HELLO},
+            json={"model": MODEL, "max_tokens": 2, "messages": HELLO},
             headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
         )
         assert response.json()["content"][0]["text"] == "hello brave"
+        served = {
+            model: httpx2.post(
+                f"{match.group(1)}/v1/messages",
+                json={"model": model, "max_tokens": 2, "messages": HELLO},
+                headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+            ).status_code
+            for model in ("claude-in-house-1", "claude-opus-4-7")
+        }
+        assert served == {"claude-in-house-1": 200, "claude-opus-4-7": 404}  # the file's list, not the default
         process.send_signal(signal.SIGTERM)
         assert process.wait(5) == 0
