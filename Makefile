@@ -8,7 +8,7 @@ PROTOC = $(PY) -m grpc_tools.protoc -I protos \
 	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
 	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
 
-.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos fuzz image bench clean node buf-lint buf-breaking ts-protos ts-check page page-check
+.PHONY: setup demo serve sim serve-sim test lint typecheck proto-check protos go-protos fuzz image bench clean node buf-lint buf-breaking ts-protos ts-check page page-check
 
 setup: $(STAMP)
 
@@ -34,6 +34,18 @@ serve-sim: setup
 # Regenerate the committed stubs (Python and TypeScript) after editing the proto.
 protos: setup ts-protos
 	$(PROTOC) --python_out=client --grpc_python_out=client --mypy_out=client --mypy_grpc_out=client $(PROTO)
+	@if command -v protoc >/dev/null && command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null; \
+	then $(MAKE) -s go-protos; \
+	else echo "protos: Go code not regenerated: apt-get install protobuf-compiler protoc-gen-go protoc-gen-go-grpc, then make go-protos"; fi
+
+# The Go module claude-grpc-gateway/gen/go (gen/go, committed): Debian's protoc 3.21, protoc-gen-go 1.28 and
+# protoc-gen-go-grpc 1.0. tests/test_codegen.py fails when the committed code differs from what they generate.
+GO_MODULE := claude-grpc-gateway/gen/go
+GO_PROTOC = protoc -I protos --go_out=$(1) --go_opt=module=$(GO_MODULE) \
+	--go-grpc_out=$(1) --go-grpc_opt=module=$(GO_MODULE) $(PROTO:protos/%=%)
+
+go-protos:
+	$(call GO_PROTOC,gen/go)
 
 # Fails when the committed stubs differ from what the proto generates.
 proto-check: setup

@@ -11,6 +11,7 @@ missing tool skips its test and says which package brings it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -25,7 +26,16 @@ PROTO = "claude_gateway/v1/chat.proto"
 EXAMPLES = ROOT / "client" / "examples"
 JARS = Path("/usr/share/java")
 GOCODE = Path("/usr/share/gocode")
-GO_PACKAGE = "claude-grpc-gateway/gen/go/claude_gateway/v1"
+GO_MODULE = "claude-grpc-gateway/gen/go"
+GO_PACKAGE = f"{GO_MODULE}/claude_gateway/v1"
+# docs/clients.md's recipe for a Go module that uses the gateway's (GATEWAY_REPO: a clone of this repository).
+GO_RECIPE = """\
+go mod init example.com/stream
+cp "$GATEWAY_REPO/client/examples/go/main.go" .
+go mod edit -require=claude-grpc-gateway/gen/go@v0.0.0 -replace=claude-grpc-gateway/gen/go="$GATEWAY_REPO/gen/go"
+go mod tidy
+go build -o stream .
+"""
 JAVA_PACKAGES = " ".join(
     [
         "protobuf-compiler",
@@ -109,8 +119,7 @@ def test_java_messages_grpc_stubs_and_the_docs_program_compile(tmp_path: Path) -
     assert (tmp_path / "classes" / "Stream.class").is_file()
 
 
-def test_go_stubs_compile_and_the_docs_program_streams_through_the_gateway(tmp_path: Path) -> None:
-    """The Go stubs land at their go_package path; docs/clients.md's Go program builds and streams via the gateway."""
+def need_go() -> None:
     need(
         "protoc",
         "go",
@@ -119,22 +128,67 @@ def test_go_stubs_compile_and_the_docs_program_streams_through_the_gateway(tmp_p
         GOCODE / "src/google.golang.org/grpc",
         package=GO_PACKAGES,
     )
-    gopath = tmp_path / "gopath"
-    protoc(gopath / "src", f"--go_out={gopath / 'src'}", f"--go-grpc_out={gopath / 'src'}")
-    assert (gopath / "src" / GO_PACKAGE / "chat.pb.go").is_file()
-    program = gopath / "src" / "claude-grpc-gateway" / "examples" / "stream"
-    program.mkdir(parents=True)
-    shutil.copy(EXAMPLES / "go" / "main.go", program / "main.go")
-    env = {**os.environ, "GOPATH": f"{gopath}:{GOCODE}", "GO111MODULE": "off", "GOFLAGS": ""}
-    binary = tmp_path / "stream"
-    subprocess.run(
-        ["go", "build", "-o", str(binary), "claude-grpc-gateway/examples/stream"], env=env, check=True, timeout=600
-    )
+
+
+def test_the_committed_go_module_is_what_the_proto_generates(tmp_path: Path) -> None:
+    """gen/go holds exactly what `make go-protos` generates: the stubs at their go_package path in the module."""
+    need_go()
+    protoc(tmp_path, f"--go_out={tmp_path}", f"--go-grpc_out={tmp_path}")  # the plain flags: go_package paths
+    generated = tmp_path / GO_PACKAGE
+    committed = ROOT / "gen" / "go" / "claude_gateway" / "v1"
+    assert sorted(p.name for p in committed.iterdir()) == sorted(p.name for p in generated.iterdir())
+    for stub in generated.iterdir():
+        assert (committed / stub.name).read_text() == stub.read_text(), f"{stub.name} drifted: run `make go-protos`"
+    assert (ROOT / "gen" / "go" / "go.mod").read_text().startswith(f"module {GO_MODULE}\n")
+
+
+def debian_go_replacements(stubs: Path) -> list[str]:
+    """`go mod edit` flags that point every module of Debian's Go packages at its sources in /usr/share/gocode,
+    and every module their go.mod files require that Debian lacks (needed by no package built here) at an empty
+    stub: a module graph that resolves with no network."""
+    found: dict[str, Path] = {}
+    required: set[str] = set()
+    for go_mod in sorted((GOCODE / "src").rglob("go.mod")):
+        described = subprocess.run(["go", "mod", "edit", "-json", str(go_mod)], capture_output=True, check=True)
+        module = json.loads(described.stdout)
+        found[module["Module"]["Path"]] = go_mod.parent
+        required.update(r["Path"] for r in module.get("Require") or [])
+    for i, path in enumerate(sorted(required - found.keys())):
+        stub = stubs / str(i)
+        stub.mkdir(parents=True)
+        (stub / "go.mod").write_text(f"module {path}\n")
+        found[path] = stub
+    return [f"-replace={path}={where}" for path, where in sorted(found.items())]
+
+
+def test_a_go_module_requires_the_gateway_module_and_the_docs_program_streams_through_the_gateway(
+    tmp_path: Path,
+) -> None:
+    """docs/clients.md's Go recipe, run as written in a new module: `go mod init`, require and replace
+    claude-grpc-gateway/gen/go, `go mod tidy`, `go build`; the program then streams a reply via the gateway.
+
+    Module mode throughout (GO111MODULE=on) with GOPROXY=off: before `go mod tidy` the test adds `replace`s of
+    the third-party modules (grpc-go, protobuf-go and what they require) to Debian's packaged sources, where a
+    machine with the network would download them."""
+    need_go()
+    app = tmp_path / "app"
+    app.mkdir()
+    env = {**os.environ, "GO111MODULE": "on", "GOFLAGS": "", "GOPROXY": "off", "GATEWAY_REPO": str(ROOT)}
+    setup, build = GO_RECIPE.split("go mod tidy\n")
+
+    def sh(script: str) -> None:
+        result = subprocess.run(["bash", "-euc", script], cwd=app, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr
+
+    sh(setup)
+    subprocess.run(["go", "mod", "edit", *debian_go_replacements(tmp_path / "stubs")], cwd=app, env=env, check=True)
+    sh("go mod tidy\n" + build)
+    assert (app / "stream").is_file()
 
     async def go() -> tuple[bytes, str]:
         async with gateway() as h:
             proc = await asyncio.create_subprocess_exec(
-                str(binary), env={**os.environ, "GATEWAY_TARGET": h.target},
+                str(app / "stream"), env={**os.environ, "GATEWAY_TARGET": h.target},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
             async with asyncio.timeout(60):
@@ -149,6 +203,8 @@ def test_go_stubs_compile_and_the_docs_program_streams_through_the_gateway(tmp_p
     out, text = run(go)
     assert text.startswith("Hello the simulator")
     assert out.decode() == f"{text}\nstop_reason=end_turn output_tokens={len(text.split())}\n"
+    go_mod = (app / "go.mod").read_text()
+    assert f"require (\n\t{GO_MODULE} v0.0.0\n" in go_mod  # what `go mod tidy` made of the recipe
 
 
 @pytest.mark.parametrize("example", ["go/main.go", "java/Stream.java", "stream.py", "stream_async.py"])
