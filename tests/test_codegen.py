@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,6 @@ from tests.harness import gateway, run
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = "claude_gateway/v1/chat.proto"
 EXAMPLES = ROOT / "client" / "examples"
-JARS = Path("/usr/share/java")
 GOCODE = Path("/usr/share/gocode")
 GO_MODULE = "claude-grpc-gateway/gen/go"
 GO_PACKAGE = f"{GO_MODULE}/claude_gateway/v1"
@@ -43,8 +44,31 @@ JAVA_PACKAGES = " ".join(
         "libgrpc-java",
         "protobuf-compiler-grpc-java-plugin",
         "libgeronimo-annotation-1.3-spec-java",
+        "maven",
+        "libmaven-compiler-plugin-java",
+        "libmaven-resources-plugin-java",
+        "libexec-maven-plugin-java",
+        "libbuild-helper-maven-plugin-java",
+        "libnetty-java",
+        "libperfmark-java",
+        "libgoogle-gson-java",
+        "libgoogle-common-protos-java",
+        "libanimal-sniffer-java",
+        "junit5",
     ]
 )
+MAVEN_REPO = Path("/usr/share/maven-repo")
+# What the build resolves there that only the packages past libgrpc-java above bring.
+MAVEN_REPO_NEEDS = [
+    MAVEN_REPO / "org/codehaus/mojo/exec-maven-plugin/3.1.0",
+    MAVEN_REPO / "org/codehaus/mojo/build-helper-maven-plugin/3.3.0",
+    MAVEN_REPO / "org/apache/maven/plugins/maven-compiler-plugin/3.10.1",
+    MAVEN_REPO / "io/netty/netty-codec-http2",
+    MAVEN_REPO / "com/google/api/grpc/proto-google-common-protos",
+    MAVEN_REPO / "org/junit/junit-bom",
+]
+# docs/clients.md's command that builds and runs the Java program with Debian's packages, in client/examples/java.
+JAVA_RUN = "mvn -q -s debian-settings.xml compile exec:exec"
 GO_PACKAGES = "golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev golang-github-golang-protobuf-1-5-dev"
 
 
@@ -100,23 +124,45 @@ def test_generated_cpp_compiles_and_names_the_auto_arm_auto_underscore(tmp_path:
     )  # fmt: skip
 
 
-def test_java_messages_grpc_stubs_and_the_docs_program_compile(tmp_path: Path) -> None:
-    """javac compiles the generated messages (one file each), the grpc-java stub and docs/clients.md's Java program."""
-    plugin = Path("/usr/bin/grpc_java_plugin")
-    # geronimo-annotation holds javax.annotation.Generated, which the grpc-java stub carries.
-    names = ("protobuf", "grpc-api", "grpc-stub", "grpc-protobuf", "guava", "geronimo-annotation-1.3-spec")
-    jars = [JARS / f"{name}.jar" for name in names]
-    need("protoc", "javac", plugin, *jars, package=JAVA_PACKAGES)
-    src = tmp_path / "src"
-    protoc(src, f"--java_out={src}", f"--plugin=protoc-gen-grpc-java={plugin}", f"--grpc-java_out={src}")
-    package = src / "com" / "claude_gateway" / "v1"
-    assert (package / "MessageStreamEvent.java").is_file()
-    assert (package / "ChatServiceGrpc.java").is_file()
-    sources = [str(p) for p in package.glob("*.java")] + [str(EXAMPLES / "java" / "Stream.java")]
-    javac = ["javac", "-nowarn", "-d", str(tmp_path / "classes"), "-cp", ":".join(map(str, jars)), *sources]
-    result = subprocess.run(javac, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "classes" / "Stream.class").is_file()
+def test_the_java_program_builds_with_maven_from_debian_packages_and_streams_through_the_gateway() -> None:
+    """docs/clients.md's Maven build, run as written with no network (`mvn -q -s debian-settings.xml compile
+    exec:exec` in client/examples/java, every artifact from Debian's /usr/share/maven-repo): protoc makes the
+    messages (a file each) and the grpc-java stub, javac compiles them with Stream.java, and the program streams
+    a reply through a gateway. The test adds only a fresh local repository (-Dmaven.repo.local)."""
+    need("protoc", "javac", "mvn", Path("/usr/bin/grpc_java_plugin"), *MAVEN_REPO_NEEDS, package=JAVA_PACKAGES)
+    project = EXAMPLES / "java"
+    shutil.rmtree(project / "target", ignore_errors=True)
+    with tempfile.TemporaryDirectory() as repository:
+        argv = [*shlex.split(JAVA_RUN), f"-Dmaven.repo.local={repository}"]
+        out, text = run_through_a_gateway(argv, cwd=project, timeout=900)
+    stubs = project / "target" / "generated-sources" / "protobuf" / "com" / "claude_gateway" / "v1"
+    assert {"MessageStreamEvent.java", "ChatServiceGrpc.java"} <= {p.name for p in stubs.iterdir()}
+    assert (project / "target" / "classes" / "Stream.class").is_file()
+    assert text.startswith("Hello the simulator")
+    # Maven's console ends its output with a terminal reset (ESC [0m), even with -q: not the program's.
+    assert out.removesuffix("\x1b[0m") == f"{text}\nstop_reason=end_turn output_tokens={len(text.split())}\n"
+
+
+def run_through_a_gateway(argv: list[str], cwd: Path, timeout: float = 60) -> tuple[str, str]:
+    """Run ``argv`` with GATEWAY_TARGET naming a simulator-backed gateway; its stdout, and the text of the reply
+    the gateway gives the examples' request (claude-sonnet-4-6, max_tokens 1024, "Hello")."""
+
+    async def go() -> tuple[str, str]:
+        async with gateway() as h:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env={**os.environ, "GATEWAY_TARGET": h.target},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(timeout):
+                out, err = await proc.communicate()
+            assert proc.returncode == 0, (out.decode(), err.decode())
+            reference = await h.events(
+                {"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": [{"role": "user", "content": "Hello"}]}
+            )
+        text = "".join(e["delta"]["text"] for e in reference if e["type"] == "content_block_delta")
+        return out.decode(), text
+
+    return run(go)
 
 
 def need_go() -> None:
@@ -185,29 +231,14 @@ def test_a_go_module_requires_the_gateway_module_and_the_docs_program_streams_th
     sh("go mod tidy\n" + build)
     assert (app / "stream").is_file()
 
-    async def go() -> tuple[bytes, str]:
-        async with gateway() as h:
-            proc = await asyncio.create_subprocess_exec(
-                str(app / "stream"), env={**os.environ, "GATEWAY_TARGET": h.target},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            async with asyncio.timeout(60):
-                out, err = await proc.communicate()
-            assert proc.returncode == 0, err.decode()
-            reference = await h.events(
-                {"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": [{"role": "user", "content": "Hello"}]}
-            )
-        text = "".join(e["delta"]["text"] for e in reference if e["type"] == "content_block_delta")
-        return out, text
-
-    out, text = run(go)
+    out, text = run_through_a_gateway([str(app / "stream")], cwd=app)
     assert text.startswith("Hello the simulator")
-    assert out.decode() == f"{text}\nstop_reason=end_turn output_tokens={len(text.split())}\n"
+    assert out == f"{text}\nstop_reason=end_turn output_tokens={len(text.split())}\n"
     go_mod = (app / "go.mod").read_text()
     assert f"require (\n\t{GO_MODULE} v0.0.0\n" in go_mod  # what `go mod tidy` made of the recipe
 
 
-@pytest.mark.parametrize("example", ["go/main.go", "java/Stream.java", "stream.py", "stream_async.py"])
+@pytest.mark.parametrize("example", ["go/main.go", "java/src/main/java/Stream.java", "stream.py", "stream_async.py"])
 def test_the_docs_show_each_example_verbatim(example: str) -> None:
     """docs/clients.md shows each example file as it is, the file the tests compile or run; the README shows the
     first Python one."""
