@@ -1,5 +1,6 @@
 // The same program in Java: stream one reply through the gateway, print its text as it arrives, then the
-// stop reason and output tokens. Stubs: protoc -I protos --java_out=. --grpc-java_out=. chat.proto
+// stop reason and output tokens. Built and run by the pom.xml beside src/ (`mvn -q compile exec:exec`), which
+// generates the stubs from the proto with protoc and grpc-java's plugin.
 import com.claude_gateway.v1.ChatServiceGrpc;
 import com.claude_gateway.v1.MessageCreateParams;
 import com.claude_gateway.v1.MessageParam;
