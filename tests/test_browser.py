@@ -13,9 +13,10 @@ from typing import Any
 
 import grpc
 import pytest
+from claude_gateway.usage import from_metadata
 
 from simulator import Pace
-from tests.harness import ROOT, gateway, run, until
+from tests.harness import ROOT, Harness, body, gateway, run, stream_request, until
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 NODE = shutil.which("node")
@@ -79,25 +80,71 @@ def test_chat_page_explains_every_failure_status() -> None:
     assert advised == {code.name for code in grpc.StatusCode if code is not grpc.StatusCode.OK}
 
 
+async def trailer_cost(h: Harness, request: dict[str, Any]) -> float | None:
+    """The cost the gateway's usage trailer reports for ``request``, made again over gRPC (the simulator is
+    deterministic: the same request has the same usage)."""
+    call = h.stub.StreamMessage(stream_request(request), timeout=30)
+    async for _ in call:
+        pass
+    report = from_metadata(await call.trailing_metadata())
+    assert report is not None
+    return report.cost_usd
+
+
 @pytest.mark.usefixtures("browser_present")
-def test_chat_page_streams_stops_and_shows_failures_in_chromium() -> None:
-    """In chromium the page streams a reply in pieces with usage, Stop closes the upstream, a 529 shows UNAVAILABLE."""
+def test_chat_page_converses_stops_and_shows_failures_in_chromium() -> None:
+    """In chromium the page streams a reply in pieces with usage and cost, sends a second turn with the first
+    exchange and its own max tokens, adds up the cost, starts anew, Stop closes the upstream, a 529 shows
+    UNAVAILABLE; it loads nothing that is missing (its favicon included)."""
 
     async def go() -> None:
         async with gateway(PACE, http_listen="127.0.0.1:0", chat_page=True, max_attempts=1) as h:
             seen = await drive(f"http://127.0.0.1:{h.gateway.http_port}/")
             assert not [line for line in seen["console"] if line.startswith("pageerror")], seen["console"]
+            assert seen["failedResponses"] == []  # no 404, the icon included
+            assert seen["icon"] == {"status": 200, "type": "image/svg+xml"}
 
             streamed = seen["streamed"]
             assert streamed_in_pieces(streamed["pieces"]) > 1, streamed["pieces"]
+            first_prompt = "Tell me how streaming works [[sim:tokens 40]]"
             assert streamed["reply"].startswith("Tell me how streaming works")
             assert "output tokens" in streamed["usage"]
             assert "end_turn" in streamed["usage"]
+            (asked, first), total = streamed["turns"], streamed["total"]
+            assert (asked["role"], asked["text"]) == ("user", first_prompt)
+            assert (first["role"], first["state"], first["text"]) == ("assistant", "done", streamed["reply"])
+            cost = await trailer_cost(h, body(first_prompt, max_tokens=1024))
+            assert cost is not None
+            assert cost > 0
+            assert first["costUsd"] == cost  # the gateway's usage trailer, shown as it came
+            assert f"cost ${cost:.6f}" in first["meta"]
+            assert first["meta"] == streamed["usage"]
+            assert total == {"text": f"Conversation: ${cost:.6f} over 1 call", "costUsd": cost}
+
+            second = seen["second"]
+            request = next(r for r in h.sim.requests if "And a second turn" in json.dumps(r.body)).body
+            assert request["max_tokens"] == 7
+            assert request["messages"] == [
+                {"role": "user", "content": first_prompt},
+                {"role": "assistant", "content": streamed["reply"]},
+                {"role": "user", "content": "And a second turn"},
+            ]
+            assert [(t["role"], t["state"]) for t in second["turns"]] == [
+                ("user", None), ("assistant", "done"), ("user", None), ("assistant", "done"),
+            ]  # fmt: skip
+            assert "7 output tokens" in second["usage"]
+            assert "max_tokens" in second["usage"]
+            second_cost = second["turns"][3]["costUsd"]
+            assert second_cost > 0
+            assert second["total"]["costUsd"] == pytest.approx(cost + second_cost)
+            assert second["total"]["text"] == f"Conversation: ${cost + second_cost:.6f} over 2 calls"
+            assert seen["fresh"] == {"turns": [], "total": {"text": "", "costUsd": None}}
 
             stopped = seen["stopped"]
             assert stopped["status"].startswith("Stopped")
             assert stopped["sendEnabled"]
             stop_request = next(r for r in h.sim.requests if "stop me" in json.dumps(r.body))
+            assert len(stop_request.body["messages"]) == 1  # a new conversation
             closed_at = await stop_request.wait_closed(timeout=10)
             # The upstream connection closed long before the reply would have ended.
             assert closed_at - stop_request.received_at < STOP_TOKENS / PACE.tokens_per_second / 4
@@ -117,5 +164,6 @@ def test_chat_page_streams_stops_and_shows_failures_in_chromium() -> None:
             assert (ARTIFACTS / "chat-streamed.png").stat().st_size > 0
             assert (ARTIFACTS / "chat-failed.png").stat().st_size > 0
             assert (ARTIFACTS / "chat-stopped.png").stat().st_size > 0
+            assert (ARTIFACTS / "chat-second-turn.png").stat().st_size > 0
 
     run(go)

@@ -422,6 +422,22 @@ def test_chat_page_is_served_only_when_enabled() -> None:
     run(go)
 
 
+def test_chat_page_links_a_favicon_the_gateway_serves() -> None:
+    """The page names its icon (so browsers do not ask for a missing /favicon.ico), and the gateway serves it."""
+
+    async def go() -> None:
+        async with http_gateway(chat_page=True) as (_, url), aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/") as response:
+                icon = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', await response.text())
+            assert icon is not None
+            async with session.get(f"{url}{icon.group(1)}") as response:
+                assert response.status == 200
+                assert response.headers["content-type"] == "image/svg+xml"
+                assert (await response.text()).startswith("<svg ")
+
+    run(go)
+
+
 def test_http_port_is_off_by_default() -> None:
     """Without http_listen the gateway opens no HTTP port."""
 

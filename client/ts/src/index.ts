@@ -9,6 +9,8 @@ export { fromApiJson, toApiJson } from "./codec.js";
 export { GatewayError, STATUS_NAMES } from "./errors.js";
 export { MessageStream, REQUEST_ID_HEADER } from "./stream.js";
 export type { MessageStreamEvents, StreamStarter } from "./stream.js";
+export { USAGE_TRAILER, usageOf } from "./usage.js";
+export type { CallUsage } from "./usage.js";
 export * as pb from "./gen/claude_gateway/v1/chat_pb.js";
 
 import type { RawMessageStreamEvent } from "@anthropic-ai/sdk/resources/messages";

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
 import { Code } from '@connectrpc/connect';
-import { Gateway, GatewayError, eventToJson } from '@claude-gateway/client/node';
+import { Gateway, GatewayError, USAGE_TRAILER, eventToJson, usageOf } from '@claude-gateway/client/node';
 
 const env = process.env;
 const skip = env.GATEWAY_TARGET ? false : 'needs a gateway: run by tests/test_ts_client.py';
@@ -34,6 +34,24 @@ test('on("text") streams what the SDK streams and finalMessage() equals its fina
   assert.equal(await stream.finalText(), texts.join(''));
   assert.deepEqual(comparable(message), comparable(want));
   assert.match(stream.requestId, /^req_/);
+});
+
+test('usageOf() reads the usage and cost trailer of a finished call, and of a failed one', { skip }, async () => {
+  const stream = client().messages.stream(hello());
+  const message = await stream.finalMessage();
+  const report = usageOf(stream.trailers);
+  assert.equal(report.model, MODEL);
+  assert.equal(report.usage.output_tokens, message.usage.output_tokens);
+  assert.equal(report.usage.input_tokens, message.usage.input_tokens);
+  assert.ok(typeof report.cost_usd === 'number' && report.cost_usd > 0, String(report.cost_usd));
+  assert.equal(report.partial, false);
+  assert.deepEqual(report, { ...JSON.parse(stream.trailers.get(USAGE_TRAILER)), model: MODEL });
+
+  const failing = client().messages.stream(hello({ messages: [{ role: 'user', content: 'Hi [[sim:error_event 3 api_error]]' }] }));
+  const error = await failing.finalMessage().then(() => assert.fail('the call should fail'), (e) => e);
+  assert.ok(error instanceof GatewayError);
+  assert.equal(usageOf(error.metadata).partial, true);
+  assert.equal(usageOf(undefined), undefined);
 });
 
 test('async iteration yields the events the SDK yields, as Messages API JSON', { skip }, async () => {

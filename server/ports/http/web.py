@@ -5,7 +5,7 @@ One ASGI application, served by uvicorn in the gateway's own event loop beside g
 - ``POST /claude_gateway.v1.ChatService/<Method>``: Connect (``application/json``, ``application/proto``,
   ``application/connect+json``, ``application/connect+proto``) and gRPC-Web (``application/grpc-web*``),
   by ``server.ports.http.connect``; every call runs the same path as on the gRPC port.
-- ``GET /`` and ``GET /chat.js``: the chat page, when ``GATEWAY_CHAT_PAGE`` is on.
+- ``GET /``, ``GET /chat.js`` and ``GET /favicon.svg``: the chat page, when ``GATEWAY_CHAT_PAGE`` is on.
 - CORS for the origins in ``GATEWAY_CORS_ORIGINS``: preflights answered here, the gRPC-Web and Connect
   response headers exposed to the page. No CORS headers at all when it is empty.
 """
@@ -31,7 +31,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 PAGE = Path(__file__).resolve().parents[2] / "page"  # server/page: data, not code
-PAGE_FILES = {"/": ("index.html", b"text/html; charset=utf-8"), "/chat.js": ("chat.js", b"text/javascript")}
+PAGE_FILES = {
+    "/": ("index.html", b"text/html; charset=utf-8"),
+    "/chat.js": ("chat.js", b"text/javascript"),
+    "/favicon.svg": ("favicon.svg", b"image/svg+xml"),
+}
 
 # What a browser may send and read: the Connect and gRPC-Web protocol headers, the caller's token.
 CORS_REQUEST_HEADERS = (
