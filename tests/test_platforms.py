@@ -26,6 +26,7 @@ from simulator import HttpError, Limits, Malformed, Replay, Simulator, SpendLimi
 from tests.harness import run
 
 ROOT = Path(__file__).resolve().parents[1]
+ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929"
 BEDROCK_MODEL = "anthropic.claude-sonnet-4-5-20250929-v1:0"
 VERTEX_MODEL = "claude-sonnet-4-5@20250929"
 ACCESS_KEY, SECRET = "AKIASIMULATOR0000001", "fake-secret"
@@ -56,7 +57,7 @@ Client = anthropic.AsyncAnthropic | anthropic.AsyncAnthropicBedrock | anthropic.
 def clients(sim: Simulator) -> dict[str, tuple[Client, str]]:
     """Each platform's client of `sim` and the model id it names."""
     return {
-        "anthropic": (direct(sim), "claude-sim"),
+        "anthropic": (direct(sim), ANTHROPIC_MODEL),
         "bedrock": (bedrock(sim), BEDROCK_MODEL),
         "vertex": (vertex(sim), VERTEX_MODEL),
     }
@@ -117,11 +118,11 @@ def test_the_sdks_platform_clients_stream_the_same_reply() -> None:
         assert replies["vertex"][0][0].message.model == VERTEX_MODEL
         seen = [(r.platform, r.key, r.model, r.status) for r in sim.requests]
         assert seen == [
-            ("anthropic", "sk-ant-sim", "claude-sim", 200),
+            ("anthropic", "sk-ant-sim", ANTHROPIC_MODEL, 200),
             ("bedrock", ACCESS_KEY, BEDROCK_MODEL, 200),
             ("vertex", TOKEN, VERTEX_MODEL, 200),
             ("bedrock", "bedrock-api-key", BEDROCK_MODEL, 200),
-            ("anthropic", "sk-ant-sim", "claude-sim", 200),
+            ("anthropic", "sk-ant-sim", ANTHROPIC_MODEL, 200),
             ("bedrock", ACCESS_KEY, BEDROCK_MODEL, 200),
             ("vertex", TOKEN, VERTEX_MODEL, 200),
         ]
@@ -425,7 +426,7 @@ def test_bedrock_replies_decode_with_the_gateways_decoder() -> None:
             )
             sim.enqueue(Replay(recorded))
             replayed, _ = await _bedrock_raw(sim, "hi")
-            sse = await direct(sim).messages.create(model="m", max_tokens=100, messages=HELLO, stream=True)
+            sse = await direct(sim).messages.create(model=ANTHROPIC_MODEL, max_tokens=100, messages=HELLO, stream=True)
             expected: list[Any] = [event.to_dict() for event in [e async for e in sse]]
         assert failure is None
         parsed = [json.loads(e) for e in events]
@@ -459,7 +460,7 @@ def test_scoped_directives_fail_one_backend_or_key() -> None:
         async with served() as east, served(name="west") as west:
             outcomes: dict[str, str | int] = {}
             tried: list[tuple[str, Client, str]] = [
-                ("anthropic", direct(east), "m"),
+                ("anthropic", direct(east), ANTHROPIC_MODEL),
                 ("bedrock AKIA1", bedrock(east, aws_access_key="AKIA1", aws_secret_key="s"), BEDROCK_MODEL),
                 ("bedrock AKIA2", bedrock(east, aws_access_key="AKIA2", aws_secret_key="s"), BEDROCK_MODEL),
                 ("vertex", vertex(east), VERTEX_MODEL),
@@ -498,10 +499,10 @@ def test_queued_faults_by_platform_and_key() -> None:
             sim.enqueue(HttpError(500, "api_error"), platform="bedrock")
             statuses = []
             tried: list[tuple[Client, str]] = [
-                (direct(sim, "k2"), "m"),
+                (direct(sim, "k2"), ANTHROPIC_MODEL),
                 (vertex(sim, "k1"), VERTEX_MODEL),
-                (direct(sim, "k1"), "m"),
-                (direct(sim, "k1"), "m"),
+                (direct(sim, "k1"), ANTHROPIC_MODEL),
+                (direct(sim, "k1"), ANTHROPIC_MODEL),
                 (bedrock(sim, api_key="k3"), BEDROCK_MODEL),
             ]
             for client, model in tried:
@@ -530,11 +531,11 @@ def test_several_simulators_one_backend_each() -> None:
             served(platforms=["bedrock"]) as second,
             served(platforms=["vertex"]) as third,
         ):
-            await streamed(direct(first, "k1"), "m")
+            await streamed(direct(first, "k1"), ANTHROPIC_MODEL)
             await streamed(bedrock(second, api_key="k2"), BEDROCK_MODEL)
             await streamed(vertex(third, "k3"), VERTEX_MODEL)
             with pytest.raises(anthropic.NotFoundError):
-                await direct(second, "k1").messages.create(model="m", max_tokens=5, messages=HELLO)
+                await direct(second, "k1").messages.create(model=ANTHROPIC_MODEL, max_tokens=5, messages=HELLO)
             with pytest.raises(anthropic.NotFoundError):
                 await bedrock(third, api_key="k2").messages.create(model=BEDROCK_MODEL, max_tokens=5, messages=HELLO)
             with pytest.raises(anthropic.NotFoundError):
@@ -567,14 +568,24 @@ def test_rate_limit_headers_on_every_messages_api_answer() -> None:
     async def go() -> None:
         async with served(limits=Limits(requests=50, input_tokens=20000, output_tokens=8000)) as sim:
             client = direct(sim, "k1")
-            first = await client.messages.with_raw_response.create(model="m", max_tokens=3000, messages=HELLO)
-            second = await client.messages.with_raw_response.create(
-                model="m", max_tokens=10, messages=[{"role": "user", "content": "[[sim:ratelimit input-tokens 0]] hi"}]
+            first = await client.messages.with_raw_response.create(
+                model=ANTHROPIC_MODEL, max_tokens=3000, messages=HELLO
             )
-            other = await direct(sim, "k2").messages.with_raw_response.create(model="m", max_tokens=10, messages=HELLO)
+            second = await client.messages.with_raw_response.create(
+                model=ANTHROPIC_MODEL,
+                max_tokens=10,
+                messages=[{"role": "user", "content": "[[sim:ratelimit input-tokens 0]] hi"}],
+            )
+            other = await direct(sim, "k2").messages.with_raw_response.create(
+                model=ANTHROPIC_MODEL, max_tokens=10, messages=HELLO
+            )
             failed = await _post(
                 f"{sim.base_url}/v1/messages",
-                {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "[[sim:http_error 529]]"}]},
+                {
+                    "model": ANTHROPIC_MODEL,
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": "[[sim:http_error 529]]"}],
+                },
                 {"x-api-key": "k1", "anthropic-version": "2023-06-01"},
             )
             elsewhere = await bedrock(sim).messages.with_raw_response.create(
@@ -620,7 +631,7 @@ def test_enforced_limits_answer_429_with_retry_after_per_key() -> None:
             for key in ("k1", "k1", "k1", "k2"):
                 try:
                     answer = await direct(sim, key).messages.with_raw_response.create(
-                        model="m", max_tokens=5, messages=HELLO
+                        model=ANTHROPIC_MODEL, max_tokens=5, messages=HELLO
                     )
                     statuses.append(200)
                     answers.append(answer.http_response)
