@@ -1,7 +1,8 @@
 """The proto generates cleanly for every language protoc targets here, with no flag beyond the proto path,
-and the generated code compiles where the machine has the toolchain: C++ (g++), Java (javac with
-Debian's protobuf-java and grpc-java), Go (go with Debian's protobuf-go and grpc-go; the Go
-program of docs/clients.md then streams a reply through a real gateway).
+and the generated code compiles where the machine has the toolchain: C++ (g++); Java (Maven with Debian's
+protobuf-java, grpc-java and their dependencies, no network; the program of docs/clients.md then streams a
+reply through a real gateway); Go (the committed module gen/go, required by a new module in module mode
+with Debian's protobuf-go and grpc-go, no network; docs/clients.md's program streams through a gateway).
 
 protoc here is Debian's (protobuf-compiler 3.21, matching libprotobuf-java and libprotobuf-dev);
 grpcio-tools' protoc only has the Python generators. `.ci/run` installs the packages; outside CI a
@@ -245,3 +246,10 @@ def test_the_docs_show_each_example_verbatim(example: str) -> None:
     assert (EXAMPLES / example).read_text() in (ROOT / "docs" / "clients.md").read_text()
     if example == "stream.py":
         assert (EXAMPLES / example).read_text() in (ROOT / "README.md").read_text()
+
+
+def test_the_docs_show_the_go_and_java_recipes_the_tests_run() -> None:
+    """docs/clients.md's Go lines and Maven command are the ones the tests above run."""
+    clients = (ROOT / "docs" / "clients.md").read_text()
+    assert f"```sh\n{GO_RECIPE}```" in clients
+    assert f"\n{JAVA_RUN}  " in clients

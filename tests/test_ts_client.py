@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from tests.test_security import TOKEN, self_signed
 ROOT = Path(__file__).resolve().parents[1]
 TS = ROOT / "client" / "ts"
 EXAMPLE = TS / "dist" / "examples" / "stream.js"
+# docs/clients.md's command that runs the example, from the repository root once `make node` has compiled it.
+EXAMPLE_RUN = "node client/ts/dist/examples/stream.js"
 NODE = shutil.which("node")
 
 pytestmark = pytest.mark.skipif(
@@ -76,7 +79,10 @@ def comparable(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_readme_typescript_example_prints_what_the_sdk_prints_against_the_simulator() -> None:
-    """The README's TypeScript example prints via the gateway the text and final message its SDK version prints."""
+    """The README's TypeScript example, run by docs/clients.md's command, prints via the gateway the text and final
+    message its SDK version prints."""
+    assert shlex.split(EXAMPLE_RUN)[0] == "node"
+    assert ROOT / shlex.split(EXAMPLE_RUN)[1] == EXAMPLE
     ours_js = EXAMPLE.read_text()
     sdk_js = ours_js.replace(
         'import { Gateway } from "@claude-gateway/client/node";', 'import Anthropic from "@anthropic-ai/sdk";'
@@ -87,7 +93,7 @@ def test_readme_typescript_example_prints_what_the_sdk_prints_against_the_simula
 
     async def go() -> tuple[tuple[int, str, str], tuple[int, str, str]]:
         async with gateway() as h:
-            ours = await node(str(EXAMPLE), env={"GATEWAY_TARGET": h.target})
+            ours = await node(*shlex.split(EXAMPLE_RUN)[1:], env={"GATEWAY_TARGET": h.target})
         async with Simulator(api_key=API_KEY) as sim:  # fresh, so that its message id counter matches
             sdk = await node(str(sdk_example), env={"ANTHROPIC_BASE_URL": sim.base_url, "ANTHROPIC_API_KEY": API_KEY})
         return ours, sdk
@@ -112,3 +118,7 @@ def test_readme_shows_the_typescript_example_verbatim() -> None:
     example = (TS / "examples" / "stream.ts").read_text()
     assert example in (ROOT / "README.md").read_text()
     assert example in (ROOT / "docs" / "clients.md").read_text()
+    assert (
+        f"```sh\nmake node\nGATEWAY_TARGET=127.0.0.1:50051 {EXAMPLE_RUN}\n```"
+        in (ROOT / "docs" / "clients.md").read_text()
+    )
