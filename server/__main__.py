@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import Field, fields, replace
 from importlib import metadata
-from typing import Any
+from typing import Any, NoReturn
 
 from server.app import StartupError, build_server
 from server.config import Settings, env_name, flag_name, parse
@@ -42,11 +42,17 @@ def flag_value(f: Field[Any], raw: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag or setting is one line on stderr and exit 2: no usage dump before it
+    (``--help`` has the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: one flag per setting, with its variable, default and allowed values."""
-    cli = argparse.ArgumentParser(
-        prog="python -m server", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    cli = Parser(prog="python -m server", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     for f in fields(Settings):
         choices = f.metadata["choices"]

@@ -30,14 +30,12 @@ from server.redaction import Redactor
 from server.reporting import prices
 from server.reporting.metrics import Endpoint, Metrics
 from server.reporting.telemetry import Telemetry
-from server.upstream.client import Upstream, http_client
+from server.upstream.client import Upstream, credentials_held, http_client
 
 if TYPE_CHECKING:
     from server.reporting.tracing import Tracing
 
 log = logging.getLogger(__name__)
-
-HEALTH_SERVICES = ("", SERVICE)
 
 
 @dataclass
@@ -202,12 +200,13 @@ async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | No
 async def _assemble(
     settings: Settings, client: anthropic.AsyncAnthropic | None, resources: contextlib.AsyncExitStack
 ) -> Gateway:
+    source = ""  # where the credentials came from, when the gateway read them itself
     if client is None:
-        # api_key=None: the SDK reads ANTHROPIC_API_KEY itself.
+        # api_key=None: the SDK reads ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN, or its credentials) itself.
         client = sdk_client(settings, api_key=read_api_key(settings.api_key_file) if settings.api_key_file else None)
-        if not client.api_key and not client.auth_token:
-            log.warning("ANTHROPIC_API_KEY is not set: calls will fail unless the SDK finds other credentials")
+        source = " from ANTHROPIC_API_KEY_FILE" if settings.api_key_file else ""
     resources.push_async_callback(client.close)
+    held = credentials_held(client)
     try:  # before anything starts: a bad file stops start-up (never a gateway running without its limits)
         identity = Identity(settings)
         policy = load_policy(settings.policy_file) if settings.policy_file else OPEN
@@ -275,6 +274,15 @@ async def _assemble(
     identity.start()
     resources.push_async_callback(identity.close)
     quotas.start()
+    if held:
+        log.info("upstream %s with %s%s", upstream.url, held, source)
+    else:
+        log.warning(
+            "upstream %s with NO credentials: every call fails FAILED_PRECONDITION and health reports %s "
+            "NOT_SERVING until ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) is set",
+            upstream.url,
+            SERVICE,
+        )
     log.info(
         "callers: %s; policy: %s; quotas: %s",
         identity.mode,
@@ -283,8 +291,11 @@ async def _assemble(
     )
     if web:
         await web.start()
-    for name in HEALTH_SERVICES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    # The process ("") serves whatever happens upstream: liveness. ChatService is NOT_SERVING without
+    # credentials, since every call would fail: readiness keeps such a replica out of the Service.
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    chat = health_pb2.HealthCheckResponse.SERVING if held else health_pb2.HealthCheckResponse.NOT_SERVING
+    await health_servicer.set(SERVICE, chat)
     return Gateway(
         server,
         port,

@@ -18,6 +18,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 IDENTITIES = ("none", "token", "mtls")
 STORE_DOWN = ("open", "closed")
 HTTP_CLIENTS = ("aiohttp", "httpx")
+LISTEN_ADDRESSES = ("listen", "http_listen", "health_listen", "metrics_listen")  # host:port settings
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] = (), secret: bool = False, env: str = "") -> Any:
@@ -175,22 +176,23 @@ class Settings:
             raise ValueError("GATEWAY_CHAT_PAGE needs GATEWAY_HTTP_LISTEN")
         if self.workers < 1:
             raise ValueError(f"GATEWAY_WORKERS must be at least 1, not {self.workers}")
-        _, colon, port = self.metrics_listen.rpartition(":")
-        if self.metrics_listen and not (colon and port.isdigit()):
-            raise ValueError(f"GATEWAY_METRICS_LISTEN must be host:port, not {self.metrics_listen!r}")
+        for name in LISTEN_ADDRESSES:
+            problem = address_problem(getattr(self, name))
+            if problem:
+                raise ValueError(f"{env_name(name)}={getattr(self, name)!r} {problem}")
         if self.metrics_max_callers < 1:
             raise ValueError(f"GATEWAY_METRICS_MAX_CALLERS must be at least 1, not {self.metrics_max_callers}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
-        """Settings from GATEWAY_* variables, then ``overrides`` (e.g. from command-line flags)."""
+        """Settings from GATEWAY_* variables, with ``overrides`` (e.g. from command-line flags) in place of
+        their variables: a variable a flag replaces is not read, so a bad one there stops nothing."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if v is not None}
         for f in fields(cls):
             raw = env.get(env_name(f.name))
-            if raw is not None and raw != "":
+            if f.name not in values and raw is not None and raw != "":
                 values[f.name] = parse(f, raw)
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         if not values.get("otlp_endpoint"):
             # OpenTelemetry's standard variables turn tracing on too; the exporter reads them itself.
             standard = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -214,6 +216,19 @@ def parse(f: Field[Any], raw: str) -> Any:
     if choices and value not in choices:
         raise ValueError(f"{env_name(f.name)} must be one of {', '.join(choices)}, not {raw!r}")
     return value
+
+
+def address_problem(address: str) -> str:
+    """What is wrong with a listen address (``host:port``, an IPv6 host in brackets); "" when nothing
+    is, or when it is unset. grpc would take a bare host name for port 443, silently."""
+    if not address:
+        return ""
+    host, colon, port = address.rpartition(":")
+    if not colon or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        return "has no port: give host:port (port 0 picks a free one)"
+    if not port.isdigit() or int(port) > 65535:
+        return f"has no valid port ({port!r}): give host:port with a port of 0 to 65535"
+    return ""
 
 
 def boolean(raw: str) -> bool:

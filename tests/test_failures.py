@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import ssl
 from collections.abc import Callable
 
 import aiohttp
 import anthropic
+import grpc
 import httpx2
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from aiohttp.http_exceptions import BadStatusLine, TransferEncodingError
+from claude_gateway.v1.chat_pb2_grpc import ChatServiceStub
 from grpc import StatusCode as Code
 
+from server.app import build_server, sdk_client
+from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, to_status
 from server.upstream.failures import CAUSES, from_exception, head_failure
+from tests.harness import API_KEY, body, run, status_of, stream_request
+from tests.store import free_port
 
 HOST = "api.example.test"
+HOST_IP = "127.0.0.1"
 MALFORMED, LOST = "UPSTREAM_MALFORMED_HTTP", "UPSTREAM_CONNECTION_LOST"
 REQUEST = httpx2.Request("POST", f"https://{HOST}/v1/messages")
 KEY = ConnectionKey(HOST, 443, True, True, None, None, None)
@@ -135,3 +144,40 @@ def test_the_refused_response_heads_are_written_once(status: int, encoding: str,
     """A redirect or a compressed body is refused by one function, on either transport."""
     failure = head_failure(status, encoding)
     assert (failure.reason if failure else None) == reason
+
+
+def test_a_retried_attempt_and_the_call_line_name_the_upstream_host_and_the_cause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused connection, retried once: the retry's log line and the call's log line both say which host
+    refused and why, as the status and its ErrorInfo do."""
+    caplog.set_level(logging.INFO)
+
+    async def go() -> None:
+        settings = Settings(listen="127.0.0.1:0", max_attempts=2)
+        client = sdk_client(settings, base_url=f"http://127.0.0.1:{free_port()}", api_key=API_KEY)
+        gw = await build_server(settings, client)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await ChatServiceStub(channel).CreateMessage(stream_request(body()), timeout=20)
+        finally:
+            await gw.close()
+        status = status_of(caught.value)
+        assert status.error_info is not None
+        assert dict(status.error_info.metadata) | {"events_delivered": "0"} == {
+            "events_delivered": "0",
+            "cause": "refused",
+            "upstream_host": "127.0.0.1",
+        }
+        assert f"127.0.0.1: {CAUSES['refused']}" in status.message
+        (retry,) = [r.getMessage() for r in caplog.records if "upstream attempt 1 failed" in r.getMessage()]
+        assert f"127.0.0.1: {CAUSES['refused']}" in retry
+        (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "server.call"]
+        assert (line["reason"], line["cause"], line["upstream_host"]) == (
+            "UPSTREAM_UNREACHABLE",
+            "refused",
+            "127.0.0.1",
+        )
+
+    run(go)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -15,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import build_server, sdk_client
 from server.config import Settings
-from tests.harness import API_KEY, body, gateway, run, stream_request
+from tests.harness import API_KEY, body, clean_env, deployed, gateway, process, run, stream_request
 from tests.test_security import self_signed
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -73,3 +75,46 @@ def test_process_health_stays_serving_while_the_upstream_is_unreachable() -> Non
             await gw.close()
 
     run(go)
+
+
+def test_without_upstream_credentials_the_chat_service_is_not_serving_and_the_start_up_line_says_why() -> None:
+    """No ANTHROPIC_API_KEY: health "" stays SERVING (liveness: the process is fine) while ChatService is
+    NOT_SERVING (readiness: every call would fail FAILED_PRECONDITION); the start-up line names the upstream
+    URL, without the password its URL holds, and says that no credentials are configured."""
+    env = {
+        **clean_env(),
+        "ANTHROPIC_BASE_URL": "http://gateway:hunter2@127.0.0.1:9/",
+        "GATEWAY_LISTEN": "127.0.0.1:0",
+        "GATEWAY_LOG_LEVEL": "INFO",
+    }
+
+    async def go(target: str) -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            assert await check(channel, "") == SERVING
+            assert await check(channel, SERVICE) == NOT_SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await chat_pb2_grpc.ChatServiceStub(channel).CreateMessage(stream_request(body()), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    with process(["-m", "server"], env, "gateway listening on ", stderr=subprocess.PIPE) as (proc, target):
+        run(lambda: go(target))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "upstream http://127.0.0.1:9/ with NO credentials" in err
+    assert "hunter2" not in err
+
+
+def test_the_start_up_line_names_the_upstream_url_and_the_kind_of_credentials_never_their_value() -> None:
+    """With a key, the start-up line says `upstream <URL> with an API key`, and ChatService serves."""
+    with deployed(GATEWAY_LOG_LEVEL="INFO") as (proc, target):
+
+        async def go() -> None:
+            async with grpc.aio.insecure_channel(target) as channel:
+                assert await check(channel, SERVICE) == SERVING
+
+        run(go)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    (line,) = [ln for ln in err.splitlines() if " upstream http://127.0.0.1:" in ln]
+    assert line.endswith(" with an API key")
+    assert API_KEY not in err

@@ -425,7 +425,7 @@ def test_tracing_turns_on_with_the_gateway_setting_or_opentelemetrys_own_variabl
 @pytest.mark.parametrize(
     ("env", "complaint"),
     [
-        ({"GATEWAY_METRICS_LISTEN": "9464"}, "GATEWAY_METRICS_LISTEN must be host:port"),
+        ({"GATEWAY_METRICS_LISTEN": "9464"}, "GATEWAY_METRICS_LISTEN='9464' has no port"),
         ({"GATEWAY_METRICS_MAX_CALLERS": "0"}, "GATEWAY_METRICS_MAX_CALLERS must be at least 1"),
     ],
 )

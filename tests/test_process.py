@@ -89,6 +89,7 @@ def test_api_key_file_is_read_at_start_up_and_never_logged(tmp_path: Path) -> No
     assert gateway.returncode == 0
     (call,) = call_log(err)
     assert (call["method"], call["status"]) == ("StreamMessage", "OK")
+    assert "with an API key from ANTHROPIC_API_KEY_FILE" in err
     assert KEY not in out + err
 
 

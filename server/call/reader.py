@@ -91,7 +91,14 @@ class UpstreamReader:
                     or loop.time() + delay >= first_deadline
                 ):
                     raise GatewayError(failure) from None
-                log.info("upstream attempt %d failed (%s); retrying in %.2fs", attempt, failure.reason, delay)
+                # The failure's own message names the upstream host and the cause (DNS, refused, TLS, timeout...).
+                log.info(
+                    "upstream attempt %d failed (%s: %s); retrying in %.2fs",
+                    attempt,
+                    failure.reason,
+                    failure.message,
+                    delay,
+                )
                 self.retried.append(failure.error_type or failure.reason)
                 attempt += 1
                 self._framer = SseFramer(self._bounds.max_event_bytes)

@@ -108,6 +108,7 @@ class Calls:
             if failure.error_type or failure.reason.startswith("UPSTREAM_"):
                 record.upstream_error = failure.error_type or failure.reason
             record.request_id = record.request_id or failure.request_id
+            record.cause, record.upstream_host = failure.cause, failure.host
         except Exception as exc:  # a bug: the caller still gets a status, and the log the traceback
             log.exception("%s failed inside the gateway", method)
             failure = fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")

@@ -44,6 +44,8 @@ class CallRecord:
     reason: str = ""  # "" for OK, ErrorInfo's reason for a failure, CLIENT_CANCELLED for a client's cancel
     error_type: str | None = None  # error.type of the spans and the duration metric
     upstream_error: str | None = None  # the final failure, when it came from upstream
+    cause: str | None = None  # below HTTP, of the final failure: dns, refused, tls, timeout, malformed...
+    upstream_host: str | None = None  # the host the final failure is about
     cancelled_phase: str | None = None
     cost: float | None = None
 
@@ -110,6 +112,8 @@ class CallRecord:
             "usage": self.usage.values,
             "cost_usd": self.cost,
             "partial": self.partial,
+            "cause": self.cause,
+            "upstream_host": self.upstream_host,
         }
 
 

@@ -145,6 +145,21 @@ async def _read_to_end(response: aiohttp.ClientResponse) -> None:
             response.close()
 
 
+def credentials_held(client: anthropic.AsyncAnthropic) -> str:
+    """Which kind of upstream credentials ``client`` holds, in words (never their values); "" for none,
+    when every call would fail with GATEWAY_NOT_CONFIGURED."""
+    if client.api_key:
+        return "an API key"
+    if client.auth_token:
+        return "an auth token"
+    if client.credentials is not None:
+        return f"a credentials provider ({type(client.credentials).__name__})"
+    headers = {k.lower() for k, v in client.default_headers.items() if isinstance(v, str)}
+    if headers & {"x-api-key", "authorization"}:
+        return "an authorization header of its own"
+    return ""
+
+
 class Upstream:
     """Opens streaming Messages API calls. One per process; it owns the connection pool.
 
@@ -192,6 +207,11 @@ class Upstream:
     def host(self) -> str:
         """The upstream's host name (no scheme, port, path or credentials): for statuses and logs."""
         return self._client.base_url.host
+
+    @property
+    def url(self) -> str:
+        """The upstream's base URL without any user name or password in it: for the start-up line."""
+        return str(self._client.base_url.copy_with(userinfo=b""))
 
     @property
     def finishing(self) -> int:
