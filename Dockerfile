@@ -41,7 +41,8 @@ COPY --from=build /opt/claude-gateway /opt/claude-gateway
 ENV PATH=/opt/claude-gateway/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    GATEWAY_LISTEN=0.0.0.0:50051
+    GATEWAY_LISTEN=0.0.0.0:50051 \
+    GATEWAY_LOG_FORMAT=json
 # A numeric user and group (the "nonroot" ids of distroless images), so that Kubernetes can verify
 # runAsNonRoot without reading /etc/passwd; the user needs no home and owns nothing.
 USER 65532:65532

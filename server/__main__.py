@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from server.app import StartupError, build_server
 from server.config import Settings, env_name, flag_name, parse
 from server.redaction import LogRedaction, Redactor
+from server.reporting import logs
 from server.signals import termination
 from server.supervisor import READY, WORKER_ENV, metrics_listen_of_worker, run_workers
 
@@ -47,7 +48,20 @@ class Parser(argparse.ArgumentParser):
     (``--help`` has the usage)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        text = f"{self.prog}: error: {message}"
+        self.exit(2, logs.line(asked_format(sys.argv[1:]), text, "ERROR") + "\n")
+
+
+def asked_format(argv: list[str]) -> str:
+    """The log format a command line or the environment asks for, read before the settings are (their
+    errors are printed in it): json if --log-format or GATEWAY_LOG_FORMAT says json."""
+    asked = os.environ.get("GATEWAY_LOG_FORMAT", "")
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            asked = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            asked = arg.partition("=")[2]
+    return "json" if asked.strip().lower() == "json" else "text"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,7 +96,8 @@ async def serve(settings: Settings) -> None:
     scheme = "https" if settings.tls_cert else "http"
     http_host = settings.http_listen.rpartition(":")[0]
     http = f" {scheme}://{http_host}:{gateway.http_port}/" if gateway.http_port else ""
-    print(f"{READY}{host}:{gateway.port}{http}", flush=True)
+    address = f"{host}:{gateway.port}"
+    print(logs.line(settings.log_format, f"{READY}{address}{http}", listen=address), flush=True)
     if gateway.metrics is not None:
         metrics_host = settings.metrics_listen.rpartition(":")[0]
         logging.getLogger("server").info("metrics on http://%s:%d/metrics", metrics_host, gateway.metrics.port)
@@ -101,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.error(str(exc))  # one line and exit code 2, as for a bad flag
     worker = os.environ.get(WORKER_ENV)
     if settings.workers > 1 and not worker:
-        sys.exit(run_workers(settings.workers, settings.listen, argv))
+        sys.exit(run_workers(settings.workers, settings.listen, argv, settings.log_format))
     if worker and settings.metrics_listen:
         settings = replace(settings, metrics_listen=metrics_listen_of_worker(settings.metrics_listen, int(worker)))
     # One line per call: what the logging module gathers for each record and the format leaves unused
@@ -111,11 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging.logProcesses = False
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s {os.getpid()} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logs.formatter(settings.log_format))
+    logging.basicConfig(level=settings.log_level, handlers=[stderr])
     env = os.environ
     secrets = Redactor((env.get("ANTHROPIC_API_KEY"), env.get("ANTHROPIC_AUTH_TOKEN"), settings.auth_token))
     for handler in logging.getLogger().handlers:
@@ -126,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(serve(settings))
     except StartupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(logs.line(settings.log_format, f"error: {exc}", "ERROR"), file=sys.stderr)
         sys.exit(1)
 
 

@@ -15,6 +15,7 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any, cast
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 IDENTITIES = ("none", "token", "mtls")
 STORE_DOWN = ("open", "closed")
 HTTP_CLIENTS = ("aiohttp", "httpx")
@@ -128,6 +129,12 @@ class Settings:
     )
     workers: int = setting(1, "gateway processes sharing the port through SO_REUSEPORT (about one per core)")
     log_level: str = setting("INFO", "log level; one JSON line per call at INFO", choices=LOG_LEVELS)
+    log_format: str = setting(
+        "text",
+        "text (`<time> <pid> <level> <logger>: <message>`) or json (every line the gateway writes, stdout's ready "
+        "line included, is one JSON object: time, level, logger, pid, and message or the call line's fields)",
+        choices=LOG_FORMATS,
+    )
     metrics_listen: str = setting(
         "", "host:port to serve Prometheus metrics on, over HTTP at /metrics (unset = no metrics; port 0 picks one)"
     )

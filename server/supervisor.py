@@ -16,6 +16,8 @@ import subprocess
 import sys
 from types import FrameType
 
+from server.reporting.logs import line as log_line
+
 READY = "gateway listening on "
 WORKER_ENV = "GATEWAY_WORKER_OF_SUPERVISOR"  # each worker's number (1..N), set in its environment by the supervisor
 
@@ -27,8 +29,9 @@ def metrics_listen_of_worker(listen: str, number: int) -> str:
     return listen if int(port) == 0 else f"{host}:{int(port) + number - 1}"
 
 
-def run_workers(count: int, listen: str, argv: list[str]) -> int:
-    """Run ``count`` workers on ``listen`` (port 0: one free port for all); returns the exit code."""
+def run_workers(count: int, listen: str, argv: list[str], log_format: str = "text") -> int:
+    """Run ``count`` workers on ``listen`` (port 0: one free port for all); returns the exit code. The
+    supervisor's own lines are in ``log_format`` (``server.reporting.logs``), as the workers' are."""
     host, _, port = listen.rpartition(":")
     reservation = None
     if int(port) == 0:
@@ -62,15 +65,15 @@ def run_workers(count: int, listen: str, argv: list[str]) -> int:
         for worker in workers:
             assert worker.stdout is not None
             line = worker.stdout.readline()
-            if not line.startswith(READY):
+            if READY not in line:  # the ready line, as text or inside a JSON line
                 if stopping:
                     # Told to stop while this worker was still starting (the signal may end a worker before
                     # its own handler is in place): a stop, not a failure.
                     return exit_code([w.wait() for w in workers], stopped_by=stopping[0])
                 forward(signal.SIGTERM, None)
-                print(f"a worker failed to start: {line!r}", file=sys.stderr)
+                print(log_line(log_format, f"a worker failed to start: {line!r}", "ERROR"), file=sys.stderr)
                 return max(1, exit_code([w.wait() for w in workers]))
-        print(f"{READY}{host}:{port} ({count} workers)", flush=True)
+        print(log_line(log_format, f"{READY}{host}:{port} ({count} workers)", listen=f"{host}:{port}"), flush=True)
         return exit_code([worker.wait() for worker in workers])
     finally:
         if reservation is not None:

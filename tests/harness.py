@@ -123,9 +123,16 @@ def status_of(error: grpc.aio.AioRpcError) -> Status:
 
 
 def call_log(text: str) -> list[dict[str, Any]]:
-    """The JSON object of every call log line (logger ``server.call``) in a gateway's log output."""
+    """The JSON object of every call log line (logger ``server.call``) in a gateway's log output, in either
+    GATEWAY_LOG_FORMAT: after ``server.call: `` in text; the line itself, logger and all, in json."""
     marker = "server.call: "
-    return [json.loads(line.split(marker, 1)[1]) for line in text.splitlines() if marker in line]
+    found = []
+    for line in text.splitlines():
+        if marker in line:
+            found.append(json.loads(line.split(marker, 1)[1]))
+        elif line.startswith("{") and (obj := json.loads(line)).get("logger") == "server.call":
+            found.append(obj)
+    return found
 
 
 def fixture_events(path: Path) -> list[dict[str, Any]]:

@@ -206,6 +206,26 @@ def test_gateway_env_names_are_settings(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_logs_json_in_every_overlay_and_in_the_image(overlay: str) -> None:
+    """GATEWAY_LOG_FORMAT=json on the gateway of every overlay, and in the image's own environment."""
+    assert gateway_settings(gateway_container(pod_spec(overlay))).log_format == "json"
+    assert image_env()["GATEWAY_LOG_FORMAT"] == "json"
+
+
+def image_env() -> dict[str, str]:
+    """The variables the Dockerfile's ENV instructions set (``NAME=value`` forms, continued lines joined)."""
+    found: dict[str, str] = {}
+    instruction = ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENV ") or instruction:
+            instruction += " " + line.removeprefix("ENV ").rstrip("\\")
+            if not line.endswith("\\"):
+                found.update(pair.partition("=")[::2] for pair in instruction.split() if "=" in pair)
+                instruction = ""
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_workers_follow_the_cpu_request(overlay: str) -> None:
     """GATEWAY_WORKERS comes from the gateway container's own CPU request through the downward API."""
     gateway = gateway_container(pod_spec(overlay))

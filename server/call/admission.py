@@ -26,6 +26,7 @@ from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violati
 from server.limits.identity import Identity
 from server.limits.policy import OPEN, Policy
 from server.limits.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
+from server.reporting.record import CallRecord
 from server.reporting.usage import Usage
 
 Request = pb.StreamMessageRequest | pb.CreateMessageRequest
@@ -96,10 +97,18 @@ class Admission:
             call.task.cancel()
 
     @contextlib.asynccontextmanager
-    async def admit(self, context: CallContext, request: Request | Undecodable) -> AsyncIterator[Admitted]:
-        """Checks the call, then yields it, counted as in flight while it runs; GatewayError if refused."""
+    async def admit(
+        self, context: CallContext, request: Request | Undecodable, record: CallRecord | None = None
+    ) -> AsyncIterator[Admitted]:
+        """Checks the call, then yields it, counted as in flight while it runs; GatewayError if refused.
+        ``record`` hears the caller and the model (aliases resolved) as soon as each is known, so that a
+        refused call is logged and counted with them too."""
         settings = self._settings
+        if record is not None and not isinstance(request, Undecodable):  # the model id, even if refused below
+            record.model = self.policy.model(request.params.model or self.policy.default_model or "")
         caller = self.identity.caller(context)
+        if record is not None:
+            record.caller = caller
         if self.draining:
             raise GatewayError(fail(Reason.SHUTTING_DOWN, "gateway is shutting down"))
         rules = self.policy.rules(caller)
@@ -125,8 +134,10 @@ class Admission:
         if bad:
             raise GatewayError(invalid(bad))
         model = self.policy.model(params.model)
+        if record is not None:
+            record.model = model
         if rules.models is not None and model not in rules.models:
-            allowed = ", ".join(sorted(rules.models)) or "none"
+            allowed = ", ".join(self.policy.names(rules.models)) or "none"
             raise GatewayError(
                 fail(Reason.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed for {caller!r} (allowed: {allowed})")
             )

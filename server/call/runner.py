@@ -68,9 +68,8 @@ class Calls:
             spans.append(tracing.call_span(record, context.invocation_metadata()))
         failure: Failure | None = None
         try:
-            async with self.admission.admit(context, request) as call:
-                record.caller = call.caller
-                record.model = call.body["model"]  # the model id, when the caller named an alias or none
+            # Admission fills in the caller and the model id (aliases resolved), refused or not.
+            async with self.admission.admit(context, request, record) as call:
                 record.usage = call.usage  # one Usage: what admission (quotas) reads is what is reported
                 watchdog = Watchdog(call.task, call.deadline, call.expired, self.bounds)
                 if tracing is not None:

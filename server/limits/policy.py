@@ -79,6 +79,15 @@ class Policy:
         """The model id ``requested`` stands for (itself unless it is an alias)."""
         return self.aliases.get(requested, requested)
 
+    def names(self, models: frozenset[str]) -> list[str]:
+        """How callers are told to name ``models``: each model id's aliases, with the id in brackets
+        (``chat (claude-sonnet-4-6)``), or the id alone when no alias stands for it; sorted."""
+        out = []
+        for model in models:
+            aliases = sorted(a for a, target in self.aliases.items() if target == model)
+            out += [f"{a} ({model})" for a in aliases] or [model]
+        return sorted(out)
+
 
 OPEN = Policy()  # no policy file: any caller, any model, no limits
 

@@ -107,8 +107,8 @@ class Metrics:
         self.active.set_function(lambda: float(active()))
         self.calls = Counter(
             "gateway_calls",
-            "Calls by RPC, model, final gRPC status and reason (OK, CANCELLED, or the ErrorInfo reason)",
-            ["method", "model", "status", "reason"],
+            "Calls by RPC, model, caller, final gRPC status and reason (OK, CANCELLED, or the ErrorInfo reason)",
+            ["method", "model", "caller", "status", "reason"],
             registry=registry,
         )
         self.retries = Counter(
@@ -152,7 +152,8 @@ class Metrics:
         child = self._child
         model = self.model(call.model or "unknown")
         genai = (OPERATION, PROVIDER, model)
-        child(self.calls, call.method, model, call.status, call.reason).inc()
+        caller = self.caller(call.caller)
+        child(self.calls, call.method, model, caller, call.status, call.reason).inc()
         child(self.duration, *genai, call.error_type or "").observe(call.duration)
         if call.events:
             child(self.events, call.method).inc(call.events)
@@ -171,7 +172,6 @@ class Metrics:
             if tpot is not None:
                 child(self.tpot, *genai).observe(tpot)
         if call.usage.seen:
-            caller = self.caller(call.caller)
             for kind, count in call.usage.tokens().items():
                 # Input and output for every call that reported usage, as the conventions say; the cache
                 # kinds only when used, so their histograms describe the calls that use the cache.

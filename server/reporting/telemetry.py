@@ -21,6 +21,7 @@ import time
 
 from claude_gateway.wire import USAGE_KEY
 
+from server.reporting.logs import Fields
 from server.reporting.metrics import Metrics
 from server.reporting.prices import PriceTable
 from server.reporting.record import CallRecord
@@ -43,7 +44,7 @@ class Telemetry:
         # A priced model with no usage yet (refused, failed before message_start) cost nothing; an
         # unpriced model's cost is unknown (None), whatever its tokens.
         call.cost = self.prices.cost(call.model, call.usage)
-        log.info("%s", _JSON.encode(call.log_line()))
+        log.info("%s", Fields(call.log_line()))  # JSON in either format; its fields at the top level in json
         if self.metrics is not None:
             self.metrics.record(call)
 
