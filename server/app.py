@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ class Gateway:
     web: WebServer | None = None  # the HTTP port (Connect, gRPC-Web, chat page), when http_listen is set
     health_port: int = 0
     """The plaintext health-only port on ``settings.health_listen``, 0 when there is none."""
+    prices: prices.PriceTable = dataclasses.field(default_factory=lambda: prices.PriceTable({}))
+    """What calls are priced by."""
 
     @property
     def http_port(self) -> int | None:
@@ -308,6 +311,7 @@ async def _assemble(
         tracing=tracing,
         web=web,
         health_port=health_port,
+        prices=price_table,
     )
 
 

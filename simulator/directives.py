@@ -16,6 +16,8 @@ The text of the last user message may hold directives `[[sim:NAME ARG...]]`, sep
     ratelimit KIND N                               report N remaining in rate-limit bucket KIND
                                                    (requests, tokens, input-tokens, output-tokens
                                                    or all) and leave the bucket at N (`ratelimits`)
+    model NAME                                     report NAME as the model that served (message_start's
+                                                   message.model), whatever the request named
 
 N and STATUS are integers, X and RETRY_AFTER decimals. Several directives may be combined; of the
 faults (the first seven) the last one wins, and a fault queued with `Simulator.enqueue` beats them all.
@@ -63,6 +65,7 @@ class Directives:
     tokens_per_second: float | None = None
     ttft: float | None = None
     remaining: dict[str, int] = field(default_factory=dict)  # rate-limit bucket -> remaining to report
+    model: str | None = None  # the model the reply says served it, when not the one asked for
 
     def pace(self, base: Pace) -> Pace:
         """`base` with the prompt's overrides applied."""
@@ -134,4 +137,6 @@ def _apply(found: Directives, words: list[str]) -> Directives:
         return replace(found, tokens_per_second=float(args[0]))
     if name == "ttft" and len(args) == 1:
         return replace(found, ttft=float(args[0]))
+    if name == "model" and len(args) == 1:
+        return replace(found, model=args[0])
     raise ValueError(name)

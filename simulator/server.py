@@ -288,6 +288,8 @@ class Simulator:
             return await answer.error(fault, buckets)
         assert not isinstance(fault, Replay)  # directives name no replays
         events = model.reply(body, prompt=directives.prompt, length=directives.tokens, serial=serial)
+        if directives.model is not None:
+            events[0]["message"]["model"] = directives.model
         pace = directives.pace(self.pace)
         headers = buckets.headers(time.time()) if buckets is not None else {}
         if buckets is not None:

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.config import Settings
 from server.reporting.metrics import Metrics
 from server.reporting.record import CallRecord
+from server.reporting.usage import Usage
 from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
 from tests.harness import ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
@@ -579,5 +580,39 @@ def test_a_call_continues_the_callers_trace_into_a_server_span_and_an_upstream_c
             assert attrs["gen_ai.response.finish_reasons"] == ["end_turn"]
             assert attrs["anthropic.request_id"] == "req_traced"
             assert attributes(server)["rpc.method"] == "StreamMessage"
+
+    run(go)
+
+
+def test_a_call_served_by_another_model_is_priced_and_counted_by_the_model_that_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request naming claude-haiku-4-5 that claude-sonnet-4-6 serves (message_start says so) costs Sonnet's
+    price, not Haiku's: in the trailer, the log line and the cost metric; the GenAI metrics carry both models."""
+    caplog.set_level(logging.INFO, logger="server.call")
+    asked, served = "claude-haiku-4-5", "claude-sonnet-4-6"
+
+    async def go() -> None:
+        async with gateway(metrics_listen="127.0.0.1:0") as h:
+            before = await scrape(h)
+            events, usage = await stream_with_trailer(h, body(f"[[sim:model {served}]] hello", model=asked))
+            after = await scrape(h)
+            assert events[0]["message"]["model"] == served
+            table = h.gateway.prices
+            merged = Usage()
+            for event in events:
+                merged.observe(event["type"], event)
+            assert usage.usage == merged.values
+            price_served, price_asked = table.cost(served, merged), table.cost(asked, merged)
+            assert price_served is not None
+            assert price_asked is not None
+            assert price_served > price_asked > 0
+            assert usage.cost_usd == pytest.approx(price_served)
+            (line,) = calls(caplog)
+            assert (line["model"], line["response_model"], line["cost_usd"]) == (asked, served, usage.cost_usd)
+            assert moved(before, after, "gateway_cost_usd_total", model=served) == pytest.approx(price_served)
+            assert moved(before, after, "gateway_cost_usd_total", model=asked) == 0
+            both = {"gen_ai_request_model": asked, "gen_ai_response_model": served, "gen_ai_token_type": "output"}
+            assert moved(before, after, "gen_ai_client_token_usage_sum", **both) == usage.output_tokens
 
     run(go)

@@ -34,7 +34,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 ALWAYS_OBSERVED = frozenset({"input", "output"})
-GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model")
 
 
 class LabelCap:
@@ -129,12 +129,17 @@ class Metrics:
         self.events = Counter("gateway_relayed_events", "Events relayed to callers", ["method"], registry=registry)
         self.bytes = Counter("gateway_upstream_bytes", "Bytes of upstream event stream read", registry=registry)
         self.caller_tokens = Counter(
-            "gateway_tokens", "Tokens by model, caller and type", ["model", "caller", "type"], registry=registry
+            "gateway_tokens",
+            "Tokens by the model that served, caller and type",
+            ["model", "caller", "type"],
+            registry=registry,
         )
-        self.cost = Counter("gateway_cost_usd", "USD spent by model and caller", ["model", "caller"], registry=registry)
+        self.cost = Counter(
+            "gateway_cost_usd", "USD spent by the model that served and caller", ["model", "caller"], registry=registry
+        )
         self.unpriced = Counter(
             "gateway_unpriced_calls",
-            "Calls whose model has no price: tokens counted, cost unknown",
+            "Calls whose serving model has no price: tokens counted, cost unknown",
             ["model"],
             registry=registry,
         )
@@ -151,7 +156,9 @@ class Metrics:
         """Count one finished call."""
         child = self._child
         model = self.model(call.model or "unknown")
-        genai = (OPERATION, PROVIDER, model)
+        served = self.model(call.served_by or "unknown")
+        # gen_ai_response_model is empty until the upstream said which model serves (refused, failed before it).
+        genai = (OPERATION, PROVIDER, model, served if call.response_model else "")
         caller = self.caller(call.caller)
         child(self.calls, call.method, model, caller, call.status, call.reason).inc()
         child(self.duration, *genai, call.error_type or "").observe(call.duration)
@@ -178,11 +185,11 @@ class Metrics:
                 if count or kind in ALWAYS_OBSERVED:
                     child(self.tokens, *genai, kind).observe(count)
                 if count:
-                    child(self.caller_tokens, model, caller, kind).inc(count)
+                    child(self.caller_tokens, served, caller, kind).inc(count)
             if call.cost is None:
-                child(self.unpriced, model).inc()
+                child(self.unpriced, served).inc()
             else:
-                child(self.cost, model, caller).inc(call.cost)
+                child(self.cost, served, caller).inc(call.cost)
 
     def serve(self, listen: str) -> Endpoint:
         """Serve /metrics on ``listen`` (host:port; port 0 picks one) from a thread of its own."""

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,10 @@ from server.reporting.usage import Usage
 
 if TYPE_CHECKING:  # the event type only: reporting sits below the call and never imports it at run time
     from server.call.events import Event
+
+# What a model id looks like; anything else the upstream calls its model is not reported (it is untrusted text,
+# and it becomes a metric label).
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
 OK = "OK"
 CANCELLED = "CANCELLED"
@@ -26,7 +31,7 @@ class CallRecord:
     """One call's facts, filled in as it runs."""
 
     method: str
-    model: str
+    model: str  # the model id the call asked for (aliases and the default resolved by admission)
     started: float = field(default_factory=time.monotonic)
     caller: str = ""
     usage: Usage = field(default_factory=Usage)
@@ -38,7 +43,7 @@ class CallRecord:
     retried: list[str] = field(default_factory=list)  # the failure of each retried attempt
     request_id: str | None = None
     response_id: str | None = None
-    response_model: str | None = None
+    response_model: str | None = None  # the model that served, as message_start said (when it looks like an id)
     stop_reason: str | None = None
     status: str = CANCELLED  # the gRPC code's name, unless the call ends otherwise: the client left
     reason: str = ""  # "" for OK, ErrorInfo's reason for a failure, CLIENT_CANCELLED for a client's cancel
@@ -61,11 +66,17 @@ class CallRecord:
                     message = obj.get("message")
                     if isinstance(message, dict):
                         self.response_id = _text(message.get("id"))
-                        self.response_model = _text(message.get("model"))
+                        served = _text(message.get("model"))
+                        self.response_model = served if served and MODEL_ID.fullmatch(served) else None
                 else:
                     delta = obj.get("delta")
                     if isinstance(delta, dict):
                         self.stop_reason = _text(delta.get("stop_reason")) or self.stop_reason
+
+    @property
+    def served_by(self) -> str:
+        """The model the call is priced and counted by: the one that served it, else the one asked for."""
+        return self.response_model or self.model
 
     @property
     def partial(self) -> bool:
@@ -92,7 +103,13 @@ class CallRecord:
 
     def summary(self) -> dict[str, Any]:
         """The usage trailer's JSON object."""
-        return {"model": self.model, "usage": self.usage.values, "cost_usd": self.cost, "partial": self.partial}
+        return {
+            "model": self.model,
+            "response_model": self.response_model,
+            "usage": self.usage.values,
+            "cost_usd": self.cost,
+            "partial": self.partial,
+        }
 
     def log_line(self) -> dict[str, Any]:
         """The call's log line, as a JSON object."""
@@ -102,6 +119,7 @@ class CallRecord:
             "method": self.method,
             "caller": self.caller,
             "model": self.model,
+            "response_model": self.response_model,
             "status": self.status,
             "reason": self.reason,
             "request_id": self.request_id,

@@ -43,7 +43,8 @@ class Telemetry:
         call.ended = time.monotonic()
         # A priced model with no usage yet (refused, failed before message_start) cost nothing; an
         # unpriced model's cost is unknown (None), whatever its tokens.
-        call.cost = self.prices.cost(call.model, call.usage)
+        # By the model that served (message_start's), which may not be the one asked for.
+        call.cost = self.prices.cost(call.served_by, call.usage)
         log.info("%s", Fields(call.log_line()))  # JSON in either format; its fields at the top level in json
         if self.metrics is not None:
             self.metrics.record(call)
