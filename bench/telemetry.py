@@ -95,7 +95,7 @@ def measure(calls: int, repeats: int) -> dict[str, float]:
         results[PLAIN_LOG] = best(plain_lines, repeats) / calls * 1e6
         for label, metrics in (
             (FINISH_OFF, None),
-            (FINISH_ON, Metrics(100, frozenset(prices.models), lambda: 0)),
+            (FINISH_ON, Metrics(100, prices.known, lambda: 0)),
         ):
             telemetry = Telemetry(prices, metrics)
 

@@ -55,7 +55,7 @@ class Gateway:
     web: WebServer | None = None  # the HTTP port (Connect, gRPC-Web, chat page), when http_listen is set
     health_port: int = 0
     """The plaintext health-only port on ``settings.health_listen``, 0 when there is none."""
-    prices: prices.PriceTable = dataclasses.field(default_factory=lambda: prices.PriceTable({}))
+    prices: prices.Prices = dataclasses.field(default_factory=lambda: prices.PriceTable({}))
     """What calls are priced by."""
 
     @property
@@ -220,7 +220,7 @@ async def _assemble(
     resources.push_async_callback(upstream.aclose)
     metrics = None
     if settings.metrics_listen:
-        metrics = Metrics(settings.metrics_max_callers, frozenset(price_table.models), lambda: admission.active)
+        metrics = Metrics(settings.metrics_max_callers, price_table.known, lambda: admission.active)
     store_up = metrics.quota_store.set if metrics is not None and settings.redis_url else None
     quotas = quota_store(settings, store_up)
     resources.push_async_callback(quotas.close)

@@ -141,7 +141,11 @@ class Settings:
     metrics_max_callers: int = setting(
         100, "distinct callers kept as a metrics label; later ones are counted as `other`"
     )
-    prices_file: str = setting("", "TOML price table replacing the shipped server/reporting/prices.toml (same format)")
+    prices_file: str = setting(
+        "",
+        "TOML price table (USD per million tokens of each kind, per model) replacing genai-prices' prices whole "
+        "(unset: the genai-prices data of the pinned package)",
+    )
     otlp_endpoint: str = setting(
         "",
         "OTLP/gRPC endpoint to export traces to, e.g. http://otel-collector:4317 "

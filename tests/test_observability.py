@@ -46,7 +46,9 @@ FIXTURE_USAGE = {
     "server_tool_use": {"web_search_requests": 1},
 }
 FIXTURE_TOKENS = {"input": 2100, "output": 95, "cache_read": 4000, "cache_write_5m": 1000, "cache_write_1h": 500}
-FIXTURE_COST = 0.015675  # claude-sonnet-4-6: (2100 x 3 + 95 x 15 + 1000 x 3.75 + 500 x 6 + 4000 x 0.30) / 1e6
+# claude-sonnet-4-6: (2100 x 3 + 95 x 15 + 1000 x 3.75 + 500 x 6 + 4000 x 0.30) / 1e6, and one web search at $10 a
+# thousand.
+FIXTURE_COST = 0.025675
 MODEL = "claude-sonnet-4-6"
 HELLO: list[Any] = [{"role": "user", "content": "Hello gateway"}]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

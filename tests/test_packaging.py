@@ -57,15 +57,15 @@ def test_the_gateway_imports_none_of_its_tooling() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
-def test_gateway_wheel_ships_its_price_table_and_depends_on_the_client_for_the_wire(tmp_path: Path) -> None:
-    """The gateway wheel holds its default price table, not the wire package: that is the client's, pinned."""
+def test_gateway_wheel_ships_its_data_and_depends_on_the_client_for_the_wire(tmp_path: Path) -> None:
+    """The gateway wheel holds its page, not the wire package: that is the client's, pinned."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
     )
     (wheel,) = tmp_path.glob("claude_grpc_gateway-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"server/reporting/prices.toml", "server/reporting/usage.py"} <= names
+    assert {"server/reporting/prices.py", "server/reporting/usage.py", "server/page/chat.js"} <= names
     assert not [n for n in names if n.startswith("claude_gateway/")]
     (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
     version = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]["version"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -105,36 +104,6 @@ def test_usage_counts_each_token_type_once(
 
 SONNET_46 = {**START, "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 500}}
 
-COSTS: list[tuple[str, dict[str, Any], float | None]] = [
-    # 2100 x 3 + 95 x 15 + 1000 x 3.75 + 500 x 6 + 4000 x 0.30 = 15675 per million
-    ("claude-sonnet-4-6", {**SONNET_46, "output_tokens": 95}, 0.015675),
-    ("claude-haiku-4-5-20251001", {"input_tokens": 1_000_000, "output_tokens": 1_000_000}, 6.0),  # dated snapshot
-    ("claude-opus-4-6", {}, 0.0),  # a priced model that reported nothing cost nothing
-    ("claude-unknown-9", {"input_tokens": 10, "output_tokens": 10}, None),  # unpriced: unknown, never zero
-    ("claude-sonnet-4-6x", {"input_tokens": 10}, None),  # a prefix match needs the "-" boundary
-]
-
-
-@pytest.mark.parametrize(("model", "values", "cost"), COSTS)
-def test_shipped_price_table_prices_each_token_type(model: str, values: dict[str, Any], cost: float | None) -> None:
-    """The shipped table prices input, output, both cache writes and cache reads; unknown models cost None."""
-    usage = Usage()
-    usage.merge(values)
-    assert load().cost(model, usage) == cost
-
-
-def test_prices_file_replaces_the_shipped_table(tmp_path: Path) -> None:
-    """An operator's file is the whole table: its models are priced by it, the shipped ones no longer."""
-    path = tmp_path / "prices.toml"
-    path.write_text(
-        "[models.my-model]\ninput = 1\noutput = 2\ncache_write_5m = 0\ncache_write_1h = 0\ncache_read = 0\n"
-    )
-    usage = Usage()
-    usage.merge({"input_tokens": 500_000, "output_tokens": 250_000})
-    table = load(str(path))
-    assert table.cost("my-model", usage) == 1.0
-    assert table.cost("claude-sonnet-4-6", usage) is None
-
 
 @pytest.mark.parametrize(
     ("text", "complaint"),
@@ -175,13 +144,3 @@ def test_the_trailer_round_trips_through_the_client_parser() -> None:
     assert from_metadata([("other", "x")]) is None
     with pytest.raises(ValueError, match=USAGE_KEY):
         from_metadata([(USAGE_KEY, "[]")])
-
-
-def test_shipped_cache_prices_follow_the_published_multipliers() -> None:
-    """Every shipped model's cache prices are 1.25x (5m write), 2x (1h write) and 0.1x (read) its input price."""
-    for name, price in load().models.items():
-        assert (price.cache_write_5m, price.cache_write_1h, price.cache_read) == (
-            price.input * Decimal("1.25"),
-            price.input * 2,
-            price.input * Decimal("0.1"),
-        ), name

@@ -23,7 +23,7 @@ from claude_gateway.wire import USAGE_KEY
 
 from server.reporting.logs import Fields
 from server.reporting.metrics import Metrics
-from server.reporting.prices import PriceTable
+from server.reporting.prices import Prices
 from server.reporting.record import CallRecord
 
 log = logging.getLogger("server.call")
@@ -34,7 +34,7 @@ _JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with op
 class Telemetry:
     """Ends each call's record: cost, trailer, log line, metrics."""
 
-    def __init__(self, prices: PriceTable, metrics: Metrics | None) -> None:
+    def __init__(self, prices: Prices, metrics: Metrics | None) -> None:
         self.prices = prices
         self.metrics = metrics
 

@@ -94,6 +94,11 @@ class Usage:
         value = details.get("thinking_tokens") if isinstance(details, dict) else None
         return value if type(value) is int else None
 
+    @property
+    def web_searches(self) -> int:
+        """Web searches the server tool ran (``server_tool_use.web_search_requests``), priced per thousand."""
+        return self._count("server_tool_use", "web_search_requests")
+
     def tokens(self) -> dict[str, int]:
         """Every priced token count by type: the rows of the token metrics, the columns of the price table."""
         return {
