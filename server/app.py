@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,37 +172,46 @@ def sdk_client(settings: Settings, **kwargs: Any) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(http_client=http_client(settings), **kwargs)
 
 
-def quota_store(settings: Settings, on_store_change: Callable[[bool], None] | None = None) -> Quotas:
+def quota_store(
+    settings: Settings, on_store_change: Callable[[bool], None] | None = None, clock: Callable[[], float] = time.time
+) -> Quotas:
     """The quota store the settings name: Redis when ``redis_url`` is set, else this process's memory.
-    ``on_store_change`` hears whether Redis answers: True at once, then at every change."""
+    ``on_store_change`` hears whether Redis answers: True at once, then at every change. ``clock`` (epoch
+    seconds) is the calendar of the spend budgets' UTC days and months."""
     if settings.redis_url:
         from server.limits.redis_quotas import RedisQuotas  # redis-py loads OpenTelemetry's SDK: only when used
 
         if on_store_change is not None:
             on_store_change(True)
-        return RedisQuotas(settings, on_store_change=on_store_change)
-    return MemoryQuotas()
+        return RedisQuotas(settings, on_store_change=on_store_change, clock=clock)
+    return MemoryQuotas(clock)
 
 
-async def build_server(settings: Settings, client: anthropic.AsyncAnthropic | None = None) -> Gateway:
+async def build_server(
+    settings: Settings, client: anthropic.AsyncAnthropic | None = None, *, clock: Callable[[], float] = time.time
+) -> Gateway:
     """Build and start the gateway on ``settings.listen``; BindError if it cannot listen there,
     StartupError if the key file, the policy file, the callers file or the price file is bad.
 
     ``client`` defaults to an SDK client configured from the environment (ANTHROPIC_API_KEY or the
     file ANTHROPIC_API_KEY_FILE names, ANTHROPIC_BASE_URL). Every resource opened here (the client,
     servers, sockets, threads, the Redis connection) joins one exit stack the moment it exists, so
-    a failure at any step, and ``Gateway.close``, release all of them and nothing twice.
+    a failure at any step, and ``Gateway.close``, release all of them and nothing twice. ``clock`` is
+    the calendar of the spend budgets (a test's, to end a day at once).
     """
     resources = contextlib.AsyncExitStack()
     try:
-        return await _assemble(settings, client, resources)
+        return await _assemble(settings, client, resources, clock)
     except BaseException:
         await resources.aclose()
         raise
 
 
 async def _assemble(
-    settings: Settings, client: anthropic.AsyncAnthropic | None, resources: contextlib.AsyncExitStack
+    settings: Settings,
+    client: anthropic.AsyncAnthropic | None,
+    resources: contextlib.AsyncExitStack,
+    clock: Callable[[], float],
 ) -> Gateway:
     source = ""  # where the credentials came from, when the gateway read them itself
     if client is None:
@@ -222,9 +232,9 @@ async def _assemble(
     if settings.metrics_listen:
         metrics = Metrics(settings.metrics_max_callers, price_table.known, lambda: admission.active)
     store_up = metrics.quota_store.set if metrics is not None and settings.redis_url else None
-    quotas = quota_store(settings, store_up)
+    quotas = quota_store(settings, store_up, clock)
     resources.push_async_callback(quotas.close)
-    admission = Admission(settings, identity, policy, quotas)
+    admission = Admission(settings, identity, policy, quotas, price_table)
     health_servicer = health.aio.HealthServicer()
     tracing = None
     if settings.otlp_endpoint:

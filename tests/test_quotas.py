@@ -16,16 +16,19 @@ import grpc
 import pytest
 import redis
 from claude_gateway import codec
+from claude_gateway.usage import from_metadata
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from server.app import build_server, sdk_client
 from server.call.admission import charged
+from server.config import Settings
 from server.errors import GatewayError
 from server.limits.policy import Limits
-from server.limits.quota import WINDOW, MemoryQuotas, wait_for
+from server.limits.quota import WINDOW, MemoryQuotas, SpendWindows, wait_for
 from server.limits.redis_quotas import keys
 from server.reporting.usage import Usage
-from simulator import Pace
+from simulator import Pace, Simulator
 from tests.harness import API_KEY, Status, body, clean_env, gateway, process, run, status_of, stream_request, until
 from tests.store import RedisServer, free_port, redis_server
 
@@ -493,3 +496,113 @@ def test_two_replicas_share_one_limit_and_a_killed_replicas_slots_come_back(tmp_
     ):
         (proc_a, target_a), (_, target_b) = gateways
         run(lambda: go(target_a, target_b, lambda: proc_a.send_signal(signal.SIGKILL)))
+
+
+# ---- spend budgets (USD per day and per month) ----
+
+MIDNIGHT = 1_796_601_600.0  # 2026-12-07T00:00:00Z: the test's clock starts an hour before it
+BUDGET = "callers:\n  alpha:\n    usd_per_day: 0.05\n  beta: {}\n"
+EXPENSIVE = "claude-opus-4-6"  # $25 per million output tokens: 1000 of them cost $0.025
+
+
+def spent_in_redis(url: str, caller: str, day: str) -> int:
+    """Millionths of a dollar Redis counts for ``caller`` on the UTC ``day``."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.get(keys(caller, day, day[:7])[2]) or 0)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+def test_a_daily_budget_refuses_a_caller_once_its_spend_passes_it_on_every_replica_until_the_day_ends(
+    tmp_path: Path, store: str
+) -> None:
+    """`usd_per_day: 0.05`: two calls of $0.025 and a little input, one on each replica sharing a redis-server
+    (or on one gateway counting in memory), are admitted and charged their real cost (the trailer's, to the
+    millionth); their sum passes the budget, so the next call is refused on either replica with
+    RESOURCE_EXHAUSTED, a QuotaFailure naming usd_per_day and a RetryInfo of the time left in the UTC day,
+    and the upstream never hears of it; another caller is untouched; once the clock passes midnight the
+    caller is admitted again."""
+    now = [MIDNIGHT - 3600.0]
+
+    async def go(redis_url: str) -> None:
+        replicas = 2 if redis_url else 1
+        async with Simulator(Pace(), api_key=API_KEY) as sim:
+            settings = Settings(
+                listen="127.0.0.1:0",
+                caller_identity="token",
+                callers_file=str(callers_file(tmp_path)),
+                policy_file=policy(tmp_path, BUDGET),
+                redis_url=redis_url,
+            )
+            gateways = [
+                await build_server(
+                    settings, sdk_client(settings, base_url=sim.base_url, api_key=API_KEY), clock=lambda: now[0]
+                )
+                for _ in range(replicas)
+            ]
+            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{g.port}") for g in gateways]
+            stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in channels]
+            try:
+                costs = []
+                for i in range(2):
+                    call = stubs[i % replicas].StreamMessage(
+                        stream_request(body("[[sim:tokens 1000]] spend", model=EXPENSIVE, max_tokens=2000)),
+                        timeout=30,
+                        metadata=as_caller("alpha"),
+                    )
+                    assert [r async for r in call]
+                    usage = from_metadata(await call.trailing_metadata())
+                    assert usage is not None
+                    assert usage.cost_usd is not None
+                    costs.append(usage.cost_usd)
+                assert 0.025 < costs[0] < 0.05 < sum(costs)
+                charged_micro = sum(math.ceil(c * 1e6 - 1e-6) for c in costs)
+                if redis_url:
+                    await until(lambda: spent_in_redis(redis_url, "alpha", "2026-12-06") == charged_micro)
+                else:
+                    quotas = gateways[0].admission.quotas
+                    assert isinstance(quotas, MemoryQuotas)
+                    await until(lambda: quotas.spent("alpha").get("day:2026-12-06") == charged_micro)
+                for stub in stubs:
+                    status = await refused(stub, body(model=EXPENSIVE), "alpha")
+                    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert status.error_info is not None
+                    assert status.error_info.reason == "QUOTA_EXCEEDED"
+                    assert status.quota_failure is not None
+                    (violation,) = status.quota_failure.violations
+                    assert (violation.quota_metric, violation.quota_value) == ("usd_per_day", 50_000)
+                    assert "$0.05" in violation.description
+                    assert status.retry_info is not None
+                    assert status.retry_info.retry_delay.ToNanoseconds() / 1e9 == pytest.approx(3600, abs=1)
+                assert len(sim.requests) == 2
+                assert await h_events_on(stubs[-1], body(model=EXPENSIVE), "beta")  # another caller: no budget
+                now[0] = MIDNIGHT + 1  # the next UTC day
+                for stub in stubs:
+                    assert await h_events_on(stub, body(model=EXPENSIVE), "alpha")
+            finally:
+                for channel in channels:
+                    await channel.close()
+                for g in gateways:
+                    await g.close()
+
+    if store == "redis":
+        with redis_server() as server:
+            run(lambda: go(server.url))
+    else:
+        run(lambda: go(""))
+
+
+async def h_events_on(stub: chat_pb2_grpc.ChatServiceStub, request_body: dict[str, Any], caller: str) -> list[Any]:
+    """Every response of one StreamMessage call of ``caller`` on ``stub``."""
+    call = stub.StreamMessage(stream_request(request_body), timeout=30, metadata=as_caller(caller))
+    return [r async for r in call]
+
+
+def test_spend_windows_are_the_utc_day_and_calendar_month_with_the_time_left_in_each() -> None:
+    """SpendWindows names the UTC day and month of a moment and the seconds until each ends (December's end
+    rolls into the next year)."""
+    windows = SpendWindows.at(MIDNIGHT - 3600.0)
+    assert (windows.day, windows.month, windows.day_left) == ("2026-12-06", "2026-12", 3600.0)
+    assert windows.month_left == 25 * 86400 + 3600.0  # to 2027-01-01T00:00:00Z

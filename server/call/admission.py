@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,9 @@ from server.call.validation import beta_violations, body_of, violations
 from server.config import Settings
 from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violation, fail
 from server.limits.identity import Identity
-from server.limits.policy import OPEN, Policy
+from server.limits.policy import MICRO, OPEN, Policy
 from server.limits.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
+from server.reporting.prices import Prices, PriceTable
 from server.reporting.record import CallRecord
 from server.reporting.usage import Usage
 
@@ -57,6 +59,7 @@ class Admitted:
     # ``admit`` context exits, where token quotas charge it.
     usage: Usage = field(default_factory=Usage)
     lease: Lease | None = None  # the call's claim on its caller's quotas, if the caller has limits
+    record: CallRecord | None = None  # says which model served, which the call's spend is charged by
 
 
 class Admission:
@@ -68,11 +71,13 @@ class Admission:
         identity: Identity | None = None,
         policy: Policy = OPEN,
         quotas: Quotas | None = None,
+        prices: Prices | None = None,
     ) -> None:
         self._settings = settings
         self.identity = identity or Identity(settings)
         self.policy = policy
         self.quotas: Quotas = quotas or MemoryQuotas()
+        self.prices: Prices = prices if prices is not None else PriceTable({})  # what spend budgets count
         self._calls: set[Admitted] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -159,26 +164,41 @@ class Admission:
         task = asyncio.current_task()
         assert task is not None
         limits = rules.limits
-        estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute else 0
+        estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute or limits.spend else 0
+        # A spend budget reserves the estimated input at the input price of the model asked for.
+        spend = micro(self.prices.cost(model, Usage({"input_tokens": estimate}))) if limits.spend else 0
         body["model"] = model
         call = Admitted(body, request.betas, caller, asyncio.get_running_loop().time() + budget, expired, task)
+        call.record = record
         self._calls.add(call)  # counted before the quota store's round trip, so the gateway's own limit holds
         self._idle.clear()
         try:
-            call.lease = await self.quotas.acquire(caller, limits, estimate)  # last: it counts the call
+            call.lease = await self.quotas.acquire(caller, limits, estimate, spend)  # last: it counts the call
             yield call
         finally:
             self._calls.discard(call)
             if not self._calls:
                 self._idle.set()
             if call.lease is not None:
-                self.quotas.release(call.lease, charged(call.usage))
+                spent = micro(self.cost(call)) if limits.spend else 0
+                self.quotas.release(call.lease, charged(call.usage), spent)
+
+    def cost(self, call: Admitted) -> float | None:
+        """What ``call`` cost, by the model that served it (what the call's record heard from the upstream)."""
+        served = call.record.served_by if call.record is not None else call.body["model"]
+        return self.prices.cost(served, call.usage)
 
 
 def charged(usage: Usage) -> int:
     """The tokens a call's token quota is charged: input, cache writes and output (cache reads are not
     counted, as the API's own input-tokens-per-minute limits do not count them); 0 if no usage came."""
     return usage.input_tokens + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens + usage.output_tokens
+
+
+def micro(usd: float | None) -> int:
+    """``usd`` in millionths of a dollar, rounded up (a spend is never under-counted); 0 when unknown: a
+    model without a price is not charged to spend budgets."""
+    return math.ceil(usd * MICRO - 1e-6) if usd else 0
 
 
 def invalid(bad: list[Violation]) -> Failure:

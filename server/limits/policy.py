@@ -15,6 +15,8 @@ may use any model with no limits (``OPEN``)::
         concurrent_streams: 20
         requests_per_minute: 600
         tokens_per_minute: 400000   # input + output tokens
+        usd_per_day: 20             # spend, by the cost of the model that served (UTC days)
+        usd_per_month: 300          # (UTC calendar months)
       "*": {}                # every caller not named above; absent: those get PERMISSION_DENIED
 
 Every limit is optional; absent means unlimited.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,9 @@ from server.limits.identity import CALLER_NAME
 
 ANY_CALLER = "*"
 LIMITS = ("max_tokens", "concurrent_streams", "requests_per_minute", "tokens_per_minute")
-CALLER_KEYS = ("models", *LIMITS)
+BUDGETS = ("usd_per_day", "usd_per_month")  # spend limits, in USD (decimals)
+CALLER_KEYS = ("models", *LIMITS, *BUDGETS)
+MICRO = 1_000_000  # spend is counted in millionths of a dollar: whole numbers, exact in Redis too
 TOP_KEYS = ("models", "default_model", "callers")
 
 
@@ -48,9 +53,25 @@ class Limits:
     concurrent_streams: int | None = None
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
+    micro_usd_per_day: int | None = None  # usd_per_day in millionths of a dollar
+    micro_usd_per_month: int | None = None
 
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.concurrent_streams, self.requests_per_minute, self.tokens_per_minute))
+        return any(
+            v is not None
+            for v in (
+                self.concurrent_streams,
+                self.requests_per_minute,
+                self.tokens_per_minute,
+                self.micro_usd_per_day,
+                self.micro_usd_per_month,
+            )
+        )
+
+    @property
+    def spend(self) -> bool:
+        """Whether a spend budget applies."""
+        return self.micro_usd_per_day is not None or self.micro_usd_per_month is not None
 
 
 @dataclass(frozen=True)
@@ -172,6 +193,18 @@ class _Reader:
             raise self.error(node, f"{what} must be a whole number of at least 1")
         return value
 
+    def dollars(self, node: yaml.Node, what: str) -> int:
+        """A positive amount of USD (``0.05``, ``20``), as millionths of a dollar."""
+        value: Any = None
+        if isinstance(node, yaml.ScalarNode) and (node.tag.endswith(":int") or node.tag.endswith(":float")):
+            value = yaml.safe_load(node.value)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e12:
+            raise self.error(node, f"{what} must be an amount of USD above 0, such as 0.05 or 20")
+        micro = round(Decimal(str(value)) * MICRO)
+        if micro < 1:
+            raise self.error(node, f"{what} must be at least 0.000001 (a millionth of a dollar)")
+        return int(micro)
+
     def rules(self, node: yaml.Node, caller: str, aliases: Mapping[str, str]) -> Rules:
         keys = self.mapping(node, f"caller `{caller}`", CALLER_KEYS)
         models = None
@@ -183,7 +216,12 @@ class _Reader:
                 aliases.get(m, m) for m in (self.text(e, f"an entry of `models` of `{caller}`") for e in entries.value)
             )
         found = {k: self.count(keys[k], f"`{k}` of `{caller}`") for k in LIMITS if k in keys}
+        budgets = {k: self.dollars(keys[k], f"`{k}` of `{caller}`") for k in BUDGETS if k in keys}
         limits = Limits(
-            found.get("concurrent_streams"), found.get("requests_per_minute"), found.get("tokens_per_minute")
+            found.get("concurrent_streams"),
+            found.get("requests_per_minute"),
+            found.get("tokens_per_minute"),
+            budgets.get("usd_per_day"),
+            budgets.get("usd_per_month"),
         )
         return Rules(models, found.get("max_tokens"), limits)

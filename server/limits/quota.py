@@ -1,12 +1,18 @@
-"""Per-caller quotas: concurrent streams, requests and tokens per minute, in memory or in Redis.
+"""Per-caller quotas: concurrent streams, requests and tokens per minute, USD per day and per month, in
+memory or in Redis.
 
-    Quotas.acquire(caller, limits, estimate) -> Lease | None   before the call; GatewayError if refused
-    Quotas.release(lease, tokens)                              after it, with the tokens it really used
+    Quotas.acquire(caller, limits, estimate, spend) -> Lease | None   before the call; GatewayError if refused
+    Quotas.release(lease, tokens, spent)                              after it, with what it really used
 
 A request counts one against ``requests_per_minute`` when admitted. Tokens are checked and reserved
 on an estimate of the input (``estimate``) and, when the call ends however it ends, corrected to the
 input + output tokens its events reported (``server.call.admission.charged`` of the call's ``Usage``).
-Minutes are sliding windows: the previous minute's count, weighted by how much of it still lies
+Spend budgets (``usd_per_day``, ``usd_per_month``) are counted in millionths of a dollar on fixed
+windows, the UTC day and the UTC calendar month (``SpendWindows``, from the store's clock): a call is
+admitted while the window's spend is under the budget and its estimate (``spend``: the estimated input
+at the input price of the model asked for) still fits, reserved with that estimate, and charged its
+real cost (by the model that served) when it ends; a refusal's ``RetryInfo`` is the time to the
+window's end. Minutes are sliding windows: the previous minute's count, weighted by how much of it still lies
 within the last 60 seconds, plus this minute's; so ``RetryInfo`` can say when the caller will fit
 again.
 
@@ -22,6 +28,7 @@ refused with UNAVAILABLE (closed); the log says when the store goes down and com
 
 from __future__ import annotations
 
+import calendar
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +41,39 @@ from server.limits.policy import Limits
 WINDOW = 60.0  # seconds: the "minute" of requests_per_minute and tokens_per_minute
 STREAM_RETRY = 1.0  # seconds to suggest when every stream slot is taken: a slot frees when any stream ends
 STORE_RETRY = 1.0  # seconds between attempts to reach a Redis that failed
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class SpendWindows:
+    """The spend windows at one moment: the UTC day and month, by name, and the seconds left in each."""
+
+    day: str  # 2026-12-06
+    month: str  # 2026-12
+    day_left: float
+    month_left: float
+
+    @classmethod
+    def at(cls, now: float) -> SpendWindows:
+        t = time.gmtime(now)
+        next_month = calendar.timegm((t.tm_year + t.tm_mon // 12, t.tm_mon % 12 + 1, 1, 0, 0, 0))
+        return cls(time.strftime("%Y-%m-%d", t), time.strftime("%Y-%m", t), DAY - now % DAY, next_month - now)
+
+
+def spend_over(
+    limits: Limits, spent_day: int, spent_month: int, estimate: int, windows: SpendWindows
+) -> list[tuple[str, int, float]]:
+    """The spend budgets a call of ``estimate`` (millionths of a dollar) does not fit: (budget, its value,
+    seconds to wait: the window's end, or inf when the estimate alone is over the budget). The Lua
+    script in ``server.limits.redis_quotas`` decides the same."""
+    over = []
+    for name, limit, spent, left in (
+        ("usd_per_day", limits.micro_usd_per_day, spent_day, windows.day_left),
+        ("usd_per_month", limits.micro_usd_per_month, spent_month, windows.month_left),
+    ):
+        if limit is not None and (spent >= limit or spent + estimate > limit):
+            over.append((name, limit, math.inf if estimate > limit else left))
+    return over
 
 
 @dataclass(eq=False)
@@ -46,17 +86,22 @@ class Lease:
     window: int = 0  # the minute the call was counted in
     id: str = ""  # the stream slot's name in Redis
     counted: bool = True  # False when admitted without the store (Redis unreachable, fail open)
+    spend: int = 0  # millionths of a dollar reserved at admission
+    day: str = ""  # the spend windows the call was counted in
+    month: str = ""
 
 
 class Quotas(Protocol):
     """Where the counts live."""
 
-    async def acquire(self, caller: str, limits: Limits, estimate: int) -> Lease | None:
-        """Count a call against ``limits`` (None when there are none); GatewayError when over one."""
+    async def acquire(self, caller: str, limits: Limits, estimate: int, spend: int = 0) -> Lease | None:
+        """Count a call against ``limits`` (None when there are none), with ``estimate`` tokens and ``spend``
+        millionths of a dollar reserved; GatewayError when over one."""
         ...
 
-    def release(self, lease: Lease, tokens: int) -> None:
-        """The call ended having used ``tokens``: free its stream slot and charge the tokens."""
+    def release(self, lease: Lease, tokens: int, spent: int = 0) -> None:
+        """The call ended having used ``tokens`` and cost ``spent`` millionths of a dollar: free its stream
+        slot and charge both."""
         ...
 
     def start(self) -> None:
@@ -94,13 +139,20 @@ def refusal(caller: str, over: list[tuple[str, int, float]]) -> GatewayError:
         "concurrent_streams": "streams in flight",
         "requests_per_minute": "requests in the last minute",
         "tokens_per_minute": "input + output tokens in the last minute (this request's input estimated)",
+        "usd_per_day": "spent this UTC day (this request's input estimated; quota_value in millionths of a dollar)",
+        "usd_per_month": "spent this UTC month (this request's input estimated; quota_value in millionths of a dollar)",
     }
+
+    def amount(name: str, limit: int) -> str:
+        return f"${limit / 1e6:g}" if name.startswith("usd_") else str(limit)
+
     violations = tuple(
-        QuotaViolation(caller, name, limit, f"{name}: at most {limit} {described[name]}") for name, limit, _ in over
+        QuotaViolation(caller, name, limit, f"{name}: at most {amount(name, limit)} {described[name]}")
+        for name, limit, _ in over
     )
     waits = [w for _, _, w in over]
     retry = None if any(math.isinf(w) for w in waits) else max(waits)
-    message = "over the caller's limits: " + ", ".join(f"{name} ({limit})" for name, limit, _ in over)
+    message = "over the caller's limits: " + ", ".join(f"{name} ({amount(name, limit)})" for name, limit, _ in over)
     if retry is not None:
         message += f"; try again in {retry:.1f}s"
     else:
@@ -121,6 +173,7 @@ class _Counts:
     requests: tuple[int, int] = (0, 0)  # (previous minute, this minute)
     tokens: tuple[int, int] = (0, 0)
     streams: int = 0
+    spend: dict[str, int] = field(default_factory=dict)  # millionths of a dollar by window ("day:2026-12-06")
 
     def roll(self, window: int) -> None:
         if window == self.window + 1:
@@ -137,7 +190,7 @@ class MemoryQuotas:
     clock: Callable[[], float] = time.time
     _callers: dict[str, _Counts] = field(default_factory=dict)
 
-    async def acquire(self, caller: str, limits: Limits, estimate: int) -> Lease | None:
+    async def acquire(self, caller: str, limits: Limits, estimate: int, spend: int = 0) -> Lease | None:
         if not limits:
             return None
         now = self.clock()
@@ -145,6 +198,10 @@ class MemoryQuotas:
         elapsed = now - window * WINDOW
         counts = self._callers.setdefault(caller, _Counts(window))
         counts.roll(window)
+        windows = SpendWindows.at(now)
+        day, month = f"day:{windows.day}", f"month:{windows.month}"
+        if limits.spend:  # only this day's and month's counts are kept
+            counts.spend = {day: counts.spend.get(day, 0), month: counts.spend.get(month, 0)}
         over = []
         if limits.concurrent_streams is not None and counts.streams >= limits.concurrent_streams:
             over.append(("concurrent_streams", limits.concurrent_streams, STREAM_RETRY))
@@ -154,15 +211,23 @@ class MemoryQuotas:
         ):
             if limit is not None and (wait := wait_for(prev, cur, elapsed, limit, cost)) is not None:
                 over.append((name, limit, wait))
+        over += spend_over(limits, counts.spend.get(day, 0), counts.spend.get(month, 0), spend, windows)
         if over:
             raise refusal(caller, over)
         counts.streams += 1
         counts.requests = (counts.requests[0], counts.requests[1] + 1)
         counts.tokens = (counts.tokens[0], counts.tokens[1] + estimate)
-        return Lease(caller, limits, estimate, window)
+        if limits.spend:
+            counts.spend[day] += spend
+            counts.spend[month] += spend
+        return Lease(caller, limits, estimate, window, spend=spend, day=day, month=month)
 
-    def release(self, lease: Lease, tokens: int) -> None:
+    def release(self, lease: Lease, tokens: int, spent: int = 0) -> None:
         counts = self._callers[lease.caller]
+        if lease.limits.spend:  # charged to the windows the call was counted in, if they are still kept
+            for key in (lease.day, lease.month):
+                if key in counts.spend:
+                    counts.spend[key] = max(0, counts.spend[key] + spent - lease.spend)
         counts.streams -= 1
         counts.roll(int(self.clock() // WINDOW))
         delta = tokens - lease.estimate
@@ -171,6 +236,11 @@ class MemoryQuotas:
             counts.tokens = (prev, max(0, cur + delta))
         elif lease.window == counts.window - 1:
             counts.tokens = (max(0, prev + delta), cur)
+
+    def spent(self, caller: str) -> dict[str, int]:
+        """Millionths of a dollar counted for ``caller`` by spend window (``day:2026-12-06``, ``month:2026-12``)."""
+        counts = self._callers.get(caller)
+        return dict(counts.spend) if counts else {}
 
     def usage(self, caller: str) -> tuple[int, int, int]:
         """(streams in flight, requests, tokens) counted for ``caller`` in the last two minutes."""

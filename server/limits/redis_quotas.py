@@ -27,7 +27,7 @@ from redis.retry import Retry
 from server.config import Settings
 from server.errors import GatewayError, Reason, fail
 from server.limits.policy import Limits
-from server.limits.quota import STORE_RETRY, Lease, refusal
+from server.limits.quota import STORE_RETRY, Lease, SpendWindows, refusal
 
 log = logging.getLogger("server.limits.quota")
 
@@ -46,8 +46,14 @@ local was = tonumber(c[1]) or w
 if was == w - 1 then pr, cr, pt, ct = cr, 0, ct, 0 elseif was ~= w then pr, cr, pt, ct = 0, 0, 0, 0 end
 """
 
-# KEYS: slots, counts. ARGV: lease id, lease ms, max streams, requests/min, tokens/min (0 = none),
-# token estimate. Returns {minute, [limit name, retry ms (-1: never)]...}: admitted if only the minute.
+# Spend (USD budgets) is counted in two more keys of the caller's slot, one per window, named by the
+# replica (the UTC day and month of its clock, ``SpendWindows``): millionths of a dollar, expiring a day
+# after their window ends.
+#
+# KEYS: slots, counts, day spend, month spend. ARGV: lease id, lease ms, max streams, requests/min,
+# tokens/min (0 = none), token estimate, USD/day and USD/month budgets in millionths (0 = none), spend
+# estimate, ms left in the day, ms left in the month. Returns {minute, [limit name, retry ms (-1: never)]...}:
+# admitted if only the minute.
 ADMIT = (
     _ROLL
     + """
@@ -74,6 +80,17 @@ if tpm > 0 then
   local ms = wait(pt, ct, tpm, cost)
   if ms then table.insert(out, 'tokens_per_minute'); table.insert(out, ms) end
 end
+local budgets = {{'usd_per_day', KEYS[3], tonumber(ARGV[7]), tonumber(ARGV[10])},
+                 {'usd_per_month', KEYS[4], tonumber(ARGV[8]), tonumber(ARGV[11])}}
+local spend = tonumber(ARGV[9])
+for _, b in ipairs(budgets) do
+  if b[3] > 0 then
+    local spent = tonumber(redis.call('GET', b[2])) or 0
+    if spent >= b[3] or spent + spend > b[3] then
+      table.insert(out, b[1]); table.insert(out, spend > b[3] and -1 or b[4])
+    end
+  end
+end
 if #out > 1 then return out end
 if streams > 0 then
   redis.call('ZADD', KEYS[1], now * 1000 + tonumber(ARGV[2]), ARGV[1])
@@ -83,15 +100,30 @@ if rpm > 0 or tpm > 0 then
   redis.call('HSET', KEYS[2], 'w', w, 'pr', pr, 'cr', cr + 1, 'pt', pt, 'ct', ct + cost)
   redis.call('PEXPIRE', KEYS[2], 120000)
 end
+if budgets[1][3] > 0 or budgets[2][3] > 0 then
+  for _, b in ipairs(budgets) do
+    redis.call('INCRBY', b[2], spend)
+    redis.call('PEXPIRE', b[2], b[4] + 86400000)
+  end
+end
 return out
 """
 )
 
-# KEYS: slots, counts. ARGV: lease id, the minute it was counted in, tokens to add (may be negative).
+# KEYS: slots, counts, the day and month spend keys the call was counted in. ARGV: lease id, the minute it
+# was counted in, tokens to add, millionths of a dollar to add (either may be negative; a count stays >= 0).
 RELEASE = (
     _ROLL
     + """
 redis.call('ZREM', KEYS[1], ARGV[1])
+local spend = tonumber(ARGV[4])
+if spend ~= 0 then
+  for i = 3, 4 do
+    if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('INCRBY', KEYS[i], spend) < 0 then
+      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+    end
+  end
+end
 local delta, minute = tonumber(ARGV[3]), tonumber(ARGV[2])
 if delta ~= 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   if minute == w then ct = math.max(0, ct + delta) elseif minute == w - 1 then pt = math.max(0, pt + delta) end
@@ -112,9 +144,14 @@ return 1
 """
 
 
-def keys(caller: str) -> list[str]:
-    """The Redis keys of ``caller``'s counts: its stream slots and its two minutes' counts."""
-    return [f"claude-gateway:{{{caller}}}:streams", f"claude-gateway:{{{caller}}}:minutes"]
+def keys(caller: str, day: str = "", month: str = "") -> list[str]:
+    """The Redis keys of ``caller``'s counts: its stream slots, its two minutes' counts and, given the
+    windows, its spend this day and this month."""
+    prefix = f"claude-gateway:{{{caller}}}"
+    out = [f"{prefix}:streams", f"{prefix}:minutes"]
+    if day:
+        out += [f"{prefix}:usd:day:{day}", f"{prefix}:usd:month:{month}"]
+    return out
 
 
 class Pipeline:
@@ -210,7 +247,14 @@ class Pipeline:
 class RedisQuotas:
     """Counts in Redis, shared by every replica that names the same server."""
 
-    def __init__(self, settings: Settings, *, on_store_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_store_change: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clock = clock  # the calendar of the spend windows (UTC days and months)
         # One quick retry on a fresh connection (a restarted Redis), then the failure is the answer.
         self.client = aioredis.Redis.from_url(
             settings.redis_url,
@@ -230,10 +274,14 @@ class RedisQuotas:
         self.up = True
         self.on_store_change = on_store_change  # the hook for a metric of the store's state
 
-    async def acquire(self, caller: str, limits: Limits, estimate: int) -> Lease | None:
+    async def acquire(self, caller: str, limits: Limits, estimate: int, spend: int = 0) -> Lease | None:
         if not limits:
             return None
-        lease = Lease(caller, limits, estimate, id=f"{self._replica}:{next(self._ids)}")
+        windows = SpendWindows.at(self.clock())
+        lease = Lease(
+            caller, limits, estimate, id=f"{self._replica}:{next(self._ids)}", spend=spend, day=windows.day,
+            month=windows.month,
+        )  # fmt: skip
         if time.monotonic() < self._retry_at:
             return self._without_store(lease)
         args = (
@@ -243,9 +291,14 @@ class RedisQuotas:
             limits.requests_per_minute or 0,
             limits.tokens_per_minute or 0,
             estimate,
+            limits.micro_usd_per_day or 0,
+            limits.micro_usd_per_month or 0,
+            spend,
+            math.ceil(windows.day_left * 1000),
+            math.ceil(windows.month_left * 1000),
         )
         try:
-            reply = await self._pipeline.call("admit", keys(caller), args)
+            reply = await self._pipeline.call("admit", keys(caller, windows.day, windows.month), args)
         except (RedisError, OSError) as exc:
             self._went_down(exc)
             return self._without_store(lease)
@@ -256,6 +309,8 @@ class RedisQuotas:
                 "concurrent_streams": limits.concurrent_streams,
                 "requests_per_minute": limits.requests_per_minute,
                 "tokens_per_minute": limits.tokens_per_minute,
+                "usd_per_day": limits.micro_usd_per_day,
+                "usd_per_month": limits.micro_usd_per_month,
             }
             over = []
             for name, ms in zip(reply[1::2], reply[2::2], strict=True):
@@ -277,7 +332,7 @@ class RedisQuotas:
         lease.counted = False
         return lease
 
-    def release(self, lease: Lease, tokens: int) -> None:
+    def release(self, lease: Lease, tokens: int, spent: int = 0) -> None:
         if not lease.counted:
             return
         live = self._live.get(lease.caller)
@@ -286,8 +341,10 @@ class RedisQuotas:
             if not live:
                 del self._live[lease.caller]
         delta = tokens - lease.estimate if lease.limits.tokens_per_minute else 0
+        spend = spent - lease.spend if lease.limits.spend else 0
         # Off the call's path: the reply does not wait for Redis. If Redis is down, the slot's lease runs out.
-        self._pipeline.send("release", keys(lease.caller), (lease.id, lease.window, delta))
+        names = keys(lease.caller, lease.day, lease.month)
+        self._pipeline.send("release", names, (lease.id, lease.window, delta, spend))
 
     def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_leases())
