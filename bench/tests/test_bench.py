@@ -18,7 +18,7 @@ import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2 as pb
 
-from bench import floor, telemetry
+from bench import floor, prices, telemetry
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
 from bench.jobs import Clients, Job
 from bench.report import Row, ms, table
@@ -286,4 +286,12 @@ def test_telemetry_timing_measures_every_figure() -> None:
     """bench.telemetry times per-event and per-call recording, with metrics off and on, as positive microseconds."""
     results = telemetry.measure(calls=20, repeats=1)
     assert len(results) == 5
+    assert all(value > 0 for value in results.values())
+
+
+def test_price_timing_measures_every_figure_on_prices_that_agree() -> None:
+    """bench.prices measures start-up and per-call pricing, positive, after checking that the gateway's price of
+    its call equals genai-prices' own."""
+    results = prices.measure(calls=20, repeats=1)
+    assert len(results) == 4
     assert all(value > 0 for value in results.values())
