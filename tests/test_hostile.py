@@ -304,6 +304,7 @@ def test_a_key_echoed_by_the_upstream_reaches_neither_the_caller_nor_the_log(
         grpc.StatusCode.UNAUTHENTICATED if where == "error body" else grpc.StatusCode.UNAVAILABLE
     )
     assert "[REDACTED]" in outcome.status.message
+    assert [r for r in caplog.records if r.name == "server.call"], "the call log was not captured"
     seen = repr(outcome) + caplog.text
     assert API_KEY not in seen
     assert API_KEY[4:20] not in seen  # nor a recognisable piece of it

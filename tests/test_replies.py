@@ -62,5 +62,6 @@ def test_an_event_that_cannot_fit_ends_the_call_resource_exhausted_without_a_tra
             assert (await h.events(body()))[-1]["type"] == "message_stop"  # the gateway serves on
 
     run(go)
+    assert [r for r in caplog.records if r.name == "server.call"], "the call log was not captured"
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
