@@ -178,6 +178,12 @@ class _Answer:
         self._connection = connection
         self._record = record
         self._request_id = request_id
+        self._start = connection.written  # where this response begins on a keep-alive connection
+
+    def _sent(self, ok: bool) -> bool:
+        """Note in the record the bytes of this response handed to the socket so far; pass ``ok`` on."""
+        self._record.bytes_sent = self._connection.written - self._start
+        return ok
 
     async def error(self, error: HttpError) -> bool:
         headers = {**_JSON_HEADERS, "request-id": self._request_id}
@@ -189,7 +195,7 @@ class _Answer:
             headers["x-should-retry"] = "true" if error.should_retry else "false"
         self._record.status = error.status
         body = _error_body(error.error_type, error.message, self._request_id)
-        return await self._connection.send_response(error.status, headers, body)
+        return self._sent(await self._connection.send_response(error.status, headers, body))
 
     async def message(self, events: Sequence[model.Event], fault: StreamFault | None, pace: Pace) -> bool:
         """A non-streaming answer; it takes as long as the stream would."""
@@ -207,7 +213,9 @@ class _Answer:
             return False
         body = b"{not json" if isinstance(fault, Malformed) else json.dumps(model.message(events)).encode()
         self._record.status = 200
-        return await self._connection.send_response(200, {**_JSON_HEADERS, "request-id": self._request_id}, body)
+        return self._sent(
+            await self._connection.send_response(200, {**_JSON_HEADERS, "request-id": self._request_id}, body)
+        )
 
     async def stream(
         self,
@@ -223,7 +231,8 @@ class _Answer:
             await self._connection.closed.wait()
             return False
         self._record.status = 200
-        if not await self._connection.start_chunked(200, {**_SSE_HEADERS, "request-id": self._request_id, **headers}):
+        head = {**_SSE_HEADERS, "request-id": self._request_id, **headers}
+        if not self._sent(await self._connection.start_chunked(200, head)):
             return False
         delays = _delays(frames, pace)
         at = len(frames) if fault is None else min(fault.after_events, len(frames))
@@ -245,7 +254,7 @@ class _Answer:
                     return False
         if end_delay > 0 and not await self._connection.idle(end_delay):
             return False
-        return await self._connection.end_chunked()
+        return self._sent(await self._connection.end_chunked())
 
     async def _send(self, frames: list[bytes], delays: list[float], pace: Pace) -> bool:
         for frame, delay in zip(frames, delays, strict=True):
@@ -263,7 +272,7 @@ class _Answer:
         return await self._connection.idle(seconds)
 
     async def _event(self, frame: bytes) -> bool:
-        if not await self._connection.send_chunk(frame):
+        if not self._sent(await self._connection.send_chunk(frame)):
             return False
         self._record.events_sent += 1
         return True
