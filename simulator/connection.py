@@ -4,7 +4,11 @@ Requests are read by their head and `Content-Length` (request bodies with `Trans
 are refused). A task reads the socket all the time, so that the server learns at once that the
 client has gone, even while it is waiting to write: end of input counts as the client leaving,
 as it does for every HTTP client that pools connections. Writes are drained one by one, so each
-chunk leaves as soon as it is written; once the connection is closed they are skipped.
+chunk leaves as soon as it is written; once the connection is closed they are skipped. A drain
+returns at once while the kernel takes the bytes, and loopback buffers take megabytes: so that an
+unpaced reply does not hold the event loop for all of them (starving a gateway and a client that
+share the loop, as in the tests), a connection yields to the loop every `_YIELD_BYTES` it writes,
+as a reply arriving over a real network leaves the reader's loop free.
 """
 
 import asyncio
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 _MAX_HEAD = 64 * 1024
+_YIELD_BYTES = 64 * 1024
 
 
 class UnreadableRequestError(Exception):
@@ -39,6 +44,8 @@ class Connection:
         self._buffer = bytearray()
         self._arrived = asyncio.Event()
         self._on_close: list[Callable[[float], None]] = []
+        self.written = 0  # bytes handed to the socket, every response on this connection
+        self._unyielded = 0  # bytes written since the last turn given to the event loop
         self._receiver = asyncio.create_task(self._receive())
 
     def on_close(self, callback: Callable[[float], None]) -> None:
@@ -91,7 +98,7 @@ class Connection:
         if seconds > 0:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self.closed.wait(), seconds)
-        return not self.closed.is_set()
+        return True
 
     def abort(self) -> None:
         """Drop the connection at once with a reset, without finishing the response."""
@@ -119,6 +126,11 @@ class Connection:
         except OSError:
             self._mark_closed()
             return False
+        self.written += len(data)
+        self._unyielded += len(data)
+        if self._unyielded >= _YIELD_BYTES:
+            self._unyielded = 0
+            await asyncio.sleep(0)
         return True
 
     async def _receive(self) -> None:

@@ -19,6 +19,7 @@ class RecordedRequest:
     received_at: float
     closed_at: float | None = None
     events_sent: int = 0  # SSE frames written, keep-alive pings and injected frames included
+    bytes_sent: int = 0  # bytes of the response handed to the socket: head, body and chunk framing
     status: int | None = None  # the HTTP status answered, None if no response head went out
     request_id: str | None = None  # the request-id header the simulator answers with
     platform: str | None = None  # anthropic, bedrock or vertex, once the path is known

@@ -341,6 +341,12 @@ class _Answer:
         self._record = record
         self._request_id = request_id
         self._platform = platform
+        self._start = connection.written  # where this response begins on a keep-alive connection
+
+    def _sent(self, ok: bool) -> bool:
+        """Note in the record the bytes of this response handed to the socket so far; pass ``ok`` on."""
+        self._record.bytes_sent = self._connection.written - self._start
+        return ok
 
     def _id_headers(self) -> dict[str, str]:
         if self._platform is Platform.ANTHROPIC:
@@ -354,7 +360,7 @@ class _Answer:
         if buckets is not None:
             headers.update(buckets.headers(time.time()))
         self._record.status = status
-        return await self._connection.send_response(status, headers, body)
+        return self._sent(await self._connection.send_response(status, headers, body))
 
     async def message(
         self, events: Sequence[model.Event], fault: StreamFault | None, pace: Pace, headers: dict[str, str]
@@ -375,7 +381,9 @@ class _Answer:
             return False
         body = b"{not json" if isinstance(fault, Malformed) else json.dumps(model.message(events)).encode()
         self._record.status = 200
-        return await self._connection.send_response(200, {**_JSON_HEADERS, **self._id_headers(), **headers}, body)
+        return self._sent(
+            await self._connection.send_response(200, {**_JSON_HEADERS, **self._id_headers(), **headers}, body)
+        )
 
     async def stream(
         self,
@@ -399,7 +407,8 @@ class _Answer:
             kept = [i for i, f in enumerate(rewritten) if f is not None]
             frames, deltas = [rewritten[i] or b"" for i in kept], [deltas[i] for i in kept]
         self._record.status = 200
-        if not await self._connection.start_chunked(200, {**wire.headers, **self._id_headers(), **headers}):
+        head = {**wire.headers, **self._id_headers(), **headers}
+        if not self._sent(await self._connection.start_chunked(200, head)):
             return False
         delays = _delays(deltas, pace)
         at = len(frames) if fault is None else min(fault.after_events, len(frames))
@@ -420,7 +429,7 @@ class _Answer:
                     return False
         if end_delay > 0 and not await self._connection.idle(end_delay):
             return False
-        return await self._connection.end_chunked()
+        return self._sent(await self._connection.end_chunked())
 
     async def _send(self, frames: list[bytes], delays: list[float], pace: Pace, wire: Wire) -> bool:
         for frame, delay in zip(frames, delays, strict=True):
@@ -438,7 +447,7 @@ class _Answer:
         return await self._connection.idle(seconds)
 
     async def _event(self, frame: bytes) -> bool:
-        if not await self._connection.send_chunk(frame):
+        if not self._sent(await self._connection.send_chunk(frame)):
             return False
         self._record.events_sent += 1
         return True

@@ -193,3 +193,23 @@ def deployed(*sim_args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str]
         full = {**base, "ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": base_url, **settings}
         with process(["-m", "server"], full, "gateway listening on ", stderr=subprocess.PIPE) as gateway:
             yield gateway
+
+
+def unread_from(port: int) -> int:
+    """Bytes that the loopback server on ``port`` has written and its clients have not read yet: what waits
+    in the server's send queues and in the clients' receive queues (established IPv4 connections, as
+    /proc/net/tcp shows them). A byte a client has read is in that client's process, not here."""
+    waiting = 0
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            if fields[3] != "01":  # ESTABLISHED
+                continue
+            local, remote = (int(address.rsplit(":", 1)[1], 16) for address in fields[1:3])
+            send_queue, receive_queue = (int(n, 16) for n in fields[4].split(":"))
+            if local == port:
+                waiting += send_queue  # written by the server, not yet in the client's socket
+            elif remote == port:
+                waiting += receive_queue  # in the client's socket, not yet read
+    return waiting

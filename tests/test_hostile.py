@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import json
 import logging
@@ -44,6 +45,7 @@ class Outcome:
     events: int  # events the client received before the end
     metadata: list[tuple[str, str]]
     slowest_health: float  # seconds, the slowest health check (or stall of its 20 ms loop) while the call ran
+    busiest_loop: float  # CPU seconds the event loop's thread spent between two health answers, at most
     health_failures: int
     rss_growth: int  # bytes, peak RSS during the call over RSS before it
 
@@ -60,7 +62,9 @@ async def aimed_at(up: Hostile, **settings: object) -> AsyncIterator[Gateway]:
 
 
 async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
-    """One call of ``rpc``, with health checked every 20 ms and RSS sampled while it runs."""
+    """One call of ``rpc``, with health checked every 20 ms and RSS sampled while it runs. Between two
+    health answers, the wall time and the CPU time of the event loop's thread (the gateway's, the client's
+    and the upstream's: one loop) are both taken."""
     async with grpc.aio.insecure_channel(
         f"127.0.0.1:{gw.port}", options=[("grpc.max_receive_message_length", -1)]
     ) as channel:
@@ -68,14 +72,14 @@ async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
         health = health_pb2_grpc.HealthStub(channel)
         await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         base = peak = rss()
-        slowest, failures, done = 0.0, 0, asyncio.Event()
+        slowest, busiest, failures, done = 0.0, 0.0, 0, asyncio.Event()
 
         async def probe() -> None:
-            nonlocal slowest, failures, peak
+            nonlocal slowest, busiest, failures, peak
             while not done.is_set():
-                started = time.monotonic()
+                started, cpu = time.monotonic(), time.thread_time()
                 try:
-                    await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    await health.Check(health_pb2.HealthCheckRequest(), timeout=30)  # a hang, not a slow answer
                 except grpc.aio.AioRpcError:
                     failures += 1
                 slowest = max(slowest, time.monotonic() - started)
@@ -83,6 +87,7 @@ async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.02)
                 slowest = max(slowest, time.monotonic() - started - 0.02)  # a stalled loop shows here too
+                busiest = max(busiest, time.thread_time() - cpu)
 
         prober = asyncio.create_task(probe())
         status, events, metadata = None, 0, []
@@ -101,13 +106,23 @@ async def call_through(gw: Gateway, rpc: str = "StreamMessage") -> Outcome:
         finally:
             done.set()
             await prober
-        return Outcome(status, events, metadata, slowest, failures, max(0, peak - base))
+        return Outcome(status, events, metadata, slowest, busiest, failures, max(0, peak - base))
 
 
 def healthy(outcome: Outcome) -> None:
-    print(f"slowest health check {outcome.slowest_health * 1e3:.1f} ms, RSS growth {outcome.rss_growth >> 10} KiB")
+    """Health answered every check, and no work held the event loop for long between two answers.
+
+    How long is counted in CPU seconds of the loop's thread, not in wall time: on a busy machine every
+    wait grows (for a core, for the GIL a converting thread holds: 1.3 s between answers was measured with
+    two busy loops beside the suite), but the loop's own work does not. Work that belongs off the loop
+    (converting an event of a million numbers) puts seconds of CPU there (3 s measured); what stays on it
+    (the test's client decoding a 10 MiB reply) about 0.2 s."""
+    print(
+        f"slowest health check {outcome.slowest_health * 1e3:.1f} ms, busiest loop {outcome.busiest_loop * 1e3:.1f}"
+        f" ms of CPU between two answers, RSS growth {outcome.rss_growth >> 10} KiB"
+    )
     assert outcome.health_failures == 0, outcome
-    assert outcome.slowest_health < 0.5, outcome
+    assert outcome.busiest_loop < 0.5, outcome
 
 
 async def endless_line(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
@@ -161,7 +176,7 @@ def test_bytes_that_complete_no_event_do_not_keep_a_stream_alive(trickle: bytes)
             assert outcome.status.code == grpc.StatusCode.DEADLINE_EXCEEDED
             assert outcome.status.error_info is not None
             assert outcome.status.error_info.reason == "UPSTREAM_IDLE_TIMEOUT"
-            assert time.monotonic() - started < 5
+            assert time.monotonic() - started < 15  # the idle bound ended it, not the call's 30 s deadline
             assert outcome.events == 1
             healthy(outcome)
 
@@ -213,21 +228,31 @@ def test_a_compressed_body_is_refused_without_inflating_it(transport: str, statu
     run(go)
 
 
-async def numbers(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
-    """A valid stream whose tool_use input is a list of a million numbers (2 MiB of JSON, 11 MiB as a proto)."""
+@functools.cache
+def numbers_reply() -> tuple[bytes, ...]:
+    """A valid stream whose tool_use input is a list of a million numbers (2 MiB of JSON, 11 MiB as a proto),
+    in the four writes the upstream makes. Made once, before the call: making it is not the gateway's work."""
     block = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": [1] * 1_000_000}}
-    await up.send(writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START))
-    await up.send(
-        writer, sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
-    )
     stop = {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}
-    await up.send(writer, sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
-    await up.send(writer, sse("message_delta", stop) + sse("message_stop", {"type": "message_stop"}))
+    return (
+        head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START),
+        sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
+        sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse("message_delta", stop) + sse("message_stop", {"type": "message_stop"}),
+    )
+
+
+async def numbers(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+    """The stream of ``numbers_reply``."""
+    for part in numbers_reply():
+        await up.send(writer, part)
 
 
 @pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
 def test_an_event_that_takes_seconds_to_convert_does_not_stall_health_or_other_calls(rpc: str) -> None:
-    """A 2 MiB event of a million numbers is converted off the event loop: health answers throughout."""
+    """A 2 MiB event of a million numbers is converted off the event loop: health answers throughout.
+    Catches a conversion (JSON parse, proto, the message's accumulation) done on the event loop."""
+    numbers_reply()
 
     async def go() -> None:
         async with Hostile(numbers) as up, aimed_at(up) as gw:

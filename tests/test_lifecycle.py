@@ -18,7 +18,7 @@ from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from simulator import Cut, ErrorEvent, HttpError, Pace, Stall
-from tests.harness import Harness, body, gateway, run, status_of, stream_request, until
+from tests.harness import Harness, body, gateway, run, status_of, stream_request, unread_from, until
 
 SERVICE_CONFIG = Path(__file__).resolve().parents[1] / "client" / "service_config.json"
 
@@ -31,6 +31,32 @@ async def read_events(call: Any, count: int) -> list[pb.MessageStreamEvent]:
         assert response is not grpc.aio.EOF
         got.extend(response.events)
     return got
+
+
+def taken_from_upstream(h: Harness) -> int:
+    """Bytes of the last upstream response the gateway has read: what the simulator wrote less what still
+    waits in the kernel's socket queues (on loopback those take megabytes, which the gateway never saw)."""
+    return h.sim.requests[-1].bytes_sent - unread_from(h.sim.port)
+
+
+async def peak_once_settled(taken: Callable[[], int], ceiling: int) -> int:
+    """The most ``taken`` reaches: polled until it stops growing, or until it passes ``ceiling``.
+
+    Stopped growing means no new peak over 25 polls and over as long as the growth before it lasted (half
+    a second at least): a slow machine, on which the gateway reads slowly, is waited for longer."""
+    loop = asyncio.get_running_loop()
+    started = grown_at = loop.time()
+    peak, still = taken(), 0
+    while peak <= ceiling:
+        await asyncio.sleep(0.02)
+        now, value = loop.time(), taken()
+        if value > peak:
+            peak, grown_at, still = value, now, 0
+        else:
+            still += 1
+            if still >= 25 and now - grown_at >= max(0.5, grown_at - started):
+                break
+    return peak
 
 
 async def assert_upstream_closed_soon_after_cancel(h: Harness, cancel: Callable[[], object]) -> None:
@@ -294,32 +320,33 @@ def test_admission_limit_refuses_extra_streams_while_health_answers() -> None:
 
 @pytest.mark.parametrize("http_client", ["aiohttp", "httpx"])
 def test_slow_reader_slows_the_upstream_instead_of_growing_a_buffer(http_client: str) -> None:
-    """A client that stops reading stops the gateway's upstream reads too: the simulator cannot run ahead.
+    """A client that stops reading stops the gateway's upstream reads too: of a 10 MB stream the gateway
+    takes a few buffers' worth and leaves the rest in the upstream's socket until the client reads on.
+    Catches a gateway that reads ahead of its client into memory (a queue, a write that does not wait):
+    it would take the whole stream.
 
-    The client keeps grpc's default 64 KB flow-control window (no BDP growth), so what it does not
-    read holds up the gateway's writes, which hold up its upstream reads; only socket buffers fill.
+    The client keeps grpc's default 64 KB flow-control window (no BDP growth), so what it does not read
+    holds up the gateway's writes, which hold up its upstream reads. What the gateway took is measured
+    (``taken_from_upstream``), not guessed from how fast the simulator writes: a busy machine slows both.
     """
-    total = 150_000
+    total = 80_000  # tokens: about 10 MB of SSE
+    # What the gateway may hold while its client does not read: grpc's send buffer and the client's window
+    # (as protos, a third the size of their SSE), one HTTP read. Measured: 1.7 MB with aiohttp, 0.9 with httpx.
+    ceiling = 4 << 20
 
     async def go() -> None:
         async with gateway(http_client=http_client) as h:
             request = body(f"[[sim:tokens {total}]] flood", max_tokens=total + 100)
             options = [("grpc.http2.bdp_probe", 0)]
             async with grpc.aio.insecure_channel(h.target, options=options) as channel:
-                call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(request), timeout=120)
+                call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(request), timeout=600)
                 received = len(await read_events(call, 1))
-                record = h.sim.requests[-1]
-                # Wait for the upstream to stall: no new event sent for 300 ms.
-                loop = asyncio.get_running_loop()
-                last, steady_since = -1, loop.time()
-                while loop.time() - steady_since < 0.3:
-                    if record.events_sent != last:
-                        last, steady_since = record.events_sent, loop.time()
-                    await asyncio.sleep(0.02)
-                assert record.events_sent < total / 2
+                taken = await peak_once_settled(lambda: taken_from_upstream(h), ceiling)
+                assert taken <= ceiling, f"the gateway read {taken} bytes ahead of a client that did not read"
                 while (response := await call.read()) is not grpc.aio.EOF:
                     received += len(response.events)
                 assert received >= total
+                assert h.sim.requests[-1].bytes_sent > 2 * ceiling  # a read-ahead would have shown
 
     run(go)
 
@@ -377,17 +404,31 @@ def test_connection_age_never_cuts_a_stream_inside_its_allowed_life() -> None:
 
 
 def test_time_blocked_on_a_slow_client_is_not_upstream_silence() -> None:
-    """A client that stops reading for longer than idle_timeout still gets its whole stream."""
-    total = 60_000
+    """A client that stops reading for longer than idle_timeout still gets its whole stream. Catches a
+    watchdog that counts the time the gateway waits to write to its client as upstream silence.
+
+    The client resumes only once the gateway has read nothing for two idle timeouts while the upstream
+    had bytes waiting for it: time it spent blocked on its writes, however slowly the machine got it there.
+    idle_timeout is long enough that a busy machine's stalls, which delay reads, do not pass for silence.
+    """
+    total = 30_000  # tokens, about 4 MB: more than the gateway's buffers take (see the test above)
+    idle = 2.0
 
     async def go() -> None:
-        async with gateway(idle_timeout=0.3) as h:
+        async with gateway(idle_timeout=idle) as h:
             request = body(f"[[sim:tokens {total}]] pause", max_tokens=total + 100)
             options = [("grpc.http2.bdp_probe", 0)]  # a small window, so the gateway's writes block
             async with grpc.aio.insecure_channel(h.target, options=options) as channel:
-                call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(request), timeout=60)
+                call = chat_pb2_grpc.ChatServiceStub(channel).StreamMessage(stream_request(request), timeout=600)
                 received = len(await read_events(call, 1))
-                await asyncio.sleep(1.0)  # the pause under test: three idle timeouts without reading
+                loop = asyncio.get_running_loop()
+                peak, since = taken_from_upstream(h), loop.time()
+                while loop.time() - since < 2 * idle:  # the pause under test
+                    assert h.gateway.admission.active == 1, "the call ended while its client was not reading"
+                    await asyncio.sleep(0.02)
+                    taken = taken_from_upstream(h)
+                    if taken > peak or not unread_from(h.sim.port):
+                        peak, since = max(peak, taken), loop.time()
                 while (response := await call.read()) is not grpc.aio.EOF:
                     received += len(response.events)
                 assert await call.code() == grpc.StatusCode.OK
