@@ -124,20 +124,22 @@ class Admission:
         body, bad = body_of(params) if not bad else ({}, bad)
         if bad:
             raise GatewayError(invalid(bad))
-        model = self.policy.model(params.model)
+        # The policy judges the body that goes upstream, as built (``extra`` merged in), not the fields.
+        model = self.policy.model(body["model"])
         if rules.models is not None and model not in rules.models:
             allowed = ", ".join(sorted(rules.models)) or "none"
             raise GatewayError(
                 fail(Reason.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed for {caller!r} (allowed: {allowed})")
             )
-        if rules.max_tokens is not None and params.max_tokens > rules.max_tokens:
+        max_tokens = body["max_tokens"]
+        if rules.max_tokens is not None and max_tokens > rules.max_tokens:
             cap = QuotaViolation(
                 caller, "max_tokens", rules.max_tokens, f"max_tokens: at most {rules.max_tokens} a request"
             )
             raise GatewayError(
                 fail(
                     Reason.MAX_TOKENS_OVER_LIMIT,
-                    f"max_tokens {params.max_tokens} is over the caller's cap of {rules.max_tokens}",
+                    f"max_tokens {max_tokens} is over the caller's cap of {rules.max_tokens}",
                     quota_violations=(cap,),
                 )
             )
