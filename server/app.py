@@ -26,7 +26,7 @@ from server.limits.identity import Identity
 from server.limits.policy import OPEN
 from server.limits.policy import load as load_policy
 from server.limits.quota import MemoryQuotas, Quotas
-from server.ports.grpc.servicer import ChatServicer, lenient
+from server.ports.grpc.servicer import ChatServicer
 from server.ports.http.web import WebApplication, WebServer, bind
 from server.redaction import Redactor
 from server.reporting import prices
@@ -93,17 +93,17 @@ class Gateway:
 
 
 def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
-    """Register ChatService as the generated code does, but with lenient request deserializers, so
-    that undecodable bytes get INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+    """Register ChatService with request-streaming handlers that take the request's bytes: grpc reads the
+    one request message only when the servicer asks, after admission on the metadata (a refused caller
+    never costs its body), and bytes that do not parse get INVALID_ARGUMENT instead of grpc's UNKNOWN.
+    On the wire a unary request is one message either way; clients see the RPCs the proto declares."""
     handlers = {
-        "StreamMessage": grpc.unary_stream_rpc_method_handler(
+        "StreamMessage": grpc.stream_stream_rpc_method_handler(
             servicer.StreamMessage,
-            request_deserializer=lenient(chat_pb2.StreamMessageRequest),
             response_serializer=chat_pb2.StreamMessageResponse.SerializeToString,
         ),
-        "CreateMessage": grpc.unary_unary_rpc_method_handler(
+        "CreateMessage": grpc.stream_unary_rpc_method_handler(
             servicer.CreateMessage,
-            request_deserializer=lenient(chat_pb2.CreateMessageRequest),
             response_serializer=chat_pb2.CreateMessageResponse.SerializeToString,
         ),
     }

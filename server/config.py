@@ -47,6 +47,12 @@ class Settings:
     max_message_bytes: int = setting(
         32 * 1024 * 1024, "largest gRPC message in either direction, in bytes (32 MiB, the API's request limit)"
     )
+    max_body_bytes_in_flight: int = setting(
+        0,
+        "request-body bytes the gateway holds at once, across calls; a call past it is refused RESOURCE_EXHAUSTED "
+        "before its body is read (0 = an eighth of the memory each worker may use: the cgroup limit, else RAM, over "
+        "GATEWAY_WORKERS)",
+    )
     max_event_bytes: int = setting(
         4 * 1024 * 1024,
         "largest upstream SSE event (or line) in bytes; one larger ends the call with RESOURCE_EXHAUSTED",

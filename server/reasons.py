@@ -24,6 +24,11 @@ class Reason(Enum):
         "the request's shape is wrong; `BadRequest` names every bad field; nothing was sent upstream",
     )
     TOO_MANY_STREAMS = (Code.RESOURCE_EXHAUSTED, "`GATEWAY_MAX_CONCURRENT_STREAMS` calls are in flight")
+    BODY_BUDGET_EXHAUSTED = (
+        Code.RESOURCE_EXHAUSTED,
+        "the request bodies in flight fill `GATEWAY_MAX_BODY_BYTES_IN_FLIGHT`; refused before the body was read, "
+        "`RetryInfo` says when to try again",
+    )
     SHUTTING_DOWN = (Code.UNAVAILABLE, "the gateway is draining, or the drain grace ended mid-call")
     FIRST_EVENT_TIMEOUT = (Code.DEADLINE_EXCEEDED, "no upstream event within `GATEWAY_FIRST_EVENT_TIMEOUT`")
     UPSTREAM_IDLE_TIMEOUT = (Code.DEADLINE_EXCEEDED, "upstream silent for `GATEWAY_IDLE_TIMEOUT`")

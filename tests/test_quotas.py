@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import signal
+import struct
 import subprocess
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 import redis
 from claude_gateway import codec
+from claude_gateway.client import create_request
 from claude_gateway.usage import from_metadata
 from claude_gateway.v1 import chat_pb2_grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import build_server, sdk_client
@@ -219,6 +224,109 @@ def test_max_tokens_over_the_cap_is_refused_with_quota_failure_and_no_retry(tmp_
             assert status.retry_info is None
             assert h.sim.requests == []
             assert len(await h_events(h, body(max_tokens=100), "alpha")) > 0
+
+    run(go)
+
+
+def capped_request(rpc: str, **extra: Any) -> Any:
+    """A request within alpha's cap of 100 whose ``params.extra`` says otherwise."""
+    request = (stream_request if rpc == "StreamMessage" else create_request)(body(max_tokens=50))
+    request.params.extra.update(extra)
+    return request
+
+
+async def connect_json(url: str, rpc: str, request: Any, caller: str) -> tuple[int, dict[str, Any]]:
+    """One Connect JSON call on the HTTP port: its HTTP status and JSON (a unary reply or error, or a
+    stream's end-of-stream message)."""
+    data = json_format.MessageToJson(request).encode()
+    headers = {"authorization": as_caller(caller)[0][1]}
+    if rpc == "StreamMessage":
+        headers["connect-protocol-version"] = "1"
+        data = struct.pack(">BI", 0, len(data)) + data
+    kind = "application/json" if rpc == "CreateMessage" else "application/connect+json"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/claude_gateway.v1.ChatService/{rpc}", data=data, headers={"content-type": kind, **headers}
+        ) as response,
+    ):
+        raw = await response.read()
+    if rpc == "CreateMessage":
+        return response.status, json.loads(raw)
+    end: dict[str, Any] = {}
+    while raw:  # the last envelope is the end-of-stream message
+        size = struct.unpack(">I", raw[1:5])[0]
+        end, raw = json.loads(raw[5 : 5 + size]), raw[5 + size :]
+    return response.status, end.get("error", end)
+
+
+@pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"max_tokens": 64000}, "params.extra.max_tokens"),
+        ({"model": "claude-opus-4-1"}, "params.extra.model"),
+        ({"max_tokens": None}, "params.extra.max_tokens"),  # a field always written: never in extra
+        ({"metadata": {"user_id": "x"}}, "params.extra.metadata"),
+    ],
+    ids=["max_tokens", "model", "max_tokens-null", "metadata"],
+)
+def test_extra_cannot_override_a_modeled_field_past_the_policy_on_either_port(
+    tmp_path: Path, rpc: str, extra: dict[str, Any], field: str
+) -> None:
+    """A caller capped at max_tokens 100 (and one model) sends 50 with ``params.extra`` naming a modeled field:
+    INVALID_ARGUMENT naming it, on gRPC and on the HTTP port (Connect JSON), and nothing goes upstream."""
+    text = "callers:\n  alpha:\n    max_tokens: 100\n    models: [claude-sonnet-4-6]\n"
+
+    async def go() -> None:
+        async with gateway(
+            caller_identity="token",
+            callers_file=str(callers_file(tmp_path)),
+            policy_file=policy(tmp_path, text),
+            http_listen="127.0.0.1:0",
+        ) as h:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                call = getattr(h.stub, rpc)(capped_request(rpc, **extra), timeout=10, metadata=as_caller("alpha"))
+                await (call.read() if rpc == "StreamMessage" else call)
+            status = status_of(caught.value)
+            assert status.code == grpc.StatusCode.INVALID_ARGUMENT, status
+            assert status.bad_request is not None
+            assert [v.field for v in status.bad_request.field_violations] == [field]
+            url = f"http://127.0.0.1:{h.gateway.http_port}"
+            code, error = await connect_json(url, rpc, capped_request(rpc, **extra), "alpha")
+            assert error["code"] == "invalid_argument", (code, error)
+            assert field in error["message"]
+            assert h.sim.requests == []
+
+    run(go)
+
+
+@pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
+def test_extra_keeps_unknown_keys_and_the_codecs_nulls_and_empty_lists_on_either_port(tmp_path: Path, rpc: str) -> None:
+    """Keys the proto does not name, and a null or empty list of a field left unset (what the codec puts in
+    extra), go upstream as sent, within the policy, on both ports."""
+    text = "callers:\n  alpha:\n    max_tokens: 100\n"
+    extra: dict[str, Any] = {"brand_new": {"a": 1}, "tools": [], "metadata": None}
+
+    async def go() -> None:
+        async with gateway(
+            caller_identity="token",
+            callers_file=str(callers_file(tmp_path)),
+            policy_file=policy(tmp_path, text),
+            http_listen="127.0.0.1:0",
+        ) as h:
+            call = getattr(h.stub, rpc)(capped_request(rpc, **extra), timeout=10, metadata=as_caller("alpha"))
+            if rpc == "StreamMessage":
+                assert [r async for r in call]
+            else:
+                await call
+            url = f"http://127.0.0.1:{h.gateway.http_port}"
+            code, reply = await connect_json(url, rpc, capped_request(rpc, **extra), "alpha")
+            assert code == 200, reply
+            assert "code" not in reply, reply
+            for sent in h.sim.requests:
+                assert sent.body["max_tokens"] == 50
+                assert {k: sent.body[k] for k in extra} == extra
 
     run(go)
 

@@ -40,7 +40,7 @@ def system_citation(text: str) -> Change:
 
 def extra(value: float) -> Change:
     def change(request: pb.StreamMessageRequest) -> None:
-        request.params.extra.update({"metadata": {"score": [1.0, value]}})
+        request.params.extra.update({"brand_new": {"score": [1.0, value]}})
 
     return change
 

@@ -25,10 +25,8 @@ class MessageAccumulator:
 
     def __init__(self, max_message_bytes: int, betas: Sequence[str] = ()) -> None:
         self._limit = max_message_bytes
-        # With betas, the SDK's beta helper, which knows beta blocks and deltas (compaction, fallback,
-        # context management) and reads the request's `anthropic-beta` header as the SDK's beta stream does.
-        self._accumulate: Callable[..., Any] = accumulate_beta_event if betas else accumulate_event
-        self._betas = betas
+        self.betas = betas  # the request's; a port that reads the request after making this sets them then
+        self._accumulate: Callable[..., Any] = accumulate_event
         self._extra: dict[str, Any] | None = None  # made at the first event: admission checked the betas by then
         self._snapshot: Any = None
         self._json_bufs: dict[int, bytes] = {}
@@ -49,8 +47,11 @@ class MessageAccumulator:
     def _add(self, batch: list[Event]) -> None:
         if self._extra is None:
             self._extra = {}
-            if self._betas:
-                self._extra["request_headers"] = httpx2.Headers({"anthropic-beta": ",".join(self._betas)})
+            if self.betas:
+                # The SDK's beta helper, which knows beta blocks and deltas (compaction, fallback, context
+                # management) and reads the request's `anthropic-beta` header as the SDK's beta stream does.
+                self._accumulate = accumulate_beta_event
+                self._extra["request_headers"] = httpx2.Headers({"anthropic-beta": ",".join(self.betas)})
         try:
             for name, obj, _ in batch:
                 if obj.get("type") in _KNOWN:  # as the SDK, which skips unknown event types (and pings)

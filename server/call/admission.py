@@ -1,12 +1,16 @@
 """Admission: whether a call may start now, what it will send upstream, and the calls in flight.
 
-Every check here runs before anything is sent upstream, in this order: who the caller is
-(``server.limits.identity``: UNAUTHENTICATED), drain, whether the policy lets the caller in
-(``server.limits.policy``: PERMISSION_DENIED), the gateway's concurrency limit, the request's shape, the
-model (aliases, the default, the caller's allowlist) and the caller's ``max_tokens`` cap, and last
-the caller's quotas (``server.limits.quota``: RESOURCE_EXHAUSTED), which count the call only once every
-other check has passed. An admitted call is counted until it ends, which is what the drain waits on
-and what ``cut_all`` ends; its end gives back its quota lease with the tokens it used.
+Every check here runs before anything is sent upstream, in two steps. On the call's metadata alone,
+before its body is read (``entry``): who the caller is (``server.limits.identity``: UNAUTHENTICATED),
+drain, whether the policy lets the caller in (``server.limits.policy``: PERMISSION_DENIED), the
+gateway's concurrency limit, and room in the body budget (``server.limits.bodies``:
+RESOURCE_EXHAUSTED); a call refused there never costs its body. Then, on the body read: the
+request's shape, the model (aliases, the default, the caller's allowlist) and the caller's
+``max_tokens`` cap, judged on the body as it goes upstream, and last the caller's quotas
+(``server.limits.quota``: RESOURCE_EXHAUSTED), which count the call only once every other check has
+passed. A call is counted from its entry until it ends, which is what the drain waits on and what
+``cut_all`` ends; its end gives back its quota lease with the tokens it used, and its share of the
+body budget.
 """
 
 from __future__ import annotations
@@ -14,18 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from claude_gateway.v1 import chat_pb2 as pb
 
-from server.call.context import CallContext
+from server.call.context import CallContext, CallMetadata
 from server.call.validation import beta_violations, body_of, violations
 from server.config import Settings
 from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violation, fail
+from server.limits.bodies import WAIT_SECONDS, BodyBudget, Reservation, default_budget
 from server.limits.identity import Identity
-from server.limits.policy import MICRO, OPEN, Policy
+from server.limits.policy import MICRO, OPEN, Policy, Rules
 from server.limits.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
 from server.reporting.prices import Prices, PriceTable
 from server.reporting.record import CallRecord
@@ -42,6 +47,11 @@ class Undecodable:
 
     def __init__(self, error: str) -> None:
         self.error = error
+
+
+Body = Callable[[], Awaitable[tuple["Request | Undecodable", int]]]
+"""How a port reads a call's request once its metadata is admitted: the request (or why it does not
+parse) and its size in bytes."""
 
 
 @dataclass(eq=False)
@@ -79,6 +89,8 @@ class Admission:
         self.quotas: Quotas = quotas or MemoryQuotas()
         self.prices: Prices = prices if prices is not None else PriceTable({})  # what spend budgets count
         self._calls: set[Admitted] = set()
+        limit = settings.max_body_bytes_in_flight or default_budget(settings.max_message_bytes, settings.workers)
+        self.bodies = BodyBudget(limit, settings.max_message_bytes)
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -101,19 +113,14 @@ class Admission:
             call.cut = fail(Reason.SHUTTING_DOWN, "gateway shut down before the reply was complete")
             call.task.cancel()
 
-    @contextlib.asynccontextmanager
-    async def admit(
-        self, context: CallContext, request: Request | Undecodable, record: CallRecord | None = None
-    ) -> AsyncIterator[Admitted]:
-        """Checks the call, then yields it, counted as in flight while it runs; GatewayError if refused.
-        ``record`` hears the caller and the model (aliases resolved) as soon as each is known, so that a
-        refused call is logged and counted with them too."""
+    def entry(self, context: CallMetadata, record: CallRecord | None = None) -> tuple[str, Rules]:
+        """What the call's metadata alone decides, before its body is read: who the caller is, drain, whether
+        the policy admits the caller, the gateway's concurrency limit. The caller and its rules; GatewayError
+        if refused. The HTTP port asks this of the headers before it reads a body; ``admit`` asks it again."""
         settings = self._settings
-        if record is not None and not isinstance(request, Undecodable):  # the model id, even if refused below
-            record.model = self.policy.model(request.params.model or self.policy.default_model or "")
         caller = self.identity.caller(context)
         if record is not None:
-            record.caller = caller
+            record.caller = caller  # a refused call is logged and counted with its caller too
         if self.draining:
             raise GatewayError(fail(Reason.SHUTTING_DOWN, "gateway is shutting down"))
         rules = self.policy.rules(caller)
@@ -129,6 +136,94 @@ class Admission:
                     retry_after=1.0,
                 )
             )
+        return caller, rules
+
+    async def reserve(self, size: int | None, wait: float) -> Reservation:
+        """Room in the body budget for a body of ``size`` bytes (None: not known yet), waiting at most ``wait``
+        seconds for the reads in progress; GatewayError RESOURCE_EXHAUSTED (BODY_BUDGET_EXHAUSTED) if none."""
+        reservation = await self.bodies.reserve(size, min(wait, WAIT_SECONDS))
+        if reservation is None:
+            raise GatewayError(
+                fail(
+                    Reason.BODY_BUDGET_EXHAUSTED,
+                    f"the request bodies in flight fill max_body_bytes_in_flight ({self.bodies.limit} bytes)",
+                    retry_after=1.0,
+                )
+            )
+        return reservation
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self,
+        context: CallContext,
+        request: Request | Undecodable | Body,
+        reserved: Reservation | None = None,
+        record: CallRecord | None = None,
+    ) -> AsyncIterator[Admitted]:
+        """Checks the call, then yields it, counted as in flight while it runs; GatewayError if refused.
+
+        ``request`` is the request, or (gRPC) how to read it: then it is read only once the metadata
+        admits the call and the body budget has room for it. ``reserved`` is the budget a port took
+        before it read the body itself (the HTTP port); it is given back when the call ends. ``record``
+        hears the caller and the model (aliases resolved) as soon as each is known, so that a refused
+        call is logged and counted with them too."""
+        settings = self._settings
+        if record is not None and not callable(request) and not isinstance(request, Undecodable):
+            record.model = self.policy.model(request.params.model or self.policy.default_model or "")
+        caller, rules = self.entry(context, record)
+        budget, expired = settings.max_stream_seconds, self._too_long
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < budget:
+            budget, expired = remaining, _DEADLINE_PASSED
+        task = asyncio.current_task()
+        assert task is not None
+        call = Admitted({}, (), caller, asyncio.get_running_loop().time() + budget, expired, task)
+        call.record = record
+        self._calls.add(call)  # counted from here, so the gateway's own limit holds while bodies are read
+        self._idle.clear()
+        reservation = reserved
+        try:
+            if callable(request):
+                if reservation is None:
+                    reservation = await self.reserve(None, budget)
+                try:
+                    request, size = await request()
+                except asyncio.CancelledError:
+                    if call.cut is None:
+                        raise
+                    task.uncancel()
+                    raise GatewayError(call.cut) from None
+                reservation.resize(size)
+                if record is not None and not isinstance(request, Undecodable):
+                    record.model = self.policy.model(request.params.model or self.policy.default_model or "")
+            call.body, call.betas, estimate = self._checked(caller, rules, request, record)
+            del request  # the request message is not kept while the call runs: its body is
+            limits = rules.limits
+            # A spend budget reserves the estimated input at the input price of the model asked for.
+            model = call.body["model"]
+            spend = micro(self.prices.cost(model, Usage({"input_tokens": estimate}))) if limits.spend else 0
+            call.lease = await self.quotas.acquire(caller, limits, estimate, spend)  # last: it counts the call
+            yield call
+        finally:
+            self._calls.discard(call)
+            if not self._calls:
+                self._idle.set()
+            if call.lease is not None:
+                spent = micro(self.cost(call)) if rules.limits.spend else 0
+                self.quotas.release(call.lease, charged(call.usage), spent)
+            if reservation is not None:
+                reservation.release()
+
+    def cost(self, call: Admitted) -> float | None:
+        """What ``call`` cost, by the model that served it (what the call's record heard from the upstream)."""
+        served = call.record.served_by if call.record is not None else call.body["model"]
+        return self.prices.cost(served, call.usage)
+
+    def _checked(
+        self, caller: str, rules: Rules, request: Request | Undecodable, record: CallRecord | None = None
+    ) -> tuple[dict[str, Any], Sequence[str], int]:
+        """The request's body as it goes upstream, its betas and its token estimate, once its shape, the
+        model and the caller's max_tokens cap pass; GatewayError if not."""
         if isinstance(request, Undecodable):
             raise GatewayError(invalid([Violation("request", f"not a valid protobuf message: {request.error}")]))
         params = request.params
@@ -138,7 +233,8 @@ class Admission:
         body, bad = body_of(params) if not bad else ({}, bad)
         if bad:
             raise GatewayError(invalid(bad))
-        model = self.policy.model(params.model)
+        # The policy judges the body that goes upstream, as built (``extra`` merged in), not the fields.
+        model = self.policy.model(body["model"])
         if record is not None:
             record.model = model
         if rules.models is not None and model not in rules.models:
@@ -146,47 +242,22 @@ class Admission:
             raise GatewayError(
                 fail(Reason.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed for {caller!r} (allowed: {allowed})")
             )
-        if rules.max_tokens is not None and params.max_tokens > rules.max_tokens:
+        max_tokens = body["max_tokens"]
+        if rules.max_tokens is not None and max_tokens > rules.max_tokens:
             cap = QuotaViolation(
                 caller, "max_tokens", rules.max_tokens, f"max_tokens: at most {rules.max_tokens} a request"
             )
             raise GatewayError(
                 fail(
                     Reason.MAX_TOKENS_OVER_LIMIT,
-                    f"max_tokens {params.max_tokens} is over the caller's cap of {rules.max_tokens}",
+                    f"max_tokens {max_tokens} is over the caller's cap of {rules.max_tokens}",
                     quota_violations=(cap,),
                 )
             )
-        budget, expired = settings.max_stream_seconds, self._too_long
-        remaining = context.time_remaining()
-        if remaining is not None and remaining < budget:
-            budget, expired = remaining, _DEADLINE_PASSED
-        task = asyncio.current_task()
-        assert task is not None
         limits = rules.limits
         estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute or limits.spend else 0
-        # A spend budget reserves the estimated input at the input price of the model asked for.
-        spend = micro(self.prices.cost(model, Usage({"input_tokens": estimate}))) if limits.spend else 0
         body["model"] = model
-        call = Admitted(body, request.betas, caller, asyncio.get_running_loop().time() + budget, expired, task)
-        call.record = record
-        self._calls.add(call)  # counted before the quota store's round trip, so the gateway's own limit holds
-        self._idle.clear()
-        try:
-            call.lease = await self.quotas.acquire(caller, limits, estimate, spend)  # last: it counts the call
-            yield call
-        finally:
-            self._calls.discard(call)
-            if not self._calls:
-                self._idle.set()
-            if call.lease is not None:
-                spent = micro(self.cost(call)) if limits.spend else 0
-                self.quotas.release(call.lease, charged(call.usage), spent)
-
-    def cost(self, call: Admitted) -> float | None:
-        """What ``call`` cost, by the model that served it (what the call's record heard from the upstream)."""
-        served = call.record.served_by if call.record is not None else call.body["model"]
-        return self.prices.cost(served, call.usage)
+        return body, tuple(request.betas), estimate
 
 
 def charged(usage: Usage) -> int:

@@ -15,17 +15,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import grpc
 from claude_gateway.wire import REQUEST_ID_KEY
 
-from server.call.admission import Admission, Request, Undecodable
+from server.call.admission import Admission, Body, Request, Undecodable
 from server.call.bounds import Bounds
-from server.call.context import CallContext
+from server.call.context import CallContext, CallMetadata
 from server.call.delivery import Sink
 from server.call.events import Event
 from server.call.reader import UpstreamReader
 from server.call.watchdog import Watchdog
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, to_status
+from server.limits.bodies import Reservation
 from server.redaction import Redactor
 from server.reporting.record import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord
 from server.reporting.telemetry import Telemetry
@@ -57,11 +59,27 @@ class Calls:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bounds", Bounds.of(self.settings))
 
-    async def run(self, method: str, context: CallContext, request: Request | Undecodable, deliver: Sink) -> None:
-        """Run one call: every batch of upstream events goes to ``deliver``; any failure aborts the call.
-        Whatever the outcome, the call is logged and counted once, and its usage and cost go to the
-        caller in the trailing metadata (unless the caller left)."""
-        record = CallRecord(method, "" if isinstance(request, Undecodable) else request.params.model)
+    async def run(
+        self,
+        method: str,
+        context: CallContext,
+        request: Request | Undecodable | Body,
+        deliver: Sink,
+        reserved: Reservation | None = None,
+    ) -> bool:
+        """Run one call: every batch of upstream events goes to ``deliver``; True if it ended OK. Whatever
+        the outcome, the call is logged and counted once, and its usage and cost go to the caller in the
+        trailing metadata (unless the caller left). A failure is set on ``context`` as its status (code,
+        message, rich details), not raised: an exception would carry this frame, and the call's request
+        with it, in a reference cycle until the next full collection.
+
+        ``request`` may be how to read the request (``admission.Body``): it is read once the metadata
+        admits the call. ``reserved`` is the body budget a port took before reading it itself."""
+        if callable(request):
+            record = CallRecord(method, "")
+            request = _noting_model(request, record)
+        else:
+            record = CallRecord(method, "" if isinstance(request, Undecodable) else request.params.model)
         tracing = self.tracing
         spans: list[Span] = []
         if tracing is not None:
@@ -69,18 +87,20 @@ class Calls:
         failure: Failure | None = None
         try:
             # Admission fills in the caller and the model id (aliases resolved), refused or not.
-            async with self.admission.admit(context, request, record) as call:
+            async with self.admission.admit(context, request, reserved, record) as call:
+                del request  # admission holds the body that goes upstream; the request itself is let go
                 record.usage = call.usage  # one Usage: what admission (quotas) reads is what is reported
                 watchdog = Watchdog(call.task, call.deadline, call.expired, self.bounds)
                 if tracing is not None:
-                    assert not isinstance(request, Undecodable)
-                    spans.append(tracing.upstream_span(spans[0], record, request.params.max_tokens))
+                    tracing.admitted(spans[0], record)
+                    spans.append(tracing.upstream_span(spans[0], record, call.body["max_tokens"]))
                 try:
                     async with UpstreamReader(self.bounds, self.upstream, watchdog, call.deadline) as reader:
                         try:
                             batch: list[Event] | None = await reader.open(call.body, call.betas)
                         finally:
                             record.attempts, record.retried = reader.attempts, reader.retried
+                        call.body = {}  # sent: not held while the reply streams (nothing is retried from here)
                         record.request_id = self.redactor.request_id(reader.request_id)
                         if record.request_id:  # for Anthropic support, and to match the gateway's log line
                             await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
@@ -102,12 +122,7 @@ class Calls:
                     watchdog.close()
         except GatewayError as exc:
             failure = self.redactor.failure(exc.failure)
-            record.status, record.reason = failure.code.name, failure.reason
-            record.error_type = failure.error_type or failure.reason
-            if failure.error_type or failure.reason.startswith("UPSTREAM_"):
-                record.upstream_error = failure.error_type or failure.reason
-            record.request_id = record.request_id or failure.request_id
-            record.cause, record.upstream_host = failure.cause, failure.host
+            _failed(record, failure)
         except Exception as exc:  # a bug: the caller still gets a status, and the log the traceback
             log.exception("%s failed inside the gateway", method)
             failure = fail(Reason.GATEWAY_ERROR, f"gateway error: {type(exc).__name__}")
@@ -122,7 +137,46 @@ class Calls:
                 for span in reversed(spans):
                     tracing.end(span, record)
         trailer = self.telemetry.trailer(record)
-        if failure is not None:
-            status = to_status(failure, record.events)
-            await context.abort_with_status(status._replace(trailing_metadata=(*status.trailing_metadata, *trailer)))
-        context.set_trailing_metadata(trailer)
+        if failure is None:
+            context.set_trailing_metadata(trailer)
+            return True
+        status = to_status(failure, record.events)
+        context.set_code(status.code)
+        context.set_details(status.details)
+        context.set_trailing_metadata((*status.trailing_metadata, *trailer))
+        return False
+
+    def refuse(self, method: str, context: CallMetadata, failure: Failure) -> grpc.Status:
+        """A call refused on its metadata before its body was read (the HTTP port's headers): logged and
+        counted as any call; its status, with the usage trailer, for the port to answer with."""
+        record = CallRecord(method, "")
+        tracing = self.tracing
+        span = None if tracing is None else tracing.call_span(record, context.invocation_metadata())
+        _failed(record, failure)
+        self.telemetry.finish(record)
+        if tracing is not None and span is not None:
+            tracing.end(span, record)
+        status = to_status(failure, 0)
+        return status._replace(trailing_metadata=(*status.trailing_metadata, *self.telemetry.trailer(record)))
+
+
+def _failed(record: CallRecord, failure: Failure) -> None:
+    """Note in ``record`` that the call ended with ``failure``."""
+    record.status, record.reason = failure.code.name, failure.reason
+    record.error_type = failure.error_type or failure.reason
+    if failure.error_type or failure.reason.startswith("UPSTREAM_"):
+        record.upstream_error = failure.error_type or failure.reason
+    record.request_id = record.request_id or failure.request_id
+    record.cause, record.upstream_host = failure.cause, failure.host
+
+
+def _noting_model(read: Body, record: CallRecord) -> Body:
+    """``read``, noting the model the request names in ``record`` (for the log line of a call refused after)."""
+
+    async def reading() -> tuple[Request | Undecodable, int]:
+        request, size = await read()
+        if not isinstance(request, Undecodable):
+            record.model = request.params.model
+        return request, size
+
+    return reading

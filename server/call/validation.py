@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from claude_gateway import codec
@@ -22,6 +23,8 @@ from google.protobuf import struct_pb2
 from server.errors import Violation
 
 ROLES = ("user", "assistant")
+_POLICY_KEYS = (("model", str), ("max_tokens", int))  # body keys the caller's policy judges
+EXTRA = "extra"  # the Struct of keys a message does not model, merged into its JSON
 MAX_JSON_DEPTH = 64  # nesting levels of JSON in one raw_json field
 _JSON_TYPES = frozenset(("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"))
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}")  # RFC 9110 token, minus the comma that joins betas
@@ -59,8 +62,10 @@ def _params(p: pb.MessageCreateParams, path: str) -> Iterator[Violation]:
 
 
 def _unions(msg: Any, path: str) -> Iterator[Violation]:
-    """Under ``msg``, anywhere: every oneof `type` message has an arm set, and every raw_json arm is a
-    JSON object with a string "type" that the API can take (see ``_raw_json``)."""
+    """Under ``msg``, anywhere: every oneof `type` message has an arm set, every raw_json arm is a
+    JSON object with a string "type" that the API can take (see ``_raw_json``), and no ``extra`` names
+    a field the proto models (see ``_extra``)."""
+    arm_of_union = False
     if msg.DESCRIPTOR.oneofs_by_name.get("type") is not None:
         arm = msg.WhichOneof("type")
         if arm is None:
@@ -69,9 +74,12 @@ def _unions(msg: Any, path: str) -> Iterator[Violation]:
         if arm == "raw_json":
             yield from _raw_json(msg.raw_json.json, f"{path}.raw_json.json")
             return
-        msg, path = getattr(msg, arm), f"{path}.{arm}"
+        msg, path, arm_of_union = getattr(msg, arm), f"{path}.{arm}", True
     for fd, value in msg.ListFields():
         kind = fd.message_type
+        if fd.name == EXTRA and kind is not None and kind.full_name == "google.protobuf.Struct":
+            yield from _extra(msg, value, path, arm_of_union)
+            continue
         if kind is None or kind.full_name in _JSON_TYPES:
             continue
         if fd.is_repeated:
@@ -79,6 +87,71 @@ def _unions(msg: Any, path: str) -> Iterator[Violation]:
                 yield from _unions(item, f"{path}.{fd.name}[{k}]")
         else:
             yield from _unions(value, f"{path}.{fd.name}")
+
+
+@dataclass(frozen=True)
+class _Modeled:
+    """The JSON keys one message type models: each with its fields, and those always written."""
+
+    fields: dict[str, tuple[str, ...]]  # JSON key -> the fields that write it (`K` and `K_text`)
+    always: frozenset[str]  # keys the message always writes: scalars without presence, "type" of an arm
+
+
+_modeled: dict[tuple[str, bool], _Modeled] = {}
+
+
+def _modeled_keys(descriptor: Any, arm_of_union: bool) -> _Modeled:
+    key = (descriptor.full_name, arm_of_union)
+    known = _modeled.get(key)
+    if known is None:
+        by_key: dict[str, list[str]] = {}
+        always: set[str] = {"type"} if arm_of_union else set()
+        for fd in descriptor.fields:
+            if fd.name == EXTRA:
+                continue
+            json_key = fd.name
+            if fd.name.endswith("_text") and fd.name[:-5] in descriptor.fields_by_name:
+                json_key = fd.name[:-5]
+            by_key.setdefault(json_key, []).append(fd.name)
+            if fd.message_type is None and not fd.is_repeated and not fd.has_presence:
+                always.add(json_key)
+        known = _modeled[key] = _Modeled({k: tuple(v) for k, v in by_key.items()}, frozenset(always))
+    return known
+
+
+def _extra(msg: Any, extra: struct_pb2.Struct, path: str, arm_of_union: bool) -> Iterator[Violation]:
+    """``extra`` goes upstream merged over the message's own fields, so it may not name one of them: the
+    body that goes upstream is the one the checks and the policy saw. The one exception is what the codec
+    itself puts there, a JSON null or an empty list for a field left unset (the proto cannot hold them)."""
+    modeled = _modeled_keys(msg.DESCRIPTOR, arm_of_union)
+    for key, value in extra.fields.items():
+        names = modeled.fields.get(key)
+        if names is None and key not in modeled.always:
+            continue
+        kind = value.WhichOneof("kind")
+        empty = kind == "null_value" or (kind == "list_value" and not value.list_value.values)
+        unset = key not in modeled.always and not any(_is_set(msg, name) for name in names or ())
+        if empty and unset:
+            continue
+        field = f"{path}.{names[0]}" if names else f"another arm of {path.rpartition('.')[0]}"
+        yield Violation(
+            f"{path}.extra.{shown(key)}",
+            f"names {shown(key)!r}, a field the proto models: set {field} instead (extra holds only keys the "
+            "proto does not name, and nulls or empty lists of fields left unset)",
+        )
+
+
+def _is_set(msg: Any, name: str) -> bool:
+    fd = msg.DESCRIPTOR.fields_by_name[name]
+    if fd.is_repeated:
+        return len(getattr(msg, name)) > 0
+    return bool(msg.HasField(name)) if fd.has_presence else True
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A caller's string as an error message may repeat it: at most ``limit`` characters, then an
+    ellipsis and the length, so a huge value never reaches a trailer or a log line whole."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
 
 
 def _raw_json(text: str, where: str) -> Iterator[Violation]:
@@ -143,9 +216,14 @@ def body_of(params: pb.MessageCreateParams, path: str = "params") -> tuple[dict[
     """The JSON body for ``params`` (checked by ``violations`` first), or the fields that cannot be
     JSON: numbers in Struct or Value fields that are not finite."""
     try:
-        return codec.to_json(params), []
+        body = codec.to_json(params)
     except (ValueError, RecursionError):
         pass
+    else:
+        # What the policy reads (``server.admission``) is what goes upstream; ``_extra`` keeps these two
+        # the fields' own, and this holds it whatever a future change to the codec does.
+        wrong = [key for key, kind in _POLICY_KEYS if type(body.get(key)) is not kind]
+        return body, [Violation(f"{path}.{key}", "must be set by its own field") for key in wrong]
     bad = list(_non_finite(params, path))
     return {}, bad or [Violation(path, "cannot be encoded as JSON")]
 

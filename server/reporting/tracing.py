@@ -55,6 +55,12 @@ class Tracing:
             },
         )
 
+    @staticmethod
+    def admitted(span: Span, call: CallRecord) -> None:
+        """Name the call's SERVER span by its model, known once its request is read and admitted."""
+        span.update_name(f"chat {call.model}".rstrip())
+        span.set_attributes(_request(call))
+
     def upstream_span(self, parent: Span, call: CallRecord, max_tokens: int | None) -> Span:
         """The CLIENT span of the upstream Messages API request, a child of the call's span."""
         attributes: dict[str, Any] = _request(call)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
-from server.call.admission import Undecodable
+from server.call.admission import Body, Request, Undecodable
 from server.call.delivery import MessageAccumulator, streamed
 from server.call.runner import Calls
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    """StreamMessage relays each batch of events as it arrives; CreateMessage returns their sum."""
+    """StreamMessage relays each batch of events as it arrives; CreateMessage returns their sum.
+
+    Both are registered as request-streaming handlers (``server.app.add_chat_service``), so that grpc
+    does not read the request before the handler asks: admission decides on the metadata first (who
+    the caller is, the policy, drain, the concurrency limit, room in the body budget) and a refused
+    call never costs its body. The one request message is then read as bytes and parsed here."""
 
     def __init__(self, calls: Calls) -> None:
         self._calls = calls
@@ -24,26 +28,39 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     # A coroutine that writes with context.write, not an async generator: only a coroutine can be
     # cancelled by the watchdog while a write is blocked on a slow client (see grpc-aio notes).
     async def StreamMessage(  # type: ignore[override]
-        self, request: pb.StreamMessageRequest, context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> None:
         deliver = streamed(context.write, self._calls.settings.max_message_bytes)
-        await self._calls.run("StreamMessage", context, request, deliver)
+        await self._calls.run("StreamMessage", context, reading(context, pb.StreamMessageRequest), deliver)
 
-    async def CreateMessage(
-        self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreateMessageResponse:
-        message = MessageAccumulator(self._calls.settings.max_message_bytes, getattr(request, "betas", ()))
-        await self._calls.run("CreateMessage", context, request, message.add)
-        return message.response()
+    async def CreateMessage(  # type: ignore[override]
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> pb.CreateMessageResponse | None:
+        message = MessageAccumulator(self._calls.settings.max_message_bytes)
+        read = reading(context, pb.CreateMessageRequest)
+
+        async def read_noting_betas() -> tuple[Request | Undecodable, int]:
+            request, size = await read()
+            if not isinstance(request, Undecodable):
+                message.betas = tuple(request.betas)
+            return request, size
+
+        if await self._calls.run("CreateMessage", context, read_noting_betas, message.add):
+            return message.response()
+        return None  # the status is set on the context; grpc sends no message with it
 
 
-def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
-    """A request deserializer that hands bad bytes to the handler as ``Undecodable``."""
+def reading(context: grpc.aio.ServicerContext, kind: type[Request]) -> Body:
+    """How to read the call's one request message: its bytes, parsed (``Undecodable`` when they do not
+    parse, or when the client sent none), and their size."""
 
-    def deserialize(data: bytes) -> Any:
+    async def read() -> tuple[Request | Undecodable, int]:
+        data = await context.read()
+        if not isinstance(data, bytes):  # grpc.aio.EOF: the client closed without a message
+            return Undecodable("the call carries no request message"), 0
         try:
-            return message_type.FromString(data)
+            return kind.FromString(data), len(data)
         except DecodeError as exc:
-            return Undecodable(str(exc))
+            return Undecodable(str(exc)), len(data)
 
-    return deserialize
+    return read

@@ -19,7 +19,7 @@ import contextlib
 import contextvars
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from claude_gateway.v1 import chat_pb2 as pb
@@ -39,6 +39,8 @@ from server.call.admission import Undecodable
 from server.call.context import CallContext
 from server.call.delivery import MessageAccumulator, Sink, streamed
 from server.call.runner import Calls
+from server.errors import GatewayError
+from server.limits.bodies import WAIT_SECONDS, Reservation
 
 TIMEOUT_HEADERS = (b"connect-timeout-ms", b"grpc-timeout")
 
@@ -51,6 +53,8 @@ CODES: Mapping[grpc.StatusCode, Code] = {
 
 # The loop time by which the current HTTP call must end, from its timeout header; None without one.
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+# The current HTTP call's room in the body budget, taken on its headers before its body was read.
+_reserved: contextvars.ContextVar[Reservation | None] = contextvars.ContextVar("reserved", default=None)
 
 _GRPC_TIMEOUT = re.compile(r"^([0-9]{1,8})([HMSmun])$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -68,12 +72,41 @@ def timeout_seconds(name: bytes, value: bytes) -> float | None:
 
 def to_connect_error(status: grpc.Status) -> ConnectError:
     """The Connect error for a gRPC status: same code, message and rich details (ErrorInfo, ...)."""
+    details = dict(status.trailing_metadata or ()).get(STATUS_DETAILS_KEY)
+    return connect_error(status.code, status.details or "", details if isinstance(details, bytes) else None)
+
+
+def connect_error(code: grpc.StatusCode, message: str, status_details: bytes | None) -> ConnectError:
+    """The Connect error of a gRPC code, message and ``grpc-status-details-bin`` value."""
     details: list[ErrorDetail] = []
-    for key, value in status.trailing_metadata or ():
-        if key == STATUS_DETAILS_KEY:
-            for any_pb in status_pb2.Status.FromString(value).details:
-                details.append(ErrorDetail(AnyDetail(type_url=any_pb.type_url, value=any_pb.value)))
-    return ConnectError(CODES[status.code], status.details or "", details)
+    if status_details:
+        for any_pb in status_pb2.Status.FromString(status_details).details:
+            details.append(ErrorDetail(AnyDetail(type_url=any_pb.type_url, value=any_pb.value)))
+    return ConnectError(CODES[code], message, details)
+
+
+class Pending:
+    """A decoded request, as the codecs hand it to the handlers: taken once by admission (an
+    ``admission.Body``), after which it is no longer held here. connectrpc's frames hold this object
+    while the call runs, and an error raised through them keeps them alive in a reference cycle until
+    the next full collection: the request itself must not be in them."""
+
+    __slots__ = ("_request", "_size")
+
+    def __init__(self, request: Message | Undecodable, size: int) -> None:
+        self._request: Message | Undecodable | None = request
+        self._size = size
+
+    async def __call__(self) -> tuple[Any, int]:
+        request, self._request = self._request, None
+        assert request is not None, "a request is taken once"
+        return request, self._size
+
+    @property
+    def betas(self) -> tuple[str, ...]:
+        """The request's betas, while it is held."""
+        request = self._request
+        return tuple(request.betas) if isinstance(request, pb.CreateMessageRequest) else ()
 
 
 class HttpCallContext:
@@ -82,6 +115,9 @@ class HttpCallContext:
     def __init__(self, ctx: RequestContext[Any, Any], deadline: float | None) -> None:
         self._ctx = ctx
         self._deadline = deadline
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._status_details: bytes | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         """The request headers, as gRPC metadata (lower-case keys): ``authorization`` among them."""
@@ -99,15 +135,80 @@ class HttpCallContext:
             self._ctx.response_headers[key] = value
 
     def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
-        """Response trailers: gRPC-Web's trailer frame, Connect's end-of-stream metadata."""
+        """Response trailers: gRPC-Web's trailer frame, Connect's end-of-stream metadata; the rich status
+        details are kept for the error instead."""
         for key, value in metadata:
-            self._ctx.response_trailers[key] = value if isinstance(value, str) else value.decode("latin-1")
+            if key == STATUS_DETAILS_KEY:
+                self._status_details = value if isinstance(value, bytes) else value.encode("latin-1")
+            else:
+                self._ctx.response_trailers[key] = value if isinstance(value, str) else value.decode("latin-1")
 
-    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
-        """End the call with ``status``: connectrpc writes it as Connect error JSON or gRPC-Web trailers,
-        with the status's other trailing metadata (the usage report) beside it."""
-        self.set_trailing_metadata((k, v) for k, v in status.trailing_metadata or () if k != STATUS_DETAILS_KEY)
+    def set_code(self, code: grpc.StatusCode) -> None:
+        """The call's status code (not OK: the call failed)."""
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        """The call's status message."""
+        self._details = details
+
+    def error(self) -> ConnectError | None:
+        """The error the call ended with (connectrpc writes it as Connect error JSON or gRPC-Web
+        trailers), None if it ended OK."""
+        if self._code is None or self._code is grpc.StatusCode.OK:
+            return None
+        return connect_error(self._code, self._details, self._status_details)
+
+
+class Headers:
+    """The surface of a call context that admission's metadata checks read, over the request headers
+    alone: what the HTTP port knows before it reads a body."""
+
+    def __init__(self, ctx: RequestContext[Any, Any]) -> None:
+        self._ctx = ctx
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The request headers, as gRPC metadata (lower-case keys)."""
+        return tuple((key.lower(), value) for key, value in self._ctx.request_headers.allitems())
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before the call's deadline, None without one."""
+        deadline = _deadline.get()
+        return None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+
+
+class Admittance:
+    """A connectrpc metadata interceptor, run before the body is read: the caller, drain, the policy,
+    the concurrency limit and room in the body budget for the body's ``content-length`` (the largest
+    message when it has none), from the headers alone. A refused call never costs its body; it is
+    logged and counted as any call. The reservation is given back when the call ends."""
+
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> Reservation:
+        headers = Headers(ctx)
+        admission = self._calls.admission
+        try:
+            admission.entry(headers)
+            remaining = headers.time_remaining()
+            reservation = await admission.reserve(content_length(ctx), WAIT_SECONDS if remaining is None else remaining)
+            _reserved.set(reservation)  # the handler runs in this context: its call takes it over
+            return reservation
+        except GatewayError as exc:
+            status = self._calls.refuse(ctx.method.name, headers, exc.failure)
+        for key, value in status.trailing_metadata or ():
+            if key != STATUS_DETAILS_KEY and isinstance(value, str):
+                ctx.response_trailers[key] = value
         raise to_connect_error(status)
+
+    async def on_end(self, token: Reservation, ctx: RequestContext[Any, Any], error: Exception | None) -> None:
+        token.release()
+
+
+def content_length(ctx: RequestContext[Any, Any]) -> int | None:
+    """The body's size as its ``content-length`` header says, None without one (chunked)."""
+    value = ctx.request_headers.get("content-length", "")
+    return int(value) if value.isdigit() and len(value) < 19 else None
 
 
 M = TypeVar("M", bound=Message)
@@ -123,11 +224,11 @@ class ProtoCodec(Codec[Message, Any]):
     def encode(self, message: Message) -> bytes:
         return message.SerializeToString()
 
-    def decode(self, data: bytes | bytearray, message_class: type[M]) -> M | Undecodable:
+    def decode(self, data: bytes | bytearray, message_class: type[M]) -> Pending:
         try:
-            return message_class.FromString(bytes(data))
+            return Pending(message_class.FromString(bytes(data)), len(data))
         except DecodeError as exc:
-            return Undecodable(str(exc))
+            return Pending(Undecodable(str(exc)), len(data))
 
 
 class JsonCodec(Codec[Message, Any]):
@@ -140,13 +241,13 @@ class JsonCodec(Codec[Message, Any]):
     def encode(self, message: Message) -> bytes:
         return json_format.MessageToJson(message, indent=None).encode()
 
-    def decode(self, data: bytes | bytearray, message_class: type[M]) -> M | Undecodable:
+    def decode(self, data: bytes | bytearray, message_class: type[M]) -> Pending:
         message = message_class()
         try:
             json_format.Parse(bytes(data), message)
         except json_format.ParseError as exc:
-            return Undecodable(str(exc))
-        return message
+            return Pending(Undecodable(str(exc)), len(data))
+        return Pending(message, len(data))
 
 
 def _method(name: str, request: type[Message], response: type[Message], kind: StreamType) -> MethodInfo[Any, Any]:
@@ -173,15 +274,17 @@ class ChatHandlers:
     def _start(
         self,
         method: str,
-        request: Any,
+        request: Pending,
         ctx: RequestContext[Any, Any],
         deliver: Sink,
-    ) -> asyncio.Task[None]:
-        context: CallContext = HttpCallContext(ctx, _deadline.get())
-        return asyncio.ensure_future(self._calls.run(method, context, request, deliver))
+    ) -> tuple[asyncio.Task[bool], HttpCallContext]:
+        context = HttpCallContext(ctx, _deadline.get())
+        checked: CallContext = context  # mypy holds the class to the Protocol the call is written against
+        run = self._calls.run(method, checked, request, deliver, _reserved.get())
+        return asyncio.ensure_future(run), context
 
     async def stream_message(
-        self, request: pb.StreamMessageRequest, ctx: RequestContext[Any, Any]
+        self, request: Pending, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[pb.StreamMessageResponse]:
         """StreamMessage: each batch is one message (or more, to fit), sent before the call reads on."""
         queue: asyncio.Queue[pb.StreamMessageResponse | None] = asyncio.Queue()
@@ -191,26 +294,33 @@ class ChatHandlers:
             await queue.join()  # until the message is sent: the browser's pace is the call's
 
         write = streamed(send, self._calls.settings.max_message_bytes)  # as on gRPC: split to fit
-        call = self._start("StreamMessage", request, ctx, write)
+
+        call, context = self._start("StreamMessage", request, ctx, write)
         call.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (response := await queue.get()) is not None:
                 yield response
                 queue.task_done()
-            await call  # its status: nothing, or the ConnectError it ended with
+            await call
         finally:
             await _stop(call)
+        error = context.error()
+        if error is not None:
+            raise error
 
-    async def create_message(
-        self, request: pb.CreateMessageRequest, ctx: RequestContext[Any, Any]
-    ) -> pb.CreateMessageResponse:
+    async def create_message(self, request: Pending, ctx: RequestContext[Any, Any]) -> pb.CreateMessageResponse:
         """CreateMessage: the events summed into one message."""
-        message = MessageAccumulator(self._calls.settings.max_message_bytes, getattr(request, "betas", ()))
-        call = self._start("CreateMessage", request, ctx, message.add)
+        message: MessageAccumulator | None = MessageAccumulator(self._calls.settings.max_message_bytes, request.betas)
+        assert message is not None
+        call, context = self._start("CreateMessage", request, ctx, message.add)
         try:
             await call
         finally:
             await _stop(call)
+        error = context.error()
+        if error is not None:
+            message = None  # a partial reply is not kept alive by the error's traceback
+            raise error
         return message.response()
 
     def endpoints(self) -> Mapping[str, Any]:  # connectrpc types it by its private Endpoint subclasses
@@ -221,7 +331,7 @@ class ChatHandlers:
         }
 
 
-async def _stop(call: asyncio.Task[None]) -> None:
+async def _stop(call: asyncio.Task[bool]) -> None:
     """Cancel ``call`` if it still runs (the client left) and wait until it has closed the upstream."""
     if not call.done():
         call.cancel()
@@ -237,6 +347,7 @@ class ChatApplication(ConnectASGIApplication[ChatHandlers]):
         super().__init__(
             service=ChatHandlers(calls),
             endpoints=ChatHandlers.endpoints,
+            interceptors=(Admittance(calls),),
             read_max_bytes=max_message_bytes,
             codecs=codecs,
         )
