@@ -130,7 +130,7 @@ def test_in_json_every_line_of_a_real_run_is_one_json_object_and_refusals_name_c
         ("alpha", "claude-opus-4-6", "MODEL_NOT_ALLOWED"),
         ("alpha", "claude-haiku-4-5", "MAX_TOKENS_OVER_LIMIT"),
         ("alpha", "claude-sonnet-4-6", "OVERLOADED_ERROR"),
-        ("", "claude-sonnet-4-6", "CALLER_UNAUTHENTICATED"),
+        ("", "", "CALLER_UNAUTHENTICATED"),  # refused on its metadata: its body is never read
     ]
     assert all(c["event"] == "call" and c["level"] == "INFO" and "message" not in c for c in calls)
     assert any("upstream attempt 1 failed" in line.get("message", "") for line in lines)
