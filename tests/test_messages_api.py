@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,7 +36,7 @@ MODEL = "claude-sonnet-4-6"
 
 
 @asynccontextmanager
-async def api_gateway(pace: Pace = UNPACED, **settings: Any) -> AsyncIterator[tuple[Harness, str]]:
+async def api_gateway(pace: Pace = UNPACED, /, **settings: Any) -> AsyncIterator[tuple[Harness, str]]:
     """A gateway with its HTTP port on and a caller token; the port's base URL."""
     settings.setdefault("auth_token", TOKEN)
     async with gateway(pace, http_listen="127.0.0.1:0", **settings) as h:
@@ -75,6 +74,12 @@ async def streamed(client: anthropic.AsyncAnthropic, params: dict[str, Any], bet
     except anthropic.APIStatusError as error:
         out["error"] = error_of(error)
     return out
+
+
+def body_of(error: anthropic.APIStatusError) -> dict[str, Any]:
+    """The error JSON the SDK read."""
+    assert isinstance(error.body, dict)
+    return error.body
 
 
 def error_of(error: anthropic.APIStatusError) -> tuple[str, int, str | None]:
@@ -124,7 +129,9 @@ def test_messages_stream_through_the_gateway_equals_the_sdk_direct_on_every_corp
         return ends
 
     ends = run(go)
-    assert ends["complete"] >= 50 and ends["error"] >= 3 and ends["incomplete"] >= 1, ends
+    assert ends["complete"] >= 50, ends
+    assert ends["error"] >= 3, ends
+    assert ends["incomplete"] >= 1, ends
 
 
 GATEWAY_STATUS = {"overloaded_error": 529, "api_error": 500, "rate_limit_error": 429}
@@ -168,7 +175,7 @@ def test_a_stream_is_the_upstreams_bytes_where_the_gateway_changed_nothing() -> 
 
 def test_sse_framing_keeps_each_data_line() -> None:
     """Data of several lines (an upstream that split its JSON) keeps them, each its own `data:` line."""
-    batch = [("ping", {}, '{"type": "ping"}'), ("x", {}, '{"a":\n1}')]
+    batch: list[tuple[str, dict[str, Any], str]] = [("ping", {}, '{"type": "ping"}'), ("x", {}, '{"a":\n1}')]
     assert sse(batch) == b'event: ping\ndata: {"type": "ping"}\n\nevent: x\ndata: {"a":\ndata: 1}\n\n'
     assert dispatched(sse(batch)) == [("ping", '{"type": "ping"}'), ("x", '{"a":\n1}')]
 
@@ -211,7 +218,8 @@ def test_create_count_and_list_through_the_gateway_equal_the_sdk_direct(transpor
                     got = (await through.messages.create(**params)).model_dump(mode="json")
                     want = (await direct.messages.create(**params)).model_dump(mode="json")
                     assert comparable(got) == comparable(want)
-                    assert got["content"] and got["usage"]["output_tokens"] > 0
+                    assert got["content"]
+                    assert got["usage"]["output_tokens"] > 0
                     count = {k: v for k, v in params.items() if k != "max_tokens"}
                     assert await through.messages.count_tokens(**count) == await direct.messages.count_tokens(**count)
                 got_beta = await through.beta.messages.count_tokens(**count, betas=[BETA])
@@ -220,7 +228,7 @@ def test_create_count_and_list_through_the_gateway_equal_the_sdk_direct(transpor
                 listed = [m.to_dict(mode="json") async for m in through.models.list()]
                 assert listed == [m.to_dict(mode="json") async for m in direct.models.list()]
                 assert len(listed) >= 2
-                page = await through.models.list(limit=1, after_id=listed[0]["id"])
+                page = await through.models.list(limit=1, after_id=str(listed[0]["id"]))
                 assert [m.id for m in page.data] == [listed[1]["id"]]
                 one = await through.models.retrieve(MODEL)
                 assert one.to_dict(mode="json") == (await direct.models.retrieve(MODEL)).to_dict(mode="json")
@@ -317,13 +325,16 @@ def test_each_refusal_raises_the_error_class_the_sdk_raises_for_the_apis_own(tra
                 for (got, want), cls in zip(pairs, classes, strict=True):
                     assert type(got) is type(want) is cls
                     assert error_of(got) == error_of(want)
-                    assert got.request_id and got.request_id.startswith("req_")
-                    assert got.body["type"] == "error" and got.body["request_id"] == got.request_id
+                    assert got.request_id
+                    assert got.request_id.startswith("req_")
+                    assert body_of(got)["type"] == "error"
+                    assert body_of(got)["request_id"] == got.request_id
                 rate = pairs[3][0]
                 waits = float(rate.response.headers["retry-after"]), int(rate.response.headers["retry-after-ms"])
-                assert 0 < waits[0] and waits[0] - 1 < waits[1] / 1000 <= waits[0]  # the RetryInfo delay
+                assert waits[0] > 0
+                assert waits[0] - 1 < waits[1] / 1000 <= waits[0]
                 assert "requests_per_minute" in rate.message
-                assert pairs[2][0].body["error"]["message"] == "max_tokens: must be at least 1, got 0"
+                assert body_of(pairs[2][0])["error"]["message"] == "max_tokens: must be at least 1, got 0"
                 # Upstream: the direct calls, alpha's counts and the model list; the gateway's refusals sent nothing.
                 direct_paths = ["/v1/messages"] * 3 + ["/v1/messages/count_tokens"] * 3 + ["/v1/messages"]
                 assert [r.path for r in h.sim.requests] == [*direct_paths, "/v1/models", "/v1/models/big"]
@@ -355,7 +366,8 @@ def test_the_sdk_waits_the_retry_after_of_a_quota_refusal_then_its_retry_is_admi
                     await until(lambda: len(seen) == 1)
                 assert seen[0][1] == 429  # the held stream is closed: the retry is admitted
                 message = await second
-                assert message.content[0].text.startswith("Hi") and message.stop_reason == "end_turn"
+                assert message.content[0].text.startswith("Hi")
+                assert message.stop_reason == "end_turn"
                 assert [status for _, status in seen] == [429, 200]
                 assert seen[1][0] - seen[0][0] >= 0.9  # the retry-after (1 s), not the SDK's backoff
             finally:
@@ -395,7 +407,8 @@ def test_anthropic_version_and_beta_headers_go_upstream() -> None:
             old = sdk(url, TOKEN, "httpx", default_headers={"anthropic-version": "2023-06-01"})
             new = sdk(url, TOKEN, "httpx")
             try:
-                message = await old.beta.messages.create(**body(), extra_body={"temperature": 0.5}, betas=[BETA, "other-2025-02-02"])
+                betas = [BETA, "other-2025-02-02"]
+                message = await old.beta.messages.create(**body(), extra_body={"temperature": 0.5}, betas=betas)
                 assert message.content
                 sent = h.sim.requests[-1]
                 assert (sent.headers["anthropic-version"], sent.headers["anthropic-beta"]) == (
@@ -411,7 +424,7 @@ def test_anthropic_version_and_beta_headers_go_upstream() -> None:
                     sdk(url, TOKEN, "httpx", default_headers={"anthropic-version": "v2"}).messages.create(**body())
                 )
                 assert error_of(bad) == ("BadRequestError", 400, "invalid_request_error")
-                assert bad.body["error"]["message"].startswith("anthropic_version: must be an API version date")
+                assert body_of(bad)["error"]["message"].startswith("anthropic_version: must be an API version date")
             finally:
                 await old.close()
                 await new.close()
@@ -447,7 +460,8 @@ def test_bad_requests_are_the_apis_error_json_and_never_go_upstream(
                 assert r.status == status
                 error = await r.json()
                 assert r.headers["request-id"] == error["request_id"]
-            assert error["type"] == "error" and error["error"]["type"] == kind
+            assert error["type"] == "error"
+            assert error["error"]["type"] == kind
             assert error["error"]["message"].startswith(message), error
             assert h.sim.requests == []
 
@@ -529,11 +543,13 @@ def test_log_lines_never_hold_the_caller_token(caplog: pytest.LogCaptureFixture)
             for headers in ({"x-api-key": TOKEN}, {"authorization": f"Bearer {TOKEN}"}, {"x-api-key": "tok-nope"}):
                 async with session.post(f"{url}/v1/messages", json=body(), headers=headers) as r:
                     text = await r.text()
-                    assert TOKEN not in text and "tok-nope" not in text
+                    assert TOKEN not in text
+                    assert "tok-nope" not in text
             assert [r.headers.get("authorization") for r in h.sim.requests] == [f"Bearer {API_KEY}"] * 2
             assert all("x-api-key" not in r.headers for r in h.sim.requests)
             lines = call_log("\n".join(f"{r.name}: {r.getMessage()}" for r in caplog.records))
             assert [line["status"] for line in lines] == ["OK", "OK", "UNAUTHENTICATED"]
-            assert TOKEN not in caplog.text and "tok-nope" not in caplog.text
+            assert TOKEN not in caplog.text
+            assert "tok-nope" not in caplog.text
 
     run(go)
