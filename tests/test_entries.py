@@ -23,9 +23,9 @@ import pytest
 from claude_gateway import codec
 from claude_gateway.client import create_request, stream_request
 from claude_gateway.v1 import chat_pb2 as pb
+from claude_gateway.wire import USAGE_KEY
 from google.protobuf import json_format
 
-from server.reporting.telemetry import USAGE_KEY
 from simulator import Pace, Replay
 from tests.harness import UNPACED, Harness, body, fixture_events, run, status_of, until
 from tests.test_messages_api import ALPHA, BRAVO, api_gateway, policy_files

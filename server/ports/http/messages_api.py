@@ -7,8 +7,8 @@
     GET  /v1/models/{id}            one of them
 
 Every call runs the path gRPC and Connect run (``server.call.runner.Calls.run`` for messages,
-``server.call.lookups`` for the others): ``ApiCallContext`` gives that path the small surface of
-``grpc.aio.ServicerContext`` it uses, and each message runs in a task of its own, which a client
+``server.call.lookups`` for the others): ``ApiCallContext`` is this protocol's
+``server.call.context.CallContext``, and each message runs in a task of its own, which a client
 that goes away cancels (the upstream request closes with it). The request's JSON becomes the same
 protobuf request a gRPC caller sends (``claude_gateway.codec``, lossless), so admission checks it
 and the upstream gets it as the caller wrote it. A stream relays each upstream event as the upstream
@@ -137,7 +137,7 @@ class RefusedError(Exception):
 
 
 class ApiCallContext:
-    """What the call path needs of a grpc.aio ServicerContext, for one Messages API request."""
+    """The ``CallContext`` of one Messages API request."""
 
     def __init__(self, metadata: tuple[tuple[str, str], ...], client: str, deadline: float | None) -> None:
         self._metadata = metadata
