@@ -392,7 +392,9 @@ def test_the_sdk_timeout_is_the_calls_deadline(caplog: pytest.LogCaptureFixture)
                 error = await r.json()
             assert time.monotonic() - started >= 0.5
             assert error["error"]["type"] == "timeout_error"
-            (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "server.call"]
+            logged = [r.getMessage() for r in caplog.records if r.name == "server.call"]
+            assert len(logged) == 1, logged
+            line = json.loads(logged[0])
             assert (line["status"], line["reason"]) == ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED")
 
     run(go)

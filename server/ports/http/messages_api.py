@@ -81,6 +81,7 @@ GATEWAY_ERRORS: Mapping[str, tuple[int, str]] = {
     Reason.QUOTA_STORE_UNAVAILABLE.name: (500, "api_error"),
     Reason.GATEWAY_NOT_CONFIGURED.name: (500, "api_error"),
     Reason.UPSTREAM_UNREACHABLE.name: (502, "api_error"),
+    Reason.UPSTREAM_MALFORMED_HTTP.name: (502, "api_error"),
     Reason.UPSTREAM_TIMEOUT.name: (504, "timeout_error"),
     Reason.UPSTREAM_CONNECTION_LOST.name: (502, "api_error"),
     Reason.UPSTREAM_INCOMPLETE_STREAM.name: (502, "api_error"),
