@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,10 @@ from google.protobuf import json_format
 from server.call.lookups import EPOCH, model_list
 from server.limits.policy import Rules, parse
 from simulator import HttpError
-from tests.harness import body, run, status_of
+from tests.harness import ROOT, body, run, status_of
 from tests.test_messages_api import ALPHA, BRAVO, POLICY, api_gateway, policy_files, sdk
-from tests.test_web import SERVICE, post
+from tests.test_polyglot import GRPCURL
+from tests.test_web import SERVICE, marked_shell_block, post
 
 SIM_IDS = ["claude-sonnet-5", "claude-opus-4-6", "claude-sonnet-4-6", "claude-haiku-4-5"]  # simulator/lookups.py
 
@@ -169,3 +172,32 @@ def test_the_model_list_is_the_policys_view(rules: Rules, listed: list[dict[str,
     response = model_list(parse(POLICY), rules, listed)
     assert [m.id for m in response.data] == ids
     assert (response.first_id, response.last_id) == (ids[0], ids[-1])
+
+
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl is missing: run `make setup`")
+def test_the_grpcurl_lines_for_count_tokens_and_list_models_work_as_written(tmp_path: Path) -> None:
+    """docs/debugging.md's grpcurl block for CountTokens and ListModels, run as written against a gateway."""
+    assert GRPCURL is not None
+    script = marked_shell_block(ROOT / "docs" / "debugging.md", "grpcurl-lookups")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY + '  "*": {}\n')
+
+    async def go() -> str:
+        async with api_gateway(auth_token="", policy_file=str(policy)) as (h, _):
+            script_here = script.replace("127.0.0.1:50051", h.target).replace(".venv/bin/grpcurl", GRPCURL)
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", script_here, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            return out.decode()
+
+    out = run(go)
+    count, listed = (json.loads(doc) for doc in re.split(r"(?<=\})\n(?=\{)", out.strip()))
+    assert count == {"input_tokens": 2}
+    assert [(m["id"], m.get("alias_for")) for m in listed["data"]][:3] == [
+        ("chat", "claude-sonnet-4-6"),
+        ("fast", "claude-haiku-4-5"),
+        ("big", "claude-opus-4-6"),
+    ]
+    assert [m["id"] for m in listed["data"]][3:] == SIM_IDS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from server.ports.http.messages_api import GATEWAY_ERRORS, api_path, paged, sse
 from server.reasons import Reason
 from simulator import HttpError, Pace, Replay, Stall
 from tests.corpus import OWN, sdk_streams
-from tests.harness import API_KEY, UNPACED, Harness, body, call_log, gateway, run, until
+from tests.harness import API_KEY, ROOT, UNPACED, Harness, body, call_log, gateway, run, until
 from tests.test_sdk_corpus import BETA, dispatched, relayable
 
 TOKEN = "tok-sdk-caller"  # GATEWAY_AUTH_TOKEN: its holder is the caller "default"
@@ -553,5 +554,39 @@ def test_log_lines_never_hold_the_caller_token(caplog: pytest.LogCaptureFixture)
             assert [line["status"] for line in lines] == ["OK", "OK", "UNAUTHENTICATED"]
             assert TOKEN not in caplog.text
             assert "tok-nope" not in caplog.text
+
+    run(go)
+
+
+def test_the_docs_error_table_is_the_ports_error_table() -> None:
+    """docs/api.md's table of the gateway's failures on the HTTP port is exactly GATEWAY_ERRORS."""
+    from tests.test_docs import API, table_rows
+
+    rows = {
+        row[0].strip("`"): (int(row[1]), row[2].strip("`")) for row in table_rows("| reason (ErrorInfo) | HTTP |", API)
+    }
+    assert rows == GATEWAY_ERRORS
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_curl_of_v1_messages_streams_the_apis_events() -> None:
+    """The README's curl of /v1/messages, run as written, prints the API's server-sent events to message_stop."""
+    from tests.test_web import marked_shell_block
+
+    script = marked_shell_block(ROOT / "README.md", "curl-messages")
+
+    async def go() -> None:
+        async with api_gateway(auth_token="") as (h, url):
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", script.replace("http://127.0.0.1:8080", url), stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0
+            frames = dispatched(out)
+            assert [name for name, _ in frames][:2] == ["message_start", "content_block_start"]
+            assert frames[-1] == ("message_stop", '{"type":"message_stop"}')
+            text = "".join(json.loads(d)["delta"].get("text", "") for n, d in frames if n == "content_block_delta")
+            assert text.startswith("Hello the simulator")
+            assert len(h.sim.requests) == 1
 
     run(go)
