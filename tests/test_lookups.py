@@ -18,13 +18,13 @@ from google.protobuf import json_format
 
 from server.call.lookups import EPOCH, model_list
 from server.limits.policy import Rules, parse
-from simulator import HttpError
+from simulator import HttpError, catalog
 from tests.harness import ROOT, body, run, status_of
 from tests.test_messages_api import ALPHA, BRAVO, POLICY, api_gateway, policy_files, sdk
 from tests.test_polyglot import GRPCURL
 from tests.test_web import SERVICE, marked_shell_block, post
 
-SIM_IDS = ["claude-sonnet-5", "claude-opus-4-6", "claude-sonnet-4-6", "claude-haiku-4-5"]  # simulator/lookups.py
+SIM_IDS = sorted(catalog.MODELS)  # what the simulator lists (simulator/lookups.py)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -45,12 +45,12 @@ def test_each_port_lists_the_callers_models_aliases_first_with_the_upstreams_inf
             assert [(m["id"], m.get("alias_for")) for m in data] == [
                 ("chat", "claude-sonnet-4-6"),
                 ("fast", "claude-haiku-4-5"),
+                ("claude-haiku-4-5", None),  # the upstream lists by name
                 ("claude-sonnet-4-6", None),
-                ("claude-haiku-4-5", None),
                 ("claude-private-1", None),
             ]
             assert data[0] == {**upstream["claude-sonnet-4-6"], "id": "chat", "alias_for": "claude-sonnet-4-6"}
-            assert data[3] == upstream["claude-haiku-4-5"]
+            assert data[2] == upstream["claude-haiku-4-5"]
             assert data[4] == {"type": "model", "id": "claude-private-1", "display_name": "claude-private-1",
                                "created_at": EPOCH}  # fmt: skip
             assert (listed.has_more, listed.first_id, listed.last_id) == (False, "chat", "claude-private-1")
@@ -81,7 +81,7 @@ def test_without_the_upstreams_list_the_policy_alone_is_listed(tmp_path: Path) -
 
     async def go() -> None:
         async with api_gateway(**policy_files(tmp_path)) as (h, _):
-            h.sim.api_key = "another-key"  # every upstream call is now refused with 401
+            h.sim.keys = {"another-key"}  # every upstream call is now refused with 401
             listed = await h.stub.ListModels(pb.ListModelsRequest(), metadata=bearer(ALPHA))
             assert [(m.id, m.display_name) for m in listed.data] == [
                 ("chat", "claude-sonnet-4-6"),
@@ -126,7 +126,7 @@ def test_count_tokens_is_the_same_on_each_port_and_the_policy_applies(tmp_path: 
             assert status_of(refused.value).error_info.reason == "MODEL_NOT_ALLOWED"  # type: ignore[union-attr]
             assert len(h.sim.requests) == 3
 
-            h.sim.api_key = "another-key"
+            h.sim.keys = {"another-key"}
             with pytest.raises(grpc.aio.AioRpcError) as failed:
                 await h.stub.CountTokens(request, metadata=bearer(BRAVO))
             status = status_of(failed.value)
