@@ -2,7 +2,7 @@
 
     python -m bench              # the full run, a few minutes on 2 cores
     python -m bench --quick      # a smoke run, about a minute
-    python -m bench --only 1,6   # some scenarios only
+    python -m bench --only 1,6   # some scenarios only (9: /v1/messages against gRPC)
 
 Writes ``bench/results/latest.json`` (``--out``) and the children's logs under
 ``bench/results/logs/``. Exits 0 when every scenario ran, whatever its verdict; 1 if one crashed.
@@ -76,7 +76,7 @@ def main() -> None:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run of about a minute")
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenario numbers (1-8)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenario numbers (1-9)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the gateway and the load to separate CPUs")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where to write the JSON report")
     args = parser.parse_args()

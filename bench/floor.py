@@ -108,6 +108,18 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor serves StreamMessage only")
         raise AssertionError("context.abort raises")
 
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor serves StreamMessage only")
+        raise AssertionError("context.abort raises")
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor serves StreamMessage only")
+        raise AssertionError("context.abort raises")
+
 
 async def start() -> tuple[grpc.aio.Server, int]:
     """The floor's server, started on a free loopback port; returns it and the port."""

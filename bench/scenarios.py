@@ -1,4 +1,4 @@
-"""The seven measurements of issue #5, each ``async (Session) -> list[Row]``.
+"""The measurements of issue #5 (and #23's, row 9), each ``async (Session) -> list[Row]``.
 
 1. capacity: relay latency of N concurrent paced streams, and whether any fell behind schedule
 2. CPU per relayed event, gateway against a process consuming the same streams with the SDK, and
@@ -9,6 +9,8 @@
 5. overload: refusals at the stream limit, and the admitted streams' latency meanwhile
 6. cancel-to-close: client cancel to the upstream connection closing
 7. workers (GATEWAY_WORKERS), if the gateway has them
+8. observability cost
+9. CPU per relayed event over the Messages API (/v1/messages, SSE) against over gRPC
 
 Latency is always simulator write -> client read (see ``stamps``); CPU is /proc utime+stime of the
 gateway process (see ``usage``). Verdicts compare against the targets of issue #5.
@@ -17,6 +19,7 @@ gateway process (see ``usage``). Verdicts compare against the targets of issue #
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import fields
@@ -713,6 +716,98 @@ async def observability(session: Session) -> list[Row]:
     ]
 
 
+# ---------------------------------------------------------------------------------------------
+# 9. the Messages API (/v1/messages) against gRPC
+
+
+async def messages_api(session: Session) -> list[Row]:
+    """The gateway's CPU per relayed event over /v1/messages (SSE, read raw by aiohttp, nothing parsed)
+    against over gRPC: the same streams through the same gateway (its HTTP port on), in turns; burst
+    streams (judged) and paced ones (for information)."""
+    plan = session.plan
+    http = f"127.0.0.1:{free_port()}"
+    gateway, target = await session.procs.gateway(
+        session.base_url, {"GATEWAY_HTTP_LISTEN": http}, name="gateway-messages-api"
+    )
+
+    def jobs(way: str, streams: int, tokens: int, tps: float, ramp: float = 0.0) -> list[Job]:
+        if way == "grpc":
+            shares = session.split(streams)
+            return [
+                Job("streams", target=target, streams=k, tokens=tokens, tps=tps, ramp=ramp,
+                    channels=session.channels(k), record=False)
+                for k in shares
+            ]  # fmt: skip
+        # The raw reader posts to {base_url}/v1/messages: here the gateway's HTTP port, not the simulator.
+        return [
+            Job("sdk_streams", base_url=f"http://{http}", streams=k, tokens=tokens, tps=tps, ramp=ramp,
+                record=False, http_client="raw")
+            for k in session.split(streams)
+        ]  # fmt: skip
+
+    async def turns(count: int, *shape: Any) -> dict[str, list[Run]]:
+        runs: dict[str, list[Run]] = {"grpc": [], "http": []}
+        for _ in range(count):
+            runs["grpc"].append(await session.run(jobs("grpc", *shape), (gateway, target)))
+            runs["http"].append(await session.run(jobs("http", *shape), (gateway, http)))
+        return runs
+
+    try:
+        await turns(1, 2, plan.burst_tokens, 0)  # warm both paths: connections, lazy imports
+        burst = await turns(MESSAGES_API_TURNS, plan.burst_streams, plan.burst_tokens, 0)
+        size = plan.capacity_sizes[0]
+        paced = await turns(1, size, plan.capacity_tokens, plan.tps, plan.ramp)
+    finally:
+        await session.procs.stop(gateway)
+    return [
+        _messages_api_row("9a", f"{plan.burst_streams} burst streams x {plan.burst_tokens}", burst, judge=True),
+        _messages_api_row("9b", f"{size} streams x {plan.tps:g} deltas/s", paced, judge=False),
+    ]
+
+
+def _messages_api_row(key: str, what: str, runs: dict[str, list[Run]], *, judge: bool) -> Row:
+    """Row 9's figures for one kind of stream: both ways divide by the events gRPC relayed."""
+    events = sum(_events(run) for run in runs["grpc"])
+    cpu = {way: sum(run.gateway_cpu_s for run in rs) for way, rs in runs.items()}
+    grpc_us, http_us = cpu["grpc"] / events * 1e6, cpu["http"] / events * 1e6
+    http_events = sum(_events(run) for run in runs["http"])
+    errors = {k: v for rs in runs.values() for run in rs for k, v in _errors(_records(run)).items()}
+    ratio = http_us / grpc_us
+    ok = ratio <= 1.2 and not errors and http_events >= events
+    return Row(
+        key,
+        f"gateway CPU per relayed event over /v1/messages against over gRPC ({what})",
+        f"{http_us:.1f} us = {ratio:.2f}x gRPC's {grpc_us:.1f} us",
+        "<= 1.2x" if judge else "-",
+        judged(ok) if judge else "info",
+        f"one gateway with its HTTP port on, {len(runs['grpc'])} turn(s) of each after a warm-up; {events} events "
+        f"per way (the SSE reader counted {http_events}); gateway {cpu['grpc']:.2f} CPU-s over gRPC, "
+        f"{cpu['http']:.2f} over HTTP; the clients (aiohttp reading raw; grpc.aio) on the load core; "
+        f"errors {errors or 'none'}",
+        {
+            "events": events,
+            "http_events": http_events,
+            "grpc_us_per_event": grpc_us,
+            "http_us_per_event": http_us,
+            "ratio": ratio,
+            "grpc_cpu_s": cpu["grpc"],
+            "http_cpu_s": cpu["http"],
+            "errors": errors,
+        },
+    )
+
+
+MESSAGES_API_TURNS = 2  # measured runs of each way, alternating
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a child's second listener, which prints no address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "1": capacity,
     "2": cpu_per_event,
@@ -722,6 +817,7 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "6": cancel,
     "7": workers,
     "8": observability,
+    "9": messages_api,
 }
 
 NAMES = {
@@ -733,4 +829,5 @@ NAMES = {
     "6": "cancel-to-close",
     "7": "workers",
     "8": "observability cost",
+    "9": "Messages API CPU per event",
 }

@@ -106,6 +106,16 @@ def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
             servicer.CreateMessage,
             response_serializer=chat_pb2.CreateMessageResponse.SerializeToString,
         ),
+        "CountTokens": grpc.unary_unary_rpc_method_handler(
+            servicer.CountTokens,
+            request_deserializer=lenient(chat_pb2.CountTokensRequest),
+            response_serializer=chat_pb2.CountTokensResponse.SerializeToString,
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels,
+            request_deserializer=lenient(chat_pb2.ListModelsRequest),
+            response_serializer=chat_pb2.ListModelsResponse.SerializeToString,
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

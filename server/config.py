@@ -114,8 +114,9 @@ class Settings:
     )
     http_listen: str = setting(
         "",
-        "host:port to also serve ChatService over Connect and gRPC-Web (HTTP/1.1, for browsers and curl; "
-        "TLS with tls_cert); off when empty (port 0 picks a free one)",
+        "host:port to also serve ChatService over Connect and gRPC-Web, and the Messages API (/v1/messages) "
+        "for the Anthropic SDKs (HTTP/1.1, for browsers and curl; TLS with tls_cert); off when empty (port 0 "
+        "picks a free one)",
     )
     cors_origins: str = setting(
         "",

@@ -19,7 +19,9 @@ requests that pass the path, method and credential checks (and match the fault's
 their body is then rejected; an `HttpError`, a `SpendLimit` or a `Replay` is answered without
 checking the body at all.
 
-`requests` records every request; `count()` counts them by platform, key and model.
+`POST /v1/messages/count_tokens` and `GET /v1/models` (and `/v1/models/{id}`) are answered from the
+catalog by `lookups`, checked as the API checks them; a count takes a queued `HttpError`, if one is
+next. `requests` records every request; `count()` counts them by platform, key and model.
 `GET /_simulator/requests` answers the same counts as JSON, for tests in another process.
 
 For Vertex's application default credentials it also plays Google's OAuth 2.0 token endpoint:
@@ -41,7 +43,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs
 
-from . import catalog, model, sse
+from . import catalog, lookups, model, sse
 from .connection import Connection, Request, UnreadableRequestError
 from .directives import Directives, Seen, parse
 from .faults import (
@@ -61,7 +63,7 @@ from .pace import Pace
 from .platforms import Platform, Route, anthropic_error, credentials, error_response, messages_body, route
 from .ratelimits import Buckets, Limits, RateLimiter
 from .recording import RecordedRequest
-from .validation import RejectedRequestError, check_model
+from .validation import RejectedRequestError, check_headers, check_model
 from .wire import EventStreamWire, SseWire, Wire
 
 _JSON_HEADERS = {"content-type": "application/json"}
@@ -221,6 +223,9 @@ class Simulator:
         connection.on_close(record.mark_closed)
         serial = next(self._serials)
         request_id = record.request_id = f"req_sim{serial:017d}"
+        if path in lookups.PATHS or path.startswith(lookups.MODEL_PATH):
+            record.platform = Platform.ANTHROPIC
+            return await self._lookup(request, path, _Answer(connection, record, request_id, Platform.ANTHROPIC))
         where = route(path)
         if where is None or where.platform not in self.platforms:
             return await _Answer(connection, record, request_id, Platform.ANTHROPIC).error(
@@ -301,6 +306,28 @@ class Simulator:
         deltas = [e["type"] == "content_block_delta" for e in events]
         return await answer.stream(frames, deltas, fault, pace, wire, headers)
 
+    async def _lookup(self, request: Request, path: str, answer: "_Answer") -> bool:
+        """Answer a count_tokens or models request (`lookups`), or refuse it as the API would. A count
+        takes a queued `HttpError` if one is next."""
+        want = "POST" if path == lookups.COUNT_PATH else "GET"
+        try:
+            if request.method != want:
+                raise RejectedRequestError(405, "invalid_request_error", f"Method {request.method} is not allowed")
+            version = check_headers(request.headers, self.keys)
+            if path == lookups.COUNT_PATH:
+                queued = self._faults[0].fault if self._faults else None
+                if isinstance(queued, HttpError):
+                    del self._faults[0]
+                    return await answer.error(queued, None)
+                body = lookups.count_tokens(request.body, version, self.models)
+            elif path == lookups.MODELS_PATH:
+                body = lookups.models_page(self.models, parse_qs(request.target.partition("?")[2]))
+            else:
+                body = lookups.model_info(self.models, path.removeprefix(lookups.MODEL_PATH))
+        except RejectedRequestError as rejection:
+            return await answer.error(HttpError(rejection.status, rejection.error_type, rejection.message), None)
+        return await answer.json(body)
+
     def _buckets(self, where: Route, key: str) -> Buckets | None:
         """The key's rate-limit buckets, on the Messages API path (the only one that reports them)."""
         return self.rate_limits.of(key) if where.platform is Platform.ANTHROPIC else None
@@ -361,6 +388,12 @@ class _Answer:
             headers.update(buckets.headers(time.time()))
         self._record.status = status
         return self._sent(await self._connection.send_response(status, headers, body))
+
+    async def json(self, body: dict[str, Any]) -> bool:
+        """A 200 JSON answer."""
+        self._record.status = 200
+        data = json.dumps(body).encode()
+        return await self._connection.send_response(200, {**_JSON_HEADERS, **self._id_headers()}, data)
 
     async def message(
         self, events: Sequence[model.Event], fault: StreamFault | None, pace: Pace, headers: dict[str, str]

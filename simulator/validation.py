@@ -67,14 +67,10 @@ def check_body(raw: bytes, version: str) -> dict[str, Any]:
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise _invalid("max_tokens: Field required, an integer greater than or equal to 1")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _invalid("messages: at least one message is required")
     for name, (kinds, described) in _OPTIONAL_FIELDS.items():
         if body.get(name) is not None and not isinstance(body[name], kinds):
             raise _invalid(f"{name}: Input should be {described}")
-    for i, turn in enumerate(messages):
-        _check_turn(i, turn, version)
+    check_turns(body.get("messages"), version)
     stop_sequences = body.get("stop_sequences", [])
     if not isinstance(stop_sequences, list) or not all(isinstance(s, str) for s in stop_sequences):
         raise _invalid("stop_sequences: Input should be a list of strings")
@@ -89,6 +85,14 @@ def check_model(body: Mapping[str, Any], models: Collection[str]) -> None:
     """A model the API does not serve is not found (404), with the API's message, ``model: NAME``."""
     if body["model"] not in models:
         raise RejectedRequestError(404, "not_found_error", f"model: {body['model']}")
+
+
+def check_turns(messages: object, version: str) -> None:
+    """Check the conversation: at least one turn, each with a role and content."""
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages: at least one message is required")
+    for i, turn in enumerate(messages):
+        _check_turn(i, turn, version)
 
 
 def _check_turn(i: int, turn: object, version: str) -> None:

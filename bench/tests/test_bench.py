@@ -295,3 +295,32 @@ def test_price_timing_measures_every_figure_on_prices_that_agree() -> None:
     results = prices.measure(calls=20, repeats=1)
     assert len(results) == 4
     assert all(value > 0 for value in results.values())
+
+
+def test_raw_reader_on_the_gateways_messages_api_counts_what_grpc_counts() -> None:
+    """Row 9's two ways through one gateway: the raw reader on its /v1/messages counts every event that
+    StreamMessage relays for the same reply."""
+
+    async def scenario() -> tuple[StreamRecord, StreamRecord]:
+        async with Simulator(connection=StampingConnection) as sim:
+            client = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key="bench")
+            gateway = await build_server(Settings(listen="127.0.0.1:0", http_listen="127.0.0.1:0"), client)
+            try:
+                over_http = StreamRecord()
+                url = f"http://127.0.0.1:{gateway.http_port}"
+                clients = Clients([], None, aiohttp.ClientSession(auto_decompress=False), url)
+                await clients.raw_stream(body(20, 0), over_http)
+                await clients.close()
+                over_grpc = StreamRecord()
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+                    await read_gateway(
+                        stream_method(channel)(gateway_request(body(20, 0)), timeout=10), over_grpc, None
+                    )
+                return over_http, over_grpc
+            finally:
+                await gateway.close()
+
+    over_http, over_grpc = asyncio.run(scenario())
+    assert over_http.error is None
+    assert over_grpc.error is None
+    assert over_http.events == over_grpc.events == 20 + 6

@@ -25,12 +25,12 @@ from typing import Any
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.call.context import CallContext, CallMetadata
-from server.call.validation import beta_violations, body_of, violations
+from server.call.validation import beta_violations, body_of, version_violations, violations
 from server.config import Settings
 from server.errors import Failure, GatewayError, QuotaViolation, Reason, Violation, fail
 from server.limits.bodies import WAIT_SECONDS, BodyBudget, Reservation, default_budget
 from server.limits.identity import Identity
-from server.limits.policy import MICRO, OPEN, Policy, Rules
+from server.limits.policy import MICRO, OPEN, Limits, Policy, Rules
 from server.limits.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
 from server.reporting.prices import Prices, PriceTable
 from server.reporting.record import CallRecord
@@ -43,10 +43,13 @@ _DEADLINE_PASSED = fail(Reason.DEADLINE_EXCEEDED, "the call's deadline passed")
 
 
 class Undecodable:
-    """A request that did not parse. grpc would answer UNKNOWN; admission answers INVALID_ARGUMENT."""
+    """A request that did not parse. grpc would answer UNKNOWN; admission answers INVALID_ARGUMENT
+    naming ``field`` (the whole request unless the port knows better) and saying ``what`` it is not."""
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, field: str = "request", what: str = "not a valid protobuf message") -> None:
         self.error = error
+        self.field = field
+        self.what = what
 
 
 Body = Callable[[], Awaitable[tuple["Request | Undecodable", int]]]
@@ -70,6 +73,21 @@ class Admitted:
     usage: Usage = field(default_factory=Usage)
     lease: Lease | None = None  # the call's claim on its caller's quotas, if the caller has limits
     record: CallRecord | None = None  # says which model served, which the call's spend is charged by
+    version: str | None = None  # the `anthropic-version` to ask the upstream for; None: the SDK's own
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A CountTokens call that passed admission: what to send upstream, for whom."""
+
+    body: dict[str, Any]
+    betas: Sequence[str]
+    version: str | None
+    caller: str
+
+
+# What only generation uses: not part of a count_tokens body (the API refuses these keys there).
+NOT_COUNTED = ("max_tokens", "stop_sequences", "metadata", "service_tier", "container", "inference_geo")
 
 
 class Admission:
@@ -118,6 +136,20 @@ class Admission:
         the policy admits the caller, the gateway's concurrency limit. The caller and its rules; GatewayError
         if refused. The HTTP port asks this of the headers before it reads a body; ``admit`` asks it again."""
         settings = self._settings
+        caller, rules = self.caller(context, record)
+        if self.active >= settings.max_concurrent_streams:
+            raise GatewayError(
+                fail(
+                    Reason.TOO_MANY_STREAMS,
+                    f"gateway is at max_concurrent_streams ({settings.max_concurrent_streams})",
+                    retry_after=1.0,
+                )
+            )
+        return caller, rules
+
+    def caller(self, context: CallMetadata, record: CallRecord | None = None) -> tuple[str, Rules]:
+        """Who calls, and their rules: GatewayError when the call names no known caller (UNAUTHENTICATED),
+        when the gateway drains, or when the policy does not let the caller in (PERMISSION_DENIED)."""
         caller = self.identity.caller(context)
         if record is not None:
             record.caller = caller  # a refused call is logged and counted with its caller too
@@ -127,14 +159,6 @@ class Admission:
         if rules is None:
             raise GatewayError(
                 fail(Reason.CALLER_NOT_ALLOWED, f"the gateway's policy does not admit caller {caller!r}")
-            )
-        if self.active >= settings.max_concurrent_streams:
-            raise GatewayError(
-                fail(
-                    Reason.TOO_MANY_STREAMS,
-                    f"gateway is at max_concurrent_streams ({settings.max_concurrent_streams})",
-                    retry_after=1.0,
-                )
             )
         return caller, rules
 
@@ -197,6 +221,8 @@ class Admission:
                 if record is not None and not isinstance(request, Undecodable):
                     record.model = self.policy.model(request.params.model or self.policy.default_model or "")
             call.body, call.betas, estimate = self._checked(caller, rules, request, record)
+            assert not isinstance(request, Undecodable)  # _checked refused it
+            call.version = request.anthropic_version if request.HasField("anthropic_version") else None
             del request  # the request message is not kept while the call runs: its body is
             limits = rules.limits
             # A spend budget reserves the estimated input at the input price of the model asked for.
@@ -220,16 +246,25 @@ class Admission:
         return self.prices.cost(served, call.usage)
 
     def _checked(
-        self, caller: str, rules: Rules, request: Request | Undecodable, record: CallRecord | None = None
+        self,
+        caller: str,
+        rules: Rules,
+        request: Request | pb.CountTokensRequest | Undecodable,
+        record: CallRecord | None = None,
+        *,
+        count: bool = False,
     ) -> tuple[dict[str, Any], Sequence[str], int]:
         """The request's body as it goes upstream, its betas and its token estimate, once its shape, the
-        model and the caller's max_tokens cap pass; GatewayError if not."""
+        model, its betas and version and (not for a ``count``) the caller's max_tokens cap pass;
+        GatewayError if not."""
         if isinstance(request, Undecodable):
-            raise GatewayError(invalid([Violation("request", f"not a valid protobuf message: {request.error}")]))
+            raise GatewayError(invalid([Violation(request.field, f"{request.what}: {request.error}")]))
         params = request.params
         if not params.model and self.policy.default_model:
             params.model = self.policy.default_model
-        bad = violations(params) + list(beta_violations(request.betas))
+        bad = violations(params) + list(beta_violations(request.betas)) + list(version_violations(request))
+        if count:  # a count needs no max_tokens
+            bad = [v for v in bad if v.field != "params.max_tokens"]
         body, bad = body_of(params) if not bad else ({}, bad)
         if bad:
             raise GatewayError(invalid(bad))
@@ -243,7 +278,7 @@ class Admission:
                 fail(Reason.MODEL_NOT_ALLOWED, f"model {model!r} is not allowed for {caller!r} (allowed: {allowed})")
             )
         max_tokens = body["max_tokens"]
-        if rules.max_tokens is not None and max_tokens > rules.max_tokens:
+        if not count and rules.max_tokens is not None and max_tokens > rules.max_tokens:
             cap = QuotaViolation(
                 caller, "max_tokens", rules.max_tokens, f"max_tokens: at most {rules.max_tokens} a request"
             )
@@ -258,6 +293,26 @@ class Admission:
         estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute or limits.spend else 0
         body["model"] = model
         return body, tuple(request.betas), estimate
+
+
+    async def admit_count(
+        self, context: CallMetadata, request: pb.CountTokensRequest | Undecodable, record: CallRecord | None = None
+    ) -> Counted:
+        """Checks a CountTokens call as ``admit`` checks a message (caller, drain, policy, shape, model,
+        betas, version), then counts it against the caller's requests_per_minute only: a count generates
+        nothing, holds no stream and is charged no tokens and no spend. GatewayError if refused."""
+        caller, rules = self.caller(context, record)
+        body, betas, _ = self._checked(caller, rules, request, record, count=True)
+        assert not isinstance(request, Undecodable)
+        for key in NOT_COUNTED:
+            body.pop(key, None)
+        rate = rules.limits.requests_per_minute
+        if rate is not None:
+            lease = await self.quotas.acquire(caller, Limits(requests_per_minute=rate), 0)
+            if lease is not None:
+                self.quotas.release(lease, 0)
+        version = request.anthropic_version if request.HasField("anthropic_version") else None
+        return Counted(body, betas, version, caller)
 
 
 def charged(usage: Usage) -> int:

@@ -1,7 +1,7 @@
 """One upstream stream, read as batches of events, within the call's time bounds.
 
     async with UpstreamReader(bounds, upstream, watchdog, deadline) as reader:
-        batch = await reader.open(body, betas)    # retries what is safe to retry, before any event
+        batch = await reader.open(body, betas, version)  # retries what is safe to retry, before any event
         batch = await reader.next()               # None after message_stop; GatewayError on any failure
 
 Every event is checked against the stream grammar (``server.call.grammar``) before it is passed on.
@@ -60,7 +60,7 @@ class UpstreamReader:
         if exchange is not None:
             await exchange.__aexit__(None, None, None)
 
-    async def open(self, body: dict[str, Any], betas: Sequence[str]) -> list[Event]:
+    async def open(self, body: dict[str, Any], betas: Sequence[str], version: str | None = None) -> list[Event]:
         """Start the upstream stream and return its first events, retrying what is safe to retry:
         HTTP 408/409/429/5xx, connection failures, and failures after the HTTP 200 but before any
         event, within max_attempts, the first-event bound and the call's deadline."""
@@ -71,7 +71,7 @@ class UpstreamReader:
             self._watchdog.waiting()
             self.attempts = attempt
             try:
-                exchange = self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001))
+                exchange = self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001), version)
                 self._body = await exchange.__aenter__()
                 self._exchange = exchange
                 self.request_id, self._read_body = self._body.request_id, self._body.read

@@ -97,7 +97,7 @@ class Calls:
                 try:
                     async with UpstreamReader(self.bounds, self.upstream, watchdog, call.deadline) as reader:
                         try:
-                            batch: list[Event] | None = await reader.open(call.body, call.betas)
+                            batch: list[Event] | None = await reader.open(call.body, call.betas, call.version)
                         finally:
                             record.attempts, record.retried = reader.attempts, reader.retried
                         call.body = {}  # sent: not held while the reply streams (nothing is retried from here)

@@ -27,6 +27,7 @@ _POLICY_KEYS = (("model", str), ("max_tokens", int))  # body keys the caller's p
 EXTRA = "extra"  # the Struct of keys a message does not model, merged into its JSON
 MAX_JSON_DEPTH = 64  # nesting levels of JSON in one raw_json field
 _JSON_TYPES = frozenset(("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"))
+_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # an anthropic-version value
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}")  # RFC 9110 token, minus the comma that joins betas
 
 
@@ -260,6 +261,12 @@ def _struct_problem(message: Any) -> str | None:
             if arm in ("struct_value", "list_value"):
                 stack.append(getattr(item, arm))
     return None
+
+
+def version_violations(request: Any, path: str = "anthropic_version") -> Iterator[Violation]:
+    """An `anthropic_version`, when set, must be a date as the API's versions are (YYYY-MM-DD)."""
+    if request.HasField("anthropic_version") and not _VERSION.fullmatch(request.anthropic_version):
+        yield Violation(path, f"must be an API version date such as 2023-06-01, got {request.anthropic_version!r}")
 
 
 def beta_violations(betas: Sequence[str], path: str = "betas") -> Iterator[Violation]:

@@ -35,7 +35,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from server.config import Settings
-from server.errors import GatewayError
+from server.errors import GatewayError, Reason, fail
 from server.upstream.failures import head_failure
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ class Upstream:
         self._client = client.with_options(max_retries=0)  # the gateway decides what to retry
         self._connect_timeout = settings.connect_timeout
         self._max_error_body_bytes = settings.max_error_body_bytes
+        self._max_answer_bytes = settings.max_event_bytes  # a count or a model list is read whole, as one event
         self._session: aiohttp.ClientSession | None = None
         self._finishing: set[asyncio.Task[None]] = set()  # complete bodies whose end is still being read
         if (
@@ -218,26 +219,37 @@ class Upstream:
         """Complete bodies whose end is still being read in the background."""
         return len(self._finishing)
 
-    def stream(self, body: dict[str, Any], betas: Sequence[str], timeout: float) -> AbstractAsyncContextManager[Body]:
-        """POST /v1/messages with "stream": true; yields the response ``Body``.
+    def stream(
+        self, body: dict[str, Any], betas: Sequence[str], timeout: float, version: str | None = None
+    ) -> AbstractAsyncContextManager[Body]:
+        """POST /v1/messages with "stream": true; yields the response ``Body``. ``version`` replaces the
+        SDK's `anthropic-version` header when given.
 
         Raises the SDK's exceptions for HTTP errors and connection failures; a read raises its
         transport's (``server.upstream.failures.from_exception`` maps both). Leaving closes the response, and the
         connection with it unless the body was read to its end or marked ``complete``.
         """
         if self._session is not None:
-            return _Post(self, self._session, body, betas, timeout)
-        return self._sdk_post(body, betas, timeout)
+            return _Post(self, self._session, body, betas, timeout, version)
+        return self._sdk_post(body, betas, timeout, version)
 
     async def post(
-        self, session: aiohttp.ClientSession, body: dict[str, Any], betas: Sequence[str], timeout: float
+        self,
+        session: aiohttp.ClientSession,
+        body: dict[str, Any],
+        betas: Sequence[str],
+        timeout: float,
+        version: str | None = None,
     ) -> aiohttp.ClientResponse:
         """POST the body on the gateway's session and check the response's head: the SDK's exceptions
         for connection failures and HTTP errors, GatewayError for a redirect or a compressed body."""
         headers = self._headers
-        if betas:
+        if betas or version:
             headers = headers.copy()
-            headers["anthropic-beta"] = ",".join(betas)
+            if betas:
+                headers["anthropic-beta"] = ",".join(betas)
+            if version:
+                headers["anthropic-version"] = version
         data = _JSON.encode({**body, "stream": True}).encode()
         # Only the connect bound: the watchdog bounds the rest (the wait for the first event, silence,
         # the deadline) without a timer per request or per read, which is what aiohttp's others cost.
@@ -288,11 +300,11 @@ class Upstream:
         return error
 
     @asynccontextmanager
-    async def _sdk_post(self, body: dict[str, Any], betas: Sequence[str], timeout: float) -> AsyncIterator[Body]:
+    async def _sdk_post(
+        self, body: dict[str, Any], betas: Sequence[str], timeout: float, version: str | None
+    ) -> AsyncIterator[Body]:
         limits = httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout), read=None)
-        headers = {"accept-encoding": "identity"}
-        if betas:
-            headers["anthropic-beta"] = ",".join(betas)
+        headers = _headers(betas, version)
         response = await self._client.post(
             MESSAGES_PATH,
             cast_to=httpx2.Response,  # the response as it arrives, body unread
@@ -305,6 +317,63 @@ class Upstream:
         finally:
             await response.aclose()
 
+    async def ask(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        betas: Sequence[str] = (),
+        version: str | None = None,
+    ) -> tuple[Any, str | None]:
+        """One small JSON request through the SDK's own ``get`` and ``post`` (the API's count_tokens and
+        models endpoints): its parsed JSON answer and the upstream's request id. At most
+        ``max_event_bytes`` of the answer are read (``UPSTREAM_EVENT_TOO_LARGE`` beyond); an answer that is
+        not JSON is ``UPSTREAM_MALFORMED_EVENT``; HTTP errors and connection failures raise the SDK's
+        exceptions (``server.upstream.failures.from_exception`` maps them)."""
+        limits = httpx2.Timeout(timeout, connect=min(self._connect_timeout, timeout))
+        headers = _headers(betas, version)
+        if method == "POST":
+            response = await self._client.post(
+                path,
+                cast_to=httpx2.Response,  # the response as it arrives, body unread
+                body=body,
+                options={"timeout": limits, "headers": headers, "follow_redirects": False},
+                stream=True,
+            )
+        else:
+            response = await self._client.get(
+                path,
+                cast_to=httpx2.Response,
+                options={"timeout": limits, "headers": headers, "follow_redirects": False, "params": params or {}},
+                stream=True,
+            )
+        try:
+            read = body_reader(response)
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await read():
+                size += len(chunk)
+                if size > self._max_answer_bytes:
+                    raise GatewayError(
+                        fail(
+                            Reason.UPSTREAM_EVENT_TOO_LARGE,
+                            f"upstream's answer to {path} is over GATEWAY_MAX_EVENT_BYTES ({self._max_answer_bytes})",
+                        )
+                    )
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        try:
+            answer = json.loads(b"".join(chunks))
+        except ValueError:
+            raise GatewayError(
+                fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream's answer to {path} is not JSON")
+            ) from None
+        return answer, response.headers.get("request-id")
+
     async def aclose(self) -> None:
         for task in self._finishing:
             task.cancel()
@@ -312,6 +381,16 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
         await self._client.close()
+
+
+def _headers(betas: Sequence[str], version: str | None) -> dict[str, str]:
+    """The per-request headers of a call through the SDK: identity encoding, the betas, the version."""
+    headers = {"accept-encoding": "identity"}
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
+    if version:
+        headers["anthropic-version"] = version
+    return headers
 
 
 class _Post:
@@ -329,13 +408,15 @@ class _Post:
         body: dict[str, Any],
         betas: Sequence[str],
         timeout: float,
+        version: str | None = None,
     ) -> None:
         self._upstream = upstream
-        self._args: tuple[aiohttp.ClientSession, dict[str, Any], Sequence[str], float] | None = (
+        self._args: tuple[aiohttp.ClientSession, dict[str, Any], Sequence[str], float, str | None] | None = (
             session,
             body,
             betas,
             timeout,
+            version,
         )
         self._response: aiohttp.ClientResponse | None = None
         self._body: Body | None = None

@@ -47,6 +47,11 @@ class StreamMessageRequest(_message.Message):
 
     PARAMS_FIELD_NUMBER: _builtins.int
     BETAS_FIELD_NUMBER: _builtins.int
+    ANTHROPIC_VERSION_FIELD_NUMBER: _builtins.int
+    anthropic_version: _builtins.str
+    """The Messages API version to ask the upstream for (its `anthropic-version` header), a date such
+    as "2023-06-01"; unset: the version the gateway speaks, 2026-10-21.
+    """
     @_builtins.property
     def params(self) -> Global___MessageCreateParams:
         """The Messages API request body (without "stream", which the gateway sets to true)."""
@@ -62,12 +67,15 @@ class StreamMessageRequest(_message.Message):
         *,
         params: Global___MessageCreateParams | None = ...,
         betas: _abc.Iterable[_builtins.str] | None = ...,
+        anthropic_version: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["betas", b"betas", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "betas", b"betas", "params", b"params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__anthropic_version: _TypeAlias = _typing.Literal["anthropic_version"]  # noqa: Y015
+    _WhichOneofArgType__anthropic_version: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anthropic_version) -> _WhichOneofReturnType__anthropic_version | None: ...
 
 Global___StreamMessageRequest: _TypeAlias = StreamMessageRequest  # noqa: Y015
 
@@ -106,6 +114,11 @@ class CreateMessageRequest(_message.Message):
 
     PARAMS_FIELD_NUMBER: _builtins.int
     BETAS_FIELD_NUMBER: _builtins.int
+    ANTHROPIC_VERSION_FIELD_NUMBER: _builtins.int
+    anthropic_version: _builtins.str
+    """The Messages API version to ask the upstream for (its `anthropic-version` header); unset: the
+    version the gateway speaks, 2026-10-21.
+    """
     @_builtins.property
     def params(self) -> Global___MessageCreateParams:
         """The Messages API request body."""
@@ -119,12 +132,15 @@ class CreateMessageRequest(_message.Message):
         *,
         params: Global___MessageCreateParams | None = ...,
         betas: _abc.Iterable[_builtins.str] | None = ...,
+        anthropic_version: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["betas", b"betas", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "betas", b"betas", "params", b"params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__anthropic_version: _TypeAlias = _typing.Literal["anthropic_version"]  # noqa: Y015
+    _WhichOneofArgType__anthropic_version: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anthropic_version) -> _WhichOneofReturnType__anthropic_version | None: ...
 
 Global___CreateMessageRequest: _TypeAlias = CreateMessageRequest  # noqa: Y015
 
@@ -151,6 +167,187 @@ class CreateMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateMessageResponse: _TypeAlias = CreateMessageResponse  # noqa: Y015
+
+@_typing.final
+class CountTokensRequest(_message.Message):
+    """CountTokensRequest asks how many input tokens a request would use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMS_FIELD_NUMBER: _builtins.int
+    BETAS_FIELD_NUMBER: _builtins.int
+    ANTHROPIC_VERSION_FIELD_NUMBER: _builtins.int
+    anthropic_version: _builtins.str
+    """The Messages API version to ask the upstream for (its `anthropic-version` header); unset: the
+    version the gateway speaks, 2026-10-21.
+    """
+    @_builtins.property
+    def params(self) -> Global___MessageCreateParams:
+        """The request to count, as StreamMessage takes it (the model may be an alias). What only
+        generation uses is not sent: max_tokens (which may be left 0), stop_sequences, metadata,
+        service_tier, container and inference_geo.
+        """
+
+    @_builtins.property
+    def betas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Beta feature flags, sent upstream as the comma-joined `anthropic-beta` header."""
+
+    def __init__(
+        self,
+        *,
+        params: Global___MessageCreateParams | None = ...,
+        betas: _abc.Iterable[_builtins.str] | None = ...,
+        anthropic_version: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "betas", b"betas", "params", b"params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__anthropic_version: _TypeAlias = _typing.Literal["anthropic_version"]  # noqa: Y015
+    _WhichOneofArgType__anthropic_version: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anthropic_version) -> _WhichOneofReturnType__anthropic_version | None: ...
+
+Global___CountTokensRequest: _TypeAlias = CountTokensRequest  # noqa: Y015
+
+@_typing.final
+class CountTokensResponse(_message.Message):
+    """CountTokensResponse is the API's count (its JSON `{"input_tokens": N}`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    input_tokens: _builtins.int
+    """The input tokens of the messages, the system prompt and the tools together."""
+    @_builtins.property
+    def extra(self) -> _struct_pb2.Struct:
+        """Keys of the API's answer this proto does not name (beta additions), as they came."""
+
+    def __init__(
+        self,
+        *,
+        input_tokens: _builtins.int = ...,
+        extra: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra", "input_tokens", b"input_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountTokensResponse: _TypeAlias = CountTokensResponse  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """ListModelsRequest asks for the models the caller may name. It has no fields: the caller is the
+    one the call's credentials name.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """ListModelsResponse is the caller's view of the models, shaped as the API's GET /v1/models page:
+    the whole list in one page.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    HAS_MORE_FIELD_NUMBER: _builtins.int
+    FIRST_ID_FIELD_NUMBER: _builtins.int
+    LAST_ID_FIELD_NUMBER: _builtins.int
+    has_more: _builtins.bool
+    """Always false: the list is never cut into pages."""
+    first_id: _builtins.str
+    """The id of the first entry; absent when the list is empty."""
+    last_id: _builtins.str
+    """The id of the last entry; absent when the list is empty."""
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """The policy's aliases the caller may use (in the policy's order), then the model ids it may use
+        (in the upstream's order; with an allowlist, its models the upstream did not list come last).
+        """
+
+    def __init__(
+        self,
+        *,
+        data: _abc.Iterable[Global___ModelInfo] | None = ...,
+        has_more: _builtins.bool = ...,
+        first_id: _builtins.str | None = ...,
+        last_id: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_id", b"_first_id", "_last_id", b"_last_id", "first_id", b"first_id", "last_id", b"last_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_id", b"_first_id", "_last_id", b"_last_id", "data", b"data", "first_id", b"first_id", "has_more", b"has_more", "last_id", b"last_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_id: _TypeAlias = _typing.Literal["first_id"]  # noqa: Y015
+    _WhichOneofArgType__first_id: _TypeAlias = _typing.Literal["_first_id", b"_first_id"]  # noqa: Y015
+    _WhichOneofReturnType__last_id: _TypeAlias = _typing.Literal["last_id"]  # noqa: Y015
+    _WhichOneofArgType__last_id: _TypeAlias = _typing.Literal["_last_id", b"_last_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_id) -> _WhichOneofReturnType__first_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_id) -> _WhichOneofReturnType__last_id | None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    """ModelInfo is one name the caller may give as `model` (the API's ModelInfo object)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ALIAS_FOR_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The name: a policy alias, or a model id."""
+    type: _builtins.str
+    """Always "model"."""
+    display_name: _builtins.str
+    """A human-readable name: the upstream's for the model (an alias shows its model's), else the id."""
+    created_at: _builtins.str
+    """When the model was released (RFC 3339), as the upstream says; the Unix epoch when unknown."""
+    alias_for: _builtins.str
+    """Set on an alias only: the model id it stands for. A gateway addition; the API has no such key."""
+    @_builtins.property
+    def extra(self) -> _struct_pb2.Struct:
+        """The upstream's other keys on the model (lifecycle, capabilities, max_tokens...), as they came."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        type: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        alias_for: _builtins.str | None = ...,
+        extra: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_alias_for", b"_alias_for", "alias_for", b"alias_for", "extra", b"extra"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_alias_for", b"_alias_for", "alias_for", b"alias_for", "created_at", b"created_at", "display_name", b"display_name", "extra", b"extra", "id", b"id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__alias_for: _TypeAlias = _typing.Literal["alias_for"]  # noqa: Y015
+    _WhichOneofArgType__alias_for: _TypeAlias = _typing.Literal["_alias_for", b"_alias_for"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__alias_for) -> _WhichOneofReturnType__alias_for | None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
 
 @_typing.final
 class MessageCreateParams(_message.Message):

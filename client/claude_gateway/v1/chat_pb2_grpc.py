@@ -52,6 +52,16 @@ class ChatServiceStub:
                 request_serializer=claude__gateway_dot_v1_dot_chat__pb2.CreateMessageRequest.SerializeToString,
                 response_deserializer=claude__gateway_dot_v1_dot_chat__pb2.CreateMessageResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/claude_gateway.v1.ChatService/CountTokens',
+                request_serializer=claude__gateway_dot_v1_dot_chat__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=claude__gateway_dot_v1_dot_chat__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/claude_gateway.v1.ChatService/ListModels',
+                request_serializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -83,6 +93,24 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """Counts the input tokens a request would use, without running it: the API's own count
+        (POST /v1/messages/count_tokens). The caller's policy applies as to a message (aliases, the
+        allowed models); the call counts against the caller's requests_per_minute, not its tokens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Lists the models the caller may name: the policy's aliases the caller is allowed (each with the
+        model id it stands for), then the model ids it is allowed, with the upstream's own information
+        on each (GET /v1/models) when the upstream answers. Counts against no quota.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +123,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.CreateMessage,
                     request_deserializer=claude__gateway_dot_v1_dot_chat__pb2.CreateMessageRequest.FromString,
                     response_serializer=claude__gateway_dot_v1_dot_chat__pb2.CreateMessageResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=claude__gateway_dot_v1_dot_chat__pb2.CountTokensRequest.FromString,
+                    response_serializer=claude__gateway_dot_v1_dot_chat__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsRequest.FromString,
+                    response_serializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -159,6 +197,60 @@ class ChatService:
             '/claude_gateway.v1.ChatService/CreateMessage',
             claude__gateway_dot_v1_dot_chat__pb2.CreateMessageRequest.SerializeToString,
             claude__gateway_dot_v1_dot_chat__pb2.CreateMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claude_gateway.v1.ChatService/CountTokens',
+            claude__gateway_dot_v1_dot_chat__pb2.CountTokensRequest.SerializeToString,
+            claude__gateway_dot_v1_dot_chat__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claude_gateway.v1.ChatService/ListModels',
+            claude__gateway_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
+            claude__gateway_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

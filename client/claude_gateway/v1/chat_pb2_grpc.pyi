@@ -71,6 +71,16 @@ class ChatServiceStub:
     """Returns the whole reply at once: the gateway streams from upstream and accumulates the final
     message exactly as the anthropic SDK's stream helper does.
     """
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_chat_pb2.CountTokensRequest, _chat_pb2.CountTokensResponse]
+    """Counts the input tokens a request would use, without running it: the API's own count
+    (POST /v1/messages/count_tokens). The caller's policy applies as to a message (aliases, the
+    allowed models); the call counts against the caller's requests_per_minute, not its tokens.
+    """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListModelsRequest, _chat_pb2.ListModelsResponse]
+    """Lists the models the caller may name: the policy's aliases the caller is allowed (each with the
+    model id it stands for), then the model ids it is allowed, with the upstream's own information
+    on each (GET /v1/models) when the upstream answers. Counts against no quota.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -94,6 +104,16 @@ class ChatServiceAsyncStub(ChatServiceStub):
     CreateMessage: _aio.UnaryUnaryMultiCallable[_chat_pb2.CreateMessageRequest, _chat_pb2.CreateMessageResponse]  # type: ignore[assignment]
     """Returns the whole reply at once: the gateway streams from upstream and accumulates the final
     message exactly as the anthropic SDK's stream helper does.
+    """
+    CountTokens: _aio.UnaryUnaryMultiCallable[_chat_pb2.CountTokensRequest, _chat_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """Counts the input tokens a request would use, without running it: the API's own count
+    (POST /v1/messages/count_tokens). The caller's policy applies as to a message (aliases, the
+    allowed models); the call counts against the caller's requests_per_minute, not its tokens.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListModelsRequest, _chat_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Lists the models the caller may name: the policy's aliases the caller is allowed (each with the
+    model id it stands for), then the model ids it is allowed, with the upstream's own information
+    on each (GET /v1/models) when the upstream answers. Counts against no quota.
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,6 +147,28 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_chat_pb2.CreateMessageResponse, _abc.Awaitable[_chat_pb2.CreateMessageResponse]]:
         """Returns the whole reply at once: the gateway streams from upstream and accumulates the final
         message exactly as the anthropic SDK's stream helper does.
+        """
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _chat_pb2.CountTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.CountTokensResponse, _abc.Awaitable[_chat_pb2.CountTokensResponse]]:
+        """Counts the input tokens a request would use, without running it: the API's own count
+        (POST /v1/messages/count_tokens). The caller's policy applies as to a message (aliases, the
+        allowed models); the call counts against the caller's requests_per_minute, not its tokens.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _chat_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.ListModelsResponse, _abc.Awaitable[_chat_pb2.ListModelsResponse]]:
+        """Lists the models the caller may name: the policy's aliases the caller is allowed (each with the
+        model id it stands for), then the model ids it is allowed, with the upstream's own information
+        on each (GET /v1/models) when the upstream answers. Counts against no quota.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,5 @@
-"""ChatService: the two RPCs, each one call run by ``server.call.runner`` with its own way to deliver events."""
+"""ChatService: the two message RPCs, each one call run by ``server.call.runner`` with its own way to
+deliver events, and CountTokens and ListModels, run by ``server.call.lookups``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from google.protobuf.message import DecodeError
 
 from server.call.admission import Body, Request, Undecodable
 from server.call.delivery import MessageAccumulator, streamed
+from server.call.lookups import Lookups
 from server.call.runner import Calls
 
 
@@ -24,6 +26,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def __init__(self, calls: Calls) -> None:
         self._calls = calls
+        self._lookups = Lookups(calls)
 
     # A coroutine that writes with context.write, not an async generator: only a coroutine can be
     # cancelled by the watchdog while a write is blocked on a slow client (see grpc-aio notes).
@@ -48,6 +51,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if await self._calls.run("CreateMessage", context, read_noting_betas, message.add):
             return message.response()
         return None  # the status is set on the context; grpc sends no message with it
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountTokensResponse:
+        return await self._lookups.count_tokens(context, request)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return await self._lookups.list_models(context)
 
 
 def reading(context: grpc.aio.ServicerContext, kind: type[Request]) -> Body:

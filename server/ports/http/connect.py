@@ -38,6 +38,7 @@ from protobuf.wkt import Any as AnyDetail
 from server.call.admission import Undecodable
 from server.call.context import CallContext
 from server.call.delivery import MessageAccumulator, Sink, streamed
+from server.call.lookups import Lookups
 from server.call.runner import Calls
 from server.errors import GatewayError
 from server.limits.bodies import WAIT_SECONDS, Reservation
@@ -263,13 +264,17 @@ def _method(name: str, request: type[Message], response: type[Message], kind: St
 
 STREAM_MESSAGE = _method("StreamMessage", pb.StreamMessageRequest, pb.StreamMessageResponse, StreamType.SERVER_STREAM)
 CREATE_MESSAGE = _method("CreateMessage", pb.CreateMessageRequest, pb.CreateMessageResponse, StreamType.UNARY)
+COUNT_TOKENS = _method("CountTokens", pb.CountTokensRequest, pb.CountTokensResponse, StreamType.UNARY)
+LIST_MODELS = _method("ListModels", pb.ListModelsRequest, pb.ListModelsResponse, StreamType.UNARY)
 
 
 class ChatHandlers:
-    """The two RPCs for connectrpc, each a call of ``Calls.run`` in a task of its own."""
+    """The RPCs for connectrpc: the two message RPCs, each a call of ``Calls.run`` in a task of its own,
+    and CountTokens and ListModels (``Lookups``)."""
 
     def __init__(self, calls: Calls) -> None:
         self._calls = calls
+        self._lookups = Lookups(calls)
 
     def _start(
         self,
@@ -323,11 +328,23 @@ class ChatHandlers:
             raise error
         return message.response()
 
+    async def count_tokens(
+        self, request: pb.CountTokensRequest, ctx: RequestContext[Any, Any]
+    ) -> pb.CountTokensResponse:
+        """CountTokens: the API's count of the request's input tokens."""
+        return await self._lookups.count_tokens(HttpCallContext(ctx, _deadline.get()), request)
+
+    async def list_models(self, request: pb.ListModelsRequest, ctx: RequestContext[Any, Any]) -> pb.ListModelsResponse:
+        """ListModels: the models the caller may name."""
+        return await self._lookups.list_models(HttpCallContext(ctx, _deadline.get()))
+
     def endpoints(self) -> Mapping[str, Any]:  # connectrpc types it by its private Endpoint subclasses
         """URL path -> endpoint, as connectrpc's generated code would give it."""
         return {
             f"/{SERVICE}/StreamMessage": Endpoint.server_stream(method=STREAM_MESSAGE, function=self.stream_message),
             f"/{SERVICE}/CreateMessage": Endpoint.unary(method=CREATE_MESSAGE, function=self.create_message),
+            f"/{SERVICE}/CountTokens": Endpoint.unary(method=COUNT_TOKENS, function=self.count_tokens),
+            f"/{SERVICE}/ListModels": Endpoint.unary(method=LIST_MODELS, function=self.list_models),
         }
 
 

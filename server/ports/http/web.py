@@ -5,6 +5,8 @@ One ASGI application, served by uvicorn in the gateway's own event loop beside g
 - ``POST /claude_gateway.v1.ChatService/<Method>``: Connect (``application/json``, ``application/proto``,
   ``application/connect+json``, ``application/connect+proto``) and gRPC-Web (``application/grpc-web*``),
   by ``server.ports.http.connect``; every call runs the same path as on the gRPC port.
+- ``/v1/messages``, ``/v1/messages/count_tokens``, ``/v1/models``: the Messages API, for the official
+  Anthropic SDKs and curl, by ``server.ports.http.messages_api``; the same call path again.
 - ``GET /``, ``GET /chat.js`` and ``GET /favicon.svg``: the chat page, when ``GATEWAY_CHAT_PAGE`` is on.
 - CORS for the origins in ``GATEWAY_CORS_ORIGINS``: preflights answered here, the gRPC-Web and Connect
   response headers exposed to the page. No CORS headers at all when it is empty.
@@ -24,6 +26,7 @@ from claude_gateway.wire import SERVICE
 from server.call.runner import Calls
 from server.config import Settings
 from server.ports.http.connect import ChatApplication
+from server.ports.http.messages_api import PREFIX, MessagesApi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,11 +43,13 @@ PAGE_FILES = {
 # What a browser may send and read: the Connect and gRPC-Web protocol headers, the caller's token.
 CORS_REQUEST_HEADERS = (
     b"content-type, connect-protocol-version, connect-timeout-ms, connect-content-encoding, "
-    b"connect-accept-encoding, grpc-timeout, x-grpc-web, x-user-agent, authorization"
+    b"connect-accept-encoding, grpc-timeout, x-grpc-web, x-user-agent, authorization, "
+    b"x-api-key, anthropic-version, anthropic-beta"  # the Messages API's (server.ports.http.messages_api)
 )
 CORS_RESPONSE_HEADERS = (
     b"grpc-status, grpc-message, grpc-status-details-bin, anthropic-request-id, "
-    b"claude-gateway-usage, trailer-claude-gateway-usage"  # the usage report: a trailer, or Connect unary's header
+    b"claude-gateway-usage, trailer-claude-gateway-usage, "  # the usage report: a trailer, or Connect unary's header
+    b"request-id, retry-after, retry-after-ms"  # the Messages API's
 )
 
 
@@ -75,6 +80,7 @@ class WebApplication:
 
     def __init__(self, calls: Calls, settings: Settings) -> None:
         self._chat = ChatApplication(calls, settings.max_message_bytes)
+        self._messages = MessagesApi(calls)
         self._cors = Cors.parse(settings.cors_origins)
         self._page = settings.chat_page
 
@@ -101,6 +107,8 @@ class WebApplication:
                 )
                 return
             await self._chat(scope, receive, send)
+        elif path.startswith(PREFIX):
+            await self._messages(scope, receive, send)
         elif self._page and method in ("GET", "HEAD") and path in PAGE_FILES:
             name, content_type = PAGE_FILES[path]
             await _plain(send, 200, (PAGE / name).read_bytes(), content_type, head=method == "HEAD")

@@ -25,6 +25,14 @@ type ChatServiceClient interface {
 	// Returns the whole reply at once: the gateway streams from upstream and accumulates the final
 	// message exactly as the anthropic SDK's stream helper does.
 	CreateMessage(ctx context.Context, in *CreateMessageRequest, opts ...grpc.CallOption) (*CreateMessageResponse, error)
+	// Counts the input tokens a request would use, without running it: the API's own count
+	// (POST /v1/messages/count_tokens). The caller's policy applies as to a message (aliases, the
+	// allowed models); the call counts against the caller's requests_per_minute, not its tokens.
+	CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error)
+	// Lists the models the caller may name: the policy's aliases the caller is allowed (each with the
+	// model id it stands for), then the model ids it is allowed, with the upstream's own information
+	// on each (GET /v1/models) when the upstream answers. Counts against no quota.
+	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 }
 
 type chatServiceClient struct {
@@ -76,6 +84,24 @@ func (c *chatServiceClient) CreateMessage(ctx context.Context, in *CreateMessage
 	return out, nil
 }
 
+func (c *chatServiceClient) CountTokens(ctx context.Context, in *CountTokensRequest, opts ...grpc.CallOption) (*CountTokensResponse, error) {
+	out := new(CountTokensResponse)
+	err := c.cc.Invoke(ctx, "/claude_gateway.v1.ChatService/CountTokens", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *chatServiceClient) ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error) {
+	out := new(ListModelsResponse)
+	err := c.cc.Invoke(ctx, "/claude_gateway.v1.ChatService/ListModels", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ChatServiceServer is the server API for ChatService service.
 // All implementations must embed UnimplementedChatServiceServer
 // for forward compatibility
@@ -88,6 +114,14 @@ type ChatServiceServer interface {
 	// Returns the whole reply at once: the gateway streams from upstream and accumulates the final
 	// message exactly as the anthropic SDK's stream helper does.
 	CreateMessage(context.Context, *CreateMessageRequest) (*CreateMessageResponse, error)
+	// Counts the input tokens a request would use, without running it: the API's own count
+	// (POST /v1/messages/count_tokens). The caller's policy applies as to a message (aliases, the
+	// allowed models); the call counts against the caller's requests_per_minute, not its tokens.
+	CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error)
+	// Lists the models the caller may name: the policy's aliases the caller is allowed (each with the
+	// model id it stands for), then the model ids it is allowed, with the upstream's own information
+	// on each (GET /v1/models) when the upstream answers. Counts against no quota.
+	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	mustEmbedUnimplementedChatServiceServer()
 }
 
@@ -100,6 +134,12 @@ func (UnimplementedChatServiceServer) StreamMessage(*StreamMessageRequest, ChatS
 }
 func (UnimplementedChatServiceServer) CreateMessage(context.Context, *CreateMessageRequest) (*CreateMessageResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateMessage not implemented")
+}
+func (UnimplementedChatServiceServer) CountTokens(context.Context, *CountTokensRequest) (*CountTokensResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CountTokens not implemented")
+}
+func (UnimplementedChatServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
 }
 func (UnimplementedChatServiceServer) mustEmbedUnimplementedChatServiceServer() {}
 
@@ -153,6 +193,42 @@ func _ChatService_CreateMessage_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ChatService_CountTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).CountTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/claude_gateway.v1.ChatService/CountTokens",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).CountTokens(ctx, req.(*CountTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ChatService_ListModels_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListModelsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).ListModels(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/claude_gateway.v1.ChatService/ListModels",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).ListModels(ctx, req.(*ListModelsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ChatService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "claude_gateway.v1.ChatService",
 	HandlerType: (*ChatServiceServer)(nil),
@@ -160,6 +236,14 @@ var _ChatService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateMessage",
 			Handler:    _ChatService_CreateMessage_Handler,
+		},
+		{
+			MethodName: "CountTokens",
+			Handler:    _ChatService_CountTokens_Handler,
+		},
+		{
+			MethodName: "ListModels",
+			Handler:    _ChatService_ListModels_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
