@@ -26,7 +26,7 @@ from server.limits.identity import Identity
 from server.limits.policy import OPEN
 from server.limits.policy import load as load_policy
 from server.limits.quota import MemoryQuotas, Quotas
-from server.ports.grpc.servicer import ChatServicer
+from server.ports.grpc.servicer import ChatServicer, lenient
 from server.ports.http.web import WebApplication, WebServer, bind
 from server.redaction import Redactor
 from server.reporting import prices

@@ -294,7 +294,6 @@ class Admission:
         body["model"] = model
         return body, tuple(request.betas), estimate
 
-
     async def admit_count(
         self, context: CallMetadata, request: pb.CountTokensRequest | Undecodable, record: CallRecord | None = None
     ) -> Counted:

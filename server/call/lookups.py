@@ -6,8 +6,8 @@
 
 Each is admitted as a message is (``server.call.admission``: the caller, the drain, the policy) and
 reported as one is (``server.reporting.telemetry``: one log line, the calls counter), under the
-method names ``CountTokens`` and ``ListModels``. A failure ends the call through the port's
-``context.abort_with_status``, with the status ``server.errors.to_status`` gives, as a message's does.
+method names ``CountTokens`` and ``ListModels``. A failure is set on the port's
+context (code, message, rich details) as ``server.errors.to_status`` gives it, as a message's is.
 
 CountTokens asks the upstream (POST /v1/messages/count_tokens): the count is the API's own. It is
 retried as a stream's opening is (HTTP 408/409/429/5xx, connection failures) within the first-event
@@ -56,7 +56,7 @@ class Lookups:
 
     async def count_tokens(
         self, context: CallContext, request: pb.CountTokensRequest | Undecodable
-    ) -> pb.CountTokensResponse:
+    ) -> pb.CountTokensResponse | None:
         """The API's count of the request's input tokens."""
         model = "" if isinstance(request, Undecodable) else request.params.model
 
@@ -82,7 +82,7 @@ class Lookups:
 
         return await self._run("CountTokens", model, context, work)
 
-    async def list_models(self, context: CallContext) -> pb.ListModelsResponse:
+    async def list_models(self, context: CallContext) -> pb.ListModelsResponse | None:
         """The models the caller may name (``model_list``)."""
 
         async def work(record: CallRecord) -> pb.ListModelsResponse:
@@ -147,8 +147,9 @@ class Lookups:
         model: str,
         context: CallContext,
         work: Callable[[CallRecord], Awaitable[T]],
-    ) -> T:
-        """Run ``work`` as one reported call; a failure aborts it through the port's context."""
+    ) -> T | None:
+        """Run ``work`` as one reported call; a failure is set on the port's context as its status (code,
+        message, rich details) and the result is None, as ``Calls.run`` does."""
         record = CallRecord(method, model)
         failure: Failure | None = None
         try:
@@ -168,7 +169,11 @@ class Lookups:
                 record.request_id = failure.request_id
             self._calls.telemetry.finish(record)
         if failure is not None:
-            await context.abort_with_status(to_status(failure, 0))
+            status = to_status(failure, 0)
+            context.set_code(status.code)
+            context.set_details(status.details)
+            context.set_trailing_metadata(status.trailing_metadata)
+            return None
         return result
 
 

@@ -3,12 +3,13 @@ deliver events, and CountTokens and ListModels, run by ``server.call.lookups``."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from server.call.admission import Body, Request, Undecodable
 from server.call.delivery import MessageAccumulator, streamed
@@ -55,12 +56,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def CountTokens(
         self, request: pb.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountTokensResponse:
-        return await self._lookups.count_tokens(context, request)
+        # On a failure the status is set on the context; grpc sends no message with it.
+        return await self._lookups.count_tokens(context, request) or pb.CountTokensResponse()
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        return await self._lookups.list_models(context)
+        return await self._lookups.list_models(context) or pb.ListModelsResponse()
 
 
 def reading(context: grpc.aio.ServicerContext, kind: type[Request]) -> Body:
@@ -77,3 +79,15 @@ def reading(context: grpc.aio.ServicerContext, kind: type[Request]) -> Body:
             return Undecodable(str(exc)), len(data)
 
     return read
+
+
+def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """A request deserializer (CountTokens, ListModels) that hands bad bytes to the handler as ``Undecodable``."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return deserialize

@@ -160,6 +160,17 @@ class HttpCallContext:
         return connect_error(self._code, self._details, self._status_details)
 
 
+A = TypeVar("A", bound=Message)
+
+
+def _answered(response: A | None, context: HttpCallContext) -> A:
+    """``response``, or the error the call's status says (raised for connectrpc to write)."""
+    error = context.error()
+    if error is not None or response is None:
+        raise error or connect_error(grpc.StatusCode.INTERNAL, "no response", None)
+    return response
+
+
 class Headers:
     """The surface of a call context that admission's metadata checks read, over the request headers
     alone: what the HTTP port knows before it reads a body."""
@@ -332,11 +343,13 @@ class ChatHandlers:
         self, request: pb.CountTokensRequest, ctx: RequestContext[Any, Any]
     ) -> pb.CountTokensResponse:
         """CountTokens: the API's count of the request's input tokens."""
-        return await self._lookups.count_tokens(HttpCallContext(ctx, _deadline.get()), request)
+        context = HttpCallContext(ctx, _deadline.get())
+        return _answered(await self._lookups.count_tokens(context, request), context)
 
     async def list_models(self, request: pb.ListModelsRequest, ctx: RequestContext[Any, Any]) -> pb.ListModelsResponse:
         """ListModels: the models the caller may name."""
-        return await self._lookups.list_models(HttpCallContext(ctx, _deadline.get()))
+        context = HttpCallContext(ctx, _deadline.get())
+        return _answered(await self._lookups.list_models(context), context)
 
     def endpoints(self) -> Mapping[str, Any]:  # connectrpc types it by its private Endpoint subclasses
         """URL path -> endpoint, as connectrpc's generated code would give it."""

@@ -33,7 +33,7 @@ import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import parse_qs
 
 import grpc
@@ -129,6 +129,14 @@ _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache
 _JSON_TYPE = (b"content-type", b"application/json")
 
 
+class _Status(NamedTuple):
+    """A call's final status, as grpc.Status spells it."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
 class RefusedError(Exception):
     """Raised by ``ApiCallContext.abort_with_status``: the call ended with ``status``."""
 
@@ -145,7 +153,9 @@ class ApiCallContext:
         self._client = client
         self._deadline = deadline
         self.request_id: str | None = None  # the upstream's, once it answered
-        self.trailer: tuple[tuple[str, str | bytes], ...] = ()  # the usage report
+        self.trailer: tuple[tuple[str, str | bytes], ...] = ()  # the usage report, a failure's details
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         """The request headers as gRPC metadata; an ``x-api-key`` is also ``authorization: Bearer``."""
@@ -164,8 +174,22 @@ class ApiCallContext:
                 self.request_id = value
 
     def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
-        """Keeps the usage report: a header of a non-streaming reply."""
-        self.trailer = tuple(metadata)
+        """Keeps the usage report (a header of a non-streaming reply) and a failure's rich details."""
+        self.trailer = (*self.trailer, *metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        """The call's status code (not OK: the call failed)."""
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        """The call's status message."""
+        self._details = details
+
+    def refusal(self) -> RefusedError | None:
+        """The failure the call ended with, as the port answers it; None if it ended OK."""
+        if self._code is None or self._code is grpc.StatusCode.OK:
+            return None
+        return RefusedError(_Status(self._code, self._details, self.trailer))
 
     def peer(self) -> str:
         """The client's address, as grpc spells it."""
@@ -416,7 +440,7 @@ class MessagesApi:
             deliver = accumulator.add
         method = "StreamMessage" if stream else "CreateMessage"
         call = asyncio.ensure_future(self._calls.run(method, context, request, deliver))
-        refused = await _until_done(call, receive)
+        refused = await _until_done(call, receive) or context.refusal()
         if call.cancelled():
             return  # the client left: nothing to answer
         if refused is not None:
@@ -436,9 +460,10 @@ class MessagesApi:
         await _answer(send, 200, headers, codec.to_json(accumulator.response().message))
 
     async def _count(self, send: Send, context: ApiCallContext, request: pb.CountTokensRequest | Undecodable) -> None:
-        try:
-            response = await self._lookups.count_tokens(context, request)
-        except RefusedError as refusal:
+        response = await self._lookups.count_tokens(context, request)
+        refusal = context.refusal()
+        if refusal is not None or response is None:
+            assert refusal is not None
             await _answer(send, *api_error(refusal.status, context.request_id or new_request_id()))
             return
         headers = [_JSON_TYPE, (b"request-id", (context.request_id or new_request_id()).encode())]
@@ -446,9 +471,10 @@ class MessagesApi:
 
     async def _models(self, scope: Scope, send: Send, context: ApiCallContext, path: str) -> None:
         request_id = new_request_id()
-        try:
-            response = await self._lookups.list_models(context)
-        except RefusedError as refusal:
+        response = await self._lookups.list_models(context)
+        refusal = context.refusal()
+        if refusal is not None or response is None:
+            assert refusal is not None
             await _answer(send, *api_error(refusal.status, request_id))
             return
         data = [codec.to_json(m) for m in response.data]
@@ -469,7 +495,7 @@ class MessagesApi:
             await _answer(send, 404, headers, _error_json("not_found_error", message, request_id))
 
 
-async def _until_done(call: asyncio.Task[None], receive: Receive) -> RefusedError | None:
+async def _until_done(call: asyncio.Task[Any], receive: Receive) -> RefusedError | None:
     """Wait for ``call``, cancelling it (and waiting until it has closed the upstream) if the client
     goes away first; the refusal it ended with, if any."""
     left = asyncio.ensure_future(_disconnected(receive))
