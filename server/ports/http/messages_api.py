@@ -68,6 +68,7 @@ DEFAULT_PAGE, MAX_PAGE = 20, 1000  # models per page: the API's default and most
 GATEWAY_ERRORS: Mapping[str, tuple[int, str]] = {
     Reason.INVALID_REQUEST.name: (400, "invalid_request_error"),
     Reason.TOO_MANY_STREAMS.name: (529, "overloaded_error"),  # the gateway's own limit, not the caller's
+    Reason.BODY_BUDGET_EXHAUSTED.name: (529, "overloaded_error"),  # the gateway's memory for bodies, not the caller's
     Reason.SHUTTING_DOWN.name: (529, "overloaded_error"),  # another replica can take it
     Reason.FIRST_EVENT_TIMEOUT.name: (504, "timeout_error"),
     Reason.UPSTREAM_IDLE_TIMEOUT.name: (504, "timeout_error"),
