@@ -192,9 +192,9 @@ class Admission:
         hears the caller and the model (aliases resolved) as soon as each is known, so that a refused
         call is logged and counted with them too."""
         settings = self._settings
+        caller, rules = self.entry(context, record)  # refused here, a call names no model on any port
         if record is not None and not callable(request) and not isinstance(request, Undecodable):
             record.model = self.policy.model(request.params.model or self.policy.default_model or "")
-        caller, rules = self.entry(context, record)
         budget, expired = settings.max_stream_seconds, self._too_long
         remaining = context.time_remaining()
         if remaining is not None and remaining < budget:

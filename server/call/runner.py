@@ -11,6 +11,7 @@ records the call as it goes and reports it once at its end (trailer, log line, m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -75,11 +76,11 @@ class Calls:
 
         ``request`` may be how to read the request (``admission.Body``): it is read once the metadata
         admits the call. ``reserved`` is the body budget a port took before reading it itself."""
+        # The model is noted once admission has it (aliases resolved): a call refused on its metadata
+        # names none, whichever port it came by.
+        record = CallRecord(method, "")
         if callable(request):
-            record = CallRecord(method, "")
             request = _noting_model(request, record)
-        else:
-            record = CallRecord(method, "" if isinstance(request, Undecodable) else request.params.model)
         tracing = self.tracing
         spans: list[Span] = []
         if tracing is not None:
@@ -150,6 +151,8 @@ class Calls:
         """A call refused on its metadata before its body was read (the HTTP port's headers): logged and
         counted as any call; its status, with the usage trailer, for the port to answer with."""
         record = CallRecord(method, "")
+        with contextlib.suppress(GatewayError):  # the caller, when the refusal is not of who it is
+            record.caller = self.admission.identity.caller(context)
         tracing = self.tracing
         span = None if tracing is None else tracing.call_span(record, context.invocation_metadata())
         _failed(record, failure)
