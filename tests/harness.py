@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from claude_gateway import codec
 from claude_gateway.client import stream_request as stream_request  # re-exported for the tests
 from claude_gateway.v1 import chat_pb2_grpc
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from server.app import Gateway, build_server, sdk_client
@@ -30,6 +32,10 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-ant-test-SECRET-never-logged"
 UNPACED = Pace()
+# Seconds a subprocess (``python -m server``, the CLI) may take before a test gives up on it: a hang guard,
+# never reached when things work, even on a busy machine (with both cores saturated, ``python -m server``
+# took 50 s to import what it needs: 4 s of CPU).
+PROCESS_TIMEOUT = 300.0
 
 
 def run(test: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -42,8 +48,8 @@ def body(prompt: str = "Hello gateway", **extra: Any) -> dict[str, Any]:
     return {"model": "claude-sonnet-4-6", "max_tokens": 256, "messages": [{"role": "user", "content": prompt}], **extra}
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for ``condition`` to hold, checking every few milliseconds."""
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait for ``condition`` to hold, checking every few milliseconds (``timeout`` is a hang guard)."""
     async with asyncio.timeout(timeout):
         while not condition():  # noqa: ASYNC110 -- polls state of another component that has no event to await
             await asyncio.sleep(0.002)
@@ -213,3 +219,23 @@ def unread_from(port: int) -> int:
             elif remote == port:
                 waiting += receive_queue  # in the client's socket, not yet read
     return waiting
+
+
+async def slowest_round_trip(h: Harness) -> float:
+    """The slowest of five health checks through the gateway: how long this machine, as loaded now, takes
+    to carry a call there and back. A bound on what should happen at once is a multiple of it."""
+    health = health_pb2_grpc.HealthStub(h.channel)
+    slowest = 0.0
+    for _ in range(5):
+        started = time.monotonic()
+        await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+        slowest = max(slowest, time.monotonic() - started)
+    return slowest
+
+
+async def at_once(h: Harness) -> float:
+    """What "at once" allows (a cancel reaching the upstream, say): half a second, or ten round trips through
+    the gateway if this machine is slower than that now. Take it before the call under test. (An idle machine
+    takes a few ms: docs/api.md says 100 ms; beside two busy loops, one such close in 150 took 0.3 s.) It
+    tells a close on the event from one that waits for something: a read, a drain, a timer."""
+    return max(0.5, 10 * await slowest_round_trip(h))

@@ -20,7 +20,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.config import Settings
 from server.limits.identity import CallersFileError, parse_callers, token_hash
 from server.limits.policy import PolicyError, parse
-from tests.harness import API_KEY, ROOT, body, clean_env, gateway, run, status_of, stream_request, until
+from tests.harness import (
+    API_KEY,
+    PROCESS_TIMEOUT,
+    ROOT,
+    body,
+    clean_env,
+    gateway,
+    run,
+    status_of,
+    stream_request,
+    until,
+)
 
 ALPHA, BETA = "tok-alpha-SECRET", "tok-beta-SECRET"
 POLICY = """\
@@ -70,7 +81,7 @@ def test_tokens_name_callers_and_unknown_ones_are_unauthenticated_before_any_ups
                 assert ALPHA not in refused.message
             assert h.sim.requests == []
             assert (await events(h.stub, body(), bearer(BETA)))[-1]["type"] == "message_stop"
-            reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     run(go)
@@ -218,7 +229,7 @@ def test_a_bad_policy_file_stops_the_gateway_with_a_message_naming_the_line(
         "GATEWAY_POLICY_FILE": str(path),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT
     )
     assert proc.returncode == 1
     assert "gateway listening" not in proc.stdout

@@ -21,7 +21,7 @@ from anthropic.lib.streaming import MessageStreamEvent
 from claude_gateway import AsyncGateway, Gateway, GatewayError
 
 from simulator import Pace, Simulator
-from tests.harness import API_KEY, Harness, gateway, run, until
+from tests.harness import API_KEY, PROCESS_TIMEOUT, Harness, gateway, run, until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "client" / "examples"
@@ -293,7 +293,12 @@ def test_trailing_metadata_is_known_once_the_stream_ended() -> None:
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "client", *args], cwd=ROOT, capture_output=True, text=True, input=stdin, timeout=60
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=PROCESS_TIMEOUT,
     )
 
 

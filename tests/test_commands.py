@@ -12,12 +12,17 @@ from pathlib import Path
 import pytest
 
 from server.config import Settings, flag_name
-from tests.harness import ROOT, clean_env, process
+from tests.harness import PROCESS_TIMEOUT, ROOT, clean_env, process
 
 
 def python(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
     )
 
 
@@ -127,4 +132,4 @@ def test_root_wheel_is_the_gateway_alone_and_runs_from_an_install(tmp_path: Path
     assert python("-m", "server", "--version", cwd=tmp_path, env=env).stdout.strip() == "python -m server 0.1.0"
     with process(["-m", "server"], env, "gateway listening on ", cwd=tmp_path) as (gateway, _):
         gateway.terminate()
-        assert gateway.wait(timeout=30) == 0
+        assert gateway.wait(timeout=PROCESS_TIMEOUT) == 0

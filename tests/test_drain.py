@@ -17,7 +17,7 @@ import pytest
 from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import API_KEY, body, deployed, run, status_of, stream_request
+from tests.harness import API_KEY, PROCESS_TIMEOUT, body, deployed, run, status_of, stream_request
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_sigterm_lets_streams_in_flight_finish_and_refuses_new_calls() -> None:
                 assert await stream.code() == grpc.StatusCode.OK
 
         run(go)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=PROCESS_TIMEOUT) == 0
 
 
 def test_streams_still_running_after_the_grace_end_unavailable_with_a_reason() -> None:
@@ -91,7 +91,7 @@ def test_streams_still_running_after_the_grace_end_unavailable_with_a_reason() -
                 assert int(status.error_info.metadata["events_delivered"]) > 0
 
         run(go)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=PROCESS_TIMEOUT) == 0
 
 
 def test_workers_share_one_port_and_drain_together() -> None:
@@ -111,7 +111,7 @@ def test_workers_share_one_port_and_drain_together() -> None:
 
         run(go)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=PROCESS_TIMEOUT)
         assert proc.returncode == 0
         served_by = {ln.split()[2] for ln in err.splitlines() if "server.call: " in ln and '"status":"OK"' in ln}
         assert len(served_by) == 2, err
@@ -126,11 +126,11 @@ def test_a_stop_while_workers_start_ends_the_supervisor_cleanly() -> None:
         [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + PROCESS_TIMEOUT
     while len(children.read_text().split()) < 2:  # both workers spawned: the stop handler is in place
         assert time.monotonic() < deadline, "the supervisor never started its workers"
         time.sleep(0.001)  # polls another process's children, which signal nothing
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PROCESS_TIMEOUT)
     assert proc.returncode == 0, err
     assert "failed to start" not in err

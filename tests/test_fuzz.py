@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import DrawFn
 
-from tests.harness import body, call_log, deployed
+from tests.harness import PROCESS_TIMEOUT, body, call_log, deployed
 
 REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "200"))
 NEVER = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -197,7 +197,7 @@ def test_generated_and_mutated_requests_never_end_unknown_or_internal() -> None:
 
             one()
         gw.terminate()
-        gw.wait(timeout=30)
+        gw.wait(timeout=PROCESS_TIMEOUT)
         reader.join(timeout=10)
     logged = Counter((line["method"], line["status"]) for line in call_log("".join(log)))
     assert logged == seen, (logged, seen)

@@ -18,7 +18,17 @@ from claude_gateway.v1 import chat_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from simulator import Cut, ErrorEvent, HttpError, Pace, Stall
-from tests.harness import Harness, body, gateway, run, status_of, stream_request, unread_from, until
+from tests.harness import (
+    Harness,
+    at_once,
+    body,
+    gateway,
+    run,
+    status_of,
+    stream_request,
+    unread_from,
+    until,
+)
 
 SERVICE_CONFIG = Path(__file__).resolve().parents[1] / "client" / "service_config.json"
 
@@ -59,52 +69,55 @@ async def peak_once_settled(taken: Callable[[], int], ceiling: int) -> int:
     return peak
 
 
-async def assert_upstream_closed_soon_after_cancel(h: Harness, cancel: Callable[[], object]) -> None:
+async def assert_upstream_closed_soon_after_cancel(h: Harness, cancel: Callable[[], object], bound: float) -> None:
     loop = asyncio.get_running_loop()
     record = h.sim.requests[-1]
     cancelled_at = loop.time()
     cancel()
-    closed_at = await record.wait_closed(timeout=2)
-    assert closed_at - cancelled_at < 0.1
+    closed_at = await record.wait_closed(timeout=30)
+    assert closed_at - cancelled_at < bound
     await until(lambda: h.gateway.admission.active == 0)
 
 
 def test_cancel_while_waiting_for_response_headers_closes_the_upstream_connection() -> None:
-    """A client cancel before the upstream answered closes the upstream connection within 100 ms."""
+    """A client cancel before the upstream answered closes the upstream connection at once."""
 
     async def go() -> None:
         async with gateway() as h:
+            bound = await at_once(h)
             h.sim.enqueue(Stall(after_events=-1))
             call = h.stub.StreamMessage(stream_request(body()), timeout=30)
             await until(lambda: len(h.sim.requests) == 1)
-            await assert_upstream_closed_soon_after_cancel(h, call.cancel)
+            await assert_upstream_closed_soon_after_cancel(h, call.cancel, bound)
             assert h.sim.requests[-1].status is None
 
     run(go)
 
 
 def test_cancel_mid_stream_closes_the_upstream_connection() -> None:
-    """A client cancel while events flow closes the upstream connection within 100 ms."""
+    """A client cancel while events flow closes the upstream connection at once."""
 
     async def go() -> None:
         async with gateway(Pace(tokens_per_second=100)) as h:
+            bound = await at_once(h)
             call = h.stub.StreamMessage(stream_request(body("[[sim:tokens 5000]] long answer")), timeout=30)
             await read_events(call, 5)
-            await assert_upstream_closed_soon_after_cancel(h, call.cancel)
+            await assert_upstream_closed_soon_after_cancel(h, call.cancel, bound)
             assert h.sim.requests[-1].events_sent < 100
 
     run(go)
 
 
 def test_cancel_of_a_unary_call_closes_the_upstream_connection() -> None:
-    """Cancelling CreateMessage mid-way closes its upstream connection within 100 ms."""
+    """Cancelling CreateMessage mid-way closes its upstream connection at once."""
 
     async def go() -> None:
         async with gateway() as h:
+            bound = await at_once(h)
             h.sim.enqueue(Stall(after_events=4))
             call = h.stub.CreateMessage(pb.CreateMessageRequest(params=stream_request(body()).params), timeout=30)
             await until(lambda: bool(h.sim.requests) and h.sim.requests[-1].events_sent >= 4)
-            await assert_upstream_closed_soon_after_cancel(h, call.cancel)
+            await assert_upstream_closed_soon_after_cancel(h, call.cancel, bound)
             with pytest.raises(asyncio.CancelledError):
                 await call
 
@@ -112,16 +125,19 @@ def test_cancel_of_a_unary_call_closes_the_upstream_connection() -> None:
 
 
 def test_cancel_during_retry_backoff_sends_no_further_attempt() -> None:
-    """A cancel while the gateway waits to retry ends the call at once: no new upstream request."""
+    """A cancel while the gateway waits to retry ends the call at once, well inside the wait (a call that
+    sat out its backoff first would not), and no new upstream request follows."""
 
     async def go() -> None:
         async with gateway(max_attempts=3) as h:
-            h.sim.enqueue(HttpError(529, "overloaded_error", retry_after=0.3))
+            h.sim.enqueue(HttpError(529, "overloaded_error", retry_after=2.0))
             call = h.stub.StreamMessage(stream_request(body()), timeout=30)
             await until(lambda: len(h.sim.requests) == 1 and h.sim.requests[0].status == 529)
+            loop = asyncio.get_running_loop()
+            answered_at = loop.time()
             call.cancel()
-            await until(lambda: h.gateway.admission.active == 0, timeout=0.1)
-            await asyncio.sleep(0.5)  # past the retry-after: a retry would have arrived by now
+            await until(lambda: h.gateway.admission.active == 0, timeout=1.0)  # half the wait
+            await asyncio.sleep(answered_at + 2.5 - loop.time())  # past the retry-after: a retry would be here
             assert len(h.sim.requests) == 1
 
     run(go)
@@ -132,12 +148,13 @@ def test_client_deadline_mid_stream_closes_upstream_and_reports_deadline_exceede
 
     async def go() -> None:
         async with gateway(Pace(tokens_per_second=50)) as h:
+            bound = await at_once(h)
             call = h.stub.StreamMessage(stream_request(body("[[sim:tokens 5000]] slow")), timeout=0.5)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 async for _ in call:
                     pass
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            await h.sim.requests[-1].wait_closed(timeout=0.2)
+            await h.sim.requests[-1].wait_closed(timeout=2 * bound)  # not 100 s on, at the stream's end
             await until(lambda: h.gateway.admission.active == 0)
 
     run(go)
@@ -173,10 +190,11 @@ def test_each_time_bound_ends_with_deadline_exceeded_naming_itself(
 
 
 def test_pings_keep_a_long_quiet_stream_alive() -> None:
-    """Upstream pings count as life: a first token later than idle_timeout still arrives."""
+    """Upstream pings count as life: a first token later than idle_timeout still arrives. (A ping every
+    0.1 s: an idle_timeout ten times that is not reached by a busy machine's stalls between two pings.)"""
 
     async def go() -> None:
-        async with gateway(Pace(ttft=0.8, ping_interval=0.1), idle_timeout=0.4) as h:
+        async with gateway(Pace(ttft=2.0, ping_interval=0.1), idle_timeout=1.0) as h:
             events = await h.events(body())
             assert events[-1]["type"] == "message_stop"
             assert [e["type"] for e in events].count("ping") >= 5
@@ -252,8 +270,8 @@ def test_retry_never_outlives_the_deadline() -> None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await h.events(body(), timeout=5)
-            assert loop.time() - started < 5
+                await h.events(body(), timeout=30)
+            assert loop.time() - started < 15  # at once, not at the deadline
             status = status_of(caught.value)
             assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert status.retry_info is not None
@@ -308,7 +326,7 @@ def test_admission_limit_refuses_extra_streams_while_health_answers() -> None:
             assert status.error_info is not None
             assert status.error_info.reason == "TOO_MANY_STREAMS"
             assert len(h.sim.requests) == 2
-            reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             for call in held:
                 call.cancel()

@@ -32,7 +32,7 @@ from server.reporting.record import CallRecord
 from server.reporting.usage import Usage
 from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
-from tests.harness import ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
+from tests.harness import PROCESS_TIMEOUT, ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
 
 FIXTURE = ROOT / "tests/fixtures/sse/own_server_tool_cache_usage.sse"
 # The fixture's usage, merged: message_start's input side, message_delta's cumulative totals.
@@ -479,7 +479,7 @@ def test_two_workers_each_serve_metrics_that_add_up_to_every_call() -> None:
             )
         assert sum(totals) == 8, totals
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=PROCESS_TIMEOUT)
         assert proc.returncode == 0
 
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2_grpc
 
-from tests.harness import body, call_log, run, stream_request
+from tests.harness import PROCESS_TIMEOUT, body, call_log, run, stream_request
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-ant-api03-PROCESS-TEST-SECRET"
@@ -52,8 +52,8 @@ def test_real_api_configuration_is_only_the_key_and_base_url_and_no_secret_is_lo
     finally:
         for proc in (gateway, sim):
             proc.send_signal(signal.SIGTERM)
-        out, err = gateway.communicate(timeout=30)
-        sim.communicate(timeout=30)
+        out, err = gateway.communicate(timeout=PROCESS_TIMEOUT)
+        sim.communicate(timeout=PROCESS_TIMEOUT)
     assert gateway.returncode == 0
     calls = call_log(err)
     assert (calls[0]["method"], calls[0]["status"]) == ("StreamMessage", "OK")
@@ -84,8 +84,8 @@ def test_api_key_file_is_read_at_start_up_and_never_logged(tmp_path: Path) -> No
     finally:
         for proc in (gateway, sim):
             proc.send_signal(signal.SIGTERM)
-        out, err = gateway.communicate(timeout=30)
-        sim.communicate(timeout=30)
+        out, err = gateway.communicate(timeout=PROCESS_TIMEOUT)
+        sim.communicate(timeout=PROCESS_TIMEOUT)
     assert gateway.returncode == 0
     (call,) = call_log(err)
     assert (call["method"], call["status"]) == ("StreamMessage", "OK")
@@ -102,7 +102,13 @@ def test_a_missing_or_empty_key_file_stops_start_up_naming_the_file(tmp_path: Pa
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_"))}
     env = {**clean, "ANTHROPIC_API_KEY_FILE": str(key_file), "ANTHROPIC_API_KEY": KEY, "GATEWAY_LISTEN": "127.0.0.1:0"}
     done = subprocess.run(
-        [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
+        check=False,
     )
     assert done.returncode == 1
     assert f"ANTHROPIC_API_KEY_FILE={key_file}" in done.stderr

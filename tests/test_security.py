@@ -94,7 +94,7 @@ def test_auth_token_guards_chat_calls_but_not_health() -> None:
             call = h.stub.StreamMessage(stream_request(body()), timeout=5, metadata=good)
             events = [e async for r in call for e in r.events]
             assert events[-1].WhichOneof("type") == "message_stop"
-            reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            reply = await health_pb2_grpc.HealthStub(h.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             assert len(h.sim.requests) == 1
 

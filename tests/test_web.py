@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from server.config import Settings
 from server.ports.http.connect import CODES, timeout_seconds
 from simulator import Pace
-from tests.harness import ROOT, UNPACED, Harness, body, deployed, gateway, run, stream_request, until
+from tests.harness import PROCESS_TIMEOUT, ROOT, UNPACED, Harness, body, deployed, gateway, run, stream_request, until
 
 SERVICE = "/claude_gateway.v1.ChatService"
 PACED = Pace(ttft=0.02, tokens_per_second=50)
@@ -524,7 +524,7 @@ def test_deployed_gateway_serves_the_http_port_and_drains_it_on_sigterm() -> Non
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.loads(response.read())["message"]["usage"]["outputTokens"] == 4
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=PROCESS_TIMEOUT) == 0
     with socket.socket() as again:  # nothing listens there any more (closed connections may linger in TIME_WAIT)
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
