@@ -19,6 +19,7 @@ from claude_gateway.wire import SERVICE
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.call.accumulator import warm as warm_accumulation
 from server.call.admission import Admission
 from server.call.runner import Calls
 from server.config import Settings
@@ -236,6 +237,7 @@ async def _assemble(
         price_table = prices.load(settings.prices_file)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    warm_accumulation()  # the SDK's validators, built now rather than in the first CreateMessage calls
     upstream = Upstream(client, settings)
     resources.push_async_callback(upstream.aclose)
     metrics = None

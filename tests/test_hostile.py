@@ -361,3 +361,58 @@ def test_a_redirect_to_another_origin_is_not_followed(transport: str) -> None:
             assert elsewhere.requests == []
 
     run(go)
+
+
+def nested(levels: int) -> dict[str, object]:
+    """A JSON object nested ``levels`` deep (itself the first)."""
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def deep_after_three(kind: str) -> Answer:
+    """message_start, a text block's start and a delta, then, in the same network read, an event (or an error
+    event) nested ``kind`` deep."""
+    first = sse("message_start", MESSAGE_START) + sse(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}
+    if kind == "error-5000":
+        bad = ("event: error\ndata: " + '{"type":"error","error":' * 5000 + "{}" + "}" * 5000 + "\n\n").encode()
+    elif kind == "delta-5000":
+        bad = ("event: ping\ndata: " + '{"type":"ping","a":' * 5000 + "{}" + "}" * 5000 + "\n\n").encode()
+    else:  # 40 levels: JSON parses it, but protobuf decoders (100 levels, 3 per object) could not take it
+        block = {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "t", "name": "f"},
+        }
+        block["content_block"]["input"] = nested(38)  # type: ignore[index]
+        bad = sse("content_block_start", block)
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(200, **SSE_HEAD) + first + sse("content_block_delta", delta) + bad)
+
+    return answer
+
+
+@pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
+@pytest.mark.parametrize("kind", ["delta-5000", "error-5000", "protobuf-40"])
+def test_upstream_json_nested_too_deep_is_data_loss_after_the_events_before_it(kind: str, rpc: str) -> None:
+    """An event (or error event) nested 5,000 levels, or deeper than a protobuf decoder goes, ends the call
+    DATA_LOSS / UPSTREAM_MALFORMED_EVENT (it was INTERNAL from a RecursionError), after the three events read
+    with it were delivered (they were lost); the gateway serves on."""
+
+    async def go() -> None:
+        async with Hostile(deep_after_three(kind)) as up, aimed_at(up, max_attempts=1) as gw:
+            outcome = await call_through(gw, rpc)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.DATA_LOSS, outcome.status
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "UPSTREAM_MALFORMED_EVENT"
+            assert outcome.events == (3 if rpc == "StreamMessage" else 0)
+            healthy(outcome)
+
+    run(go)
