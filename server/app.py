@@ -34,6 +34,7 @@ from server.reporting import prices
 from server.reporting.metrics import Endpoint, Metrics
 from server.reporting.telemetry import Telemetry
 from server.upstream.client import Upstream, credentials_held, http_client
+from server.upstream.failures import API_ERRORS
 
 if TYPE_CHECKING:
     from server.reporting.tracing import Tracing
@@ -242,7 +243,7 @@ async def _assemble(
     resources.push_async_callback(upstream.aclose)
     metrics = None
     if settings.metrics_listen:
-        metrics = Metrics(settings.metrics_max_callers, price_table.known, lambda: admission.active)
+        metrics = Metrics(settings.metrics_max_callers, price_table.known, lambda: admission.active, API_ERRORS)
     store_up = metrics.quota_store.set if metrics is not None and settings.redis_url else None
     quotas = quota_store(settings, store_up, clock)
     resources.push_async_callback(quotas.close)
