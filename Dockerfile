@@ -38,9 +38,13 @@ COPY --from=build /opt/claude-gateway /opt/claude-gateway
 # the Kubernetes manifests write out) runs the gateway. The bytecode was compiled at install time:
 # never try to write more of it on a read-only root. GATEWAY_LISTEN: all interfaces, since a
 # container's loopback is its own.
+# MALLOC_ARENA_MAX=2: glibc's allocator keeps two heaps, not one per thread that ever allocated (grpc's and the
+# gateway's worker threads), so the memory large requests free goes back to the system when the gateway trims
+# its heaps after them (docs/operations.md, "Limits and hardening", has the measurement that chose it).
 ENV PATH=/opt/claude-gateway/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     GATEWAY_LISTEN=0.0.0.0:50051 \
     GATEWAY_LOG_FORMAT=json
 # A numeric user and group (the "nonroot" ids of distroless images), so that Kubernetes can verify

@@ -19,6 +19,7 @@ from claude_gateway.wire import SERVICE
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.call.accumulator import warm as warm_accumulation
 from server.call.admission import Admission
 from server.call.runner import Calls
 from server.config import Settings
@@ -33,6 +34,7 @@ from server.reporting import prices
 from server.reporting.metrics import Endpoint, Metrics
 from server.reporting.telemetry import Telemetry
 from server.upstream.client import Upstream, credentials_held, http_client
+from server.upstream.failures import API_ERRORS
 
 if TYPE_CHECKING:
     from server.reporting.tracing import Tracing
@@ -236,11 +238,12 @@ async def _assemble(
         price_table = prices.load(settings.prices_file)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    warm_accumulation()  # the SDK's validators, built now rather than in the first CreateMessage calls
     upstream = Upstream(client, settings)
     resources.push_async_callback(upstream.aclose)
     metrics = None
     if settings.metrics_listen:
-        metrics = Metrics(settings.metrics_max_callers, price_table.known, lambda: admission.active)
+        metrics = Metrics(settings.metrics_max_callers, price_table.known, lambda: admission.active, API_ERRORS)
     store_up = metrics.quota_store.set if metrics is not None and settings.redis_url else None
     quotas = quota_store(settings, store_up, clock)
     resources.push_async_callback(quotas.close)

@@ -118,6 +118,16 @@ class Settings:
         "for the Anthropic SDKs (HTTP/1.1, for browsers and curl; TLS with tls_cert); off when empty (port 0 "
         "picks a free one)",
     )
+    http_request_timeout: float = setting(
+        30.0,
+        "HTTP port: longest time in seconds from a connection's start (or its previous response) to a complete "
+        "request head and body; past it the connection is closed (408 if nothing was answered)",
+    )
+    http_max_connections: int = setting(
+        0,
+        "HTTP port: most connections open at once; one past it is closed at once (0 = half the process's "
+        "open-file limit, so the gRPC port, health and the upstream keep theirs)",
+    )
     cors_origins: str = setting(
         "",
         "browser origins allowed to call the HTTP port, comma-separated (`*` = any); no CORS headers when empty",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import socket
 import tempfile
 import threading
@@ -129,6 +130,25 @@ async def http_calls(url: str, size: int, count: int, token: str) -> list[str]:
         return list(await asyncio.gather(*(one(session) for _ in range(count))))
 
 
+async def messages_calls(url: str, size: int, count: int, token: str) -> list[str]:
+    """``count`` concurrent Messages API calls (POST /v1/messages, as the Anthropic SDKs send them) with a
+    ``size``-byte prompt: the error type each ended with (or `ok`, or `closed`)."""
+    data = json.dumps({**body("x " * (size // 2) + SHORT_REPLY), "stream": False}).encode()
+    headers = {"content-type": "application/json", "x-api-key": token, "anthropic-version": "2023-06-01"}
+
+    async def one(session: aiohttp.ClientSession) -> str:
+        try:
+            async with session.post(url + "/v1/messages", data=data, headers=headers) as response:
+                reply = await response.json(content_type=None)
+        except aiohttp.ClientError:
+            return "closed"
+        error = reply.get("error") if isinstance(reply, dict) else None
+        return str(error.get("type")) if isinstance(error, dict) else "ok"
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        return list(await asyncio.gather(*(one(session) for _ in range(count))))
+
+
 @dataclass
 class Measure:
     """Resident memory of the gateway before, at the peak and after some calls, in MiB, and their outcomes."""
@@ -144,19 +164,22 @@ class Measure:
 
 
 def refused_flood(port: str, count: int = 8, size: int = 30 * MIB, **env: str) -> Measure:
-    """``count`` concurrent ``size``-byte calls with a wrong token at a deployed gateway, on ``port``
-    (grpc or http)."""
+    """``count`` concurrent ``size``-byte calls with a wrong token at a deployed gateway, on ``port``: grpc,
+    http (Connect JSON) or messages (the Messages API on the HTTP port)."""
     settings = {"GATEWAY_CALLER_IDENTITY": "token", "GATEWAY_CALLERS_FILE": callers_file(), **env}
     http_port = free_port()
-    if port == "http":
+    if port != "grpc":
         settings["GATEWAY_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
     with deployed("--ttft", "0", "--tps", "0", **settings) as (gateway, target):
         before = rss(gateway.pid)
+        url = f"http://127.0.0.1:{http_port}"
         with sampling(gateway.pid) as sampler:
             if port == "grpc":
                 outcomes = asyncio.run(grpc_calls(target, request_bytes(size), count, "wrong-token"))
+            elif port == "http":
+                outcomes = asyncio.run(http_calls(url, size, count, "wrong-token"))
             else:
-                outcomes = asyncio.run(http_calls(f"http://127.0.0.1:{http_port}", size, count, "wrong-token"))
+                outcomes = asyncio.run(messages_calls(url, size, count, "wrong-token"))
             time.sleep(0.5)
         return Measure(before / MIB, sampler.peak / MIB, rss(gateway.pid) / MIB, outcomes)
 
@@ -189,6 +212,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print(refused_flood("grpc").row("gRPC: 8 concurrent 30 MiB requests, wrong token"))
     print(refused_flood("http").row("HTTP (Connect JSON): 8 concurrent 30 MiB requests, wrong token"))
+    print(refused_flood("messages").row("HTTP (Messages API): 8 concurrent 30 MiB requests, wrong token"))
     (one,) = admitted({}, count=1)
     print(one.row("gRPC: one admitted 30 MiB request"))
     print(f"\npeak over idle per request byte: {(one.peak - one.before) / 30:.1f}\n")

@@ -9,7 +9,9 @@ import functools
 import gzip
 import json
 import logging
+import os
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,3 +363,104 @@ def test_a_redirect_to_another_origin_is_not_followed(transport: str) -> None:
             assert elsewhere.requests == []
 
     run(go)
+
+
+def nested(levels: int) -> dict[str, object]:
+    """A JSON object nested ``levels`` deep (itself the first)."""
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def deep_after_three(kind: str) -> Answer:
+    """message_start, a text block's start and a delta, then, in the same network read, an event (or an error
+    event) nested ``kind`` deep."""
+    first = sse("message_start", MESSAGE_START) + sse(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}
+    if kind == "error-5000":
+        bad = ("event: error\ndata: " + '{"type":"error","error":' * 5000 + "{}" + "}" * 5000 + "\n\n").encode()
+    elif kind == "delta-5000":
+        bad = ("event: ping\ndata: " + '{"type":"ping","a":' * 5000 + "{}" + "}" * 5000 + "\n\n").encode()
+    else:  # 40 levels: JSON parses it, but protobuf decoders (100 levels, 3 per object) could not take it
+        block = {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "t", "name": "f"},
+        }
+        block["content_block"]["input"] = nested(38)  # type: ignore[index]
+        bad = sse("content_block_start", block)
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(200, **SSE_HEAD) + first + sse("content_block_delta", delta) + bad)
+
+    return answer
+
+
+@pytest.mark.parametrize("rpc", ["StreamMessage", "CreateMessage"])
+@pytest.mark.parametrize("kind", ["delta-5000", "error-5000", "protobuf-40"])
+def test_upstream_json_nested_too_deep_is_data_loss_after_the_events_before_it(kind: str, rpc: str) -> None:
+    """An event (or error event) nested 5,000 levels, or deeper than a protobuf decoder goes, ends the call
+    DATA_LOSS / UPSTREAM_MALFORMED_EVENT (it was INTERNAL from a RecursionError), after the three events read
+    with it were delivered (they were lost); the gateway serves on."""
+
+    async def go() -> None:
+        async with Hostile(deep_after_three(kind)) as up, aimed_at(up, max_attempts=1) as gw:
+            outcome = await call_through(gw, rpc)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.DATA_LOSS, outcome.status
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "UPSTREAM_MALFORMED_EVENT"
+            assert outcome.events == (3 if rpc == "StreamMessage" else 0)
+            healthy(outcome)
+
+    run(go)
+
+
+def series(page: str) -> int:
+    """The number of time series on a Prometheus page."""
+    return sum(1 for line in page.splitlines() if line and not line.startswith("#"))
+
+
+def test_distinct_upstream_error_types_do_not_grow_the_metrics(caplog: pytest.LogCaptureFixture) -> None:
+    """An upstream that names a new error type in every answer: past the first calls the metrics page holds
+    no more series (they are `other`, beside the API's known types), while the log line keeps each real
+    type. LABEL_FLOOD sets the number of calls (200 by default; 5,000 for the figure in docs/operations.md:
+    113,369 series and a 20 MB page before)."""
+    caplog.set_level(logging.INFO, logger="server.call")
+    calls = int(os.environ.get("LABEL_FLOOD", "200"))
+    sent = 0
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        sent += 1
+        error = {"type": "error", "error": {"type": f"brand_new_{sent}_error", "message": "no"}}
+        await up.send(writer, head(400, content_type="application/json") + json.dumps(error).encode())
+
+    async def go() -> tuple[int, int, int]:
+        async with Hostile(answer) as up, aimed_at(up, max_attempts=1, metrics_listen="127.0.0.1:0") as gw:
+            assert gw.metrics is not None
+            url = f"http://127.0.0.1:{gw.metrics.port}/metrics"
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+
+                async def one() -> None:
+                    with pytest.raises(grpc.aio.AioRpcError):
+                        await stub.CreateMessage(create_request(body()), timeout=10)
+
+                for _ in range(10):
+                    await one()
+                early = series(await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode()))
+                for _ in range(calls - 10):
+                    await one()
+                page = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+                return early, series(page), len(page)
+
+    early, late, size = run(go)
+    print(f"after {calls} distinct upstream error types: {late} series, a {size / 1024:.1f} KiB /metrics page")
+    assert late == early
+    logged = {json.loads(r.getMessage())["reason"] for r in caplog.records if r.name == "server.call"}
+    assert len([reason for reason in logged if reason.startswith("BRAND_NEW_")]) == calls

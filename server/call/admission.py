@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_gateway.v1 import chat_pb2 as pb
+from google.protobuf.message import Message
 
 from server.call.context import CallContext, CallMetadata
 from server.call.validation import beta_violations, body_of, version_violations, violations
@@ -55,6 +56,30 @@ class Undecodable:
 Body = Callable[[], Awaitable[tuple["Request | Undecodable", int]]]
 """How a port reads a call's request once its metadata is admitted: the request (or why it does not
 parse) and its size in bytes."""
+
+
+class Pending:
+    """A request a port decoded before admission (the HTTP port's protocols): a ``Body`` taken once, after
+    which it is no longer held here. The port's frames hold this object while the call runs, and an error
+    raised through them keeps them alive in a reference cycle until the next full collection: the request
+    itself must not be in them."""
+
+    __slots__ = ("_request", "_size")
+
+    def __init__(self, request: Message | Undecodable, size: int) -> None:
+        self._request: Message | Undecodable | None = request
+        self._size = size
+
+    async def __call__(self) -> tuple[Any, int]:
+        request, self._request = self._request, None
+        assert request is not None, "a request is taken once"
+        return request, self._size
+
+    @property
+    def betas(self) -> tuple[str, ...]:
+        """The request's betas, while it is held."""
+        request = self._request
+        return tuple(request.betas) if isinstance(request, pb.CreateMessageRequest | pb.StreamMessageRequest) else ()
 
 
 @dataclass(eq=False)

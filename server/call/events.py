@@ -138,17 +138,48 @@ _HOT_DELTAS = {
 _INT32 = range(-(2**31), 2**31)
 
 
+# Nesting levels of one upstream event's JSON (the event object is the first). Each level of an object
+# becomes three levels of protobuf (Struct, its map entry, Value), and protobuf's decoders stop at 100:
+# an event nested deeper would reach callers as a message they cannot decode.
+MAX_EVENT_DEPTH = 32
+
+
 def parse(name: str, data: str) -> dict[str, Any]:
-    """One upstream frame's JSON object; raises GatewayError for `error` events and malformed frames."""
+    """One upstream frame's JSON object; raises GatewayError for `error` events and malformed frames
+    (not JSON, not an object, nested deeper than MAX_EVENT_DEPTH or than the parser can go)."""
     try:
         obj: Any = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         obj = None
     if type(obj) is not dict:
-        raise GatewayError(fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a malformed {name!r} event"))
+        raise GatewayError(fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a malformed {name[:64]!r} event"))
+    if data.count("{") + data.count("[") > MAX_EVENT_DEPTH and too_deep(obj, MAX_EVENT_DEPTH):
+        raise GatewayError(
+            fail(
+                Reason.UPSTREAM_MALFORMED_EVENT,
+                f"upstream sent a {name[:64]!r} event nested deeper than {MAX_EVENT_DEPTH} levels",
+            )
+        )
     if name == "error":
         raise GatewayError(_error_event(obj))
     return obj
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether parsed JSON ``value`` nests objects and arrays more than ``limit`` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if type(item) is dict:
+            children: Any = item.values()
+        elif type(item) is list:
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
+    return False
 
 
 def fill_event(event: pb.MessageStreamEvent, obj: dict[str, Any], data: str) -> None:
@@ -225,14 +256,23 @@ def responses(
     """The events of one read as gRPC messages of at most ``limit`` bytes, in order: one message when
     the batch is small (the rule), split when it is not. An event that cannot fit in any message ends
     the list, with its failure (REPLY_TOO_LARGE) to raise once the messages before it are sent.
-    ``size`` is the batch's ``text_size``, if the caller has it."""
+    ``size`` is the batch's ``text_size``, if the caller has it. An event the mapping cannot take ends the
+    list the same way, with UPSTREAM_MALFORMED_EVENT."""
     if (text_size(batch) if size is None else size) * _GROWTH < limit:
-        return [to_response(batch)], None
+        try:
+            return [to_response(batch)], None
+        except _UNMAPPABLE:
+            pass  # one by one below: the events before the bad one still go out
     out: list[pb.StreamMessageResponse] = []
     response, size = pb.StreamMessageResponse(), 0
     for _, obj, data in batch:
         event = pb.MessageStreamEvent()
-        fill_event(event, obj, data)
+        try:
+            fill_event(event, obj, data)
+        except _UNMAPPABLE as exc:
+            if response.events:
+                out.append(response)
+            return out, unmappable(obj, exc)
         n = event.ByteSize() + 16  # with its field tag and length, and the response's own
         if n > limit:
             if response.events:
@@ -246,6 +286,20 @@ def responses(
     if response.events:
         out.append(response)
     return out, None
+
+
+# What the mapping of a parsed event to its proto can raise on input it cannot take (a value protobuf
+# refuses, a shape the codec cannot hold): the event is malformed, never a fault of the gateway's.
+_UNMAPPABLE = (ValueError, TypeError, RecursionError, OverflowError)
+
+
+def unmappable(obj: dict[str, Any], exc: BaseException) -> Failure:
+    """The failure of an upstream event that cannot be mapped to its proto."""
+    kind = obj.get("type")
+    name = kind[:64] if isinstance(kind, str) else "untyped"
+    return fail(
+        Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a {name!r} event the API does not define: {type(exc).__name__}"
+    )
 
 
 def too_large_reply(size: int, limit: int) -> Failure:

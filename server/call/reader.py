@@ -6,7 +6,8 @@
 
 Every event is checked against the stream grammar (``server.call.grammar``) before it is passed on.
 A batch holds the events of one network read, in order, so the gateway sends what was already
-waiting in one gRPC message. Leaving the ``async with`` closes the upstream response.
+waiting in one gRPC message; a read of more than MAX_BATCH_EVENTS events is cut into batches of that
+many, with the event loop free between them. Leaving the ``async with`` closes the upstream response.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ from server.upstream.failures import from_exception
 
 log = logging.getLogger(__name__)
 
+# Most events in one batch: a read that completes more (a flood of small events) is delivered in batches of
+# this many, the event loop free between them, so that health checks and other calls wait milliseconds.
+MAX_BATCH_EVENTS = 256
+FEED_BYTES = 64 * 1024  # most bytes of a read framed in one step of the event loop
+
 
 class UpstreamReader:
     """Reads one upstream stream; each batch is the events that one network read completed."""
@@ -44,6 +50,8 @@ class UpstreamReader:
         self._framer = SseFramer(bounds.max_event_bytes)
         self._grammar = Grammar()
         self._failure: GatewayError | None = None  # raised after the events that came before it
+        self._later: list[tuple[str, str]] = []  # frames of the last read beyond its first batches
+        self._unfed = b""  # bytes of the last read beyond what was framed so far
         self.complete = False  # message_stop seen
         self.attempts = 0  # upstream attempts made by open()
         self.retried: list[str] = []  # the failure of each retried attempt (error type or reason), for metrics
@@ -102,6 +110,7 @@ class UpstreamReader:
                 self.retried.append(failure.error_type or failure.reason)
                 attempt += 1
                 self._framer = SseFramer(self._bounds.max_event_bytes)
+                self._later, self._unfed = [], b""
                 self._grammar = Grammar()
                 await asyncio.sleep(delay)
 
@@ -111,6 +120,10 @@ class UpstreamReader:
         to the watchdog: bytes that complete none (a line that never ends, comments) are not."""
         if self._failure is not None:
             raise self._failure
+        if self._later:
+            # The rest of a read of many events: first let the other calls and health checks run.
+            await asyncio.sleep(0)
+            return await self._batch(self._take(self._later))
         if self.complete:
             return None
         read_body = self._read_body
@@ -119,13 +132,20 @@ class UpstreamReader:
         watchdog.waiting()
         try:
             while True:
-                try:
-                    chunk = await read_body()
-                except Exception as exc:
-                    raise GatewayError(from_exception(exc, self._upstream.host)) from None
-                if not chunk:
-                    raise GatewayError(_incomplete())
-                self.bytes_read += len(chunk)
+                if self._unfed:
+                    await asyncio.sleep(0)  # the rest of a large read, a slice at a time (see below)
+                    chunk = self._unfed
+                else:
+                    try:
+                        chunk = await read_body()
+                    except Exception as exc:
+                        raise GatewayError(from_exception(exc, self._upstream.host)) from None
+                    if not chunk:
+                        raise GatewayError(_incomplete())
+                    self.bytes_read += len(chunk)
+                # What was buffered while the gateway was busy can be megabytes of small events: it is framed
+                # FEED_BYTES at a time, so that no step of the event loop frames more than that.
+                chunk, self._unfed = chunk[:FEED_BYTES], chunk[FEED_BYTES:]
                 try:
                     frames = self._framer.feed(chunk)
                 except UnicodeDecodeError:
@@ -133,14 +153,25 @@ class UpstreamReader:
                         fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
                     ) from None
                 if frames:
-                    text = 0
-                    for _, data in frames:
-                        text += len(data)
-                    if text < OFFLOAD_BYTES:
-                        return self._parse(frames)
-                    return await asyncio.to_thread(self._parse, frames)  # big JSON: parsed off the event loop
+                    return await self._batch(self._take(frames))
         finally:
             watchdog.reading = False
+
+    def _take(self, frames: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The first MAX_BATCH_EVENTS of ``frames``; the rest wait in ``_later`` for the next batches."""
+        if len(frames) <= MAX_BATCH_EVENTS:
+            self._later = []
+            return frames
+        self._later = frames[MAX_BATCH_EVENTS:]
+        return frames[:MAX_BATCH_EVENTS]
+
+    async def _batch(self, frames: list[tuple[str, str]]) -> list[Event]:
+        text = 0
+        for _, data in frames:
+            text += len(data)
+        if text < OFFLOAD_BYTES:
+            return self._parse(frames)
+        return await asyncio.to_thread(self._parse, frames)  # big JSON: parsed off the event loop
 
     def _parse(self, frames: list[tuple[str, str]]) -> list[Event]:
         batch: list[Event] = []
@@ -159,6 +190,7 @@ class UpstreamReader:
                 break
             if name == "message_stop":
                 self.complete = True
+                self._later = []
                 assert self._body is not None
                 self._body.complete = True  # what follows is the body's end: the connection can be kept
         return batch

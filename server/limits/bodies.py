@@ -15,14 +15,28 @@ refused at once. Each reservation is given back when its call ends.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 
 WAIT_SECONDS = 1.0  # longest wait for the reads in progress to finish, before a refusal
+TRIM_AFTER = 16 * 1024 * 1024  # bodies of this many bytes, all given back: hand free memory back to the system
+TRIM_DELAY = 0.25  # seconds after the last of them, so that their calls have freed the rest
 # The default budget is the memory each worker may use over this: a body costs about five times its size
 # while its call starts (docs/operations.md, "Limits and hardening"), so the bodies in flight then take
 # at most about five eighths of it, beside an idle worker and its open streams.
 SHARE = 8
+
+
+def _malloc_trim() -> ctypes._NamedFuncPointer | None:
+    """glibc's malloc_trim, None under another C library."""
+    name = ctypes.util.find_library("c")
+    library = ctypes.CDLL(name) if name else None
+    return getattr(library, "malloc_trim", None) if library is not None else None
+
+
+_TRIM = _malloc_trim()
 
 
 def memory_limit() -> int:
@@ -53,6 +67,8 @@ class BodyBudget:
         self.reading = 0  # the part of ``held`` reserved for bodies being read, which shrinks as they are
         self._freed = asyncio.Event()  # set (and replaced) when bytes are given back while calls wait
         self._waiting = 0
+        self._since_trim = 0  # bytes reserved since the allocator was last trimmed
+        self._trimming: asyncio.TimerHandle | None = None  # a trim to come, or under way
 
     def reserve_now(self, size: int) -> Reservation | None:
         """A reservation of ``size`` bytes for a body about to be read, if they fit now, else None."""
@@ -60,6 +76,7 @@ class BodyBudget:
             return None
         self.held += size
         self.reading += size
+        self._since_trim += size
         return Reservation(self, size)
 
     async def reserve(self, size: int | None, wait: float) -> Reservation | None:
@@ -85,6 +102,20 @@ class BodyBudget:
         if self._waiting:
             freed, self._freed = self._freed, asyncio.Event()
             freed.set()  # every waiter looks again
+        if self.held == 0 and self._since_trim >= TRIM_AFTER and _TRIM is not None and self._trimming is None:
+            # Large bodies came and went: glibc keeps what they freed (in the middle of its heaps, where its
+            # own trim threshold never reaches); malloc_trim hands whole free pages back. A moment later, when
+            # the calls have let go of the rest (replies, buffers), and off the event loop.
+            self._since_trim = 0
+            self._trimming = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim)
+
+    def _trim(self) -> None:
+        assert _TRIM is not None
+        done = asyncio.get_running_loop().run_in_executor(None, _TRIM, 0)
+        done.add_done_callback(self._trimmed)
+
+    def _trimmed(self, _: asyncio.Future[int]) -> None:
+        self._trimming = None
 
 
 class Reservation:

@@ -8,16 +8,22 @@ gateway's own metrics are prefixed ``gateway_``. Every value is recorded once pe
 nothing here runs per event.
 
 Labels stay bounded: ``caller`` keeps the first ``max_callers`` distinct callers and files the rest
-under ``other``; ``model`` keeps the priced models and a few dozen others, then ``other``.
+under ``other``; ``model`` keeps the priced models and a few dozen others, then ``other``; a failure's
+``reason``, ``error_type`` and ``type`` are the gateway's own reasons, the API's known error types
+(``known_errors``) and their HTTP statuses, or ``other`` (the upstream's own word stays in the log line
+and in ErrorInfo).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from server.reasons import Reason
 
 if TYPE_CHECKING:
     from server.reporting.record import CallRecord
@@ -35,6 +41,23 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 
 ALWAYS_OBSERVED = frozenset({"input", "output"})
 GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model")
+
+
+# Besides the gateway's reasons and the API's error types: how a cancelled call and a failure named by its
+# HTTP status alone (an error body without a known type) are reported.
+_OWN_WORDS = ("", "CLIENT_CANCELLED", "cancelled")
+_HTTP_STATUS = re.compile(r"(?:HTTP|http)_[1-5][0-9][0-9]")
+
+
+class Reasons:
+    """The failure label: one of a known, bounded set of values, else ``other``."""
+
+    def __init__(self, known_errors: Iterable[str]) -> None:
+        types = frozenset(known_errors)
+        self._known = frozenset(r.name for r in Reason) | types | {t.upper() for t in types} | frozenset(_OWN_WORDS)
+
+    def __call__(self, value: str) -> str:
+        return value if value in self._known or _HTTP_STATUS.fullmatch(value) else OTHER
 
 
 class LabelCap:
@@ -65,10 +88,17 @@ class Endpoint:
 class Metrics:
     """The gateway's instruments, in a registry of its own (one per built gateway)."""
 
-    def __init__(self, max_callers: int, priced_models: frozenset[str], active: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        max_callers: int,
+        priced_models: frozenset[str],
+        active: Callable[[], int],
+        known_errors: Iterable[str] = (),
+    ) -> None:
         self.registry = registry = CollectorRegistry()
         self._children: dict[tuple[Any, ...], Any] = {}
         self.caller = LabelCap(max_callers)
+        self.reason = Reasons(known_errors)
         self.model = LabelCap(EXTRA_MODELS, priced_models)
         self.tokens = Histogram(
             "gen_ai_client_token_usage",
@@ -160,17 +190,18 @@ class Metrics:
         # gen_ai_response_model is empty until the upstream said which model serves (refused, failed before it).
         genai = (OPERATION, PROVIDER, model, served if call.response_model else "")
         caller = self.caller(call.caller)
-        child(self.calls, call.method, model, caller, call.status, call.reason).inc()
-        child(self.duration, *genai, call.error_type or "").observe(call.duration)
+        reason = self.reason
+        child(self.calls, call.method, model, caller, call.status, reason(call.reason)).inc()
+        child(self.duration, *genai, reason(call.error_type or "")).observe(call.duration)
         if call.events:
             child(self.events, call.method).inc(call.events)
         if call.bytes_read:
             self.bytes.inc(call.bytes_read)
-        for reason in call.retried:
-            child(self.retries, reason).inc()
-            child(self.upstream_errors, reason).inc()
+        for retried in call.retried:
+            child(self.retries, reason(retried)).inc()
+            child(self.upstream_errors, reason(retried)).inc()
         if call.upstream_error:
-            child(self.upstream_errors, call.upstream_error).inc()
+            child(self.upstream_errors, reason(call.upstream_error)).inc()
         if call.cancelled_phase:
             child(self.cancellations, call.method, call.cancelled_phase).inc()
         if call.ttft is not None:

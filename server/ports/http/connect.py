@@ -35,7 +35,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from protobuf.wkt import Any as AnyDetail
 
-from server.call.admission import Undecodable
+from server.call.admission import Pending, Undecodable
 from server.call.context import CallContext
 from server.call.delivery import MessageAccumulator, Sink, streamed
 from server.call.lookups import Lookups
@@ -84,30 +84,6 @@ def connect_error(code: grpc.StatusCode, message: str, status_details: bytes | N
         for any_pb in status_pb2.Status.FromString(status_details).details:
             details.append(ErrorDetail(AnyDetail(type_url=any_pb.type_url, value=any_pb.value)))
     return ConnectError(CODES[code], message, details)
-
-
-class Pending:
-    """A decoded request, as the codecs hand it to the handlers: taken once by admission (an
-    ``admission.Body``), after which it is no longer held here. connectrpc's frames hold this object
-    while the call runs, and an error raised through them keeps them alive in a reference cycle until
-    the next full collection: the request itself must not be in them."""
-
-    __slots__ = ("_request", "_size")
-
-    def __init__(self, request: Message | Undecodable, size: int) -> None:
-        self._request: Message | Undecodable | None = request
-        self._size = size
-
-    async def __call__(self) -> tuple[Any, int]:
-        request, self._request = self._request, None
-        assert request is not None, "a request is taken once"
-        return request, self._size
-
-    @property
-    def betas(self) -> tuple[str, ...]:
-        """The request's betas, while it is held."""
-        request = self._request
-        return tuple(request.betas) if isinstance(request, pb.CreateMessageRequest) else ()
 
 
 class HttpCallContext:
@@ -339,16 +315,13 @@ class ChatHandlers:
             raise error
         return message.response()
 
-    async def count_tokens(
-        self, request: pb.CountTokensRequest, ctx: RequestContext[Any, Any]
-    ) -> pb.CountTokensResponse:
+    async def count_tokens(self, request: Pending, ctx: RequestContext[Any, Any]) -> pb.CountTokensResponse:
         """CountTokens: the API's count of the request's input tokens."""
         context = HttpCallContext(ctx, _deadline.get())
-        if isinstance(request, Pending):  # the codec's wrapper: CountTokens reads its body at once
-            request, _ = await request()
-        return _answered(await self._lookups.count_tokens(context, request), context)
+        counted, _ = await request()
+        return _answered(await self._lookups.count_tokens(context, counted), context)
 
-    async def list_models(self, request: pb.ListModelsRequest, ctx: RequestContext[Any, Any]) -> pb.ListModelsResponse:
+    async def list_models(self, request: Pending, ctx: RequestContext[Any, Any]) -> pb.ListModelsResponse:
         """ListModels: the models the caller may name."""
         context = HttpCallContext(ctx, _deadline.get())
         return _answered(await self._lookups.list_models(context), context)

@@ -43,11 +43,13 @@ from claude_gateway.wire import REQUEST_ID_KEY, STATUS_DETAILS_KEY, USAGE_KEY
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
-from server.call.admission import Undecodable
+from server.call.admission import Pending, Undecodable
 from server.call.delivery import MessageAccumulator
 from server.call.events import Event
 from server.call.lookups import Lookups
 from server.call.runner import Calls
+from server.errors import GatewayError
+from server.limits.bodies import WAIT_SECONDS, Reservation
 from server.reasons import Reason
 
 Scope = MutableMapping[str, Any]
@@ -409,20 +411,59 @@ class MessagesApi:
         if path == MODELS or path.startswith(MODELS + "/"):
             await self._models(scope, send, context, path)
             return
-        data = await _body(receive, self._limit)
-        if data is None:
-            return  # the client left
-        if isinstance(data, int):
-            message = f"the request body is over GATEWAY_MAX_MESSAGE_BYTES ({self._limit} bytes)"
-            await _answer(send, 413, [_JSON_TYPE], _error_json("request_too_large", message))
+        size = content_length(scope)
+        if size is not None and size > self._limit:  # refused on its header, before a byte of it is read
+            await _answer(send, 413, [_JSON_TYPE], _error_json("request_too_large", self._too_large()))
             return
-        if path == COUNT_TOKENS:
-            await self._count(send, context, count_request(data, betas, version))
+        # The caller, drain, the policy, the concurrency limit and room in the body budget, decided on the
+        # headers before the body is read: a refused caller never costs its body.
+        reservation = await self._enter(send, context, "CountTokens" if path == COUNT_TOKENS else "CreateMessage", size)
+        if reservation is None:
             return
-        request, stream = message_request(data, betas, version)
-        await self._message(receive, send, context, request, stream)
+        try:
+            data = await _body(receive, self._limit)
+            if data is None:
+                return  # the client left
+            if isinstance(data, int):
+                await _answer(send, 413, [_JSON_TYPE], _error_json("request_too_large", self._too_large()))
+                return
+            reservation.resize(len(data))
+            if path == COUNT_TOKENS:
+                await self._count(send, context, count_request(data, betas, version))
+                return
+            request, stream = message_request(data, betas, version)
+            held = Pending(request, len(data))
+            del data, request  # held by ``held`` until admission takes it, then by no frame of this port
+            await self._message(receive, send, context, held, stream, reservation)
+        finally:
+            reservation.release()
 
-    async def _message(self, receive: Receive, send: Send, context: ApiCallContext, request: Any, stream: bool) -> None:
+    def _too_large(self) -> str:
+        return f"the request body is over GATEWAY_MAX_MESSAGE_BYTES ({self._limit} bytes)"
+
+    async def _enter(self, send: Send, context: ApiCallContext, method: str, size: int | None) -> Reservation | None:
+        """The call's room in the body budget once its headers admit it; None once a refusal was answered
+        (logged and counted as a call, under ``method``: a message's body, which says whether it streams,
+        is unread)."""
+        admission = self._calls.admission
+        try:
+            admission.entry(context)
+            remaining = context.time_remaining()
+            return await admission.reserve(size, WAIT_SECONDS if remaining is None else remaining)
+        except GatewayError as exc:
+            status = self._calls.refuse(method, context, exc.failure)
+        await _answer(send, *api_error(status, new_request_id()))
+        return None
+
+    async def _message(
+        self,
+        receive: Receive,
+        send: Send,
+        context: ApiCallContext,
+        request: Pending,
+        stream: bool,
+        reservation: Reservation,
+    ) -> None:
         started = False
         accumulator: MessageAccumulator | None = None
         if stream:
@@ -436,11 +477,10 @@ class MessagesApi:
                 await send({"type": "http.response.body", "body": sse(batch), "more_body": True})
 
         else:
-            betas = request.betas if not isinstance(request, Undecodable) else ()
-            accumulator = MessageAccumulator(self._calls.settings.max_message_bytes, betas)
+            accumulator = MessageAccumulator(self._calls.settings.max_message_bytes, request.betas)
             deliver = accumulator.add
         method = "StreamMessage" if stream else "CreateMessage"
-        call = asyncio.ensure_future(self._calls.run(method, context, request, deliver))
+        call = asyncio.ensure_future(self._calls.run(method, context, request, deliver, reservation))
         refused = await _until_done(call, receive) or context.refusal()
         if call.cancelled():
             return  # the client left: nothing to answer
@@ -539,6 +579,14 @@ async def _body(receive: Receive, limit: int) -> bytes | int | None:
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+def content_length(scope: Scope) -> int | None:
+    """The request body's size as its ``content-length`` header says, None without one (chunked)."""
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            return int(value) if value.isdigit() and len(value) < 19 else None
+    return None
 
 
 def _error_json(kind: str, message: str, request_id: str | None = None) -> dict[str, Any]:

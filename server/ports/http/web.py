@@ -14,6 +14,7 @@ One ASGI application, served by uvicorn in the gateway's own event loop beside g
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from claude_gateway.wire import SERVICE
 from server.call.runner import Calls
 from server.config import Settings
 from server.ports.http.connect import ChatApplication
+from server.ports.http.guard import AcceptErrors, Guard
 from server.ports.http.messages_api import PREFIX, MessagesApi
 
 Scope = MutableMapping[str, Any]
@@ -161,13 +163,14 @@ class WebServer:
     def __init__(self, app: WebApplication, sock: socket.socket, settings: Settings) -> None:
         self.port: int = sock.getsockname()[1]
         self._sock = sock
+        self.guard = Guard(settings.http_request_timeout, settings.http_max_connections, settings.max_message_bytes)
         config = uvicorn.Config(
-            app,
+            self.guard.app(app, bounded_by_itself=(PREFIX,)),
             # The same certificate as the gRPC port: with TLS on, both ports speak only TLS (https://).
             ssl_certfile=settings.tls_cert or None,
             ssl_keyfile=settings.tls_key or None,
             lifespan="off",
-            http="h11",
+            http=self.guard.protocol(),  # uvicorn's h11, with the port's bounds (server.ports.http.guard)
             ws="none",
             log_config=None,
             access_log=False,  # the gateway's own line per call says what happened
@@ -184,6 +187,8 @@ class WebServer:
         """Accept requests from now on. Only uvicorn's startup and shutdown steps run: its serve() would
         take over SIGTERM and SIGINT, which the gateway handles itself, and its main loop would wake the
         event loop ten times a second for nothing but the Date header (which is therefore not sent)."""
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrors(loop))  # out of descriptors: one log line per interval
         await self._server.startup(sockets=[self._sock])
         self._started = True
 

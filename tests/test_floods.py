@@ -1,0 +1,31 @@
+"""A reply of very many small events costs CreateMessage about what it costs StreamMessage (linear in the
+reply, not quadratic), and health keeps answering while it is read. ``python -m tests.floods`` prints the
+full-size figures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.floods import Flood, measure
+
+FLOODS = [
+    Flood("text", "text", 128_000, 4),  # the legitimate shape: CreateMessage took 4.4 times StreamMessage's CPU
+    Flood("tool input", "tool", 100_000, 1),  # the tool input was re-parsed whole at every piece
+]
+
+
+@pytest.mark.parametrize("flood", FLOODS, ids=[f.name for f in FLOODS])
+def test_create_message_costs_about_what_stream_message_costs_on_a_reply_of_many_deltas(flood: Flood) -> None:
+    """The same reply through both RPCs: CreateMessage's CPU is within 1.5 times StreamMessage's (plus 0.3 s
+    of slack for a busy machine; it was 4.6 times on the text, 5.8 on the tool input), both end OK, and no
+    health check waited more than a quarter of a second beyond twice what it waits on the idle gateway (30-130 ms
+    here; the slack is for a busier machine)."""
+    stream = asyncio.run(measure(flood, "StreamMessage"))
+    create = asyncio.run(measure(flood, "CreateMessage"))
+    print(f"{flood.name}: StreamMessage {stream}, CreateMessage {create}")
+    assert (stream.status, create.status) == ("OK", "OK")
+    assert create.cpu < 1.5 * stream.cpu + 0.3
+    for outcome in (stream, create):
+        assert outcome.slowest_health < 0.25 + 2 * outcome.idle_health, outcome
