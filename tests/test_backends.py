@@ -253,7 +253,7 @@ def test_without_a_backends_file_the_trailer_and_log_line_are_as_before(caplog: 
                 pass
             trailer = dict(await call.trailing_metadata())
             report = json.loads(trailer[USAGE_KEY])
-            assert set(report) == {"model", "usage", "cost_usd", "partial"}
+            assert set(report) == {"model", "response_model", "usage", "cost_usd", "partial"}
             assert not h.gateway.pool.managed
 
     run(go)
