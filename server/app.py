@@ -33,8 +33,13 @@ from server.redaction import Redactor
 from server.reporting import prices
 from server.reporting.metrics import Endpoint, Metrics
 from server.reporting.telemetry import Telemetry
+from server.upstream import backends
 from server.upstream.client import Upstream, credentials_held, http_client
 from server.upstream.failures import API_ERRORS
+from server.upstream.platforms import file_pool, single_pool
+from server.upstream.pool import Member, Pool
+from server.upstream.state import PoolState
+from server.upstream.verdicts import Verdict
 
 if TYPE_CHECKING:
     from server.reporting.tracing import Tracing
@@ -50,7 +55,7 @@ class Gateway:
     port: int
     health: health.aio.HealthServicer
     admission: Admission
-    upstream: Upstream
+    pool: Pool
     settings: Settings
     resources: contextlib.AsyncExitStack  # everything build_server opened, closed in reverse by close()
     metrics: Endpoint | None = None  # the metrics HTTP server, when GATEWAY_METRICS_LISTEN is set
@@ -60,6 +65,11 @@ class Gateway:
     """The plaintext health-only port on ``settings.health_listen``, 0 when there is none."""
     prices: prices.Prices = dataclasses.field(default_factory=lambda: prices.PriceTable({}))
     """What calls are priced by."""
+
+    @property
+    def upstream(self) -> Upstream:
+        """The first backend's first upstream (without a backends file, the only one)."""
+        return self.pool.default
 
     @property
     def http_port(self) -> int | None:
@@ -199,6 +209,15 @@ def quota_store(
     return MemoryQuotas(clock)
 
 
+def pool_state(settings: Settings) -> PoolState:
+    """Where the pool's state lives: Redis, shared by every replica, when ``redis_url`` is set; else memory."""
+    if settings.redis_url:
+        from server.upstream.redis_state import RedisPoolState  # redis-py loads OpenTelemetry's SDK: only when used
+
+        return RedisPoolState(settings)
+    return PoolState()
+
+
 async def build_server(
     settings: Settings, client: anthropic.AsyncAnthropic | None = None, *, clock: Callable[[], float] = time.time
 ) -> Gateway:
@@ -226,28 +245,60 @@ async def _assemble(
     clock: Callable[[], float],
 ) -> Gateway:
     source = ""  # where the credentials came from, when the gateway read them itself
-    if client is None:
-        # api_key=None: the SDK reads ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN, or its credentials) itself.
-        client = sdk_client(settings, api_key=read_api_key(settings.api_key_file) if settings.api_key_file else None)
-        source = " from ANTHROPIC_API_KEY_FILE" if settings.api_key_file else ""
-    resources.push_async_callback(client.close)
-    held = credentials_held(client)
+    secrets: list[str | None] = [settings.auth_token]
+    if settings.backends_file:
+        if client is not None:
+            raise ValueError("build_server takes a client or GATEWAY_BACKENDS_FILE, not both")
+        try:
+            specs = backends.load(settings.backends_file)
+            state = pool_state(settings)
+            resources.push_async_callback(state.close)
+            pool, read = await file_pool(specs, settings, state)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        secrets.extend(read)
+        resources.push_async_callback(pool.aclose)
+        await pool.state.refresh(settings.redis_timeout)  # a replica that starts learns the shared state
+        held = f"the credentials of {settings.backends_file}"  # each checked above: a missing one stops start-up
+    else:
+        if client is None:
+            # api_key=None: the SDK reads ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN, or its credentials) itself.
+            key = read_api_key(settings.api_key_file) if settings.api_key_file else None
+            client = sdk_client(settings, api_key=key)
+            source = " from ANTHROPIC_API_KEY_FILE" if settings.api_key_file else ""
+        resources.push_async_callback(client.close)
+        held = credentials_held(client)
+        secrets.extend((client.api_key, client.auth_token))
+        pool = single_pool(client, settings)
+        resources.push_async_callback(pool.aclose)
     try:  # before anything starts: a bad file stops start-up (never a gateway running without its limits)
         identity = Identity(settings)
         policy = load_policy(settings.policy_file) if settings.policy_file else OPEN
         price_table = prices.load(settings.prices_file)
+        own_prices = {
+            b.name: prices.read_table(b.spec.prices_file, f"prices_file of backend {b.name}")
+            for b in pool.backends
+            if b.spec.prices_file
+        }
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     warm_accumulation()  # the SDK's validators, built now rather than in the first CreateMessage calls
-    upstream = Upstream(client, settings)
-    resources.push_async_callback(upstream.aclose)
     metrics = None
     if settings.metrics_listen:
-        metrics = Metrics(settings.metrics_max_callers, price_table.known, lambda: admission.active, API_ERRORS)
+        metrics = Metrics(
+            settings.metrics_max_callers,
+            price_table.known,
+            lambda: admission.active,
+            API_ERRORS,
+            pool.snapshot if pool.managed else None,
+        )
+        pool.notify = _counted(metrics)
     store_up = metrics.quota_store.set if metrics is not None and settings.redis_url else None
     quotas = quota_store(settings, store_up, clock)
     resources.push_async_callback(quotas.close)
     admission = Admission(settings, identity, policy, quotas, price_table)
+    admission.estimates = pool.managed  # the pool chooses keys by each call's estimated input
+    admission.backend_prices = own_prices
     health_servicer = health.aio.HealthServicer()
     tracing = None
     if settings.otlp_endpoint:
@@ -258,8 +309,8 @@ async def _assemble(
 
     server = grpc.aio.server(options=server_options(settings))
     resources.push_async_callback(_stop_grpc, server)
-    redactor = Redactor((client.api_key, client.auth_token, settings.auth_token))
-    calls = Calls(settings, admission, upstream, Telemetry(price_table, metrics), tracing, redactor)
+    redactor = Redactor(tuple(secrets))
+    calls = Calls(settings, admission, pool, Telemetry(price_table, metrics, own_prices), tracing, redactor)
     add_chat_service(ChatServicer(calls), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -300,20 +351,31 @@ async def _assemble(
     identity.start()
     resources.push_async_callback(identity.close)
     quotas.start()
-    if held:
-        log.info("upstream %s with %s%s", upstream.url, held, source)
+    if pool.managed:
+        for backend in pool.backends:
+            log.info(
+                "backend %s (%s, priority %d): %s with %d member(s)",
+                backend.name,
+                backend.spec.kind,
+                backend.spec.priority,
+                backend.members[0].upstream.url,
+                len(backend.members),
+            )
+    elif held:
+        log.info("upstream %s with %s%s", pool.default.url, held, source)
     else:
         log.warning(
             "upstream %s with NO credentials: every call fails FAILED_PRECONDITION and health reports %s "
             "NOT_SERVING until ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY_FILE) is set",
-            upstream.url,
+            pool.default.url,
             SERVICE,
         )
     log.info(
-        "callers: %s; policy: %s; quotas: %s",
+        "callers: %s; policy: %s; quotas: %s; backends: %s",
         identity.mode,
         settings.policy_file or "none (any caller, any model, no limits)",
         "redis" if settings.redis_url else "in memory",
+        settings.backends_file or "none (one, from ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL)",
     )
     if web:
         await web.start()
@@ -327,7 +389,7 @@ async def _assemble(
         port,
         health_servicer,
         admission,
-        upstream,
+        pool,
         settings,
         resources,
         metrics=endpoint,
@@ -336,6 +398,15 @@ async def _assemble(
         health_port=health_port,
         prices=price_table,
     )
+
+
+def _counted(metrics: Metrics) -> Callable[[str, Member, Verdict], None]:
+    """The pool's hook that counts each key's change of state in ``metrics``."""
+
+    def notify(event: str, member: Member, verdict: Verdict) -> None:
+        metrics.pool_event(event, member.backend.name, member.key_id or "-", verdict.value)
+
+    return notify
 
 
 _STARTED = "_gateway_started"  # set on a grpc.aio server once started: see _stop_grpc

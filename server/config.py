@@ -39,10 +39,16 @@ class Settings:
         choices=HTTP_CLIENTS,
     )
     max_stream_seconds: float = setting(600.0, "longest life of a call in seconds, whatever the client's deadline")
-    first_event_timeout: float = setting(60.0, "longest wait in seconds for the first upstream event, retries included")
+    first_event_timeout: float = setting(
+        60.0,
+        "longest wait in seconds for the first upstream event (with a backends file, the first content delta), "
+        "retries and failovers included",
+    )
     idle_timeout: float = setting(60.0, "longest silence in seconds between upstream events (pings count as life)")
     connect_timeout: float = setting(5.0, "longest wait in seconds to connect to the upstream")
-    max_attempts: int = setting(3, "upstream attempts per call before its first event (1 = no retries)")
+    max_attempts: int = setting(
+        3, "upstream attempts per call before its first event, retries and failovers alike (1 = no retries)"
+    )
     max_concurrent_streams: int = setting(1000, "calls in flight; past it RESOURCE_EXHAUSTED at once")
     max_message_bytes: int = setting(
         32 * 1024 * 1024, "largest gRPC message in either direction, in bytes (32 MiB, the API's request limit)"
@@ -89,6 +95,12 @@ class Settings:
         5.0, "token mode: how often in seconds the callers file is checked for changes"
     )
     tls_client_ca: str = setting("", "mtls mode: PEM file of the CAs that sign client certificates (required there)")
+    backends_file: str = setting(
+        "",
+        "YAML file of the upstreams calls may go to, in priority order: Anthropic key pools, Amazon Bedrock, "
+        "Google Vertex AI, with failover before the first content delta (unset: one Anthropic backend from "
+        "ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL); checked at start-up",
+    )
     policy_file: str = setting(
         "",
         "YAML file of model aliases, the default model and per-caller allowlists and limits "
@@ -96,8 +108,8 @@ class Settings:
     )
     redis_url: str = setting(
         "",
-        "redis://[:password@]host:port/db holding caller quotas shared by every replica (unset: counted in this "
-        "process); never logged",
+        "redis://[:password@]host:port/db holding caller quotas, and a backends file's cool-downs, dead keys, "
+        "circuits and headroom, shared by every replica (unset: kept in this process); never logged",
         secret=True,
     )
     redis_unreachable: str = setting(

@@ -69,6 +69,7 @@ class Failure:
     cause: str | None = None  # below HTTP (``server.upstream.failures.CAUSES``): dns, refused, tls...
     host: str | None = None  # the upstream host the failure is about
     quota_violations: tuple[QuotaViolation, ...] = field(default=())
+    ratelimits: tuple[tuple[str, str], ...] = field(default=())  # the upstream's anthropic-ratelimit-* headers
 
 
 def fail(reason: Reason, message: str, **details: Any) -> Failure:

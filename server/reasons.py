@@ -64,6 +64,15 @@ class Reason(Enum):
         Code.FAILED_PRECONDITION,
         "the gateway has no Anthropic credentials (`ANTHROPIC_API_KEY` unset)",
     )
+    MODEL_NOT_SERVED = (
+        Code.NOT_FOUND,
+        "no backend of `GATEWAY_BACKENDS_FILE` serves the model (after aliases); nothing was sent upstream",
+    )
+    NO_BACKEND_AVAILABLE = (
+        Code.UNAVAILABLE,
+        "every key that serves the model is dead (a spend limit, refused credentials) or cooling down past the "
+        "call's first-event bound (`RetryInfo` says for how long); nothing was sent upstream",
+    )
     UPSTREAM_UNREACHABLE = (
         Code.UNAVAILABLE,
         "cannot connect to the upstream; ErrorInfo's `cause` says why (dns, refused, tls, timeout) and "

@@ -373,7 +373,7 @@ def test_the_docs_and_the_dashboard_name_exactly_the_metrics_the_gateway_serves(
     uses them."""
     readme = (ROOT / "docs" / "operations.md").read_text()
     served = set()
-    for family in Metrics(10, frozenset(), lambda: 0).registry.collect():
+    for family in Metrics(10, frozenset(), lambda: 0, pool=dict).registry.collect():  # with a backends file's pool
         served.add(family.name + "_total" if family.type == "counter" else family.name)
     section = readme[readme.index("| metric | type | labels | what |") :].split("\n\n")[0]
     listed = {line.split("`")[1] for line in section.splitlines()[2:]}
@@ -393,7 +393,12 @@ def test_the_docs_log_line_table_lists_exactly_the_fields_of_the_log_line() -> N
     readme = (ROOT / "docs" / "operations.md").read_text()
     section = readme[readme.index("| field | meaning |") :].split("\n\n")[0]
     listed = [line.split("`")[1] for line in section.splitlines()[2:]]
-    assert listed == list(CallRecord("StreamMessage", MODEL).log_line())
+    pooled = CallRecord("StreamMessage", MODEL)  # with a backends file, the line names who served too
+    pooled.pool("anthropic", "-", "anthropic", [], None)
+    assert listed == list(pooled.log_line())
+    assert listed[: len(CallRecord("StreamMessage", MODEL).log_line())] == list(
+        CallRecord("StreamMessage", MODEL).log_line()
+    )
 
 
 def test_each_worker_serves_its_metrics_on_a_port_of_its_own() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from server.limits.bodies import WAIT_SECONDS, BodyBudget, Reservation, default_
 from server.limits.identity import Identity
 from server.limits.policy import MICRO, OPEN, Limits, Policy, Rules
 from server.limits.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
-from server.reporting.prices import Prices, PriceTable
+from server.reporting.prices import Prices, PriceTable, call_cost
 from server.reporting.record import CallRecord
 from server.reporting.usage import Usage
 
@@ -99,6 +99,7 @@ class Admitted:
     lease: Lease | None = None  # the call's claim on its caller's quotas, if the caller has limits
     record: CallRecord | None = None  # says which model served, which the call's spend is charged by
     version: str | None = None  # the `anthropic-version` to ask the upstream for; None: the SDK's own
+    estimate: int = 0  # the request's input tokens, estimated from its size, when limits or the pool need it
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ class Admission:
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        # Whether every call's input tokens are estimated (a backends file's pool chooses keys by them).
+        self.estimates = False
+        self.backend_prices: Mapping[str, Prices] = {}  # a backends file's own price tables, by backend
         self._too_long = fail(  # one for every call: a Failure is immutable
             Reason.MAX_STREAM_DURATION, f"the call reached max_stream_seconds ({settings.max_stream_seconds:g}s)"
         )
@@ -248,6 +252,7 @@ class Admission:
             call.body, call.betas, estimate = self._checked(caller, rules, request, record)
             assert not isinstance(request, Undecodable)  # _checked refused it
             call.version = request.anthropic_version if request.HasField("anthropic_version") else None
+            call.estimate = estimate
             del request  # the request message is not kept while the call runs: its body is
             limits = rules.limits
             # A spend budget reserves the estimated input at the input price of the model asked for.
@@ -267,8 +272,11 @@ class Admission:
 
     def cost(self, call: Admitted) -> float | None:
         """What ``call`` cost, by the model that served it (what the call's record heard from the upstream)."""
-        served = call.record.served_by if call.record is not None else call.body["model"]
-        return self.prices.cost(served, call.usage)
+        record = call.record
+        if record is None:
+            return self.prices.cost(call.body["model"], call.usage)
+        own = self.backend_prices.get(record.backend or "")
+        return call_cost(self.prices, call.usage, record.served_by, record.model, own)
 
     def _checked(
         self,
@@ -315,7 +323,8 @@ class Admission:
                 )
             )
         limits = rules.limits
-        estimate = estimate_tokens(params.ByteSize()) if limits.tokens_per_minute or limits.spend else 0
+        needed = limits.tokens_per_minute or limits.spend or self.estimates
+        estimate = estimate_tokens(params.ByteSize()) if needed else 0
         body["model"] = model
         return body, tuple(request.betas), estimate
 

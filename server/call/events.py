@@ -1,7 +1,8 @@
 """Upstream server-sent events -> ``MessageStreamEvent`` protos.
 
 ``SseFramer`` cuts the upstream byte stream into complete events, keeping the events of one
-network read together so that the gateway sends what is already waiting in one gRPC message.
+network read together so that the gateway sends what is already waiting in one gRPC message;
+``EventStreamFramer`` does the same for Amazon Bedrock's AWS event-stream body.
 Frames in the API's own form (``event: X\\ndata: JSON\\n\\n``) are taken apart directly; anything
 else (CR line ends, comments, multi-line data) goes through the SDK's own SSE line decoder.
 
@@ -22,7 +23,14 @@ from claude_gateway.sdk import SSEDecoder
 from claude_gateway.v1 import chat_pb2 as pb
 
 from server.errors import Failure, GatewayError, Reason, fail
-from server.upstream.failures import from_api_error
+from server.upstream.eventstream import (
+    MAX_MESSAGE_BYTES,
+    BedrockStreamError,
+    EventStreamDecoder,
+    EventStreamError,
+    bedrock_event,
+)
+from server.upstream.failures import bedrock_error_type, from_api_error
 
 Frame = tuple[str, str]  # (event name, data)
 Event = tuple[str, dict[str, Any], str]  # (event name, its JSON object, its data text)
@@ -119,6 +127,64 @@ class SseFramer:
             if sse is not None and sse.event is not None:
                 out.append((sse.event, sse.data))
         return out
+
+
+class EventStreamFramer:
+    """Amazon Bedrock's body (AWS event-stream messages, each a chunk carrying one Messages event's JSON in
+    base64, or an exception) fed as raw bytes; returns the (event, data) frames they complete, in order,
+    as ``SseFramer`` does. Bytes that are not a sound event stream are UPSTREAM_MALFORMED_EVENT; an
+    exception message becomes the `error` event the Messages API would have sent, of the same class
+    (``server.upstream.failures.bedrock_error_type``). An event over ``max_event_bytes`` is
+    UPSTREAM_EVENT_TOO_LARGE."""
+
+    def __init__(self, max_event_bytes: int = 4 * 1024 * 1024) -> None:
+        # A message holds its event in base64 (4/3 of it) inside a small JSON payload and headers.
+        self._decoder = EventStreamDecoder(min(MAX_MESSAGE_BYTES, max_event_bytes * 4 // 3 + 64 * 1024))
+        self._max = max_event_bytes
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        try:
+            messages = self._decoder.feed(chunk)
+        except EventStreamError as exc:
+            raise GatewayError(
+                fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a broken event stream: {exc}")
+            ) from None
+        out: list[Frame] = []
+        for message in messages:
+            try:
+                data = bedrock_event(message)
+            except BedrockStreamError as exc:
+                error = {"type": bedrock_error_type(exc.error_type, exc.original_status), "message": str(exc)}
+                out.append(("error", json.dumps({"type": "error", "error": error})))
+                break  # nothing follows an exception
+            except EventStreamError as exc:
+                if not out:
+                    raise GatewayError(
+                        fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a bad Bedrock message: {exc}")
+                    ) from None
+                out.append(("", ""))  # malformed, in its place: raised after the frames before it
+                break
+            if data is None:
+                continue
+            if len(data) > self._max:
+                raise GatewayError(_too_large(len(data), self._max))
+            text = data.decode()
+            out.append((_event_type(text), text))
+        return out
+
+
+def _event_type(text: str) -> str:
+    """The ``type`` of one event's JSON text: read where the API writes it, else parsed; "" if it has none."""
+    if text.startswith('{"type":"'):
+        end = text.find('"', 9)
+        if end > 9:
+            return text[9:end]
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return ""
+    kind = obj.get("type") if type(obj) is dict else None
+    return kind if type(kind) is str else ""
 
 
 def _too_large(size: int, limit: int) -> Failure:

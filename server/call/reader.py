@@ -1,7 +1,7 @@
 """One upstream stream, read as batches of events, within the call's time bounds.
 
-    async with UpstreamReader(bounds, upstream, watchdog, deadline) as reader:
-        batch = await reader.open(body, betas, version)  # retries what is safe to retry, before any event
+    async with UpstreamReader(bounds, route, watchdog, deadline) as reader:
+        batch = await reader.open(body, betas, version)  # retries or fails over (``server.call.route``) first
         batch = await reader.next()               # None after message_stop; GatewayError on any failure
 
 Every event is checked against the stream grammar (``server.call.grammar``) before it is passed on.
@@ -19,12 +19,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from server.call.bounds import Bounds
-from server.call.events import OFFLOAD_BYTES, Event, SseFramer, parse
+from server.call.events import OFFLOAD_BYTES, Event, EventStreamFramer, SseFramer, parse
 from server.call.grammar import Grammar
-from server.call.retry import backoff
+from server.call.route import Route, Step
 from server.call.watchdog import Watchdog
 from server.errors import Failure, GatewayError, Reason, fail
-from server.upstream.client import Body, Upstream
+from server.upstream.client import EVENT_STREAM, Body
 from server.upstream.failures import from_exception
 
 log = logging.getLogger(__name__)
@@ -38,16 +38,17 @@ FEED_BYTES = 64 * 1024  # most bytes of a read framed in one step of the event l
 class UpstreamReader:
     """Reads one upstream stream; each batch is the events that one network read completed."""
 
-    def __init__(self, bounds: Bounds, upstream: Upstream, watchdog: Watchdog, deadline: float) -> None:
+    def __init__(self, bounds: Bounds, route: Route, watchdog: Watchdog, deadline: float) -> None:
         self._bounds = bounds
-        self._upstream = upstream
+        self._route = route
         self._watchdog = watchdog
         self._deadline = deadline
         self._exchange: AbstractAsyncContextManager[Body] | None = None  # the open upstream response
         self._body: Body | None = None
         self._read_body: Callable[[], Awaitable[bytes]] | None = None
         self.request_id: str | None = None  # the upstream's, once it answered
-        self._framer = SseFramer(bounds.max_event_bytes)
+        self._host: str | None = None  # the host of the upstream being read
+        self._framer: SseFramer | EventStreamFramer = SseFramer(bounds.max_event_bytes)
         self._grammar = Grammar()
         self._failure: GatewayError | None = None  # raised after the events that came before it
         self._later: list[tuple[str, str]] = []  # frames of the last read beyond its first batches
@@ -69,50 +70,71 @@ class UpstreamReader:
             await exchange.__aexit__(None, None, None)
 
     async def open(self, body: dict[str, Any], betas: Sequence[str], version: str | None = None) -> list[Event]:
-        """Start the upstream stream and return its first events, retrying what is safe to retry:
-        HTTP 408/409/429/5xx, connection failures, and failures after the HTTP 200 but before any
-        event, within max_attempts, the first-event bound and the call's deadline."""
+        """Start the upstream stream and return its first events, trying again where the route says
+        (``server.call.route``: the same upstream for what is safe to retry, or the next member of the
+        pool), within max_attempts, the first-event bound and the call's deadline. A route that holds
+        returns the events up to the first content delta (or the reply's end) together. ``version`` is
+        the `anthropic-version` the caller asked for (the Messages API's; not sent to Bedrock or Vertex)."""
         loop = asyncio.get_running_loop()
         first_deadline = min(self._deadline, loop.time() + self._bounds.first_event_timeout)
-        attempt = 1
+        route = self._route
+        failure: Failure | None = None
         while True:
+            step = await route.next(body, failure, loop.time(), first_deadline, self.attempts)
+            if failure is not None:
+                self.retried.append(failure.error_type or failure.reason)
+                self._framer = SseFramer(self._bounds.max_event_bytes)
+                self._later, self._unfed = [], b""
+                self._grammar = Grammar()
+                self._failure, self.complete = None, False
+                if step.wait > 0:
+                    await asyncio.sleep(step.wait)
             self._watchdog.waiting()
-            self.attempts = attempt
+            self.attempts += 1
+            started = loop.time()
             try:
-                exchange = self._upstream.stream(body, betas, max(self._deadline - loop.time(), 0.001), version)
-                self._body = await exchange.__aenter__()
-                self._exchange = exchange
-                self.request_id, self._read_body = self._body.request_id, self._body.read
-                batch = await self.next()
-                if batch is None:  # not before message_stop, which cannot come before the first read
-                    raise GatewayError(_incomplete())
+                if step.first_event_timeout is None:
+                    batch = await self._attempt(step, betas, version, route.hold)
+                else:
+                    scope = asyncio.timeout(step.first_event_timeout)
+                    try:
+                        async with scope:
+                            batch = await self._attempt(step, betas, version, route.hold)
+                    except TimeoutError:
+                        if not scope.expired():
+                            raise
+                        raise GatewayError(_slow_backend(step.first_event_timeout)) from None
+                route.served(step, self._body_of(), loop.time() - started)
                 self._watchdog.first_event_seen()
                 return batch
             except Exception as exc:
                 self._watchdog.reading = False
                 await self._close()
-                failure = from_exception(exc, self._upstream.host)
-                delay = backoff(attempt, failure.retry_after)
-                if (
-                    not failure.retryable
-                    or attempt >= self._bounds.max_attempts
-                    or loop.time() + delay >= first_deadline
-                ):
-                    raise GatewayError(failure) from None
-                # The failure's own message names the upstream host and the cause (DNS, refused, TLS, timeout...).
-                log.info(
-                    "upstream attempt %d failed (%s: %s); retrying in %.2fs",
-                    attempt,
-                    failure.reason,
-                    failure.message,
-                    delay,
-                )
-                self.retried.append(failure.error_type or failure.reason)
-                attempt += 1
-                self._framer = SseFramer(self._bounds.max_event_bytes)
-                self._later, self._unfed = [], b""
-                self._grammar = Grammar()
-                await asyncio.sleep(delay)
+                failure = from_exception(exc, step.upstream.host)
+
+    async def _attempt(self, step: Step, betas: Sequence[str], version: str | None, hold: bool) -> list[Event]:
+        self._host = step.upstream.host
+        timeout = max(self._deadline - asyncio.get_running_loop().time(), 0.001)
+        exchange = step.upstream.stream(step.body, betas, timeout, version if step.versioned else None)
+        self._body = await exchange.__aenter__()
+        self._exchange = exchange
+        self.request_id, self._read_body = self._body.request_id, self._body.read
+        if self._body.framing == EVENT_STREAM:
+            self._framer = EventStreamFramer(self._bounds.max_event_bytes)
+        batch = await self.next()
+        if batch is None:  # not before message_stop, which cannot come before the first read
+            raise GatewayError(_incomplete())
+        if hold:
+            while not _content_in(batch):  # message_start, ping, content_block_start: not yet the caller's
+                more = await self.next()
+                if more is None:
+                    break
+                batch.extend(more)
+        return batch
+
+    def _body_of(self) -> Body:
+        assert self._body is not None
+        return self._body
 
     async def next(self) -> list[Event] | None:
         """The next events: those one network read completed (reading on until at least one is);
@@ -139,7 +161,7 @@ class UpstreamReader:
                     try:
                         chunk = await read_body()
                     except Exception as exc:
-                        raise GatewayError(from_exception(exc, self._upstream.host)) from None
+                        raise GatewayError(from_exception(exc, self._host)) from None
                     if not chunk:
                         raise GatewayError(_incomplete())
                     self.bytes_read += len(chunk)
@@ -194,6 +216,19 @@ class UpstreamReader:
                 assert self._body is not None
                 self._body.complete = True  # what follows is the body's end: the connection can be kept
         return batch
+
+
+def _content_in(batch: list[Event]) -> bool:
+    """Whether ``batch`` holds a content delta or the reply's end: what a held stream waits for."""
+    return any(name == "content_block_delta" or name == "message_stop" for name, _, _ in batch)
+
+
+def _slow_backend(seconds: float) -> Failure:
+    return fail(
+        Reason.FIRST_EVENT_TIMEOUT,
+        f"no upstream content within the backend's first_event_timeout ({seconds:g}s)",
+        retryable=True,
+    )
 
 
 def _incomplete() -> Failure:

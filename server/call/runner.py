@@ -25,6 +25,7 @@ from server.call.context import CallContext, CallMetadata
 from server.call.delivery import Sink
 from server.call.events import Event
 from server.call.reader import UpstreamReader
+from server.call.route import Failover, Retry, Route
 from server.call.watchdog import Watchdog
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, to_status
@@ -33,6 +34,8 @@ from server.redaction import Redactor
 from server.reporting.record import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord
 from server.reporting.telemetry import Telemetry
 from server.upstream.client import Upstream
+from server.upstream.headroom import Cost
+from server.upstream.pool import Pool
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -47,18 +50,25 @@ GATEWAY_ERROR = Reason.GATEWAY_ERROR.name
 
 @dataclass(frozen=True)
 class Calls:
-    """What every call runs with: the settings, admission, the upstream, and what reports on calls."""
+    """What every call runs with: the settings, admission, the upstream pool, and what reports on calls."""
 
     settings: Settings
     admission: Admission
-    upstream: Upstream
+    pool: Pool
     telemetry: Telemetry
     tracing: Tracing | None = None  # None when tracing is off: no span is made
     redactor: Redactor = field(default_factory=lambda: Redactor(()))  # the secrets upstream text must not carry
     bounds: Bounds = field(init=False)  # what each call's reader and watchdog take of the settings
+    retry: Retry = field(init=False)  # the route of every call without a backends file
+
+    @property
+    def upstream(self) -> Upstream:
+        """The upstream of the calls that generate nothing (CountTokens, ListModels: ``server.call.lookups``)."""
+        return self.pool.lookup
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bounds", Bounds.of(self.settings))
+        object.__setattr__(self, "retry", Retry(self.pool.default, self.bounds))
 
     async def run(
         self,
@@ -95,12 +105,18 @@ class Calls:
                 if tracing is not None:
                     tracing.admitted(spans[0], record)
                     spans.append(tracing.upstream_span(spans[0], record, call.body["max_tokens"]))
+                route: Route = self.retry
+                if self.pool.managed:
+                    cost = Cost(call.estimate, call.body["max_tokens"])
+                    route = Failover(self.pool, self.bounds, call.body["model"], call.caller, cost, call.deadline)
                 try:
-                    async with UpstreamReader(self.bounds, self.upstream, watchdog, call.deadline) as reader:
+                    async with UpstreamReader(self.bounds, route, watchdog, call.deadline) as reader:
                         try:
                             batch: list[Event] | None = await reader.open(call.body, call.betas, call.version)
                         finally:
                             record.attempts, record.retried = reader.attempts, reader.retried
+                            if isinstance(route, Failover):
+                                record.pool(**route.report())
                         call.body = {}  # sent: not held while the reply streams (nothing is retried from here)
                         record.request_id = self.redactor.request_id(reader.request_id)
                         if record.request_id:  # for Anthropic support, and to match the gateway's log line

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from server.limits.identity import CALLER_NAME
+from server.yamlfile import Nodes, compose
 
 ANY_CALLER = "*"
 LIMITS = ("max_tokens", "concurrent_streams", "requests_per_minute", "tokens_per_minute")
@@ -124,16 +125,10 @@ def load(path: str) -> Policy:
 
 def parse(text: str, source: str = "policy") -> Policy:
     """The policy a YAML text states; PolicyError naming ``source`` and the line of the first problem."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
-        raise PolicyError(f"{source} line {line}: not valid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML: {exc}") from None
+    root = compose(text, source, PolicyError)
     if root is None:
         raise PolicyError(f"{source}: empty; a policy names its callers under `callers:`")
-    at = _Reader(source)
+    at = _Reader(source, PolicyError)
     top = at.mapping(root, "the policy", TOP_KEYS)
     aliases: dict[str, str] = {}
     if "models" in top:
@@ -154,44 +149,8 @@ def parse(text: str, source: str = "policy") -> Policy:
     return Policy(aliases, default, callers, anyone)
 
 
-class _Reader:
+class _Reader(Nodes):
     """Turns YAML nodes into policy values, with errors that name the line."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def error(self, node: yaml.Node, message: str) -> PolicyError:
-        return PolicyError(f"{self.source} line {node.start_mark.line + 1}: {message}")
-
-    def mapping(self, node: yaml.Node, what: str, allowed: tuple[str, ...] = ()) -> dict[str, yaml.Node]:
-        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
-            return {}
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, f"{what} must be a mapping of `key: value` lines")
-        out: dict[str, yaml.Node] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                raise self.error(key, f"keys of {what} must be plain names")
-            name = str(key.value)
-            if name in out:
-                raise self.error(key, f"`{name}` is given twice in {what}")
-            if allowed and name not in allowed:
-                raise self.error(key, f"unknown key `{name}` in {what}; allowed: {', '.join(allowed)}")
-            out[name] = value
-        return out
-
-    def text(self, node: yaml.Node, what: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or not node.tag.endswith(":str") or not node.value:
-            raise self.error(node, f"{what} must be a non-empty string")
-        return str(node.value)
-
-    def count(self, node: yaml.Node, what: str) -> int:
-        value: Any = None
-        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":int"):
-            value = yaml.safe_load(node.value)  # YAML's own int forms: 1_000, 0x10...
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise self.error(node, f"{what} must be a whole number of at least 1")
-        return value
 
     def dollars(self, node: yaml.Node, what: str) -> int:
         """A positive amount of USD (``0.05``, ``20``), as millionths of a dollar."""

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from server.reasons import Reason
 
@@ -41,6 +43,7 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 
 ALWAYS_OBSERVED = frozenset({"input", "output"})
 GENAI = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model")
+POOL = ("backend", "key_id")  # a backends file's member: the backend's name and the key's short id
 
 
 # Besides the gateway's reasons and the API's error types: how a cancelled call and a failure named by its
@@ -94,6 +97,7 @@ class Metrics:
         priced_models: frozenset[str],
         active: Callable[[], int],
         known_errors: Iterable[str] = (),
+        pool: Callable[[], dict[str, list[dict[str, Any]]]] | None = None,
     ) -> None:
         self.registry = registry = CollectorRegistry()
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -173,6 +177,30 @@ class Metrics:
             ["model"],
             registry=registry,
         )
+        # A backends file's pool (GATEWAY_BACKENDS_FILE): nothing is counted here without one.
+        self.attempts = Counter(
+            "gateway_upstream_attempts",
+            "Upstream attempts by backend, key id and outcome: served, or the verdict of a failed one",
+            [*POOL, "outcome"],
+            registry=registry,
+        )
+        self.failovers = Counter(
+            "gateway_failovers",
+            "Attempts after which a call moved to another key or backend, by the verdict on the failed one",
+            [*POOL, "reason"],
+            registry=registry,
+        )
+        self.cooldowns = Counter(
+            "gateway_key_cooldowns", "Keys cooled by a 429, by backend and key id", POOL, registry=registry
+        )
+        self.dead = Counter(
+            "gateway_keys_marked_dead",
+            "Keys found dead (spend_limit or unauthorized): the alert, by backend, key id and reason",
+            [*POOL, "reason"],
+            registry=registry,
+        )
+        if pool is not None:
+            registry.register(_PoolCollector(pool))
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once per label set (prometheus-client's lookup costs a few us)."""
@@ -187,8 +215,9 @@ class Metrics:
         child = self._child
         model = self.model(call.model or "unknown")
         served = self.model(call.served_by or "unknown")
-        # gen_ai_response_model is empty until the upstream said which model serves (refused, failed before it).
-        genai = (OPERATION, PROVIDER, model, served if call.response_model else "")
+        # gen_ai_response_model is empty until the upstream said which model serves (refused, failed before it);
+        # gen_ai_provider_name is the platform that served (with a backends file: anthropic, aws.bedrock...).
+        genai = (OPERATION, call.provider, model, served if call.response_model else "")
         caller = self.caller(call.caller)
         reason = self.reason
         child(self.calls, call.method, model, caller, call.status, reason(call.reason)).inc()
@@ -222,6 +251,22 @@ class Metrics:
             else:
                 child(self.cost, served, caller).inc(call.cost)
 
+        if call.failovers is not None:
+            for attempt in call.failovers:
+                child(self.attempts, attempt["backend"], attempt["key_id"], attempt["reason"]).inc()
+                child(self.failovers, attempt["backend"], attempt["key_id"], attempt["reason"]).inc()
+            if call.final is not None:
+                child(self.attempts, call.final["backend"], call.final["key_id"], call.final["reason"]).inc()
+            elif call.backend is not None and call.key_id is not None:
+                child(self.attempts, call.backend, call.key_id, "served").inc()
+
+    def pool_event(self, event: str, backend: str, key_id: str, reason: str) -> None:
+        """Count a key's change of state: ``cooled`` (a 429) or ``dead`` (spend limit, credentials)."""
+        if event == "cooled":
+            self._child(self.cooldowns, backend, key_id).inc()
+        else:
+            self._child(self.dead, backend, key_id, reason).inc()
+
     def serve(self, listen: str) -> Endpoint:
         """Serve /metrics on ``listen`` (host:port; port 0 picks one) from a thread of its own."""
         host, _, port = listen.rpartition(":")
@@ -233,3 +278,46 @@ class Metrics:
             thread.join(5)
 
         return Endpoint(server.server_address[1], stop)
+
+
+class _PoolCollector(Collector):
+    """The pool's state, read at scrape time: dead and cooling keys, headroom, open circuits, TTFT p50."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, list[dict[str, Any]]]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Any:
+        state = self._snapshot()
+        dead = GaugeMetricFamily(
+            "gateway_key_dead", "1 while a key is dead (not tried until probed again)", labels=POOL
+        )
+        cooling = GaugeMetricFamily(
+            "gateway_key_cooling", "1 while a key is cooling for some model family", labels=POOL
+        )
+        headroom = GaugeMetricFamily(
+            "gateway_key_headroom",
+            "A key's headroom now under its rate limits, by model family and bucket (as its headers last said)",
+            labels=[*POOL, "family", "bucket"],
+        )
+        for member in state.get("members", []):
+            labels = [member["backend"], member["key_id"]]
+            dead.add_metric(labels, float(member["dead"]))
+            cooling.add_metric(labels, float(bool(member["cooling"])))
+            for family, buckets in member["headroom"].items():
+                for bucket, room in buckets.items():
+                    headroom.add_metric([*labels, family, bucket], room)
+        circuit = GaugeMetricFamily(
+            "gateway_backend_circuit_open",
+            "1 while a backend (or its platform) is backed off after failing or saying it is overloaded",
+            labels=["backend"],
+        )
+        ttft = GaugeMetricFamily(
+            "gateway_backend_ttft_p50_seconds",
+            "Median of a backend's recent times to first token (absent until it has a few)",
+            labels=["backend"],
+        )
+        for backend in state.get("backends", []):
+            circuit.add_metric([backend["backend"]], float(backend["open"]))
+            if backend["ttft_p50"] is not None:
+                ttft.add_metric([backend["backend"]], backend["ttft_p50"])
+        yield from (dead, cooling, headroom, circuit, ttft)

@@ -174,17 +174,30 @@ class PriceTable:
         return float(total / MILLION)
 
 
+def call_cost(prices: Prices, usage: Usage, served: str, asked: str, own: Prices | None = None) -> float | None:
+    """What a call cost: by the model that served it, on its backend's ``own`` prices where it has them, then on
+    ``prices``; a served model with no price is priced as the model the call asked for (a platform's own id,
+    such as Bedrock's, stands for that model). None when neither has a price."""
+    models = (served,) if served == asked else (served, asked)
+    for source in (own, prices) if own is not None else (prices,):
+        for model in models:
+            cost = source.cost(model, usage)
+            if cost is not None:
+                return cost
+    return None
+
+
 def load(path: str = "") -> Prices:
     """The prices in the TOML file ``path``, or genai-prices' catalog; ValueError naming what is wrong."""
     return read_table(path) if path else Catalog()
 
 
-def read_table(path: str) -> PriceTable:
-    """The price table in ``path``; ValueError naming what is wrong."""
+def read_table(path: str, setting: str = "GATEWAY_PRICES_FILE") -> PriceTable:
+    """The price table in ``path`` (which ``setting`` names); ValueError naming what is wrong."""
     try:
         document: dict[str, Any] = tomllib.loads(Path(path).read_text())
     except OSError as exc:
-        raise ValueError(f"cannot read GATEWAY_PRICES_FILE={path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read {setting}={path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not TOML: {exc}") from None
     models = document.get("models")

@@ -53,6 +53,26 @@ class CallRecord:
     upstream_host: str | None = None  # the host the final failure is about
     cancelled_phase: str | None = None
     cost: float | None = None
+    # With a backends file (else None): the backend and key id ("-": none of its own) that served, or that
+    # failed last; its gen_ai.provider.name; each attempt after which the call moved on, and the one that
+    # ended it (each {"backend", "key_id", "reason": the verdict, "error": the error type or reason}).
+    backend: str | None = None
+    key_id: str | None = None
+    provider: str = "anthropic"
+    failovers: list[dict[str, str]] | None = None
+    final: dict[str, str] | None = None
+
+    def pool(
+        self,
+        backend: str | None,
+        key_id: str | None,
+        provider: str | None,
+        failovers: list[dict[str, str]],
+        final: dict[str, str] | None,
+    ) -> None:
+        """Note how the call went through the pool of a backends file."""
+        self.backend, self.key_id, self.failovers, self.final = backend, key_id, failovers, final
+        self.provider = provider or self.provider
 
     def see(self, batch: list[Event]) -> None:
         """Take note of one batch of upstream events, before it is delivered: usage, the first content delta."""
@@ -102,13 +122,24 @@ class CallRecord:
         return (self.ended - self.first_token) / (tokens - 1)
 
     def summary(self) -> dict[str, Any]:
-        """The usage trailer's JSON object."""
-        return {
+        """The usage trailer's JSON object; with a backends file, also who served and what failed over."""
+        out = {
             "model": self.model,
             "response_model": self.response_model,
             "usage": self.usage.values,
             "cost_usd": self.cost,
             "partial": self.partial,
+        }
+        if self.failovers is not None:
+            out.update(self.upstream())
+        return out
+
+    def upstream(self) -> dict[str, Any]:
+        """The backend and key that served (or failed last), and the attempts that failed over before."""
+        return {
+            "backend": self.backend,
+            "key_id": self.key_id,
+            "failovers": self.failovers,
         }
 
     def log_line(self) -> dict[str, Any]:
@@ -132,6 +163,7 @@ class CallRecord:
             "partial": self.partial,
             "cause": self.cause,
             "upstream_host": self.upstream_host,
+            **(self.upstream() if self.failovers is not None else {}),
         }
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 
 from claude_gateway.wire import USAGE_KEY
 
 from server.reporting.logs import Fields
 from server.reporting.metrics import Metrics
-from server.reporting.prices import Prices
+from server.reporting.prices import Prices, call_cost
 from server.reporting.record import CallRecord
 
 log = logging.getLogger("server.call")
@@ -34,17 +35,23 @@ _JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with op
 class Telemetry:
     """Ends each call's record: cost, trailer, log line, metrics."""
 
-    def __init__(self, prices: Prices, metrics: Metrics | None) -> None:
+    def __init__(
+        self, prices: Prices, metrics: Metrics | None, backend_prices: Mapping[str, Prices] | None = None
+    ) -> None:
         self.prices = prices
         self.metrics = metrics
+        self.backend_prices = backend_prices or {}  # a backends file's own price tables, by backend
 
     def finish(self, call: CallRecord) -> None:
         """Price the call, log it and count it (once, at its end)."""
         call.ended = time.monotonic()
         # A priced model with no usage yet (refused, failed before message_start) cost nothing; an
         # unpriced model's cost is unknown (None), whatever its tokens.
-        # By the model that served (message_start's), which may not be the one asked for.
-        call.cost = self.prices.cost(call.served_by, call.usage)
+        # By the model that served (message_start's), which may not be the one asked for: on the serving
+        # backend's own prices where the backends file gives them; an unpriced platform id as the model asked for.
+        call.cost = call_cost(
+            self.prices, call.usage, call.served_by, call.model, self.backend_prices.get(call.backend or "")
+        )
         log.info("%s", Fields(call.log_line()))  # JSON in either format; its fields at the top level in json
         if self.metrics is not None:
             self.metrics.record(call)

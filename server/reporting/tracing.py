@@ -86,6 +86,11 @@ class Tracing:
             attributes["gen_ai.response.finish_reasons"] = (call.stop_reason,)
         if call.request_id:
             attributes["anthropic.request_id"] = call.request_id
+        if call.backend is not None:  # a backends file: who served (or failed last), and on what platform
+            attributes["gen_ai.provider.name"] = call.provider
+            attributes["gateway.backend"] = call.backend
+            attributes["gateway.key_id"] = call.key_id or "-"
+            attributes["gateway.failovers"] = len(call.failovers or ())
         if usage.seen:
             attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
             attributes["gen_ai.usage.output_tokens"] = usage.output_tokens

@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -41,6 +41,8 @@ from server.upstream.failures import head_failure
 log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/v1/messages"
+SSE = "sse"  # server-sent events: the Messages API, Vertex AI
+EVENT_STREAM = "eventstream"  # the AWS event-stream framing: Amazon Bedrock
 _JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps with options makes one per call
 _MAX_CONNECTIONS = 1000  # the SDK's own default pool size
 # What may follow a stream's last event before its connection is kept: the body's end (a few bytes).
@@ -116,11 +118,19 @@ def body_reader(response: httpx2.Response) -> Callable[[], Awaitable[bytes]]:
 class Body:
     """One upstream response body, as ``Upstream.stream`` yields it."""
 
-    __slots__ = ("complete", "read", "request_id")
+    __slots__ = ("complete", "framing", "headers", "read", "request_id")
 
-    def __init__(self, request_id: str | None, read: Callable[[], Awaitable[bytes]]) -> None:
+    def __init__(
+        self,
+        request_id: str | None,
+        read: Callable[[], Awaitable[bytes]],
+        headers: Mapping[str, str] | None = None,
+        framing: str = SSE,
+    ) -> None:
         self.request_id = request_id  # the upstream's request-id header
         self.read = read  # what has arrived; b"" at the end
+        self.headers = headers  # the response's headers (rate limits are read from them)
+        self.framing = framing  # how the bytes are framed: SSE, or EVENT_STREAM (Amazon Bedrock)
         # Set by the reader once the stream's last event (message_stop) is in: leaving then keeps
         # the connection, reading the body's end in the background instead of dropping it.
         self.complete = False
@@ -174,8 +184,18 @@ class Upstream:
     and the httpx transport go through the SDK's ``post`` for every call instead.
     """
 
-    def __init__(self, client: anthropic.AsyncAnthropic, settings: Settings) -> None:
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic | anthropic.AsyncAnthropicBedrock | anthropic.AsyncAnthropicVertex,
+        settings: Settings,
+        *,
+        request_id_header: str = "request-id",
+        framing: str = SSE,
+    ) -> None:
         self._client = client.with_options(max_retries=0)  # the gateway decides what to retry
+        self._host = self._client.base_url.host
+        self._request_id_header = request_id_header  # Bedrock names it x-amzn-requestid
+        self.framing = framing
         self._connect_timeout = settings.connect_timeout
         self._max_error_body_bytes = settings.max_error_body_bytes
         self._max_answer_bytes = settings.max_event_bytes  # a count or a model list is read whole, as one event
@@ -183,6 +203,7 @@ class Upstream:
         self._finishing: set[asyncio.Task[None]] = set()  # complete bodies whose end is still being read
         if (
             settings.http_client == "aiohttp"
+            and isinstance(client, anthropic.AsyncAnthropic)
             and client.auth_headers
             and client.custom_auth is None
             and not client.middleware
@@ -207,7 +228,12 @@ class Upstream:
     @property
     def host(self) -> str:
         """The upstream's host name (no scheme, port, path or credentials): for statuses and logs."""
-        return self._client.base_url.host
+        return self._host
+
+    @property
+    def base_url(self) -> str:
+        """The upstream's base URL (for the platform an overload is shared by; never logged: it may hold a userinfo)."""
+        return str(self._client.base_url)
 
     @property
     def url(self) -> str:
@@ -313,7 +339,8 @@ class Upstream:
             stream=True,
         )
         try:
-            yield Body(response.headers.get("request-id"), body_reader(response))
+            got = response.headers
+            yield Body(got.get(self._request_id_header), body_reader(response), got, self.framing)
         finally:
             await response.aclose()
 
@@ -425,7 +452,7 @@ class _Post:
         assert self._args is not None, "entered twice"
         args, self._args = self._args, None
         response = self._response = await self._upstream.post(*args)
-        self._body = Body(response.headers.get("request-id"), response.content.readany)
+        self._body = Body(response.headers.get("request-id"), response.content.readany, response.headers)
         return self._body
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,10 +4,13 @@
                                      httpx's, ssl's, socket's, asyncio's) -> Failure, with its cause
       cause_of(exc)                  what went wrong below HTTP: dns, refused, tls, timeout, malformed
       from_api_error(...)            an HTTP error body or a mid-stream `error` event, by error type
+    bedrock_error_type(...)          an exception message inside a Bedrock event stream, as an API error type
     head_failure(status, encoding)   a response head the gateway refuses: a redirect, a compressed body
 
 ``API_ERRORS`` is the status table of the API's error types (docs/api.md); ``HTTP_CODES`` is the
-fallback by HTTP status for types the table does not know. Messages never carry secrets: they are
+fallback by HTTP status for types the table does not know. Amazon Bedrock's and Google Vertex AI's own
+error names are read as the API's error types first (``BEDROCK_EXCEPTIONS``, ``GOOGLE_STATUSES``), so
+one failure reads the same from every platform. Messages never carry secrets: they are
 built from the upstream's error message (cleaned by ``server.redaction``), the error type, the
 upstream's host and the gateway's own words.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -26,7 +30,19 @@ from aiohttp.http_exceptions import HttpProcessingError, TransferEncodingError
 
 from server.errors import Code, Failure, GatewayError, Reason, fail
 
-__all__ = ["API_ERRORS", "HTTP_CODES", "cause_of", "from_api_error", "from_exception", "head_failure", "retry_after"]
+__all__ = [
+    "API_ERRORS",
+    "BEDROCK_EXCEPTIONS",
+    "GOOGLE_STATUSES",
+    "HTTP_CODES",
+    "bedrock_error_type",
+    "cause_of",
+    "from_api_error",
+    "from_exception",
+    "head_failure",
+    "ratelimit_headers",
+    "retry_after",
+]
 
 # API error type -> gRPC code. Unknown types fall back to HTTP_CODES by status.
 API_ERRORS: dict[str, Code] = {
@@ -52,6 +68,53 @@ HTTP_CODES: dict[int, Code] = {
     413: Code.INVALID_ARGUMENT,
     429: Code.RESOURCE_EXHAUSTED,
 }
+
+# Amazon Bedrock's exception names (the HTTP `x-amzn-errortype`, or `:exception-type` in a stream, where the
+# first letter is lower case) -> the API's error type. modelStreamErrorException carries the status the
+# model answered (``TYPE_BY_STATUS``).
+BEDROCK_EXCEPTIONS: dict[str, str] = {
+    "throttlingException": "rate_limit_error",
+    "serviceQuotaExceededException": "rate_limit_error",
+    "serviceUnavailableException": "overloaded_error",
+    "modelNotReadyException": "overloaded_error",
+    "internalServerException": "api_error",
+    "modelErrorException": "api_error",
+    "modelTimeoutException": "timeout_error",
+    "validationException": "invalid_request_error",
+    "accessDeniedException": "permission_error",
+    "unrecognizedClientException": "authentication_error",
+    "resourceNotFoundException": "not_found_error",
+}
+
+# Google's error status (Vertex AI's own errors: credentials, quota, billing) -> the API's error type.
+GOOGLE_STATUSES: dict[str, str] = {
+    "RESOURCE_EXHAUSTED": "rate_limit_error",
+    "UNAUTHENTICATED": "authentication_error",
+    "PERMISSION_DENIED": "permission_error",
+    "INVALID_ARGUMENT": "invalid_request_error",
+    "FAILED_PRECONDITION": "invalid_request_error",
+    "NOT_FOUND": "not_found_error",
+    "UNAVAILABLE": "overloaded_error",
+    "INTERNAL": "api_error",
+    "DEADLINE_EXCEEDED": "timeout_error",
+}
+
+# The API's error type for an HTTP status (a status a platform reports without a type).
+TYPE_BY_STATUS: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+RATELIMIT_PREFIX = "anthropic-ratelimit-"
 
 # Below HTTP, in the words a status message uses. ``cause_of`` returns the key.
 CAUSES: dict[str, str] = {
@@ -161,16 +224,47 @@ def from_exception(exc: BaseException, host: str | None = None) -> Failure:
 
 def _from_status_error(exc: anthropic.APIStatusError) -> Failure:
     headers = exc.response.headers
-    error = exc.body.get("error") if isinstance(exc.body, dict) else None
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
     error = error if isinstance(error, dict) else {}
-    return from_api_error(
-        _str(error.get("type")),
-        _str(error.get("message")) or f"HTTP {exc.status_code}",
+    error_type, message = _str(error.get("type")), _str(error.get("message"))
+    if error_type is None:
+        error_type = _platform_error_type(headers.get("x-amzn-errortype"), _str(error.get("status")))
+        message = message or _str(body.get("message")) or _str(body.get("Message"))
+    failure = from_api_error(
+        error_type,
+        message or f"HTTP {exc.status_code}",
         http_status=exc.status_code,
-        request_id=headers.get("request-id") or exc.request_id,
+        request_id=headers.get("request-id") or headers.get("x-amzn-requestid") or exc.request_id,
         retry_after=retry_after(headers),
         should_retry=_should_retry(headers),
     )
+    limits = ratelimit_headers(headers)
+    return replace(failure, ratelimits=limits) if limits else failure
+
+
+def _platform_error_type(amazon: str | None, google: str | None) -> str | None:
+    """The API's error type for Bedrock's ``x-amzn-errortype`` or Vertex's Google status, if known."""
+    if amazon:
+        name = amazon.partition(":")[0].strip()
+        return BEDROCK_EXCEPTIONS.get(name[:1].lower() + name[1:])
+    if google:
+        return GOOGLE_STATUSES.get(google)
+    return None
+
+
+def ratelimit_headers(headers: Any) -> tuple[tuple[str, str], ...]:
+    """The ``anthropic-ratelimit-*`` headers of a response, as (name, value) pairs with lower-case names."""
+    return tuple((name.lower(), value) for name, value in headers.items() if name.lower().startswith(RATELIMIT_PREFIX))
+
+
+def bedrock_error_type(exception: str, original_status: int | None = None) -> str:
+    """The API's error type of a Bedrock exception (``throttlingException``...; a
+    ``modelStreamErrorException`` by the status the model answered); ``api_error`` when unknown."""
+    error_type = BEDROCK_EXCEPTIONS.get(exception[:1].lower() + exception[1:])
+    if error_type is None and original_status is not None:
+        error_type = TYPE_BY_STATUS.get(original_status)
+    return error_type or "api_error"
 
 
 def from_api_error(
