@@ -37,6 +37,8 @@ class Plan:
     workers_streams: int = 200
     # 8. observability cost: calls per timed run (in the bench process, on the gateway's own objects)
     telemetry_calls: int = 2000
+    # 9. resumable streams on Redis: rounds of capacity_sizes[0] paced streams, plain then resumable
+    resumable_rounds: int = 3
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -75,6 +75,13 @@ class Admitted:
     record: CallRecord | None = None  # says which model served, which the call's spend is charged by
     version: str | None = None  # the `anthropic-version` to ask the upstream for; None: the SDK's own
 
+    def end(self, failure: Failure) -> None:
+        """End the call from the gateway's side with ``failure`` as its status (drain, CancelStream, a detach
+        grace that passed); the first such end wins."""
+        if self.cut is None:
+            self.cut = failure
+            self.task.cancel()
+
 
 @dataclass(frozen=True)
 class Counted:
@@ -128,8 +135,7 @@ class Admission:
     def cut_all(self) -> None:
         """End every call in flight with UNAVAILABLE (SHUTTING_DOWN): the drain grace is over."""
         for call in self._calls:
-            call.cut = fail(Reason.SHUTTING_DOWN, "gateway shut down before the reply was complete")
-            call.task.cancel()
+            call.end(fail(Reason.SHUTTING_DOWN, "gateway shut down before the reply was complete"))
 
     def entry(self, context: CallMetadata, record: CallRecord | None = None) -> tuple[str, Rules]:
         """What the call's metadata alone decides, before its body is read: who the caller is, drain, whether
