@@ -912,10 +912,15 @@ def test_a_messages_api_stream_names_each_event_and_a_request_with_last_event_id
                     assert (await bad.json())["error"]["type"] == "invalid_request_error"
                 async with session.post(url, json=request, headers={"Last-Event-ID": f"{new_id()}:3"}) as unknown:
                     assert unknown.status == 404
+                async with session.post(url, json=request) as plain:  # named too, but never kept
+                    plain_id = plain.headers[STREAM_ID_KEY]
+                    assert "id: " not in await plain.text()
+                async with session.post(url, json=request, headers={"Last-Event-ID": f"{plain_id}:3"}) as again:
+                    assert again.status == 404
             assert [f["id"] for f in got] == [f"{stream_id}:{n}" for n in range(1, len(got) + 1)]
             events = [json.loads(f["data"]) for f in got]
             assert [f["event"] for f in got] == [e["type"] for e in events]
             assert comparable(events) == comparable(whole)
-            assert len(h.sim.requests) == requests + 1
+            assert len(h.sim.requests) == requests + 2
 
     run(go)

@@ -54,6 +54,7 @@ from server.call.lookups import Lookups
 from server.call.resumable import StreamCalls
 from server.call.runner import Calls
 from server.reasons import Reason
+from server.streams.ids import new_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -476,6 +477,8 @@ class MessagesApi:
                 if not started:
                     started = True
                     headers = [*_SSE_HEADERS, (b"request-id", (context.request_id or new_request_id()).encode())]
+                    if context.stream_id is not None:
+                        headers.append((STREAM_ID_KEY.encode(), context.stream_id.encode()))
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": sse(batch), "more_body": True})
 
@@ -484,7 +487,8 @@ class MessagesApi:
             accumulator = MessageAccumulator(self._calls.settings.max_message_bytes, betas)
             deliver = accumulator.add
         method = "StreamMessage" if stream else "CreateMessage"
-        call = asyncio.ensure_future(self._calls.run(method, context, request, deliver))
+        stream_id = new_id() if stream else None
+        call = asyncio.ensure_future(self._calls.run(method, context, request, deliver, stream_id=stream_id))
         refused = await _until_done(call, receive) or context.refusal()
         if call.cancelled():
             return  # the client left: nothing to answer
