@@ -69,9 +69,11 @@ class StreamRecord:
         return asdict(self)
 
 
-def gateway_request(body: dict[str, Any]) -> bytes:
-    """The serialized StreamMessageRequest for an Anthropic-shaped body."""
-    return stream_request(body).SerializeToString()
+def gateway_request(body: dict[str, Any], detach_grace: int = 0) -> bytes:
+    """The serialized StreamMessageRequest for an Anthropic-shaped body (resumable with a ``detach_grace``)."""
+    request = stream_request(body)
+    request.detach_grace_seconds = detach_grace
+    return request.SerializeToString()
 
 
 def stream_method(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable:

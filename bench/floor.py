@@ -24,7 +24,7 @@ import grpc
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
-from claude_gateway.wire import REQUEST_ID_KEY
+from claude_gateway.wire import REQUEST_ID_KEY, STREAM_ID_KEY
 
 from server.signals import termination
 from simulator.directives import parse
@@ -79,8 +79,12 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
         tokens = found.tokens or 1
         tps = found.tokens_per_second or 0.0
         loop = asyncio.get_running_loop()
-        # As the gateway does: the upstream request id first, as initial metadata (an operation of its own).
-        await context.send_initial_metadata(((REQUEST_ID_KEY, f"req_floor{next(self._serials):017d}"),))
+        # As the gateway does: the upstream request id and the stream id first, as initial metadata (an operation of
+        # its own), and each response numbered by its first event.
+        serial = next(self._serials)
+        await context.send_initial_metadata(
+            ((REQUEST_ID_KEY, f"req_floor{serial:017d}"), (STREAM_ID_KEY, f"floor{serial:017d}"))
+        )
         if tps <= 0:
             # Unpaced, the whole reply is waiting at once, and the gateway sends what is waiting in one message.
             reply = pb.StreamMessageResponse()
@@ -88,8 +92,11 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
             for _ in range(tokens):
                 reply.events.add().content_block_delta.delta.text_delta.text = f" ts{time.monotonic_ns():019d}"
             reply.MergeFrom(self._closing)
+            reply.sequence = 1
             await context.write(reply)
             return
+        opening = len(self._opening.events)
+        self._opening.sequence = 1
         await context.write(self._opening)
         delta = pb.StreamMessageResponse()
         target = delta.events.add().content_block_delta
@@ -99,8 +106,23 @@ class FloorServicer(chat_pb2_grpc.ChatServiceServicer):
             if wait > 0:
                 await asyncio.sleep(wait)
             target.delta.text_delta.text = f" ts{time.monotonic_ns():019d}"
+            delta.sequence = opening + 1 + i
             await context.write(delta)
-        await context.write(self._closing)
+        closing = pb.StreamMessageResponse()
+        closing.CopyFrom(self._closing)
+        closing.sequence = opening + 1 + tokens
+        await context.write(closing)
+
+    async def ResumeStream(  # type: ignore[override]
+        self, request: pb.ResumeStreamRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor serves StreamMessage only")
+
+    async def CancelStream(
+        self, request: pb.CancelStreamRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelStreamResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the floor serves StreamMessage only")
+        raise AssertionError("context.abort raises")
 
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext

@@ -60,6 +60,7 @@ class Job:
     deadline: float = 300.0  # per call
     http_client: str = "aiohttp"  # the SDK's transport for SDK calls, as the gateway's default; "raw": no SDK,
     # a bare aiohttp session that reads the bytes and parses nothing (``Clients.raw_stream``)
+    detach_grace: int = 0  # streams: > 0 asks for resumable streams with this detach grace
 
     def to_json(self) -> str:
         return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
@@ -167,7 +168,7 @@ async def run_streams(job: Job, clients: Clients, control: Control) -> Result:
     origin = time.monotonic_ns()
     samples = Samples(origin) if job.record else None
     records = [StreamRecord() for _ in range(job.streams)]
-    request = gateway_request(body(job.tokens, job.tps))
+    request = gateway_request(body(job.tokens, job.tps), job.detach_grace)
 
     async def one(i: int, start: int) -> None:
         await sleep_until(start)

@@ -37,6 +37,8 @@ class Plan:
     workers_streams: int = 200
     # 8. observability cost: calls per timed run (in the bench process, on the gateway's own objects)
     telemetry_calls: int = 2000
+    # 9. resumable streams on Redis: rounds of capacity_sizes[0] paced streams, plain then resumable
+    resumable_rounds: int = 5
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,5 +60,6 @@ QUICK = Plan(
     overload_rejects=100,
     cancels=50,
     workers_streams=150,
+    resumable_rounds=2,
     telemetry_calls=200,
 )

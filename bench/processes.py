@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,19 @@ class Processes:
         )
         # The line may go on, e.g. "gateway listening on 127.0.0.1:PORT (2 workers)".
         return child, (await child.expect("gateway listening on ")).split()[0]
+
+    async def redis(self) -> tuple[Child, int]:
+        """Debian's ``redis-server`` on a free loopback port, on the load CPUs, persisting nothing; returns it and its
+        port once it accepts connections."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--logfile", ""]  # fmt: skip
+        child = await self.spawn("redis", argv, cpus=self.load_cpus)
+        while "Ready to accept connections" not in await child.readline(_READY_TIMEOUT):
+            pass
+        return child, port
 
     async def floor(self) -> tuple[Child, str]:
         """``python -m bench.floor`` on the gateway's CPUs; returns it and its host:port once it serves."""

@@ -99,8 +99,11 @@ def _peak_rate(run: Run) -> int:
     return max(buckets.values(), default=0)
 
 
-async def _paced(session: Session, streams: int, tokens: int, other: tuple[Child, str] | None = None) -> Run:
-    """``streams`` paced streams through the session's gateway, or through ``other`` (process, host:port)."""
+async def _paced(
+    session: Session, streams: int, tokens: int, other: tuple[Child, str] | None = None, detach_grace: int = 0
+) -> Run:
+    """``streams`` paced streams through the session's gateway, or through ``other`` (process, host:port);
+    resumable ones with a ``detach_grace``."""
     plan = session.plan
     jobs = [
         Job(
@@ -111,6 +114,7 @@ async def _paced(session: Session, streams: int, tokens: int, other: tuple[Child
             tps=plan.tps,
             ramp=plan.ramp,
             channels=session.channels(k),
+            detach_grace=detach_grace,
         )
         for k in session.split(streams)
     ]
@@ -808,6 +812,88 @@ def free_port() -> int:
         return port
 
 
+# ---------------------------------------------------------------------------------------------
+# 10. resumable streams on Redis
+
+
+async def resumable(session: Session) -> list[Row]:
+    """The gateway's CPU per relayed event of resumable streams kept in Redis (one XADD per upstream read) against
+    the same paced streams plain, each gateway alone on the gateway's core, in alternating rounds after a
+    warm-up round of each (judged on the median of the rounds' ratios, which other load on a shared machine
+    moves less than the totals); and what Redis keeps per retained stream (used_memory before and after a
+    round, over its streams)."""
+    import redis.asyncio as aioredis  # the benchmark's other scenarios need no Redis client
+
+    plan = session.plan
+    size, tokens = plan.capacity_sizes[0], plan.capacity_tokens
+    redis_child, port = await session.procs.redis()
+    url = f"redis://127.0.0.1:{port}/0"
+    store = await session.procs.gateway(session.base_url, env={"GATEWAY_REDIS_URL": url}, name="gateway-redis")
+    client = aioredis.Redis.from_url(url)
+    plain: list[Run] = []
+    kept: list[Run] = []
+    per_stream: list[float] = []
+    redis_cpu = 0.0
+    try:
+        await _paced(session, size, tokens)  # warm-up: connections, caches, the allocator's arenas
+        await _paced(session, size, tokens, store, detach_grace=60)
+        for _ in range(plan.resumable_rounds):
+            plain.append(await _paced(session, size, tokens))
+            memory, cpu = await client.info("memory"), await client.info("cpu")
+            kept.append(await _paced(session, size, tokens, store, detach_grace=60))
+            memory_after, cpu_after = await client.info("memory"), await client.info("cpu")
+            per_stream.append((memory_after["used_memory"] - memory["used_memory"]) / size)
+            redis_cpu += sum(cpu_after[k] - cpu[k] for k in ("used_cpu_sys", "used_cpu_user"))
+        entries = [await client.xlen(key) async for key in client.scan_iter(match="claude-gateway:stream:*:events")]
+    finally:
+        await client.aclose()
+        await session.procs.stop(store[0])
+        await session.procs.stop(redis_child)
+    plain_events, kept_events = sum(map(_events, plain)), sum(map(_events, kept))
+    plain_us = sum(r.gateway_cpu_s for r in plain) / plain_events * 1e6
+    kept_us = sum(r.gateway_cpu_s for r in kept) / kept_events * 1e6
+    pairs = [
+        (r.gateway_cpu_s / _events(r) * 1e6, k.gateway_cpu_s / _events(k) * 1e6)
+        for r, k in zip(plain, kept, strict=True)
+    ]
+    rounds = [f"{p:.1f}/{k:.1f}" for p, k in pairs]
+    ratio = sorted(k / p for p, k in pairs)[len(pairs) // 2]
+    errors = {**_errors([x for r in plain for x in _records(r)]), **_errors([x for r in kept for x in _records(r)])}
+    events_per_stream = kept_events / (size * len(kept))
+    stream_bytes = sorted(per_stream)[len(per_stream) // 2]
+    return [
+        Row(
+            "10a",
+            f"CPU per relayed event, resumable streams in Redis vs plain ({size} x {plan.tps:g}/s)",
+            f"{kept_us:.1f} us against {plain_us:.1f} us plain: {ratio:.2f}x (median of the rounds)",
+            "<= 1.15x",
+            judged(ratio <= 1.15 and not errors),
+            f"{len(kept)} alternating rounds, plain/resumable us per event: {', '.join(rounds)}; Redis's own CPU "
+            f"{redis_cpu / kept_events * 1e6:.1f} us per event; errors {errors or 'none'}",
+            {
+                "plain_us": plain_us,
+                "resumable_us": kept_us,
+                "ratio": ratio,
+                "rounds": pairs,
+                "redis_cpu_s": redis_cpu,
+                "errors": errors,
+            },
+        ),
+        Row(
+            "10b",
+            "Redis memory per retained stream",
+            f"{stream_bytes / 1024:.1f} KB per stream of {events_per_stream:.0f} events "
+            f"({stream_bytes / events_per_stream:.0f} bytes per event)",
+            "-",
+            "info",
+            f"used_memory over each round / its {size} streams: {', '.join(f'{b / 1024:.1f}' for b in per_stream)} KB; "
+            f"entries per stream {min(entries, default=0)}-{max(entries, default=0)} (one per upstream read, "
+            "and the end)",
+            {"bytes_per_stream": per_stream, "events_per_stream": events_per_stream, "entries": entries},
+        ),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "1": capacity,
     "2": cpu_per_event,
@@ -818,6 +904,7 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "7": workers,
     "8": observability,
     "9": messages_api,
+    "10": resumable,
 }
 
 NAMES = {
@@ -830,4 +917,5 @@ NAMES = {
     "7": "workers",
     "8": "observability cost",
     "9": "Messages API CPU per event",
+    "10": "resumable streams on Redis",
 }

@@ -21,18 +21,21 @@ from grpc_reflection.v1alpha import reflection
 
 from server.call.accumulator import warm as warm_accumulation
 from server.call.admission import Admission
+from server.call.resumable import StreamCalls
 from server.call.runner import Calls
 from server.config import Settings
 from server.limits.identity import Identity
 from server.limits.policy import OPEN
 from server.limits.policy import load as load_policy
 from server.limits.quota import MemoryQuotas, Quotas
-from server.ports.grpc.servicer import ChatServicer, lenient
+from server.ports.grpc.servicer import ChatServicer, lenient, serialized
 from server.ports.http.web import WebApplication, WebServer, bind
 from server.redaction import Redactor
 from server.reporting import prices
 from server.reporting.metrics import Endpoint, Metrics
 from server.reporting.telemetry import Telemetry
+from server.streams.memory import MemoryStore
+from server.streams.store import EventStore
 from server.upstream import backends
 from server.upstream.client import Upstream, credentials_held, http_client
 from server.upstream.failures import API_ERRORS
@@ -61,6 +64,7 @@ class Gateway:
     metrics: Endpoint | None = None  # the metrics HTTP server, when GATEWAY_METRICS_LISTEN is set
     tracing: Tracing | None = None
     web: WebServer | None = None  # the HTTP port (Connect, gRPC-Web, chat page), when http_listen is set
+    store: EventStore | None = None  # where resumable streams live
     health_port: int = 0
     """The plaintext health-only port on ``settings.health_listen``, 0 when there is none."""
     prices: prices.Prices = dataclasses.field(default_factory=lambda: prices.PriceTable({}))
@@ -112,7 +116,17 @@ def add_chat_service(servicer: ChatServicer, server: grpc.aio.Server) -> None:
     handlers = {
         "StreamMessage": grpc.stream_stream_rpc_method_handler(
             servicer.StreamMessage,
-            response_serializer=chat_pb2.StreamMessageResponse.SerializeToString,
+            response_serializer=serialized,
+        ),
+        "ResumeStream": grpc.unary_stream_rpc_method_handler(
+            servicer.ResumeStream,
+            request_deserializer=lenient(chat_pb2.ResumeStreamRequest),
+            response_serializer=serialized,
+        ),
+        "CancelStream": grpc.unary_unary_rpc_method_handler(
+            servicer.CancelStream,
+            request_deserializer=lenient(chat_pb2.CancelStreamRequest),
+            response_serializer=chat_pb2.CancelStreamResponse.SerializeToString,
         ),
         "CreateMessage": grpc.stream_unary_rpc_method_handler(
             servicer.CreateMessage,
@@ -218,6 +232,16 @@ def pool_state(settings: Settings) -> PoolState:
     return PoolState()
 
 
+def event_store(settings: Settings, metrics: Metrics | None) -> EventStore:
+    """Where resumable streams' events live: Redis when ``redis_url`` is set (and resumable streams are on), else
+    this process's memory."""
+    if settings.redis_url and settings.resume_max_grace > 0:
+        from server.streams.redis_store import RedisStore  # redis-py loads OpenTelemetry's SDK: only when used
+
+        return RedisStore(settings, on_unresumable=metrics.unresumable.inc if metrics is not None else None)
+    return MemoryStore(settings)
+
+
 async def build_server(
     settings: Settings, client: anthropic.AsyncAnthropic | None = None, *, clock: Callable[[], float] = time.time
 ) -> Gateway:
@@ -311,7 +335,11 @@ async def _assemble(
     resources.push_async_callback(_stop_grpc, server)
     redactor = Redactor(tuple(secrets))
     calls = Calls(settings, admission, pool, Telemetry(price_table, metrics, own_prices), tracing, redactor)
-    add_chat_service(ChatServicer(calls), server)
+    store = event_store(settings, metrics)
+    resources.push_async_callback(store.close)
+    streams = StreamCalls(calls, store)
+    resources.push_async_callback(streams.close)  # before the store closes: the last events are written
+    add_chat_service(ChatServicer(calls, streams), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     credentials = tls_credentials(settings) if settings.tls_cert else None
@@ -343,7 +371,7 @@ async def _assemble(
                 f"cannot listen on {settings.http_listen}: the port is in use or the address is not this host's"
             ) from None
         resources.callback(sock.close)  # closed by WebServer.stop too; closing twice is harmless
-        web = WebServer(WebApplication(calls, settings), sock, settings)
+        web = WebServer(WebApplication(calls, streams, settings), sock, settings)
         resources.push_async_callback(web.stop, force=True)
     if health_server is not None:
         await _start_grpc(health_server)
@@ -351,6 +379,7 @@ async def _assemble(
     identity.start()
     resources.push_async_callback(identity.close)
     quotas.start()
+    store.start()
     if pool.managed:
         for backend in pool.backends:
             log.info(
@@ -397,6 +426,7 @@ async def _assemble(
         web=web,
         health_port=health_port,
         prices=price_table,
+        store=store,
     )
 
 

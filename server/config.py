@@ -108,8 +108,9 @@ class Settings:
     )
     redis_url: str = setting(
         "",
-        "redis://[:password@]host:port/db holding caller quotas, and a backends file's cool-downs, dead keys, "
-        "circuits and headroom, shared by every replica (unset: kept in this process); never logged",
+        "redis://[:password@]host:port/db holding caller quotas, resumable streams' events, and a backends "
+        "file's cool-downs, dead keys, circuits and headroom, shared by every replica (unset: kept in this "
+        "process); never logged",
         secret=True,
     )
     redis_unreachable: str = setting(
@@ -123,6 +124,24 @@ class Settings:
         15.0,
         "life in seconds of a stream's slot in Redis unless its replica renews it (a crashed replica's slots "
         "free after it)",
+    )
+    resume_max_grace: float = setting(
+        60.0,
+        "longest detach grace in seconds a resumable stream may ask for (detach_grace_seconds is capped to it); "
+        "0 turns resumable streams off (every stream is plain)",
+    )
+    resume_retention: float = setting(
+        300.0, "seconds a resumable stream's events are kept after its end, for ResumeStream (in memory or Redis)"
+    )
+    resume_max_events: int = setting(
+        100_000,
+        "most events kept per resumable stream, oldest dropped first (in Redis: stream entries, one per upstream "
+        "read); a resume from before the oldest kept is STREAM_EXPIRED",
+    )
+    resume_memory_bytes: int = setting(
+        256 * 1024 * 1024,
+        "without Redis: most bytes of events kept in this process over all resumable streams; past it the oldest "
+        "ended streams are evicted first, then the oldest events of live ones",
     )
     http_listen: str = setting(
         "",
@@ -206,6 +225,12 @@ class Settings:
         if self.lease_seconds <= 0 or self.callers_reload_seconds <= 0 or self.redis_timeout <= 0:
             raise ValueError(
                 "GATEWAY_LEASE_SECONDS, GATEWAY_CALLERS_RELOAD_SECONDS and GATEWAY_REDIS_TIMEOUT must be positive"
+            )
+        if self.resume_max_grace < 0 or self.resume_retention < 0:
+            raise ValueError("GATEWAY_RESUME_MAX_GRACE and GATEWAY_RESUME_RETENTION must not be negative")
+        if self.resume_max_events < 1 or self.resume_memory_bytes < 65536:
+            raise ValueError(
+                "GATEWAY_RESUME_MAX_EVENTS must be at least 1 and GATEWAY_RESUME_MEMORY_BYTES at least 65536"
             )
         for name in ("max_event_bytes", "max_error_body_bytes"):
             if getattr(self, name) < 1024:

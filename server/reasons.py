@@ -111,4 +111,37 @@ class Reason(Enum):
         Code.FAILED_PRECONDITION,
         "the upstream answered with a `content-encoding` other than `identity`, which the gateway never inflates",
     )
+    STREAM_NOT_FOUND = (
+        Code.NOT_FOUND,
+        "ResumeStream or CancelStream named a stream the gateway never saw (or forgot a day after its retention): "
+        "not started with `detach_grace_seconds`, or started on another replica of a gateway without Redis",
+    )
+    STREAM_EXPIRED = (
+        Code.OUT_OF_RANGE,
+        "the stream's events after `after_seq` are no longer all kept (past `GATEWAY_RESUME_RETENTION`, evicted "
+        "from memory, or beyond `GATEWAY_RESUME_MAX_EVENTS`): nothing is replayed; start the call again",
+    )
+    STREAM_OF_ANOTHER_CALLER = (
+        Code.PERMISSION_DENIED,
+        "ResumeStream or CancelStream named a stream another caller started; only its own caller may",
+    )
+    STREAM_CANCELLED = (Code.CANCELLED, "CancelStream ended the resumable stream; the events before it were delivered")
+    STREAM_ABANDONED = (
+        Code.CANCELLED,
+        "no caller followed the resumable stream for its detach grace, so the gateway cancelled its upstream request",
+    )
+    STREAM_NOT_RESUMABLE = (
+        Code.FAILED_PRECONDITION,
+        "the stream's events could not all be stored (Redis failed mid-stream), so it cannot be resumed; "
+        "the stream itself went on to its end for the caller that was following it",
+    )
+    STREAM_PRODUCER_LOST = (
+        Code.UNAVAILABLE,
+        "the replica reading the stream's reply stopped before its end (it crashed, or was killed past its drain "
+        "grace): the events it had stored were replayed once, the rest will never come; start the call again",
+    )
+    STREAM_STORE_UNAVAILABLE = (
+        Code.UNAVAILABLE,
+        "ResumeStream or CancelStream could not reach Redis to find the stream; try again",
+    )
     GATEWAY_ERROR = (Code.INTERNAL, "a fault inside the gateway (a bug: please report it with the log line)")

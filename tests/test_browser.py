@@ -167,3 +167,40 @@ def test_chat_page_converses_stops_and_shows_failures_in_chromium() -> None:
             assert (ARTIFACTS / "chat-second-turn.png").stat().st_size > 0
 
     run(go)
+
+
+RESUMER = ROOT / "tests" / "browser" / "resume.mjs"
+
+
+def test_chat_page_cut_mid_reply_reconnects_and_shows_the_whole_answer_once_in_chromium(browser_present: None) -> None:
+    """The page's connection is cut while a reply streams in: it says it is reconnecting, resumes the stream
+    (the page asks for resumable streams) and ends with the whole answer, once, from one upstream request."""
+    prompt = "Cut me off [[sim:tokens 60]]"
+
+    async def go() -> None:
+        async with gateway(PACE, http_listen="127.0.0.1:0", chat_page=True) as h:
+            want = "".join(
+                e["delta"]["text"]
+                for e in await h.events(body(prompt, max_tokens=1024))
+                if e["type"] == "content_block_delta"
+            )
+            requests = len(h.sim.requests)
+            assert NODE is not None
+            with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+                proc = await asyncio.create_subprocess_exec(
+                    NODE, str(RESUMER), f"127.0.0.1:{h.gateway.http_port}", str(ARTIFACTS), profile, prompt,
+                    cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, err = await asyncio.wait_for(proc.communicate(), 180)
+            assert proc.returncode == 0, err.decode()[-3000:]
+            seen = json.loads(out)
+            assert not [line for line in seen["console"] if line.startswith("pageerror")], seen["console"]
+            assert seen["cuts"] == 1
+            assert want.startswith(seen["before"])
+            assert len(seen["before"]) < len(want)
+            assert seen["reply"] == want  # the whole answer, each piece once
+            assert any(s.startswith("Reconnecting") for s in seen["statuses"]), seen["statuses"]
+            assert seen["statuses"][-1] == "Done."
+            assert len(h.sim.requests) == requests + 1
+
+    run(go)

@@ -518,7 +518,7 @@ def test_the_error_table_names_every_gateway_failure_and_fields_read_as_the_api_
     assert api_path("params.messages[0].content[12].text") == "messages.0.content.12.text"
     assert api_path("betas[1]") == "betas.1"
     statuses = {status for status, _ in GATEWAY_ERRORS.values()}
-    assert statuses <= {400, 401, 403, 429, 500, 502, 504, 529}
+    assert statuses <= {400, 401, 403, 404, 429, 500, 502, 504, 529}
 
 
 def test_model_pages_follow_limit_after_id_and_before_id() -> None:

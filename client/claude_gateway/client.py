@@ -10,7 +10,8 @@
         message = stream.get_final_message()
 
 Requests take the Messages API's keyword arguments; events and messages are the SDK's own types
-(``anthropic.types``); a failed call raises ``GatewayError`` with the status details.
+(``anthropic.types``); a failed call raises ``GatewayError`` with the status details. ``detach_grace_seconds``
+asks for a resumable stream, which the client resumes by itself after a dropped connection.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import grpc.aio
 from anthropic.types import Message, MessageParam
 from claude_gateway import codec
 from claude_gateway.errors import GatewayError
+from claude_gateway.resumption import RESUME_ATTEMPTS, Resumption
 from claude_gateway.sdk import construct_type
 from claude_gateway.streaming import AsyncMessageStreamManager, MessageStreamManager
 from claude_gateway.v1 import chat_pb2 as pb
@@ -34,6 +36,7 @@ from pydantic import BaseModel
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 600.0  # seconds, the anthropic SDK's default; it becomes each call's gRPC deadline
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # the gateway's default GATEWAY_MAX_MESSAGE_BYTES
+CANCEL_TIMEOUT = 10.0  # seconds for the CancelStream that closing a resumable stream sends
 
 
 def _plain(value: Any) -> Any:
@@ -56,9 +59,12 @@ def _body(model: str, max_tokens: int, messages: Iterable[MessageParam], params:
     return {"model": model, "max_tokens": max_tokens, "messages": list(messages), **params}
 
 
-def stream_request(body: Mapping[str, Any], betas: Sequence[str] = ()) -> pb.StreamMessageRequest:
-    """The StreamMessage request for an Anthropic-shaped request body ("stream" is ignored)."""
-    return pb.StreamMessageRequest(params=_params(body), betas=betas)
+def stream_request(
+    body: Mapping[str, Any], betas: Sequence[str] = (), detach_grace_seconds: int = 0
+) -> pb.StreamMessageRequest:
+    """The StreamMessage request for an Anthropic-shaped request body ("stream" is ignored); resumable with a
+    ``detach_grace_seconds``."""
+    return pb.StreamMessageRequest(params=_params(body), betas=betas, detach_grace_seconds=detach_grace_seconds)
 
 
 def create_request(body: Mapping[str, Any], betas: Sequence[str] = ()) -> pb.CreateMessageRequest:
@@ -114,18 +120,31 @@ class Messages:
         betas: Sequence[str] = (),
         timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        detach_grace_seconds: int = 0,
+        resume_attempts: int = RESUME_ATTEMPTS,
         **params: Any,
     ) -> MessageStreamManager:
         """StreamMessage: ``with`` the result for a MessageStream. ``params`` are the other request keys
         (system, tools, tool_choice, thinking, stop_sequences, metadata...); ``timeout`` (seconds) is the
-        deadline; ``extra_headers`` go as gRPC metadata."""
-        request = stream_request(_body(model, max_tokens, messages, params), betas)
-        return MessageStreamManager(
-            lambda: self._stub.StreamMessage(
-                request,
-                timeout=self._settings.call_timeout(timeout),
-                metadata=self._settings.call_metadata(extra_headers),
+        deadline; ``extra_headers`` go as gRPC metadata. ``detach_grace_seconds`` > 0 asks for a resumable
+        stream: after a dropped connection the client resumes it (at most ``resume_attempts`` times in a row
+        without an event), and leaving the ``with`` block before its end cancels it at the gateway too."""
+        request = stream_request(_body(model, max_tokens, messages, params), betas, detach_grace_seconds)
+        deadline = self._settings.call_timeout(timeout)
+        metadata = self._settings.call_metadata(extra_headers)
+        resumption = None
+        if detach_grace_seconds > 0:
+            resumption = Resumption(
+                lambda stream_id, after: self._stub.ResumeStream(
+                    pb.ResumeStreamRequest(stream_id=stream_id, after_seq=after), timeout=deadline, metadata=metadata
+                ),
+                lambda stream_id: self._stub.CancelStream(
+                    pb.CancelStreamRequest(stream_id=stream_id), timeout=CANCEL_TIMEOUT, metadata=metadata
+                ),
+                resume_attempts,
             )
+        return MessageStreamManager(
+            lambda: self._stub.StreamMessage(request, timeout=deadline, metadata=metadata), resumption
         )
 
     def create(
@@ -214,16 +233,27 @@ class AsyncMessages:
         betas: Sequence[str] = (),
         timeout: float | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        detach_grace_seconds: int = 0,
+        resume_attempts: int = RESUME_ATTEMPTS,
         **params: Any,
     ) -> AsyncMessageStreamManager:
-        """StreamMessage: ``async with`` the result for an AsyncMessageStream."""
-        request = stream_request(_body(model, max_tokens, messages, params), betas)
-        return AsyncMessageStreamManager(
-            lambda: self._stub_of().StreamMessage(
-                request,
-                timeout=self._settings.call_timeout(timeout),
-                metadata=self._settings.call_metadata(extra_headers),
+        """StreamMessage: ``async with`` the result for an AsyncMessageStream; resumable as Gateway's."""
+        request = stream_request(_body(model, max_tokens, messages, params), betas, detach_grace_seconds)
+        deadline = self._settings.call_timeout(timeout)
+        metadata = self._settings.call_metadata(extra_headers)
+        resumption = None
+        if detach_grace_seconds > 0:
+            resumption = Resumption(
+                lambda stream_id, after: self._stub_of().ResumeStream(
+                    pb.ResumeStreamRequest(stream_id=stream_id, after_seq=after), timeout=deadline, metadata=metadata
+                ),
+                lambda stream_id: self._stub_of().CancelStream(
+                    pb.CancelStreamRequest(stream_id=stream_id), timeout=CANCEL_TIMEOUT, metadata=metadata
+                ),
+                resume_attempts,
             )
+        return AsyncMessageStreamManager(
+            lambda: self._stub_of().StreamMessage(request, timeout=deadline, metadata=metadata), resumption
         )
 
     async def create(

@@ -5,13 +5,17 @@ event type (``anthropic.types.RawMessageStreamEvent``), and goes through the SDK
 event building (``accumulate_event``, ``build_events``), so iteration yields exactly what
 ``anthropic.Anthropic().messages.stream()`` yields: the raw events plus the derived ``text``,
 ``citation``, ``thinking``, ``signature`` and ``input_json`` events, and ``get_final_message()`` is
-the SDK's ``ParsedMessage``.
+the SDK's ``ParsedMessage``. A resumable stream (``detach_grace_seconds``) whose connection drops is resumed
+where it was (``claude_gateway.resumption``): the events, the text and the final message are those of an
+uninterrupted stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, cast
@@ -23,9 +27,10 @@ from anthropic.types import RawMessageStreamEvent
 from anthropic.types.parsed_message import ParsedMessage
 from claude_gateway import codec
 from claude_gateway.errors import GatewayError, metadata_dict
+from claude_gateway.resumption import Numbering, Resumption, backoff, dropped
 from claude_gateway.sdk import accumulate_event, build_events, construct_type
 from claude_gateway.v1 import chat_pb2 as pb
-from claude_gateway.wire import REQUEST_ID_KEY
+from claude_gateway.wire import REQUEST_ID_KEY, STREAM_ID_KEY
 
 _CLOSED = (
     "the stream was closed before it ended: its `with` block was left (or close() called) first; "
@@ -69,11 +74,19 @@ class _Metadata:
 
     initial_metadata: dict[str, str | bytes]
     trailing_metadata: dict[str, str | bytes] | None
+    resumes: int  # how many times the stream was resumed after a dropped connection
 
     @property
     def request_id(self) -> str | None:
-        """The upstream request id (initial metadata ``anthropic-request-id``), once the upstream answered."""
-        value = self.initial_metadata.get(REQUEST_ID_KEY)
+        """The upstream request id (initial metadata ``anthropic-request-id``; a resumable stream's comes with its
+        trailers), once the upstream answered."""
+        value = self.initial_metadata.get(REQUEST_ID_KEY) or (self.trailing_metadata or {}).get(REQUEST_ID_KEY)
+        return value if isinstance(value, str) else None
+
+    @property
+    def stream_id(self) -> str | None:
+        """The stream's id (initial metadata ``claude-gateway-stream-id``), for ResumeStream and CancelStream."""
+        value = self.initial_metadata.get(STREAM_ID_KEY)
         return value if isinstance(value, str) else None
 
     def trailer_json(self, key: str) -> Any:
@@ -92,10 +105,14 @@ class MessageStream(_Metadata):
 
     text_stream: Iterator[str]
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, resumption: Resumption | None = None) -> None:
         self._call = call
+        self._resumption = resumption
+        self._numbering = Numbering()
         self._accumulation = _Accumulation()
         self._closed = False
+        self._ended = False
+        self.resumes = 0
         self.initial_metadata = {}
         self.trailing_metadata = None
         self._source = self._read()
@@ -115,14 +132,27 @@ class MessageStream(_Metadata):
                 raise GatewayError.from_rpc_error(error) from None
 
     def _read(self) -> Iterator[tuple[RawMessageStreamEvent, list[MessageStreamEvent]]]:
-        try:
-            for response in self._call:
-                for event in response.events:
-                    yield self._accumulation.feed(event)
-        except grpc.RpcError as error:
-            if self._closed and error.code() == grpc.StatusCode.CANCELLED:
-                raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
-            raise GatewayError.from_rpc_error(error) from None
+        numbering, failures = self._numbering, 0
+        while True:
+            try:
+                for response in self._call:
+                    for event in numbering.fresh(response):
+                        failures = 0
+                        yield self._accumulation.feed(event)
+                break
+            except grpc.RpcError as error:
+                if self._closed and error.code() == grpc.StatusCode.CANCELLED:
+                    raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
+                resumption, stream_id = self._resumption, self.stream_id
+                if resumption is None or stream_id is None or failures >= resumption.attempts or not dropped(error):
+                    self._ended = True
+                    raise GatewayError.from_rpc_error(error) from None
+                failures += 1
+                time.sleep(backoff(failures))
+                self._call = resumption.resume(stream_id, numbering.last)
+                self.resumes += 1
+        self._ended = True
+        self.initial_metadata = {**self.initial_metadata, **metadata_dict(self._call.initial_metadata())}
         self.trailing_metadata = metadata_dict(self._call.trailing_metadata())
 
     def _stream_text(self) -> Iterator[str]:
@@ -163,9 +193,13 @@ class MessageStream(_Metadata):
         return _final_text(self.get_final_message())
 
     def close(self) -> None:
-        """Cancel the call if it is still running."""
+        """Cancel the call if it is still running (a resumable stream at the gateway too, with CancelStream)."""
         self._closed = True
         self._call.cancel()
+        if self._resumption is not None and not self._ended and self.stream_id is not None:
+            self._ended = True
+            with contextlib.suppress(grpc.RpcError):  # unreachable or already over: its detach grace ends it
+                self._resumption.cancel(self.stream_id)
 
     def __enter__(self) -> MessageStream:
         return self
@@ -179,12 +213,13 @@ class MessageStream(_Metadata):
 class MessageStreamManager:
     """What ``messages.stream(...)`` returns: ``with`` it to start the call and get its MessageStream."""
 
-    def __init__(self, start: Callable[[], Any]) -> None:
+    def __init__(self, start: Callable[[], Any], resumption: Resumption | None = None) -> None:
         self._start = start
+        self._resumption = resumption
         self._stream: MessageStream | None = None
 
     def __enter__(self) -> MessageStream:
-        self._stream = MessageStream(self._start())
+        self._stream = MessageStream(self._start(), self._resumption)
         try:
             self._stream._start()
         except BaseException:
@@ -204,10 +239,14 @@ class AsyncMessageStream(_Metadata):
 
     text_stream: AsyncIterator[str]
 
-    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+    def __init__(self, call: grpc.aio.UnaryStreamCall[Any, Any], resumption: Resumption | None = None) -> None:
         self._call = call
+        self._resumption = resumption
+        self._numbering = Numbering()
         self._accumulation = _Accumulation()
         self._closed = False
+        self._ended = False
+        self.resumes = 0
         self.initial_metadata = {}
         self.trailing_metadata = None
         self._source = self._read()
@@ -227,19 +266,32 @@ class AsyncMessageStream(_Metadata):
                     raise GatewayError.from_rpc_error(error) from None
 
     async def _read(self) -> AsyncIterator[tuple[RawMessageStreamEvent, list[MessageStreamEvent]]]:
-        try:
-            async for response in self._call:
-                for event in response.events:
-                    yield self._accumulation.feed(event)
-            self.trailing_metadata = metadata_dict(await self._call.trailing_metadata())
-        except asyncio.CancelledError:
-            if self._closed and self._call.cancelled():  # our own close(), not the task's cancellation
-                raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
-            raise
-        except grpc.RpcError as error:
-            if self._closed and error.code() == grpc.StatusCode.CANCELLED:
-                raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
-            raise GatewayError.from_rpc_error(error) from None
+        numbering, failures = self._numbering, 0
+        while True:
+            try:
+                async for response in self._call:
+                    for event in numbering.fresh(response):
+                        failures = 0
+                        yield self._accumulation.feed(event)
+                self._ended = True
+                self.initial_metadata = {**self.initial_metadata, **metadata_dict(await self._call.initial_metadata())}
+                self.trailing_metadata = metadata_dict(await self._call.trailing_metadata())
+                return
+            except asyncio.CancelledError:
+                if self._closed and self._call.cancelled():  # our own close(), not the task's cancellation
+                    raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
+                raise
+            except grpc.RpcError as error:
+                if self._closed and error.code() == grpc.StatusCode.CANCELLED:
+                    raise GatewayError(grpc.StatusCode.CANCELLED, _CLOSED) from None
+                resumption, stream_id = self._resumption, self.stream_id
+                if resumption is None or stream_id is None or failures >= resumption.attempts or not dropped(error):
+                    self._ended = True
+                    raise GatewayError.from_rpc_error(error) from None
+            failures += 1
+            await asyncio.sleep(backoff(failures))
+            self._call = resumption.resume(stream_id, numbering.last)
+            self.resumes += 1
 
     async def _fired(self) -> AsyncIterator[MessageStreamEvent]:
         async for _, fired in self._source:
@@ -284,9 +336,13 @@ class AsyncMessageStream(_Metadata):
         return _final_text(await self.get_final_message())
 
     async def close(self) -> None:
-        """Cancel the call if it is still running."""
+        """Cancel the call if it is still running (a resumable stream at the gateway too, with CancelStream)."""
         self._closed = True
         self._call.cancel()
+        if self._resumption is not None and not self._ended and self.stream_id is not None:
+            self._ended = True
+            with contextlib.suppress(grpc.RpcError):  # unreachable or already over: its detach grace ends it
+                await self._resumption.cancel(self.stream_id)
 
     async def __aenter__(self) -> AsyncMessageStream:
         return self
@@ -300,12 +356,15 @@ class AsyncMessageStream(_Metadata):
 class AsyncMessageStreamManager:
     """What ``messages.stream(...)`` of the async client returns: ``async with`` it for the AsyncMessageStream."""
 
-    def __init__(self, start: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]]) -> None:
+    def __init__(
+        self, start: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]], resumption: Resumption | None = None
+    ) -> None:
         self._start = start
+        self._resumption = resumption
         self._stream: AsyncMessageStream | None = None
 
     async def __aenter__(self) -> AsyncMessageStream:
-        self._stream = AsyncMessageStream(self._start())
+        self._stream = AsyncMessageStream(self._start(), self._resumption)
         try:
             await self._stream._start()
         except BaseException:

@@ -23,3 +23,7 @@ ERROR_DOMAIN = "claude-gateway"
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 """gRPC's trailer carrying the ``google.rpc.Status`` with the rich details (ErrorInfo, RetryInfo...)."""
+
+STREAM_ID_KEY = "claude-gateway-stream-id"
+"""Initial metadata of StreamMessage and ResumeStream (a response header on Connect and gRPC-Web): the stream's id,
+which ResumeStream and CancelStream take."""

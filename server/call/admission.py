@@ -81,6 +81,17 @@ class Pending:
         request = self._request
         return tuple(request.betas) if isinstance(request, pb.CreateMessageRequest | pb.StreamMessageRequest) else ()
 
+    @property
+    def resumable(self) -> bool:
+        """Whether the request, while it is held, asks for a resumable stream."""
+        request = self._request
+        return isinstance(request, pb.StreamMessageRequest) and request.detach_grace_seconds > 0
+
+    def detach_grace(self, seconds: int) -> None:
+        """Ask for a resumable stream with this grace (the Messages API's header), while the request is held."""
+        if isinstance(self._request, pb.StreamMessageRequest):
+            self._request.detach_grace_seconds = seconds
+
 
 @dataclass(eq=False)
 class Admitted:
@@ -100,6 +111,13 @@ class Admitted:
     record: CallRecord | None = None  # says which model served, which the call's spend is charged by
     version: str | None = None  # the `anthropic-version` to ask the upstream for; None: the SDK's own
     estimate: int = 0  # the request's input tokens, estimated from its size, when limits or the pool need it
+
+    def end(self, failure: Failure) -> None:
+        """End the call from the gateway's side with ``failure`` as its status (drain, CancelStream, a detach
+        grace that passed); the first such end wins."""
+        if self.cut is None:
+            self.cut = failure
+            self.task.cancel()
 
 
 @dataclass(frozen=True)
@@ -157,8 +175,7 @@ class Admission:
     def cut_all(self) -> None:
         """End every call in flight with UNAVAILABLE (SHUTTING_DOWN): the drain grace is over."""
         for call in self._calls:
-            call.cut = fail(Reason.SHUTTING_DOWN, "gateway shut down before the reply was complete")
-            call.task.cancel()
+            call.end(fail(Reason.SHUTTING_DOWN, "gateway shut down before the reply was complete"))
 
     def entry(self, context: CallMetadata, record: CallRecord | None = None) -> tuple[str, Rules]:
         """What the call's metadata alone decides, before its body is read: who the caller is, drain, whether

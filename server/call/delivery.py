@@ -1,7 +1,8 @@
 """How a call's events reach the caller, the same on every port: a stream of messages, or one sum.
 
 streamed(write, limit)   a ``Sink`` that sends each batch as StreamMessage responses, split to fit
-                         the message limit (REPLY_TOO_LARGE after what fits, if one event cannot)
+                         the message limit (REPLY_TOO_LARGE after what fits, if one event cannot),
+                         each numbered by its first event's sequence number (from 1)
 MessageAccumulator       CreateMessage's sink: the batches summed into one message
                          (``server.call.accumulator``)
 """
@@ -23,12 +24,17 @@ Sink = Callable[[list[Event]], Awaitable[None]]  # takes each batch of events, i
 
 
 def streamed(write: Callable[[pb.StreamMessageResponse], Awaitable[None]], limit: int) -> Sink:
-    """A sink that writes each batch as StreamMessage responses with ``write``; a batch's failure (an event
-    too large for ``limit``) is raised after the messages that fit have been written."""
+    """A sink that writes each batch as StreamMessage responses with ``write``, numbering each by the sequence
+    number of its first event; a batch's failure (an event too large for ``limit``) is raised after the messages
+    that fit have been written."""
+    sequence = 1  # the number of the next event
 
     async def deliver(batch: list[Event]) -> None:
+        nonlocal sequence
         out, failure = await converted(batch, limit)
         for response in out:
+            response.sequence = sequence
+            sequence += len(response.events)
             await write(response)
         if failure is not None:
             raise GatewayError(failure)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
-from claude_gateway.wire import REQUEST_ID_KEY
+from claude_gateway.wire import REQUEST_ID_KEY, STREAM_ID_KEY
 
-from server.call.admission import Admission, Body, Request, Undecodable
+from server.call.admission import Admission, Admitted, Body, Request, Undecodable
 from server.call.bounds import Bounds
 from server.call.context import CallContext, CallMetadata
 from server.call.delivery import Sink
@@ -77,6 +78,9 @@ class Calls:
         request: Request | Undecodable | Body,
         deliver: Sink,
         reserved: Reservation | None = None,
+        *,
+        stream_id: str | None = None,
+        on_admitted: Callable[[Admitted], Awaitable[None]] | None = None,
     ) -> bool:
         """Run one call: every batch of upstream events goes to ``deliver``; True if it ended OK. Whatever
         the outcome, the call is logged and counted once, and its usage and cost go to the caller in the
@@ -85,10 +89,14 @@ class Calls:
         with it, in a reference cycle until the next full collection.
 
         ``request`` may be how to read the request (``admission.Body``): it is read once the metadata
-        admits the call. ``reserved`` is the body budget a port took before reading it itself."""
+        admits the call. ``reserved`` is the body budget a port took before reading it itself. A stream's
+        ``stream_id`` goes out in the initial metadata beside the upstream's request id, and in the log
+        line; ``on_admitted`` hears the call once admission let it in, before anything is sent upstream
+        (``server.call.resumable``)."""
         # The model is noted once admission has it (aliases resolved): a call refused on its metadata
         # names none, whichever port it came by.
         record = CallRecord(method, "")
+        record.stream_id = stream_id
         if callable(request):
             request = _noting_model(request, record)
         tracing = self.tracing
@@ -101,6 +109,8 @@ class Calls:
             async with self.admission.admit(context, request, reserved, record) as call:
                 del request  # admission holds the body that goes upstream; the request itself is let go
                 record.usage = call.usage  # one Usage: what admission (quotas) reads is what is reported
+                if on_admitted is not None:
+                    await on_admitted(call)
                 watchdog = Watchdog(call.task, call.deadline, call.expired, self.bounds)
                 if tracing is not None:
                     tracing.admitted(spans[0], record)
@@ -120,7 +130,14 @@ class Calls:
                         call.body = {}  # sent: not held while the reply streams (nothing is retried from here)
                         record.request_id = self.redactor.request_id(reader.request_id)
                         if record.request_id:  # for Anthropic support, and to match the gateway's log line
-                            await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
+                            if stream_id is None:
+                                await context.send_initial_metadata(((REQUEST_ID_KEY, record.request_id),))
+                            else:
+                                await context.send_initial_metadata(
+                                    ((REQUEST_ID_KEY, record.request_id), (STREAM_ID_KEY, stream_id))
+                                )
+                        elif stream_id is not None:
+                            await context.send_initial_metadata(((STREAM_ID_KEY, stream_id),))
                         while batch is not None:
                             record.see(batch)
                             await deliver(batch)

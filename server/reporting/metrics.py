@@ -160,6 +160,18 @@ class Metrics:
             ["type"],
             registry=registry,
         )
+        self.resumes = Counter(
+            "gateway_resumes",
+            "ResumeStream calls by how they began: OK, or the reason they were refused (STREAM_EXPIRED...)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.unresumable = Counter(
+            "gateway_streams_unresumable",
+            "Resumable streams whose events could not all be stored (Redis failed mid-stream): they went on, "
+            "but cannot be resumed",
+            registry=registry,
+        )
         self.events = Counter("gateway_relayed_events", "Events relayed to callers", ["method"], registry=registry)
         self.bytes = Counter("gateway_upstream_bytes", "Bytes of upstream event stream read", registry=registry)
         self.caller_tokens = Counter(

@@ -42,6 +42,7 @@ class CallRecord:
     attempts: int = 0
     retried: list[str] = field(default_factory=list)  # the failure of each retried attempt
     request_id: str | None = None
+    stream_id: str | None = None  # a StreamMessage call's stream (``claude-gateway-stream-id``)
     response_id: str | None = None
     response_model: str | None = None  # the model that served, as message_start said (when it looks like an id)
     stop_reason: str | None = None
@@ -154,6 +155,7 @@ class CallRecord:
             "status": self.status,
             "reason": self.reason,
             "request_id": self.request_id,
+            "stream_id": self.stream_id,
             "ttft_ms": None if ttft is None else round(ttft * 1e3, 3),
             "duration_ms": round(self.duration * 1e3, 3),
             "events": self.events,

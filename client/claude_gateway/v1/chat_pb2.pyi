@@ -48,9 +48,17 @@ class StreamMessageRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     BETAS_FIELD_NUMBER: _builtins.int
     ANTHROPIC_VERSION_FIELD_NUMBER: _builtins.int
+    DETACH_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     anthropic_version: _builtins.str
     """The Messages API version to ask the upstream for (its `anthropic-version` header), a date such
     as "2023-06-01"; unset: the version the gateway speaks, 2026-10-21.
+    """
+    detach_grace_seconds: _builtins.int
+    """Asks for a resumable stream: when the caller's connection goes away, the gateway keeps reading
+    the reply for up to this many seconds without a caller, keeping its events, so that
+    ResumeStream can pick the stream up (on any replica when the gateway keeps events in Redis).
+    0, the default: a plain stream, whose upstream request is cancelled the moment the caller goes
+    away. Capped by the gateway's GATEWAY_RESUME_MAX_GRACE; resumable streams are off when that is 0.
     """
     @_builtins.property
     def params(self) -> Global___MessageCreateParams:
@@ -68,10 +76,11 @@ class StreamMessageRequest(_message.Message):
         params: Global___MessageCreateParams | None = ...,
         betas: _abc.Iterable[_builtins.str] | None = ...,
         anthropic_version: _builtins.str | None = ...,
+        detach_grace_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "betas", b"betas", "params", b"params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version", "anthropic_version", b"anthropic_version", "betas", b"betas", "detach_grace_seconds", b"detach_grace_seconds", "params", b"params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__anthropic_version: _TypeAlias = _typing.Literal["anthropic_version"]  # noqa: Y015
     _WhichOneofArgType__anthropic_version: _TypeAlias = _typing.Literal["_anthropic_version", b"_anthropic_version"]  # noqa: Y015
@@ -89,6 +98,75 @@ class StreamMessageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The number of this response's first event in its stream: events[i] is event number
+    `sequence + i`. Numbers start at 1 and run without gaps to the stream's end, the same on every
+    resume of the stream; ResumeStream's `after_seq` is the last number a caller received.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageStreamEvent]:
+        """One or more consecutive stream events. (On Connect and gRPC-Web, whose headers leave with the
+        first message, a resumable stream starts with a response of no events, so that its stream id
+        reaches the caller before the upstream answers.)
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___MessageStreamEvent] | None = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMessageResponse: _TypeAlias = StreamMessageResponse  # noqa: Y015
+
+@_typing.final
+class ResumeStreamRequest(_message.Message):
+    """ResumeStreamRequest names the stream to pick up and how much of it the caller already has."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """The stream's id: initial metadata `claude-gateway-stream-id` of its StreamMessage call (a
+    response header on Connect and gRPC-Web).
+    """
+    after_seq: _builtins.int
+    """The number of the last event the caller received (0 for none): the replay starts after it."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeStreamRequest: _TypeAlias = ResumeStreamRequest  # noqa: Y015
+
+@_typing.final
+class ResumeStreamResponse(_message.Message):
+    """ResumeStreamResponse is StreamMessageResponse under the name ResumeStream's own response takes:
+    the same fields with the same numbers, so the bytes of one are the bytes of the other.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The number of this response's first event in its stream: events[i] is event number
+    `sequence + i`.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageStreamEvent]:
         """One or more consecutive stream events."""
@@ -97,14 +175,54 @@ class StreamMessageResponse(_message.Message):
         self,
         *,
         events: _abc.Iterable[Global___MessageStreamEvent] | None = ...,
+        sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StreamMessageResponse: _TypeAlias = StreamMessageResponse  # noqa: Y015
+Global___ResumeStreamResponse: _TypeAlias = ResumeStreamResponse  # noqa: Y015
+
+@_typing.final
+class CancelStreamRequest(_message.Message):
+    """CancelStreamRequest names the resumable stream to end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """The stream's id, as StreamMessage's initial metadata `claude-gateway-stream-id` gave it."""
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelStreamRequest: _TypeAlias = CancelStreamRequest  # noqa: Y015
+
+@_typing.final
+class CancelStreamResponse(_message.Message):
+    """CancelStreamResponse says the stream is ended (or had already ended). It has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelStreamResponse: _TypeAlias = CancelStreamResponse  # noqa: Y015
 
 @_typing.final
 class CreateMessageRequest(_message.Message):

@@ -33,7 +33,9 @@ class ChatServiceStub:
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
     end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
-    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`; StreamMessage
+    sends its stream's id beside it as `claude-gateway-stream-id` (a resumable stream sends the id at
+    once, before the upstream answers, and the request id then comes in the trailers).
     """
 
     def __init__(self, channel):
@@ -62,6 +64,16 @@ class ChatServiceStub:
                 request_serializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ResumeStream = channel.unary_stream(
+                '/claude_gateway.v1.ChatService/ResumeStream',
+                request_serializer=claude__gateway_dot_v1_dot_chat__pb2.ResumeStreamRequest.SerializeToString,
+                response_deserializer=claude__gateway_dot_v1_dot_chat__pb2.ResumeStreamResponse.FromString,
+                _registered_method=True)
+        self.CancelStream = channel.unary_unary(
+                '/claude_gateway.v1.ChatService/CancelStream',
+                request_serializer=claude__gateway_dot_v1_dot_chat__pb2.CancelStreamRequest.SerializeToString,
+                response_deserializer=claude__gateway_dot_v1_dot_chat__pb2.CancelStreamResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -72,7 +84,9 @@ class ChatServiceServicer:
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
     end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
-    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`; StreamMessage
+    sends its stream's id beside it as `claude-gateway-stream-id` (a resumable stream sends the id at
+    once, before the upstream answers, and the request id then comes in the trailers).
     """
 
     def StreamMessage(self, request, context):
@@ -111,6 +125,27 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeStream(self, request, context):
+        """Picks up a resumable stream (one started with `detach_grace_seconds`) after a dropped
+        connection: every event after `after_seq`, then the live events to the stream's end, ending
+        with the stream's own trailers and status, exactly as StreamMessage would have. Only the caller
+        that started the stream may resume it. A stream past its retention, or whose events after
+        `after_seq` are no longer all kept, ends at once with OUT_OF_RANGE (STREAM_EXPIRED); an id the
+        gateway never saw with NOT_FOUND (STREAM_NOT_FOUND). A replay is never partial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelStream(self, request, context):
+        """Ends a resumable stream at once: the gateway cancels its upstream request, and whoever follows
+        the stream gets CANCELLED (STREAM_CANCELLED). Only the caller that started the stream may cancel
+        it; a stream that already ended is left as it ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +169,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     request_deserializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsRequest.FromString,
                     response_serializer=claude__gateway_dot_v1_dot_chat__pb2.ListModelsResponse.SerializeToString,
             ),
+            'ResumeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ResumeStream,
+                    request_deserializer=claude__gateway_dot_v1_dot_chat__pb2.ResumeStreamRequest.FromString,
+                    response_serializer=claude__gateway_dot_v1_dot_chat__pb2.ResumeStreamResponse.SerializeToString,
+            ),
+            'CancelStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelStream,
+                    request_deserializer=claude__gateway_dot_v1_dot_chat__pb2.CancelStreamRequest.FromString,
+                    response_serializer=claude__gateway_dot_v1_dot_chat__pb2.CancelStreamResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'claude_gateway.v1.ChatService', rpc_method_handlers)
@@ -150,7 +195,9 @@ class ChatService:
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
     end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
-    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`; StreamMessage
+    sends its stream's id beside it as `claude-gateway-stream-id` (a resumable stream sends the id at
+    once, before the upstream answers, and the request id then comes in the trailers).
     """
 
     @staticmethod
@@ -251,6 +298,60 @@ class ChatService:
             '/claude_gateway.v1.ChatService/ListModels',
             claude__gateway_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
             claude__gateway_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/claude_gateway.v1.ChatService/ResumeStream',
+            claude__gateway_dot_v1_dot_chat__pb2.ResumeStreamRequest.SerializeToString,
+            claude__gateway_dot_v1_dot_chat__pb2.ResumeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/claude_gateway.v1.ChatService/CancelStream',
+            claude__gateway_dot_v1_dot_chat__pb2.CancelStreamRequest.SerializeToString,
+            claude__gateway_dot_v1_dot_chat__pb2.CancelStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,7 +54,9 @@ class ChatServiceStub:
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
     end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
-    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`; StreamMessage
+    sends its stream's id beside it as `claude-gateway-stream-id` (a resumable stream sends the id at
+    once, before the upstream answers, and the request id then comes in the trailers).
     """
 
     @_typing.overload
@@ -81,6 +83,19 @@ class ChatServiceStub:
     model id it stands for), then the model ids it is allowed, with the upstream's own information
     on each (GET /v1/models) when the upstream answers. Counts against no quota.
     """
+    ResumeStream: _grpc.UnaryStreamMultiCallable[_chat_pb2.ResumeStreamRequest, _chat_pb2.ResumeStreamResponse]
+    """Picks up a resumable stream (one started with `detach_grace_seconds`) after a dropped
+    connection: every event after `after_seq`, then the live events to the stream's end, ending
+    with the stream's own trailers and status, exactly as StreamMessage would have. Only the caller
+    that started the stream may resume it. A stream past its retention, or whose events after
+    `after_seq` are no longer all kept, ends at once with OUT_OF_RANGE (STREAM_EXPIRED); an id the
+    gateway never saw with NOT_FOUND (STREAM_NOT_FOUND). A replay is never partial.
+    """
+    CancelStream: _grpc.UnaryUnaryMultiCallable[_chat_pb2.CancelStreamRequest, _chat_pb2.CancelStreamResponse]
+    """Ends a resumable stream at once: the gateway cancels its upstream request, and whoever follows
+    the stream gets CANCELLED (STREAM_CANCELLED). Only the caller that started the stream may cancel
+    it; a stream that already ended is left as it ended.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -91,7 +106,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
     end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
-    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`; StreamMessage
+    sends its stream's id beside it as `claude-gateway-stream-id` (a resumable stream sends the id at
+    once, before the upstream answers, and the request id then comes in the trailers).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -115,6 +132,19 @@ class ChatServiceAsyncStub(ChatServiceStub):
     model id it stands for), then the model ids it is allowed, with the upstream's own information
     on each (GET /v1/models) when the upstream answers. Counts against no quota.
     """
+    ResumeStream: _aio.UnaryStreamMultiCallable[_chat_pb2.ResumeStreamRequest, _chat_pb2.ResumeStreamResponse]  # type: ignore[assignment]
+    """Picks up a resumable stream (one started with `detach_grace_seconds`) after a dropped
+    connection: every event after `after_seq`, then the live events to the stream's end, ending
+    with the stream's own trailers and status, exactly as StreamMessage would have. Only the caller
+    that started the stream may resume it. A stream past its retention, or whose events after
+    `after_seq` are no longer all kept, ends at once with OUT_OF_RANGE (STREAM_EXPIRED); an id the
+    gateway never saw with NOT_FOUND (STREAM_NOT_FOUND). A replay is never partial.
+    """
+    CancelStream: _aio.UnaryUnaryMultiCallable[_chat_pb2.CancelStreamRequest, _chat_pb2.CancelStreamResponse]  # type: ignore[assignment]
+    """Ends a resumable stream at once: the gateway cancels its upstream request, and whoever follows
+    the stream gets CANCELLED (STREAM_CANCELLED). Only the caller that started the stream may cancel
+    it; a stream that already ended is left as it ended.
+    """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     """ChatService relays Claude's Messages API. The gateway holds the API key; callers hold none.
@@ -124,7 +154,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     `google.rpc.ErrorInfo` (domain "claude-gateway", reason, metadata `error_type`, `request_id`,
     `events_delivered`) and, where the API said when to retry, `google.rpc.RetryInfo`. Bad requests
     end with INVALID_ARGUMENT and `google.rpc.BadRequest` naming each offending field. Once the upstream
-    answered, both RPCs send its request id as initial metadata `anthropic-request-id`.
+    answered, both RPCs send its request id as initial metadata `anthropic-request-id`; StreamMessage
+    sends its stream's id beside it as `claude-gateway-stream-id` (a resumable stream sends the id at
+    once, before the upstream answers, and the request id then comes in the trailers).
     """
 
     @_abc_1.abstractmethod
@@ -169,6 +201,31 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the models the caller may name: the policy's aliases the caller is allowed (each with the
         model id it stands for), then the model ids it is allowed, with the upstream's own information
         on each (GET /v1/models) when the upstream answers. Counts against no quota.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeStream(
+        self,
+        request: _chat_pb2.ResumeStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_chat_pb2.ResumeStreamResponse], _abc.AsyncIterator[_chat_pb2.ResumeStreamResponse]]:
+        """Picks up a resumable stream (one started with `detach_grace_seconds`) after a dropped
+        connection: every event after `after_seq`, then the live events to the stream's end, ending
+        with the stream's own trailers and status, exactly as StreamMessage would have. Only the caller
+        that started the stream may resume it. A stream past its retention, or whose events after
+        `after_seq` are no longer all kept, ends at once with OUT_OF_RANGE (STREAM_EXPIRED); an id the
+        gateway never saw with NOT_FOUND (STREAM_NOT_FOUND). A replay is never partial.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelStream(
+        self,
+        request: _chat_pb2.CancelStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.CancelStreamResponse, _abc.Awaitable[_chat_pb2.CancelStreamResponse]]:
+        """Ends a resumable stream at once: the gateway cancels its upstream request, and whoever follows
+        the stream gets CANCELLED (STREAM_CANCELLED). Only the caller that started the stream may cancel
+        it; a stream that already ended is left as it ended.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

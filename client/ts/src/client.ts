@@ -7,6 +7,7 @@ import { createClient, type CallOptions, type Client, type Transport } from "@co
 import { fromApiJson, toApiJson } from "./codec.js";
 import { GatewayError } from "./errors.js";
 import { ChatService, MessageCreateParamsSchema, MessageSchema, type MessageCreateParams } from "./gen/claude_gateway/v1/chat_pb.js";
+import { RESUME_ATTEMPTS, type Resumption } from "./resumption.js";
 import { MessageStream } from "./stream.js";
 
 /** The request body of POST /v1/messages, as the SDK types it ("stream" is set by the gateway). */
@@ -21,6 +22,11 @@ export interface RequestOptions {
   signal?: AbortSignal;
   /** Extra request headers (gRPC metadata). */
   headers?: HeadersInit;
+  /** stream(): > 0 asks for a resumable stream, which the gateway keeps reading for this many seconds after the
+   * connection drops; the stream then resumes by itself, and abort() cancels it at the gateway too. */
+  detachGraceSeconds?: number;
+  /** stream(): resumes in a row without an event before a drop is the call's error (default 5). */
+  resumeAttempts?: number;
 }
 
 export interface GatewayClientOptions {
@@ -62,10 +68,24 @@ export class Messages {
   stream(body: MessageParams, options: RequestOptions = {}): MessageStream {
     const params = messageParams(body);
     const callOptions = this.#callOptions(options);
+    const detachGraceSeconds = options.detachGraceSeconds ?? 0;
+    const resumption: Resumption | undefined =
+      detachGraceSeconds > 0
+        ? {
+            resume: (streamId, afterSeq, { signal, onHeader, onTrailer }) =>
+              this.#rpc.resumeStream({ streamId, afterSeq: BigInt(afterSeq) }, { ...callOptions, signal, onHeader, onTrailer }),
+            cancel: (streamId) => this.#rpc.cancelStream({ streamId }, { headers: callOptions.headers, timeoutMs: 10_000 }),
+            attempts: options.resumeAttempts ?? RESUME_ATTEMPTS,
+          }
+        : undefined;
     return new MessageStream(
       ({ signal, onHeader, onTrailer }) =>
-        this.#rpc.streamMessage({ params, betas: options.betas ?? [] }, { ...callOptions, signal, onHeader, onTrailer }),
+        this.#rpc.streamMessage(
+          { params, betas: options.betas ?? [], detachGraceSeconds },
+          { ...callOptions, signal, onHeader, onTrailer },
+        ),
       options.signal,
+      resumption,
     );
   }
 

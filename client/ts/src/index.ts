@@ -7,7 +7,9 @@ export { DEFAULT_TIMEOUT_MS, GatewayClient, Messages, messageParams } from "./cl
 export type { GatewayClientOptions, MessageParams, RequestOptions } from "./client.js";
 export { fromApiJson, toApiJson } from "./codec.js";
 export { GatewayError, STATUS_NAMES } from "./errors.js";
-export { MessageStream, REQUEST_ID_HEADER } from "./stream.js";
+export { MessageStream, REQUEST_ID_HEADER, STREAM_ID_HEADER } from "./stream.js";
+export { RESUME_ATTEMPTS, Numbering, backoffMs, dropped } from "./resumption.js";
+export type { CallCallbacks, Resumption } from "./resumption.js";
 export type { MessageStreamEvents, StreamStarter } from "./stream.js";
 export { USAGE_TRAILER, usageOf } from "./usage.js";
 export type { CallUsage } from "./usage.js";

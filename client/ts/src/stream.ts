@@ -1,13 +1,16 @@
 // MessageStream: one StreamMessage call, read as the Anthropic TypeScript SDK's MessageStream reads SSE:
 // `on("text")`, `on("event")`, `finalMessage()`, `finalText()`, `for await (const event of stream)`,
 // `abort()`. Events and messages are the Messages API JSON (typed by the SDK's own type declarations).
+// A resumable stream (`detachGraceSeconds`) whose connection drops is resumed where it was (./resumption.ts),
+// so its events, text and final message are an uninterrupted stream's; `on("reconnect")` says when.
 
 import type { ContentBlock, Message, RawMessageStreamEvent, TextCitation } from "@anthropic-ai/sdk/resources/messages";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { Accumulator } from "./accumulator.js";
 import { toApiJson } from "./codec.js";
 import { GatewayError } from "./errors.js";
-import { MessageStreamEventSchema, type StreamMessageResponse } from "./gen/claude_gateway/v1/chat_pb.js";
+import { MessageStreamEventSchema, type ResumeStreamResponse, type StreamMessageResponse } from "./gen/claude_gateway/v1/chat_pb.js";
+import { Numbering, backoffMs, dropped, type CallCallbacks, type Resumption } from "./resumption.js";
 
 /** What a listener of each event receives. */
 export interface MessageStreamEvents {
@@ -31,6 +34,8 @@ export interface MessageStreamEvents {
   message: (message: Message) => void;
   /** The stream ended normally with this message. */
   finalMessage: (message: Message) => void;
+  /** The connection dropped and the stream is being resumed: attempt number `attempt` of a run without events. */
+  reconnect: (attempt: number, error: GatewayError) => void;
   /** The call failed (after abort() too). */
   error: (error: GatewayError) => void;
   /** abort() ended the call. */
@@ -42,13 +47,10 @@ export interface MessageStreamEvents {
 type Listener<E extends keyof MessageStreamEvents> = { fn: MessageStreamEvents[E]; once: boolean };
 
 /** The stream of a started call: what `Gateway.messages.stream()` gives a MessageStream to read. */
-export type StreamStarter = (callbacks: {
-  signal: AbortSignal;
-  onHeader: (headers: Headers) => void;
-  onTrailer: (trailers: Headers) => void;
-}) => AsyncIterable<StreamMessageResponse>;
+export type StreamStarter = (callbacks: CallCallbacks) => AsyncIterable<StreamMessageResponse>;
 
 export const REQUEST_ID_HEADER = "anthropic-request-id";
+export const STREAM_ID_HEADER = "claude-gateway-stream-id";
 
 export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
   /** Aborting it cancels the call, which closes the gateway's upstream request at once. */
@@ -59,14 +61,19 @@ export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
   headers: Headers | undefined;
   /** The call's trailers, once the call ended (usage and cost reports go here). */
   trailers: Headers | undefined;
+  /** How many times the stream was resumed after a dropped connection. */
+  resumes = 0;
 
   readonly #accumulator = new Accumulator();
   readonly #listeners: { [E in keyof MessageStreamEvents]?: Array<Listener<E>> } = {};
   readonly #done: Promise<void>;
+  readonly #resumption: Resumption | undefined;
+  readonly #numbering = new Numbering();
   #ended = false;
   #error: GatewayError | undefined;
 
-  constructor(start: StreamStarter, signal?: AbortSignal) {
+  constructor(start: StreamStarter, signal?: AbortSignal, resumption?: Resumption) {
+    this.#resumption = resumption;
     if (signal !== undefined) {
       if (signal.aborted) this.controller.abort(signal.reason);
       signal.addEventListener("abort", () => this.controller.abort(signal.reason), { once: true });
@@ -77,19 +84,42 @@ export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
   }
 
   async #run(start: StreamStarter): Promise<void> {
-    try {
-      const responses = start({
-        signal: this.controller.signal,
-        onHeader: (headers) => {
+    const callbacks: CallCallbacks = {
+      signal: this.controller.signal,
+      onHeader: (headers) => {
+        if (this.headers === undefined) {
           this.headers = headers;
           this.#emit("connect");
-        },
-        onTrailer: (trailers) => {
-          this.trailers = trailers;
-        },
-      });
-      for await (const response of responses) {
-        for (const event of response.events) this.#add(toApiJson(MessageStreamEventSchema, event) as unknown as RawMessageStreamEvent);
+        } else headers.forEach((value, key) => this.headers?.set(key, value)); // a resume's (the request id, now)
+      },
+      onTrailer: (trailers) => {
+        this.trailers = trailers;
+      },
+    };
+    try {
+      let responses: AsyncIterable<StreamMessageResponse | ResumeStreamResponse> = start(callbacks);
+      let failures = 0;
+      for (;;) {
+        try {
+          for await (const response of responses) {
+            for (const event of this.#numbering.fresh(response)) {
+              failures = 0;
+              this.#add(toApiJson(MessageStreamEventSchema, event) as unknown as RawMessageStreamEvent);
+            }
+          }
+          break;
+        } catch (reason) {
+          const resumption = this.#resumption;
+          const streamId = this.streamId;
+          if (resumption === undefined || streamId === undefined || this.controller.signal.aborted) throw reason;
+          if (failures >= resumption.attempts || !dropped(reason)) throw reason;
+          failures += 1;
+          this.resumes += 1;
+          this.#emit("reconnect", failures, GatewayError.from(reason));
+          await new Promise((resolve) => setTimeout(resolve, backoffMs(failures)));
+          if (this.controller.signal.aborted) throw reason;
+          responses = resumption.resume(streamId, this.#numbering.last, callbacks);
+        }
       }
       if (this.#accumulator.message === undefined) throw new Error("the stream ended before message_start");
     } catch (reason) {
@@ -161,8 +191,13 @@ export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
     return this;
   }
 
-  /** Cancel the call. finalMessage() and the iteration then reject with a CANCELLED GatewayError. */
+  /** Cancel the call (a resumable stream at the gateway too, with CancelStream). finalMessage() and the iteration
+   * then reject with a CANCELLED GatewayError. */
   abort(): void {
+    const streamId = this.streamId;
+    if (this.#resumption !== undefined && !this.#ended && streamId !== undefined && !this.controller.signal.aborted) {
+      this.#resumption.cancel(streamId).catch(() => {}); // unreachable or already over: its detach grace ends it
+    }
     this.controller.abort();
   }
 
@@ -181,9 +216,15 @@ export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
     return this.#accumulator.message;
   }
 
-  /** The upstream request id (response header anthropic-request-id), once the upstream answered. */
+  /** The upstream request id (response header anthropic-request-id; a resumable stream's comes with its trailers),
+   * once the upstream answered. */
   get requestId(): string | undefined {
-    return this.headers?.get(REQUEST_ID_HEADER) ?? undefined;
+    return this.headers?.get(REQUEST_ID_HEADER) ?? this.trailers?.get(REQUEST_ID_HEADER) ?? undefined;
+  }
+
+  /** The stream's id (response header claude-gateway-stream-id), for ResumeStream and CancelStream. */
+  get streamId(): string | undefined {
+    return this.headers?.get(STREAM_ID_HEADER) ?? undefined;
   }
 
   /** The JSON value of trailer `key` (e.g. usage or cost reports), or undefined when absent. */

@@ -3,6 +3,7 @@
 // (TLS and a caller token) and SIM_URL + SIM_KEY (the simulator itself, for the Anthropic SDK).
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import { test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
 import { Code } from '@connectrpc/connect';
@@ -136,4 +137,85 @@ test('the generated Connect client gives protobuf-es events that eventToJson tur
   const json = events.map(eventToJson);
   assert.equal(json.at(-1).type, 'message_stop');
   assert.equal(json.filter((e) => e.type === 'content_block_delta').map((e) => e.delta.text).join(''), 'Hello the simulator');
+});
+
+/** A TCP proxy to `target` whose cut() resets every open connection, as a network that goes away does. */
+async function proxy(target) {
+  const [host, port] = target.split(':');
+  const sockets = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(port), host);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {});
+      s.on('close', () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    target: `127.0.0.1:${server.address().port}`,
+    cuts: 0,
+    cut() {
+      this.cuts += 1;
+      for (const s of sockets) s.resetAndDestroy();
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(resolve);
+    }),
+  };
+}
+
+test('a resumable stream cut mid-way resumes by itself: the same text and final message, usage once', { skip }, async () => {
+  const paced = hello({ max_tokens: 256, messages: [{ role: 'user', content: 'Resume me [[sim:tokens 60]] [[sim:tps 50]]' }] });
+  const whole = client().messages.stream(paced);
+  const wantTexts = [];
+  whole.on('text', (text) => wantTexts.push(text));
+  const want = await whole.finalMessage();
+  const cutter = await proxy(env.GATEWAY_TARGET);
+  try {
+    const texts = [];
+    const reconnects = [];
+    const stream = new Gateway({ target: cutter.target }).messages.stream(paced, { detachGraceSeconds: 30 });
+    stream.on('reconnect', (attempt) => reconnects.push(attempt));
+    stream.on('text', (text) => {
+      texts.push(text);
+      if (texts.length === 10) cutter.cut();
+    });
+    const got = await stream.finalMessage();
+    assert.equal(cutter.cuts, 1);
+    assert.deepEqual(reconnects, [1]);
+    assert.equal(stream.resumes, 1);
+    assert.deepEqual(texts, wantTexts);
+    assert.deepEqual(comparable(got), comparable(want));
+    assert.match(stream.streamId, /^[A-Za-z0-9_-]{22}$/);
+    assert.match(stream.requestId, /^req_/);
+    assert.equal(JSON.parse(stream.trailers.get('claude-gateway-usage')).usage.output_tokens, 60);
+  } finally {
+    await cutter.close();
+  }
+});
+
+test('abort() of a resumable stream cancels it at the gateway: a resume of it then ends CANCELLED', { skip }, async () => {
+  const gateway = client();
+  const stream = gateway.messages.stream(
+    hello({ max_tokens: 500, messages: [{ role: 'user', content: 'Hi [[sim:tokens 400]] [[sim:tps 20]]' }] }),
+    { detachGraceSeconds: 30 },
+  );
+  await new Promise((resolve) => stream.once('text', resolve));
+  stream.abort();
+  await assert.rejects(stream.done(), (error) => error.code === Code.Canceled);
+  const resumed = [];
+  const error = await (async () => {
+    for await (const response of gateway.rpc.resumeStream({ streamId: stream.streamId, afterSeq: 0n }, { timeoutMs: 10_000 })) resumed.push(response);
+  })().catch((e) => GatewayError.from(e));
+  assert.equal(error.codeName, 'CANCELLED');
+  assert.equal(error.errorInfo.reason, 'STREAM_CANCELLED');
+  assert.ok(resumed.length > 0);
 });

@@ -7,6 +7,9 @@ import { GatewayClient, GatewayError, usageOf, type CallUsage, type MessageStrea
 import type { Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
 
+/** How long the gateway keeps reading a reply whose connection dropped, waiting for the page to resume it. */
+export const DETACH_GRACE_SECONDS = 60;
+
 /** What each failure status means for the person at the page, for every status the gateway can end a call with. */
 export const ADVICE: Readonly<Record<string, string>> = {
   CANCELLED: "The call was cancelled before the reply was complete.",
@@ -152,11 +155,11 @@ function main(): void {
     prompt.value = "";
     show("streaming", "Streaming…");
     const client = new GatewayClient({ transport: transport(kind.value), token: token.value.trim() || undefined });
-    const stream = client.messages.stream({
-      model: model.value.trim(),
-      max_tokens: limit,
-      messages: [...history, { role: "user", content: asked }],
-    });
+    // Resumable: a dropped connection (a network change, a proxy that recycles it) is resumed where it was.
+    const stream = client.messages.stream(
+      { model: model.value.trim(), max_tokens: limit, messages: [...history, { role: "user", content: asked }] },
+      { detachGraceSeconds: DETACH_GRACE_SECONDS },
+    );
     current = stream;
     const keep = (text: string): void => {
       if (text !== "") history.push({ role: "user", content: asked }, { role: "assistant", content: text });
@@ -169,7 +172,9 @@ function main(): void {
     };
     stream.on("text", (_delta, snapshot) => {
       reply.text.textContent = snapshot;
+      if (status.textContent !== "Streaming…") show("streaming", "Streaming…");
     });
+    stream.on("reconnect", (attempt) => show("streaming", `Reconnecting… (attempt ${attempt})`));
     stream.on("finalMessage", (message) => {
       reply.box.dataset["state"] = "done";
       keep(reply.text.textContent ?? "");

@@ -1,5 +1,6 @@
 """ChatService: the two message RPCs, each one call run by ``server.call.runner`` with its own way to
-deliver events, and CountTokens and ListModels, run by ``server.call.lookups``."""
+deliver events (StreamMessage, ResumeStream and CancelStream by ``server.call.resumable``), and CountTokens
+and ListModels, run by ``server.call.lookups``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from claude_gateway.v1 import chat_pb2_grpc
 from google.protobuf.message import DecodeError, Message
 
 from server.call.admission import Body, Request, Undecodable
-from server.call.delivery import MessageAccumulator, streamed
+from server.call.delivery import MessageAccumulator
 from server.call.lookups import Lookups
+from server.call.resumable import StreamCalls
 from server.call.runner import Calls
 
 
@@ -25,8 +27,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     the caller is, the policy, drain, the concurrency limit, room in the body budget) and a refused
     call never costs its body. The one request message is then read as bytes and parsed here."""
 
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls, streams: StreamCalls) -> None:
         self._calls = calls
+        self._streams = streams
         self._lookups = Lookups(calls)
 
     # A coroutine that writes with context.write, not an async generator: only a coroutine can be
@@ -34,8 +37,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamMessage(  # type: ignore[override]
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> None:
-        deliver = streamed(context.write, self._calls.settings.max_message_bytes)
-        await self._calls.run("StreamMessage", context, reading(context, pb.StreamMessageRequest), deliver)
+        await self._streams.stream_message(context, reading(context, pb.StreamMessageRequest), context.write)
+
+    async def ResumeStream(  # type: ignore[override]
+        self, request: pb.ResumeStreamRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._streams.resume(context, request, context.write)
+
+    async def CancelStream(
+        self, request: pb.CancelStreamRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelStreamResponse:
+        # On a failure the status is set on the context; grpc sends no message with it.
+        return await self._streams.cancel(context, request) or pb.CancelStreamResponse()
 
     async def CreateMessage(  # type: ignore[override]
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -81,8 +94,14 @@ def reading(context: grpc.aio.ServicerContext, kind: type[Request]) -> Body:
     return read
 
 
+def serialized(message: Message | bytes) -> bytes:
+    """A response's bytes: a message serialized, or bytes a resumable stream's store kept serialized already."""
+    return message if type(message) is bytes else message.SerializeToString()  # type: ignore[union-attr]
+
+
 def lenient(message_type: type[Message]) -> Callable[[bytes], Any]:
-    """A request deserializer (CountTokens, ListModels) that hands bad bytes to the handler as ``Undecodable``."""
+    """A request deserializer (CountTokens, ListModels, ResumeStream, CancelStream) that hands bad bytes to the
+    handler as ``Undecodable``."""
 
     def deserialize(data: bytes) -> Any:
         try:

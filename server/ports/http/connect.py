@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import contextvars
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -37,8 +37,9 @@ from protobuf.wkt import Any as AnyDetail
 
 from server.call.admission import Pending, Undecodable
 from server.call.context import CallContext
-from server.call.delivery import MessageAccumulator, Sink, streamed
+from server.call.delivery import MessageAccumulator, Sink
 from server.call.lookups import Lookups
+from server.call.resumable import StreamCalls, Writer
 from server.call.runner import Calls
 from server.errors import GatewayError
 from server.limits.bodies import WAIT_SECONDS, Reservation
@@ -89,9 +90,12 @@ def connect_error(code: grpc.StatusCode, message: str, status_details: bytes | N
 class HttpCallContext:
     """What ``Calls.run`` needs of a grpc.aio ServicerContext, for a call over Connect or gRPC-Web."""
 
-    def __init__(self, ctx: RequestContext[Any, Any], deadline: float | None) -> None:
+    def __init__(
+        self, ctx: RequestContext[Any, Any], deadline: float | None, on_headers: Callable[[], None] | None = None
+    ) -> None:
         self._ctx = ctx
         self._deadline = deadline
+        self._on_headers = on_headers
         self._code: grpc.StatusCode | None = None
         self._details = ""
         self._status_details: bytes | None = None
@@ -107,9 +111,12 @@ class HttpCallContext:
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     async def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
-        """Response headers, sent with the first message (or with the error)."""
+        """Response headers, sent with the first message (or with the error); ``on_headers`` hears them, to send
+        them at once."""
         for key, value in metadata:
             self._ctx.response_headers[key] = value
+        if self._on_headers is not None:
+            self._on_headers()
 
     def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
         """Response trailers: gRPC-Web's trailer frame, Connect's end-of-stream metadata; the rich status
@@ -251,6 +258,8 @@ def _method(name: str, request: type[Message], response: type[Message], kind: St
 
 STREAM_MESSAGE = _method("StreamMessage", pb.StreamMessageRequest, pb.StreamMessageResponse, StreamType.SERVER_STREAM)
 CREATE_MESSAGE = _method("CreateMessage", pb.CreateMessageRequest, pb.CreateMessageResponse, StreamType.UNARY)
+RESUME_STREAM = _method("ResumeStream", pb.ResumeStreamRequest, pb.ResumeStreamResponse, StreamType.SERVER_STREAM)
+CANCEL_STREAM = _method("CancelStream", pb.CancelStreamRequest, pb.CancelStreamResponse, StreamType.UNARY)
 COUNT_TOKENS = _method("CountTokens", pb.CountTokensRequest, pb.CountTokensResponse, StreamType.UNARY)
 LIST_MODELS = _method("ListModels", pb.ListModelsRequest, pb.ListModelsResponse, StreamType.UNARY)
 
@@ -259,8 +268,9 @@ class ChatHandlers:
     """The RPCs for connectrpc: the two message RPCs, each a call of ``Calls.run`` in a task of its own,
     and CountTokens and ListModels (``Lookups``)."""
 
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls, streams: StreamCalls) -> None:
         self._calls = calls
+        self._streams = streams
         self._lookups = Lookups(calls)
 
     def _start(
@@ -275,23 +285,31 @@ class ChatHandlers:
         run = self._calls.run(method, checked, request, deliver, _reserved.get())
         return asyncio.ensure_future(run), context
 
-    async def stream_message(
-        self, request: Pending, ctx: RequestContext[Any, Any]
-    ) -> AsyncIterator[pb.StreamMessageResponse]:
-        """StreamMessage: each batch is one message (or more, to fit), sent before the call reads on."""
-        queue: asyncio.Queue[pb.StreamMessageResponse | None] = asyncio.Queue()
+    async def _stream(
+        self,
+        run: Callable[[CallContext, Writer], Awaitable[Any]],
+        ctx: RequestContext[Any, Any],
+        response_type: type[M],
+        *,
+        headers_at_once: bool,
+    ) -> AsyncIterator[M]:
+        """The responses ``run`` writes, each sent before it goes on; bytes (a resumable stream's kept responses)
+        are parsed as ``response_type``. ``headers_at_once``: an event-less first message carries the headers
+        as soon as they are set (the stream id of a resumable stream, before the upstream answers)."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
 
-        async def send(response: pb.StreamMessageResponse) -> None:
+        async def send(response: Any) -> None:
             queue.put_nowait(response)
             await queue.join()  # until the message is sent: the browser's pace is the call's
 
-        write = streamed(send, self._calls.settings.max_message_bytes)  # as on gRPC: split to fit
-
-        call, context = self._start("StreamMessage", request, ctx, write)
+        on_headers = (lambda: queue.put_nowait(response_type())) if headers_at_once else None
+        context = HttpCallContext(ctx, _deadline.get(), on_headers)
+        checked: CallContext = context  # mypy holds the class to the Protocol the call is written against
+        call = asyncio.ensure_future(run(checked, send))
         call.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (response := await queue.get()) is not None:
-                yield response
+                yield response_type.FromString(response) if type(response) is bytes else response
                 queue.task_done()
             await call
         finally:
@@ -299,6 +317,34 @@ class ChatHandlers:
         error = context.error()
         if error is not None:
             raise error
+
+    def stream_message(
+        self, request: Pending, ctx: RequestContext[Any, Any]
+    ) -> AsyncIterator[pb.StreamMessageResponse]:
+        """StreamMessage: each batch is one message (or more, to fit), sent before the call reads on; a resumable
+        stream starts with an event-less message that carries its id."""
+        reserved = _reserved.get()
+        return self._stream(
+            lambda context, send: self._streams.stream_message(context, request, send, reserved),
+            ctx,
+            pb.StreamMessageResponse,
+            headers_at_once=request.resumable,
+        )
+
+    def resume_stream(self, request: Pending, ctx: RequestContext[Any, Any]) -> AsyncIterator[pb.ResumeStreamResponse]:
+        """ResumeStream: the replay, then the live events, as StreamMessage sends them."""
+
+        async def resume(context: CallContext, send: Writer) -> None:
+            message, _ = await request()
+            await self._streams.resume(context, message, send)
+
+        return self._stream(resume, ctx, pb.ResumeStreamResponse, headers_at_once=True)
+
+    async def cancel_stream(self, request: Pending, ctx: RequestContext[Any, Any]) -> pb.CancelStreamResponse:
+        """CancelStream."""
+        context = HttpCallContext(ctx, _deadline.get())
+        message, _ = await request()
+        return _answered(await self._streams.cancel(context, message), context)
 
     async def create_message(self, request: Pending, ctx: RequestContext[Any, Any]) -> pb.CreateMessageResponse:
         """CreateMessage: the events summed into one message."""
@@ -331,6 +377,8 @@ class ChatHandlers:
         return {
             f"/{SERVICE}/StreamMessage": Endpoint.server_stream(method=STREAM_MESSAGE, function=self.stream_message),
             f"/{SERVICE}/CreateMessage": Endpoint.unary(method=CREATE_MESSAGE, function=self.create_message),
+            f"/{SERVICE}/ResumeStream": Endpoint.server_stream(method=RESUME_STREAM, function=self.resume_stream),
+            f"/{SERVICE}/CancelStream": Endpoint.unary(method=CANCEL_STREAM, function=self.cancel_stream),
             f"/{SERVICE}/CountTokens": Endpoint.unary(method=COUNT_TOKENS, function=self.count_tokens),
             f"/{SERVICE}/ListModels": Endpoint.unary(method=LIST_MODELS, function=self.list_models),
         }
@@ -347,10 +395,10 @@ async def _stop(call: asyncio.Task[bool]) -> None:
 class ChatApplication(ConnectASGIApplication[ChatHandlers]):
     """ChatService as an ASGI application: Connect (JSON and binary) and gRPC-Web."""
 
-    def __init__(self, calls: Calls, max_message_bytes: int) -> None:
+    def __init__(self, calls: Calls, streams: StreamCalls, max_message_bytes: int) -> None:
         codecs: Sequence[Codec[Any, Any]] = (ProtoCodec(), JsonCodec())
         super().__init__(
-            service=ChatHandlers(calls),
+            service=ChatHandlers(calls, streams),
             endpoints=ChatHandlers.endpoints,
             interceptors=(Admittance(calls),),
             read_max_bytes=max_message_bytes,

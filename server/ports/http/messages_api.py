@@ -18,8 +18,12 @@ the SDK's stream helper accumulates, as CreateMessage returns it.
 
 Headers: the caller token is ``x-api-key`` or ``authorization: Bearer``; ``anthropic-beta`` and
 ``anthropic-version`` go upstream (as a gRPC request's ``betas`` and ``anthropic_version``); the SDKs'
-``x-stainless-timeout`` (their timeout, in seconds) is the call's deadline. The gateway's refusals and
-failures are the API's error JSON with the HTTP status the SDKs map to their error classes
+``x-stainless-timeout`` (their timeout, in seconds) is the call's deadline. ``claude-gateway-detach-grace:
+SECONDS`` asks for a resumable stream (``server.call.resumable``): its response names it
+(``claude-gateway-stream-id``) at once, and each event carries an SSE ``id: STREAM:N``, so that a request
+sent again with ``Last-Event-ID`` (what SSE clients send when they reconnect) resumes it after event N,
+wherever the events are kept; its events are then the codec's JSON of each event, not the upstream's bytes.
+The gateway's refusals and failures are the API's error JSON with the HTTP status the SDKs map to their error classes
 (``api_error``, one table), a ``request-id`` header, and ``retry-after`` where waiting helps; after a
 stream has begun, an ``event: error`` frame in that JSON ends it, as the API ends one.
 """
@@ -39,7 +43,7 @@ from urllib.parse import parse_qs
 import grpc
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
-from claude_gateway.wire import REQUEST_ID_KEY, STATUS_DETAILS_KEY, USAGE_KEY
+from claude_gateway.wire import REQUEST_ID_KEY, STATUS_DETAILS_KEY, STREAM_ID_KEY, USAGE_KEY
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
@@ -47,10 +51,12 @@ from server.call.admission import Pending, Undecodable
 from server.call.delivery import MessageAccumulator
 from server.call.events import Event
 from server.call.lookups import Lookups
+from server.call.resumable import StreamCalls
 from server.call.runner import Calls
 from server.errors import GatewayError
 from server.limits.bodies import WAIT_SECONDS, Reservation
 from server.reasons import Reason
+from server.streams.ids import new_id
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -94,6 +100,14 @@ GATEWAY_ERRORS: Mapping[str, tuple[int, str]] = {
     Reason.REPLY_TOO_LARGE.name: (500, "api_error"),
     Reason.UPSTREAM_REDIRECTED.name: (502, "api_error"),
     Reason.UPSTREAM_COMPRESSED.name: (502, "api_error"),
+    Reason.STREAM_NOT_FOUND.name: (404, "not_found_error"),  # Last-Event-ID of a stream never seen
+    Reason.STREAM_EXPIRED.name: (404, "not_found_error"),
+    Reason.STREAM_OF_ANOTHER_CALLER.name: (403, "permission_error"),
+    Reason.STREAM_CANCELLED.name: (400, "invalid_request_error"),  # the caller's own doing: not an API failure
+    Reason.STREAM_ABANDONED.name: (400, "invalid_request_error"),
+    Reason.STREAM_NOT_RESUMABLE.name: (400, "invalid_request_error"),
+    Reason.STREAM_PRODUCER_LOST.name: (502, "api_error"),  # the SDK's retry starts the request over
+    Reason.STREAM_STORE_UNAVAILABLE.name: (500, "api_error"),
     Reason.GATEWAY_ERROR.name: (500, "api_error"),
 }
 # Failures no retry can mend, though their status is one the SDKs retry: sent with x-should-retry: false.
@@ -126,6 +140,9 @@ API_STATUSES: Mapping[str, int] = {
 _TYPES_BY_STATUS = {status: kind for kind, status in API_STATUSES.items()}
 
 _TIMEOUT = re.compile(r"[0-9]{1,7}(\.[0-9]{1,9})?")
+DETACH_GRACE = "claude-gateway-detach-grace"  # request header: a resumable stream, with this detach grace
+LAST_EVENT_ID = "last-event-id"  # request header: resume the stream after this event (``STREAM:N``)
+_EVENT_ID = re.compile(r"([A-Za-z0-9_-]{1,64}):([0-9]{1,19})")
 _INDEX = re.compile(r"\[([0-9]+)\]")
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -156,6 +173,8 @@ class ApiCallContext:
         self._client = client
         self._deadline = deadline
         self.request_id: str | None = None  # the upstream's, once it answered
+        self.stream_id: str | None = None  # a resumable stream's, as soon as it is known
+        self.on_stream: Callable[[], Awaitable[None]] | None = None  # hears the stream id: the response begins
         self.trailer: tuple[tuple[str, str | bytes], ...] = ()  # the usage report, a failure's details
         self._code: grpc.StatusCode | None = None
         self._details = ""
@@ -171,10 +190,20 @@ class ApiCallContext:
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
     async def send_initial_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
-        """Keeps the upstream request id for the response's ``request-id`` header."""
+        """Keeps the upstream request id for the response's ``request-id`` header, and a resumable stream's id
+        (whose response then begins at once)."""
         for key, value in metadata:
             if key == REQUEST_ID_KEY:
                 self.request_id = value
+            elif key == STREAM_ID_KEY:
+                self.stream_id = value
+        if self.stream_id is not None and self.on_stream is not None:
+            on_stream, self.on_stream = self.on_stream, None
+            await on_stream()
+
+    def header(self, name: str) -> str | None:
+        """The request header ``name`` (lower case), None without one."""
+        return next((value for key, value in self._metadata if key == name), None)
 
     def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
         """Keeps the usage report (a header of a non-streaming reply) and a failure's rich details."""
@@ -297,6 +326,16 @@ def _lines(data: str) -> str:
     return data.replace("\n", "\ndata: ")
 
 
+def sse_numbered(stream_id: str, response: pb.StreamMessageResponse) -> bytes:
+    """The events of one response of a resumable stream, each framed with its id (``STREAM:N``) for
+    ``Last-Event-ID``."""
+    frames = []
+    for i, event in enumerate(response.events):
+        obj = codec.to_json(event)
+        frames.append(f"id: {stream_id}:{response.sequence + i}\nevent: {obj['type']}\ndata: {_JSON.encode(obj)}\n\n")
+    return "".join(frames).encode()
+
+
 def api_error(status: grpc.Status, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any]]:
     """The API's answer for a failed call: HTTP status, headers (``retry-after`` and ``retry-after-ms``
     when the status says when to retry, ``x-should-retry: false`` when nothing will mend it) and the
@@ -388,8 +427,9 @@ def paged(data: list[dict[str, Any]], query: Mapping[str, list[str]]) -> dict[st
 class MessagesApi:
     """The ASGI application of the ``/v1/`` paths."""
 
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls, streams: StreamCalls) -> None:
         self._calls = calls
+        self._streams = streams
         self._lookups = Lookups(calls)
         self._limit = calls.settings.max_message_bytes
 
@@ -466,6 +506,11 @@ class MessagesApi:
     ) -> None:
         started = False
         accumulator: MessageAccumulator | None = None
+        last_event = context.header(LAST_EVENT_ID)
+        grace = context.header(DETACH_GRACE)
+        if stream and (last_event is not None or grace is not None):
+            await self._resumable(receive, send, context, request, last_event, grace, reservation)
+            return
         if stream:
 
             async def deliver(batch: list[Event]) -> None:
@@ -473,6 +518,8 @@ class MessagesApi:
                 if not started:
                     started = True
                     headers = [*_SSE_HEADERS, (b"request-id", (context.request_id or new_request_id()).encode())]
+                    if context.stream_id is not None:
+                        headers.append((STREAM_ID_KEY.encode(), context.stream_id.encode()))
                     await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await send({"type": "http.response.body", "body": sse(batch), "more_body": True})
 
@@ -480,7 +527,10 @@ class MessagesApi:
             accumulator = MessageAccumulator(self._calls.settings.max_message_bytes, request.betas)
             deliver = accumulator.add
         method = "StreamMessage" if stream else "CreateMessage"
-        call = asyncio.ensure_future(self._calls.run(method, context, request, deliver, reservation))
+        stream_id = new_id() if stream else None
+        call = asyncio.ensure_future(
+            self._calls.run(method, context, request, deliver, reservation, stream_id=stream_id)
+        )
         refused = await _until_done(call, receive) or context.refusal()
         if call.cancelled():
             return  # the client left: nothing to answer
@@ -499,6 +549,70 @@ class MessagesApi:
         headers = [_JSON_TYPE, (b"request-id", (context.request_id or new_request_id()).encode())]
         headers += [(k.encode(), v.encode() if isinstance(v, str) else v) for k, v in context.trailer if k == USAGE_KEY]
         await _answer(send, 200, headers, codec.to_json(accumulator.response().message))
+
+    async def _resumable(
+        self,
+        receive: Receive,
+        send: Send,
+        context: ApiCallContext,
+        request: Pending,
+        last_event: str | None,
+        grace: str | None,
+        reservation: Reservation,
+    ) -> None:
+        """A resumable stream (``claude-gateway-detach-grace``), or one resumed (``Last-Event-ID``): its
+        response begins as soon as the stream is named, and each event carries its id."""
+        started = False
+
+        async def begin() -> None:
+            nonlocal started
+            started = True
+            assert context.stream_id is not None
+            headers = [
+                *_SSE_HEADERS,
+                (b"request-id", (context.request_id or new_request_id()).encode()),
+                (STREAM_ID_KEY.encode(), context.stream_id.encode()),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+        async def write(response: Any) -> None:
+            message = pb.StreamMessageResponse.FromString(response) if type(response) is bytes else response
+            assert context.stream_id is not None
+            await send(
+                {"type": "http.response.body", "body": sse_numbered(context.stream_id, message), "more_body": True}
+            )
+
+        context.on_stream = begin
+        work: Awaitable[Any]
+        if last_event is not None:
+            found = _EVENT_ID.fullmatch(last_event.strip())
+            if found is None:
+                message = f"Last-Event-ID: {last_event!r} is not an event id this gateway gave (STREAM:N)"
+                await _answer(send, 400, [_JSON_TYPE], _error_json("invalid_request_error", message))
+                return
+            resume = pb.ResumeStreamRequest(stream_id=found[1], after_seq=int(found[2]))
+            work = self._streams.resume(context, resume, write)
+        else:
+            seconds = grace.strip() if grace is not None else ""
+            if not seconds.isdigit() or not 0 < int(seconds) < 2**32:
+                message = f"{DETACH_GRACE}: must be a whole number of seconds, at least 1"
+                await _answer(send, 400, [_JSON_TYPE], _error_json("invalid_request_error", message))
+                return
+            request.detach_grace(int(seconds))
+            work = self._streams.stream_message(context, request, write, reservation)
+        call = asyncio.ensure_future(work)
+        refused = await _until_done(call, receive) or context.refusal()
+        if call.cancelled():
+            return  # the client left: a resumable stream goes on without it, for its detach grace
+        if refused is not None:
+            http, headers, body = api_error(refused.status, context.request_id or new_request_id())
+            if started:  # the stream has begun: its last frame is the error, as the API's would be
+                frame = f"event: error\ndata: {_JSON.encode(body)}\n\n".encode()
+                await send({"type": "http.response.body", "body": frame, "more_body": False})
+            else:
+                await _answer(send, http, headers, body)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _count(self, send: Send, context: ApiCallContext, request: pb.CountTokensRequest | Undecodable) -> None:
         response = await self._lookups.count_tokens(context, request)

@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from claude_gateway.wire import SERVICE
 
+from server.call.resumable import StreamCalls
 from server.call.runner import Calls
 from server.config import Settings
 from server.ports.http.connect import ChatApplication
@@ -46,12 +47,14 @@ PAGE_FILES = {
 CORS_REQUEST_HEADERS = (
     b"content-type, connect-protocol-version, connect-timeout-ms, connect-content-encoding, "
     b"connect-accept-encoding, grpc-timeout, x-grpc-web, x-user-agent, authorization, "
-    b"x-api-key, anthropic-version, anthropic-beta"  # the Messages API's (server.ports.http.messages_api)
+    b"x-api-key, anthropic-version, anthropic-beta, "  # the Messages API's (server.ports.http.messages_api)
+    b"claude-gateway-detach-grace, last-event-id"  # a resumable stream on it
 )
 CORS_RESPONSE_HEADERS = (
     b"grpc-status, grpc-message, grpc-status-details-bin, anthropic-request-id, "
     b"claude-gateway-usage, trailer-claude-gateway-usage, "  # the usage report: a trailer, or Connect unary's header
-    b"request-id, retry-after, retry-after-ms"  # the Messages API's
+    b"request-id, retry-after, retry-after-ms, "  # the Messages API's
+    b"claude-gateway-stream-id"  # a stream's id, for ResumeStream and CancelStream
 )
 
 
@@ -80,9 +83,9 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 class WebApplication:
     """Routes a request to ChatService, the chat page or a plain HTTP error; adds CORS headers."""
 
-    def __init__(self, calls: Calls, settings: Settings) -> None:
-        self._chat = ChatApplication(calls, settings.max_message_bytes)
-        self._messages = MessagesApi(calls)
+    def __init__(self, calls: Calls, streams: StreamCalls, settings: Settings) -> None:
+        self._chat = ChatApplication(calls, streams, settings.max_message_bytes)
+        self._messages = MessagesApi(calls, streams)
         self._cors = Cors.parse(settings.cors_origins)
         self._page = settings.chat_page
 

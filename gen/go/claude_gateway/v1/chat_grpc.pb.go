@@ -33,6 +33,17 @@ type ChatServiceClient interface {
 	// model id it stands for), then the model ids it is allowed, with the upstream's own information
 	// on each (GET /v1/models) when the upstream answers. Counts against no quota.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
+	// Picks up a resumable stream (one started with `detach_grace_seconds`) after a dropped
+	// connection: every event after `after_seq`, then the live events to the stream's end, ending
+	// with the stream's own trailers and status, exactly as StreamMessage would have. Only the caller
+	// that started the stream may resume it. A stream past its retention, or whose events after
+	// `after_seq` are no longer all kept, ends at once with OUT_OF_RANGE (STREAM_EXPIRED); an id the
+	// gateway never saw with NOT_FOUND (STREAM_NOT_FOUND). A replay is never partial.
+	ResumeStream(ctx context.Context, in *ResumeStreamRequest, opts ...grpc.CallOption) (ChatService_ResumeStreamClient, error)
+	// Ends a resumable stream at once: the gateway cancels its upstream request, and whoever follows
+	// the stream gets CANCELLED (STREAM_CANCELLED). Only the caller that started the stream may cancel
+	// it; a stream that already ended is left as it ended.
+	CancelStream(ctx context.Context, in *CancelStreamRequest, opts ...grpc.CallOption) (*CancelStreamResponse, error)
 }
 
 type chatServiceClient struct {
@@ -102,6 +113,47 @@ func (c *chatServiceClient) ListModels(ctx context.Context, in *ListModelsReques
 	return out, nil
 }
 
+func (c *chatServiceClient) ResumeStream(ctx context.Context, in *ResumeStreamRequest, opts ...grpc.CallOption) (ChatService_ResumeStreamClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_ChatService_serviceDesc.Streams[1], "/claude_gateway.v1.ChatService/ResumeStream", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &chatServiceResumeStreamClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type ChatService_ResumeStreamClient interface {
+	Recv() (*ResumeStreamResponse, error)
+	grpc.ClientStream
+}
+
+type chatServiceResumeStreamClient struct {
+	grpc.ClientStream
+}
+
+func (x *chatServiceResumeStreamClient) Recv() (*ResumeStreamResponse, error) {
+	m := new(ResumeStreamResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *chatServiceClient) CancelStream(ctx context.Context, in *CancelStreamRequest, opts ...grpc.CallOption) (*CancelStreamResponse, error) {
+	out := new(CancelStreamResponse)
+	err := c.cc.Invoke(ctx, "/claude_gateway.v1.ChatService/CancelStream", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ChatServiceServer is the server API for ChatService service.
 // All implementations must embed UnimplementedChatServiceServer
 // for forward compatibility
@@ -122,6 +174,17 @@ type ChatServiceServer interface {
 	// model id it stands for), then the model ids it is allowed, with the upstream's own information
 	// on each (GET /v1/models) when the upstream answers. Counts against no quota.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
+	// Picks up a resumable stream (one started with `detach_grace_seconds`) after a dropped
+	// connection: every event after `after_seq`, then the live events to the stream's end, ending
+	// with the stream's own trailers and status, exactly as StreamMessage would have. Only the caller
+	// that started the stream may resume it. A stream past its retention, or whose events after
+	// `after_seq` are no longer all kept, ends at once with OUT_OF_RANGE (STREAM_EXPIRED); an id the
+	// gateway never saw with NOT_FOUND (STREAM_NOT_FOUND). A replay is never partial.
+	ResumeStream(*ResumeStreamRequest, ChatService_ResumeStreamServer) error
+	// Ends a resumable stream at once: the gateway cancels its upstream request, and whoever follows
+	// the stream gets CANCELLED (STREAM_CANCELLED). Only the caller that started the stream may cancel
+	// it; a stream that already ended is left as it ended.
+	CancelStream(context.Context, *CancelStreamRequest) (*CancelStreamResponse, error)
 	mustEmbedUnimplementedChatServiceServer()
 }
 
@@ -140,6 +203,12 @@ func (UnimplementedChatServiceServer) CountTokens(context.Context, *CountTokensR
 }
 func (UnimplementedChatServiceServer) ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListModels not implemented")
+}
+func (UnimplementedChatServiceServer) ResumeStream(*ResumeStreamRequest, ChatService_ResumeStreamServer) error {
+	return status.Errorf(codes.Unimplemented, "method ResumeStream not implemented")
+}
+func (UnimplementedChatServiceServer) CancelStream(context.Context, *CancelStreamRequest) (*CancelStreamResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CancelStream not implemented")
 }
 func (UnimplementedChatServiceServer) mustEmbedUnimplementedChatServiceServer() {}
 
@@ -229,6 +298,45 @@ func _ChatService_ListModels_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ChatService_ResumeStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ResumeStreamRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ChatServiceServer).ResumeStream(m, &chatServiceResumeStreamServer{stream})
+}
+
+type ChatService_ResumeStreamServer interface {
+	Send(*ResumeStreamResponse) error
+	grpc.ServerStream
+}
+
+type chatServiceResumeStreamServer struct {
+	grpc.ServerStream
+}
+
+func (x *chatServiceResumeStreamServer) Send(m *ResumeStreamResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _ChatService_CancelStream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelStreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ChatServiceServer).CancelStream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/claude_gateway.v1.ChatService/CancelStream",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ChatServiceServer).CancelStream(ctx, req.(*CancelStreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _ChatService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "claude_gateway.v1.ChatService",
 	HandlerType: (*ChatServiceServer)(nil),
@@ -245,11 +353,20 @@ var _ChatService_serviceDesc = grpc.ServiceDesc{
 			MethodName: "ListModels",
 			Handler:    _ChatService_ListModels_Handler,
 		},
+		{
+			MethodName: "CancelStream",
+			Handler:    _ChatService_CancelStream_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "StreamMessage",
 			Handler:       _ChatService_StreamMessage_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ResumeStream",
+			Handler:       _ChatService_ResumeStream_Handler,
 			ServerStreams: true,
 		},
 	},
