@@ -189,8 +189,8 @@ def call_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
 
 
 def alike(line: dict[str, Any]) -> dict[str, Any]:
-    """A call's log line without what differs between two runs of the same call (times, request ids)."""
-    return {k: v for k, v in line.items() if k not in ("duration_ms", "ttft_ms", "request_id")}
+    """A call's log line without what differs between two runs of the same call (times, request and stream ids)."""
+    return {k: v for k, v in line.items() if k not in ("duration_ms", "ttft_ms", "request_id", "stream_id")}
 
 
 POLICY = """

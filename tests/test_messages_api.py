@@ -590,3 +590,33 @@ def test_the_readme_curl_of_v1_messages_streams_the_apis_events() -> None:
             assert len(h.sim.requests) == 1
 
     run(go)
+
+
+def test_the_pools_refusals_are_the_errors_the_sdk_knows(tmp_path: Path) -> None:
+    """A model no backend serves is the SDK's NotFoundError (404 not_found_error, as the API's for a model it
+    does not know); a model whose every key is dead is 529 overloaded_error that the SDK does not retry
+    (x-should-retry: false), and neither goes upstream."""
+    from simulator import SpendLimit
+    from tests.pools import pools
+
+    async def go() -> None:
+        async with pools(tmp_path, ("anthropic",), options={"anthropic": {"models": {MODEL: MODEL}}}) as p:
+            sim = p.sims["anthropic"]
+            client = anthropic.AsyncAnthropic(base_url=p.http_url, api_key="tok-any", max_retries=2)
+            try:
+                unknown = await raised(client.messages.create(**body(model="claude-haiku-4-5")))
+                assert error_of(unknown) == ("NotFoundError", 404, "not_found_error")
+                assert "claude-haiku-4-5" in unknown.message
+                assert sim.requests == []
+                sim.enqueue(SpendLimit())
+                await raised(client.messages.create(**body()))  # the spend limit: the only key is dead
+                sent = len(sim.requests)
+                dead = await raised(client.messages.create(**body()))
+                assert error_of(dead) == ("OverloadedError", 529, "overloaded_error")
+                assert dead.response.headers["x-should-retry"] == "false"
+                assert "retry-after" not in dead.response.headers
+                assert len(sim.requests) == sent  # not sent, and not retried by the SDK
+            finally:
+                await client.close()
+
+    run(go)

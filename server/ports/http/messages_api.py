@@ -89,6 +89,8 @@ GATEWAY_ERRORS: Mapping[str, tuple[int, str]] = {
     Reason.QUOTA_EXCEEDED.name: (429, "rate_limit_error"),
     Reason.QUOTA_STORE_UNAVAILABLE.name: (500, "api_error"),
     Reason.GATEWAY_NOT_CONFIGURED.name: (500, "api_error"),
+    Reason.MODEL_NOT_SERVED.name: (404, "not_found_error"),  # as the API answers a model it does not know
+    Reason.NO_BACKEND_AVAILABLE.name: (529, "overloaded_error"),  # retry-after when a key cools down
     Reason.UPSTREAM_UNREACHABLE.name: (502, "api_error"),
     Reason.UPSTREAM_MALFORMED_HTTP.name: (502, "api_error"),
     Reason.UPSTREAM_TIMEOUT.name: (504, "timeout_error"),
@@ -121,6 +123,9 @@ NOT_RETRIED = frozenset(
         Reason.UPSTREAM_COMPRESSED,
     )
 )
+# Failures worth a retry only when the gateway says when (RetryInfo): without it, x-should-retry: false
+# (a request over a quota by itself; every key of the model dead rather than cooling down).
+_RETRIED_ONLY_WHEN_SAID = frozenset((Reason.QUOTA_EXCEEDED.name, Reason.NO_BACKEND_AVAILABLE.name))
 # The API's error types and their HTTP statuses: an upstream error that came without a status (an
 # `error` event before the first event was relayed) gets its type's; a status without a known type
 # gets the type of its status.
@@ -366,8 +371,8 @@ def api_error(status: grpc.Status, request_id: str) -> tuple[int, list[tuple[byt
         seconds = retry.retry_delay.ToNanoseconds() / 1e9
         headers.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
         headers.append((b"retry-after-ms", str(max(1, math.ceil(seconds * 1e3))).encode()))
-    elif reason in NOT_RETRIED or reason == Reason.QUOTA_EXCEEDED.name:
-        headers.append((b"x-should-retry", b"false"))  # a quota refusal without RetryInfo: the request alone is over
+    elif reason in NOT_RETRIED or reason in _RETRIED_ONLY_WHEN_SAID:
+        headers.append((b"x-should-retry", b"false"))  # e.g. a quota refusal without RetryInfo: the request alone is over
     body = {
         "type": "error",
         "error": {"type": kind, "message": message},
