@@ -41,6 +41,20 @@ def sdk_streams() -> list[Any]:
     return [pytest.param(None, None, id="sdk-streams", marks=pytest.mark.skip(reason=reason))]
 
 
+def shared_streams() -> list[tuple[Path, bool]]:
+    """Every body of the shared corpus (``../shared/fixtures/anthropic-sse``) with whether it is a beta one,
+    as the SDK corpus's index says of the same bytes; required in CI, a skip that says why elsewhere."""
+    paths = _shared(SHARED)
+    if not paths:
+        if os.environ.get("CI"):
+            raise FileNotFoundError(f"CI needs the shared corpus at {SHARED}")
+        pytest.skip(f"the shared corpus is not beside this clone ({SHARED})")
+    index = SHARED_SDK / "index.json"
+    entries = json.loads(index.read_text())["fixtures"] if index.is_file() else []
+    beta = {str(e["in_shared_corpus"]).split(" ")[0] for e in entries if e["api"] == "beta" and e["in_shared_corpus"]}
+    return [(p, p.name in beta) for p in paths]
+
+
 def streams(*, complete: bool) -> list[Any]:
     """pytest params of every recorded stream that ends in message_stop (``complete``) or does not."""
     params: list[Any] = [pytest.param(p, id=p.stem) for p in sorted(OWN.glob("*.sse")) if is_complete(p) == complete]

@@ -43,6 +43,9 @@ REFUSALS = {
     "QUOTA_EXCEEDED": ("RESOURCE_EXHAUSTED", "resource_exhausted", 429),
 }
 
+# Refusals /v1/messages decides on the headers alone, never reading the body of a caller it refuses.
+ON_HEADERS = ("CALLER_UNAUTHENTICATED", "CALLER_NOT_ALLOWED")
+
 
 @dataclass
 class Outcome:
@@ -207,7 +210,9 @@ callers:
 def test_policy_applies_alike_on_every_entry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An alias resolves to its model id; a model outside the allowlist, a caller the policy does not
     name, an unknown token and max_tokens over the cap are refused before any upstream call, with the
-    same log line, whichever the entry."""
+    same log line, whichever the entry. A refusal of the caller itself is decided on /v1/messages from
+    the headers, before the body (which says whether the request streams) is read: its line names the
+    method CreateMessage, and is otherwise the same."""
     caplog.set_level(logging.INFO, logger="server.call")
     cases = [
         (ALPHA, body("Hi", model="chat"), None),
@@ -231,7 +236,10 @@ def test_policy_applies_alike_on_every_entry(tmp_path: Path, caplog: pytest.LogC
                         assert out.refusal == REFUSALS[reason][i], (entry, reason)
                 lines = call_lines(caplog)[-3:]
                 assert [line["reason"] for line in lines] == [reason or ""] * 3
-                assert alike(lines[0]) == alike(lines[1]) == alike(lines[2])
+                if reason in ON_HEADERS:
+                    assert lines[2]["method"] == "CreateMessage"
+                    lines[2]["method"] = "StreamMessage"
+                assert alike(lines[0]) == alike(lines[1]) == alike(lines[2]), (reason, lines)
                 assert len(via.h.sim.requests) == before + (3 if reason is None else 0)
 
     run(go)

@@ -27,7 +27,7 @@ from server.limits.identity import token_hash
 from server.ports.http.messages_api import GATEWAY_ERRORS, api_path, paged, sse
 from server.reasons import Reason
 from simulator import HttpError, Pace, Replay, Stall
-from tests.corpus import OWN, sdk_streams
+from tests.corpus import OWN, sdk_streams, shared_streams
 from tests.harness import API_KEY, ROOT, UNPACED, Harness, body, call_log, gateway, run, until
 from tests.test_sdk_corpus import BETA, dispatched, relayable
 
@@ -52,7 +52,8 @@ def sdk(base_url: str, api_key: str, transport: str, **options: Any) -> anthropi
 
 
 def corpus() -> list[tuple[Path, bool]]:
-    """Every body of the SDK stream corpus (with whether it is a beta one), then the project's own fixtures."""
+    """Every body of the SDK stream corpus (with whether it is a beta one), the shared corpus
+    (``../shared/fixtures/anthropic-sse``), then the project's own fixtures."""
     items: list[tuple[Path, bool]] = []
     for param in sdk_streams():
         for mark in param.marks:
@@ -60,7 +61,7 @@ def corpus() -> list[tuple[Path, bool]]:
                 pytest.skip(mark.kwargs["reason"])
         path, entry = param.values
         items.append((path, entry["api"] == "beta"))
-    return items + [(p, False) for p in sorted(OWN.glob("*.sse"))]
+    return items + shared_streams() + [(p, False) for p in sorted(OWN.glob("*.sse"))]
 
 
 async def streamed(client: anthropic.AsyncAnthropic, params: dict[str, Any], beta: bool) -> dict[str, Any]:
@@ -72,6 +73,20 @@ async def streamed(client: anthropic.AsyncAnthropic, params: dict[str, Any], bet
             async for text in stream.text_stream:
                 out["text"].append(text)
             out["message"] = (await stream.get_final_message()).to_dict(mode="json", warnings=False)
+    except anthropic.APIStatusError as error:
+        out["error"] = error_of(error)
+    return out
+
+
+async def created(client: anthropic.AsyncAnthropic, params: dict[str, Any], beta: bool) -> dict[str, Any]:
+    """What ``messages.create`` (no stream) gives: the message or the error raised."""
+    out: dict[str, Any] = {"message": None, "error": None}
+    try:
+        if beta:
+            message: Any = await client.beta.messages.create(**params, betas=[BETA])
+        else:
+            message = await client.messages.create(**params)
+        out["message"] = message.to_dict(mode="json", warnings=False)
     except anthropic.APIStatusError as error:
         out["error"] = error_of(error)
     return out
@@ -90,11 +105,14 @@ def error_of(error: anthropic.APIStatusError) -> tuple[str, int, str | None]:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_messages_stream_through_the_gateway_equals_the_sdk_direct_on_every_corpus_body(transport: str) -> None:
+def test_messages_stream_and_create_through_the_gateway_equal_the_sdk_direct_on_every_corpus_body(
+    transport: str,
+) -> None:
     """For every corpus body: the same text pieces and the same final message as the SDK reading the body
-    straight from the upstream. Where the body ends in an `error` event, the same error type (and, once
-    events were relayed, the same error class); where it ends without message_stop (which the SDK lets
-    pass), the gateway's `error` event says so (api_error) after the same text."""
+    straight from the upstream, and messages.create (no stream) gives that final message too. Where the
+    body ends in an `error` event, the same error type (and, once events were relayed, the same error
+    class); where it ends without message_stop (which the SDK lets pass), the gateway's `error` event
+    says so (api_error) after the same text, and create is refused with 502 api_error."""
     items = corpus()
 
     async def go() -> dict[str, int]:
@@ -106,24 +124,28 @@ def test_messages_stream_through_the_gateway_equals_the_sdk_direct_on_every_corp
                 for path, beta in items:
                     raw = path.read_bytes()
                     events, end = relayable(raw)
-                    h.sim.enqueue(Replay(raw), Replay(raw))
+                    h.sim.enqueue(Replay(raw), Replay(raw), Replay(raw))
                     got = await streamed(through, body(), beta)
                     want = await streamed(direct, body(), beta)
+                    whole = await created(through, body(), beta)  # to equal the final message of the stream
                     assert got["text"] == want["text"], path.name
                     kind = end.split(":")[0]
                     ends[kind] += 1
                     if kind == "complete":
                         assert got == want, path.name
+                        assert whole == {"message": want["message"], "error": None}, path.name
                     elif kind == "error":
-                        assert want["error"][2] == got["error"][2] == end.split(":")[1], path.name
+                        assert want["error"][2] == got["error"][2] == whole["error"][2] == end.split(":")[1], path.name
                         if events:
                             assert got["error"] == want["error"], path.name
                         else:  # refused before any event: the HTTP status of its type, as the API's own refusal
                             assert got["error"][1] == GATEWAY_STATUS[got["error"][2]], path.name
+                        assert whole["error"][1] == GATEWAY_STATUS[whole["error"][2]], path.name
                     else:
                         assert want["error"] is None, path.name
                         status = ("APIStatusError", 200) if events else ("InternalServerError", 502)
                         assert got["error"] == (*status, "api_error"), path.name
+                        assert whole["error"] == ("InternalServerError", 502, "api_error"), path.name
             finally:
                 await through.close()
                 await direct.close()

@@ -1,8 +1,9 @@
 // The official TypeScript SDK (@anthropic-ai/sdk) against the gateway's /v1/messages and against the
 // simulator itself, for tests/test_ts_sdk.py, which starts both and compares what this prints.
 //
-//   node tests/node/anthropic_sdk.mjs corpus PLAN.json   one stream through the gateway, then one direct,
-//                                                       per corpus body (the test queued each body twice)
+//   node tests/node/anthropic_sdk.mjs corpus PLAN.json   one stream through the gateway, one direct, then one
+//                                                       create through the gateway, per corpus body (the
+//                                                       test queued each body three times)
 //   node tests/node/anthropic_sdk.mjs calls PLAN.json    create, countTokens, models, and refusals
 //
 // PLAN.json: {gateway, token, sim, simKey, corpus: [{name, beta}], alpha, beta}. Prints one JSON document.
@@ -54,7 +55,10 @@ async function corpus() {
   for (const { name, beta } of plan.corpus) {
     const got = await streamed(through(), hello(), beta);
     const want = await streamed(direct(), hello(), beta);
-    results.push({ name, through: got, direct: want });
+    const params = hello();
+    const whole = await settled(beta ? through().beta.messages.create({ ...params, betas: [plan.beta] })
+                                     : through().messages.create(params));
+    results.push({ name, through: got, direct: want, created: { message: whole.value, error: whole.error } });
   }
   return results;
 }

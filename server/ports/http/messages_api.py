@@ -372,7 +372,7 @@ def api_error(status: grpc.Status, request_id: str) -> tuple[int, list[tuple[byt
         headers.append((b"retry-after", str(max(1, math.ceil(seconds))).encode()))
         headers.append((b"retry-after-ms", str(max(1, math.ceil(seconds * 1e3))).encode()))
     elif reason in NOT_RETRIED or reason in _RETRIED_ONLY_WHEN_SAID:
-        headers.append((b"x-should-retry", b"false"))  # e.g. a quota refusal without RetryInfo: the request alone is over
+        headers.append((b"x-should-retry", b"false"))  # no RetryInfo: no wait will mend it
     body = {
         "type": "error",
         "error": {"type": kind, "message": message},
