@@ -175,10 +175,12 @@ def test_the_model_list_is_the_policys_view(rules: Rules, listed: list[dict[str,
 
 
 @pytest.mark.skipif(GRPCURL is None, reason="grpcurl is missing: run `make setup`")
-def test_the_grpcurl_lines_for_count_tokens_and_list_models_work_as_written(tmp_path: Path) -> None:
-    """docs/debugging.md's grpcurl block for CountTokens and ListModels, run as written against a gateway."""
+@pytest.mark.parametrize("page", ["debugging.md", "api.md"])
+def test_the_grpcurl_lines_for_count_tokens_and_list_models_work_as_written(tmp_path: Path, page: str) -> None:
+    """The grpcurl block for CountTokens and ListModels of docs/debugging.md and of docs/api.md, run as
+    written against a gateway."""
     assert GRPCURL is not None
-    script = marked_shell_block(ROOT / "docs" / "debugging.md", "grpcurl-lookups")
+    script = marked_shell_block(ROOT / "docs" / page, "grpcurl-lookups")
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY + '  "*": {}\n')
 
