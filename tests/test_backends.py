@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from claude_gateway import sdk
 from claude_gateway.v1 import chat_pb2_grpc
 from claude_gateway.wire import USAGE_KEY
 from cryptography.hazmat.primitives import serialization
@@ -197,6 +198,8 @@ def test_platform_credentials_from_the_environment_aws_chain_and_google_adc(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPOOLFROMENV00001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pool-env-secret-SECRET")
+
+    sdk.forget_aws_sessions()  # the SDK's session of another test's environment
 
     async def go() -> None:
         async with Simulator(platforms=["bedrock"]) as aws, Simulator(platforms=["vertex"]) as gcp:

@@ -18,6 +18,7 @@ import anthropic
 import httpx2
 import pytest
 from anthropic.types import MessageParam
+from claude_gateway import sdk
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -177,6 +178,8 @@ def test_platform_clients_take_their_credentials_from_the_environment(
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
     monkeypatch.setenv("CLOUD_ML_REGION", "europe-west1")
     monkeypatch.setenv("ANTHROPIC_VERTEX_PROJECT_ID", "env-project")
+
+    sdk.forget_aws_sessions()  # the SDK's session of another test's environment
 
     async def go() -> None:
         async with served(keys=["AKIAFROMENVIRONMENT1", "env-bedrock-key"]) as sim:

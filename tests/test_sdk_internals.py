@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import anthropic
 import httpx2
+import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from claude_gateway import sdk
 from packaging.specifiers import SpecifierSet
@@ -120,3 +121,41 @@ def test_aiohttp_response_is_found_under_the_sdk_s_aiohttp_transport() -> None:
                         await response.aclose()
 
     run(go)
+
+
+def test_forget_aws_sessions_makes_bedrock_clients_read_the_environment_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """AnthropicBedrock clients built without credentials share one botocore session per process: a second key
+    in the environment is not seen until ``forget_aws_sessions`` drops it."""
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "internals-secret")
+
+    async def sign(sim: Simulator, key: str) -> None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+        client = anthropic.AsyncAnthropicBedrock(aws_region="us-east-1", base_url=sim.base_url, max_retries=0)
+        async with client:
+            await client.messages.create(
+                model="anthropic.claude-sonnet-4-5-20250929-v1:0",
+                max_tokens=5,
+                messages=[{"role": "user", "content": "x"}],
+            )
+
+    async def go() -> list[str | None]:
+        first, second = "AKIAINTERNALS0000001", "AKIAINTERNALS0000002"
+        async with Simulator(platforms=["bedrock"]) as sim:
+            sdk.forget_aws_sessions()
+            await sign(sim, first)
+            await sign(sim, second)  # the session of the first is kept
+            sdk.forget_aws_sessions()
+            await sign(sim, second)
+            return [r.key for r in sim.requests]
+
+    try:
+        assert run(go) == ["AKIAINTERNALS0000001", "AKIAINTERNALS0000001", "AKIAINTERNALS0000002"]
+    finally:
+        sdk.forget_aws_sessions()

@@ -11,6 +11,8 @@ The supported ``anthropic`` range (client/pyproject.toml) is the range those tes
     construct_type            the SDK's unvalidated model construction (how it builds its own objects)
     status_error              the SDK's exception for an HTTP error response
     aiohttp_response          the aiohttp response under the SDK's aiohttp transport, for one-await reads
+    forget_aws_sessions       drops the botocore sessions the SDK keeps per process, keyed by the credential
+                              arguments (so credentials read from the environment are read again)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "aiohttp_response",
     "build_events",
     "construct_type",
+    "forget_aws_sessions",
     "status_error",
 ]
 
@@ -45,3 +48,13 @@ def aiohttp_response(response: Any) -> Any | None:
     stream, which holds the aiohttp response."""
     inner = getattr(response.stream, "_stream", None)
     return getattr(inner, "_aiohttp_response", None)
+
+
+def forget_aws_sessions() -> None:
+    """Forget the botocore sessions AnthropicBedrock clients share: the SDK keeps one per process for each set
+    of credential arguments, so a client built with none goes on signing with the environment's credentials
+    as they were when the first such client signed."""
+    from anthropic.lib.aws._auth import _get_session
+
+    cached: Any = _get_session  # the SDK's lru_cache, typed as the function it wraps
+    cached.cache_clear()
