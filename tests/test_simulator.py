@@ -321,7 +321,7 @@ def test_stall_mid_stream_holds_the_connection() -> None:
             got: list[RawMessageStreamEvent] = []
 
             async def read() -> None:
-                stream = await client.messages.create(model="claude-sim", max_tokens=1000, messages=HELLO, stream=True)
+                stream = await client.messages.create(model=MODEL, max_tokens=1000, messages=HELLO, stream=True)
                 async for event in stream:
                     got.append(event)
 
