@@ -197,11 +197,11 @@ def gateway_with_few_descriptors(files: int, **env: str) -> Iterator[tuple[subpr
 async def grpc_still_serves(target: str) -> None:
     """Health answers SERVING and a call streams to its end, over a new connection."""
     async with grpc.aio.insecure_channel(target) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=20)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         call = channel.unary_stream(f"{SERVICE}/StreamMessage")
         request = stream_request(body("Hi [[sim:tokens 3]]")).SerializeToString()
-        replies = [r async for r in call(request, timeout=10)]
+        replies = [r async for r in call(request, timeout=30)]
         assert replies
 
 
