@@ -60,6 +60,16 @@ try {
   result.statuses = await page.evaluate(() => window.statuses);
   result.state = await page.evaluate(() => document.body.dataset.state);
   await page.screenshot({ path: join(artifacts, "chat-resumed.png"), fullPage: true });
+} catch (error) {
+  // What the page showed when it went wrong, for the test's failure message.
+  const page = context.pages()[0];
+  if (page) {
+    result.reply = await page.textContent("#reply").catch(() => null);
+    result.statuses = await page.evaluate(() => window.statuses).catch(() => null);
+    result.state = await page.evaluate(() => document.body.dataset.state).catch(() => null);
+  }
+  console.error(JSON.stringify(result));
+  throw error;
 } finally {
   await context.close();
   proxy.close();

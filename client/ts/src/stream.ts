@@ -88,7 +88,7 @@ export class MessageStream implements AsyncIterable<RawMessageStreamEvent> {
       signal: this.controller.signal,
       onHeader: (headers) => {
         if (this.headers === undefined) {
-          this.headers = headers;
+          this.headers = new Headers(headers); // a copy: a browser's fetch gives immutable headers, a resume adds to them
           this.#emit("connect");
         } else headers.forEach((value, key) => this.headers?.set(key, value)); // a resume's (the request id, now)
       },
