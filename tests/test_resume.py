@@ -924,3 +924,33 @@ def test_a_messages_api_stream_names_each_event_and_a_request_with_last_event_id
             assert len(h.sim.requests) == requests + 2
 
     run(go)
+
+
+def test_a_messages_api_stream_its_caller_left_holds_its_body_in_the_budget_until_it_ends() -> None:
+    """The body of a resumable /v1/messages stream stays counted in the body budget while the stream goes on
+    without its caller (its producer holds the request), and is given back when the stream ends."""
+
+    async def go() -> None:
+        async with gateway(Pace(tokens_per_second=50), http_listen="127.0.0.1:0") as h:
+            url = f"http://127.0.0.1:{h.gateway.http_port}/v1/messages"
+            request = {**body("Hold it [[sim:tokens 150]]"), "stream": True}
+            bodies = h.gateway.admission.bodies
+            async with aiohttp.ClientSession() as session:
+                async with session.post(url, json=request, headers={"claude-gateway-detach-grace": "30"}) as first:
+                    stream_id = first.headers[STREAM_ID_KEY]
+                    text = ""
+                    while len(sse_frames(text)) < 3:
+                        text += (await first.content.readany()).decode()
+                    held = bodies.held
+                    assert held > 0
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{h.gateway.port}") as channel:
+                follower = stub_of(channel).ResumeStream(pb.ResumeStreamRequest(stream_id=stream_id), timeout=30)
+                live = await read(follower, responses=40)  # live events: the HTTP caller's request is long over
+                assert (bodies.held, h.gateway.admission.active) == (held, 1)
+                rest = await read(follower)
+            assert rest.error is None
+            assert live.numbers + rest.numbers == list(range(1, len(live.numbers) + len(rest.numbers) + 1))
+            await until(lambda: h.gateway.admission.active == 0)
+            assert bodies.held == 0
+
+    run(go)

@@ -465,6 +465,7 @@ class MessagesApi:
         reservation = await self._enter(send, context, "CountTokens" if path == COUNT_TOKENS else "CreateMessage", size)
         if reservation is None:
             return
+        detached = False  # a resumable stream's producer, admitted, holds the reservation to its own end
         try:
             data = await _body(receive, self._limit)
             if data is None:
@@ -479,9 +480,10 @@ class MessagesApi:
             request, stream = message_request(data, betas, version)
             held = Pending(request, len(data))
             del data, request  # held by ``held`` until admission takes it, then by no frame of this port
-            await self._message(receive, send, context, held, stream, reservation)
+            detached = await self._message(receive, send, context, held, stream, reservation)
         finally:
-            reservation.release()
+            if not detached:
+                reservation.release()
 
     def _too_large(self) -> str:
         return f"the request body is over GATEWAY_MAX_MESSAGE_BYTES ({self._limit} bytes)"
@@ -508,14 +510,15 @@ class MessagesApi:
         request: Pending,
         stream: bool,
         reservation: Reservation,
-    ) -> None:
+    ) -> bool:
+        """Answer a message request; True when the caller left a resumable stream that goes on without it (its
+        producer gives the reservation back when it ends)."""
         started = False
         accumulator: MessageAccumulator | None = None
         last_event = context.header(LAST_EVENT_ID)
         grace = context.header(DETACH_GRACE)
         if stream and (last_event is not None or grace is not None):
-            await self._resumable(receive, send, context, request, last_event, grace, reservation)
-            return
+            return await self._resumable(receive, send, context, request, last_event, grace, reservation)
         if stream:
 
             async def deliver(batch: list[Event]) -> None:
@@ -538,7 +541,7 @@ class MessagesApi:
         )
         refused = await _until_done(call, receive) or context.refusal()
         if call.cancelled():
-            return  # the client left: nothing to answer
+            return False  # the client left: nothing to answer
         if refused is not None:
             http, headers, body = api_error(refused.status, context.request_id or new_request_id())
             if started:  # the stream has begun: its last frame is the error, as the API's would be
@@ -546,14 +549,15 @@ class MessagesApi:
                 await send({"type": "http.response.body", "body": frame, "more_body": False})
             else:
                 await _answer(send, http, headers, body)
-            return
+            return False
         if stream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
+            return False
         assert accumulator is not None
         headers = [_JSON_TYPE, (b"request-id", (context.request_id or new_request_id()).encode())]
         headers += [(k.encode(), v.encode() if isinstance(v, str) else v) for k, v in context.trailer if k == USAGE_KEY]
         await _answer(send, 200, headers, codec.to_json(accumulator.response().message))
+        return False
 
     async def _resumable(
         self,
@@ -564,9 +568,10 @@ class MessagesApi:
         last_event: str | None,
         grace: str | None,
         reservation: Reservation,
-    ) -> None:
+    ) -> bool:
         """A resumable stream (``claude-gateway-detach-grace``), or one resumed (``Last-Event-ID``): its
-        response begins as soon as the stream is named, and each event carries its id."""
+        response begins as soon as the stream is named, and each event carries its id. True when the caller
+        left a stream that goes on: its producer, admitted (the stream is named), holds ``reservation``."""
         started = False
 
         async def begin() -> None:
@@ -594,7 +599,7 @@ class MessagesApi:
             if found is None:
                 message = f"Last-Event-ID: {last_event!r} is not an event id this gateway gave (STREAM:N)"
                 await _answer(send, 400, [_JSON_TYPE], _error_json("invalid_request_error", message))
-                return
+                return False
             resume = pb.ResumeStreamRequest(stream_id=found[1], after_seq=int(found[2]))
             work = self._streams.resume(context, resume, write)
         else:
@@ -602,13 +607,14 @@ class MessagesApi:
             if not seconds.isdigit() or not 0 < int(seconds) < 2**32:
                 message = f"{DETACH_GRACE}: must be a whole number of seconds, at least 1"
                 await _answer(send, 400, [_JSON_TYPE], _error_json("invalid_request_error", message))
-                return
+                return False
             request.detach_grace(int(seconds))
             work = self._streams.stream_message(context, request, write, reservation)
         call = asyncio.ensure_future(work)
         refused = await _until_done(call, receive) or context.refusal()
         if call.cancelled():
-            return  # the client left: a resumable stream goes on without it, for its detach grace
+            # The client left: a stream it started goes on without it for its detach grace (named, so admitted).
+            return started and last_event is None
         if refused is not None:
             http, headers, body = api_error(refused.status, context.request_id or new_request_id())
             if started:  # the stream has begun: its last frame is the error, as the API's would be
@@ -616,8 +622,9 @@ class MessagesApi:
                 await send({"type": "http.response.body", "body": frame, "more_body": False})
             else:
                 await _answer(send, http, headers, body)
-            return
+            return False
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return False
 
     async def _count(self, send: Send, context: ApiCallContext, request: pb.CountTokensRequest | Undecodable) -> None:
         response = await self._lookups.count_tokens(context, request)
