@@ -935,14 +935,17 @@ def test_a_messages_api_stream_its_caller_left_holds_its_body_in_the_budget_unti
             url = f"http://127.0.0.1:{h.gateway.http_port}/v1/messages"
             request = {**body("Hold it [[sim:tokens 150]]"), "stream": True}
             bodies = h.gateway.admission.bodies
-            async with aiohttp.ClientSession() as session:
-                async with session.post(url, json=request, headers={"claude-gateway-detach-grace": "30"}) as first:
-                    stream_id = first.headers[STREAM_ID_KEY]
-                    text = ""
-                    while len(sse_frames(text)) < 3:
-                        text += (await first.content.readany()).decode()
-                    held = bodies.held
-                    assert held > 0
+            grace = {"claude-gateway-detach-grace": "30"}
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(url, json=request, headers=grace) as first,
+            ):
+                stream_id = first.headers[STREAM_ID_KEY]
+                text = ""
+                while len(sse_frames(text)) < 3:
+                    text += (await first.content.readany()).decode()
+                held = bodies.held
+                assert held > 0
             async with grpc.aio.insecure_channel(f"127.0.0.1:{h.gateway.port}") as channel:
                 follower = stub_of(channel).ResumeStream(pb.ResumeStreamRequest(stream_id=stream_id), timeout=30)
                 live = await read(follower, responses=40)  # live events: the HTTP caller's request is long over
