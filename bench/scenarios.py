@@ -844,7 +844,11 @@ async def resumable(session: Session) -> list[Row]:
             memory_after, cpu_after = await client.info("memory"), await client.info("cpu")
             per_stream.append((memory_after["used_memory"] - memory["used_memory"]) / size)
             redis_cpu += sum(cpu_after[k] - cpu[k] for k in ("used_cpu_sys", "used_cpu_user"))
-        entries = [await client.xlen(key) async for key in client.scan_iter(match="claude-gateway:stream:*:events")]
+        entries, keys_bytes = [], 0  # what each retained stream's keys hold, by MEMORY USAGE (exact: SAMPLES 0)
+        async for key in client.scan_iter(match="claude-gateway:stream:*"):
+            keys_bytes += await client.memory_usage(key, samples=0) or 0
+            if key.endswith(b":events"):
+                entries.append(await client.xlen(key))
     finally:
         await client.aclose()
         await session.procs.stop(store[0])
@@ -861,6 +865,7 @@ async def resumable(session: Session) -> list[Row]:
     errors = {**_errors([x for r in plain for x in _records(r)]), **_errors([x for r in kept for x in _records(r)])}
     events_per_stream = kept_events / (size * len(kept))
     stream_bytes = sorted(per_stream)[len(per_stream) // 2]
+    key_bytes = keys_bytes / max(len(entries), 1)
     return [
         Row(
             "10a",
@@ -883,13 +888,19 @@ async def resumable(session: Session) -> list[Row]:
             "10b",
             "Redis memory per retained stream",
             f"{stream_bytes / 1024:.1f} KB per stream of {events_per_stream:.0f} events "
-            f"({stream_bytes / events_per_stream:.0f} bytes per event)",
+            f"({stream_bytes / events_per_stream:.0f} bytes per event); its keys {key_bytes / 1024:.1f} KB",
             "-",
             "info",
             f"used_memory over each round / its {size} streams: {', '.join(f'{b / 1024:.1f}' for b in per_stream)} KB; "
+            f"MEMORY USAGE of the keys of the {len(entries)} streams retained at the end: {key_bytes:.0f} bytes each; "
             f"entries per stream {min(entries, default=0)}-{max(entries, default=0)} (one per upstream read, "
             "and the end)",
-            {"bytes_per_stream": per_stream, "events_per_stream": events_per_stream, "entries": entries},
+            {
+                "bytes_per_stream": per_stream,
+                "key_bytes_per_stream": key_bytes,
+                "events_per_stream": events_per_stream,
+                "entries": entries,
+            },
         ),
     ]
 
