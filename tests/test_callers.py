@@ -362,6 +362,13 @@ def test_callers_and_their_limits_apply_the_same_over_connect(tmp_path: Path) ->
     run(go)
 
 
+def rewrite(path: str, text: str, times: os.stat_result) -> os.stat_result:
+    """Write ``text`` over the file in place and restore its access and modification times."""
+    Path(path).write_text(text)
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    return os.stat(path)
+
+
 def test_a_rewrite_of_the_callers_file_with_the_same_size_and_mtime_is_reloaded(tmp_path: Path) -> None:
     """The file is reloaded on its content's hash: a rewrite in place that keeps the size and restores the
     modification time (as `cp -p` or a config tool may) still takes effect."""
@@ -372,9 +379,7 @@ def test_a_rewrite_of_the_callers_file_with_the_same_size_and_mtime_is_reloaded(
         async with gateway(caller_identity="token", callers_file=path, callers_reload_seconds=0.05) as h:
             identity = h.gateway.admission.identity
             assert (await status(h.stub, body(), bearer(BETA))).code == grpc.StatusCode.UNAUTHENTICATED
-            Path(path).write_text(f"{token_hash(BETA)} omega\n")  # same length, same inode
-            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-            after = os.stat(path)
+            after = rewrite(path, f"{token_hash(BETA)} omega\n", before)  # same length, same inode
             assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
                 before.st_ino,
                 before.st_size,
