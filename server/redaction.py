@@ -18,7 +18,23 @@ from server.errors import Failure
 MASK = "[REDACTED]"
 MAX_MESSAGE_CHARS = 1024  # a status message travels in trailers, which clients cap (8 KiB by default)
 _REQUEST_ID = re.compile(r"req_[A-Za-z0-9_-]{1,120}")
+# What a model name looks like, from a caller (``params.model``, a policy alias) or from the upstream
+# (``message_start.message.model``): anything else is never repeated in a trailer, a log line or a metric
+# label. Room for the platforms' ids (Bedrock's ``anthropic.claude-...-v2:0`` and ARNs, Vertex's ``...@date``).
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+MODEL_ID_RULE = "1-128 of letters, digits and ._:@/- starting with a letter or digit"
 _MIN_SECRET = 8  # shorter values would mask ordinary words; a real key or token is far longer
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A caller's string as an error message may repeat it: at most ``limit`` characters, then an
+    ellipsis and the length, so a huge value never reaches a trailer or a log line whole."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
+def model_id(value: object) -> str | None:
+    """``value`` if it looks like a model name (``MODEL_ID``), else None."""
+    return value if isinstance(value, str) and MODEL_ID.fullmatch(value) else None
 
 
 def request_id(value: object) -> str | None:

@@ -196,6 +196,8 @@ def test_policy_resolves_aliases_fills_the_default_model_and_holds_each_callers_
         ("callers:\n  a:\n    models: chat\n", "line 3: `models` of `a` must be a list"),
         ("models:\n  chat: [x]\ncallers: {}\n", "line 2: alias `chat` must be a non-empty string"),
         ("models:\n  a: b\n  b: claude-x\ncallers: {}\n", "alias `a` names another alias"),
+        ("models:\n  my chat: claude-x\ncallers: {}\n", "line 2: alias 'my chat' must be a model name"),
+        ("default_model: 'claude x'\ncallers: {}\n", "line 1: `default_model` must be a model name"),
         ("default_model: chat\n", "no `callers:`"),
         ("callers:\n  a: [\n", "line 3: not valid YAML"),
         ("limits: {}\ncallers: {}\n", "line 1: unknown key `limits` in the policy"),

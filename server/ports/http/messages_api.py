@@ -56,6 +56,7 @@ from server.call.runner import Calls
 from server.errors import GatewayError
 from server.limits.bodies import WAIT_SECONDS, Reservation
 from server.reasons import Reason
+from server.redaction import shown
 from server.streams.ids import new_id
 
 Scope = MutableMapping[str, Any]
@@ -592,7 +593,7 @@ class MessagesApi:
         if last_event is not None:
             found = _EVENT_ID.fullmatch(last_event.strip())
             if found is None:
-                message = f"Last-Event-ID: {last_event!r} is not an event id this gateway gave (STREAM:N)"
+                message = f"Last-Event-ID: {shown(last_event)!r} is not an event id this gateway gave (STREAM:N)"
                 await _answer(send, 400, [_JSON_TYPE], _error_json("invalid_request_error", message))
                 return
             resume = pb.ResumeStreamRequest(stream_id=found[1], after_seq=int(found[2]))
@@ -651,7 +652,7 @@ class MessagesApi:
         if found:
             await _answer(send, 200, headers, found[0])
         else:
-            message = f"model {wanted!r} is not among the models this caller may use"
+            message = f"model {shown(wanted)!r} is not among the models this caller may use"
             await _answer(send, 404, headers, _error_json("not_found_error", message, request_id))
 
 
