@@ -15,11 +15,15 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from claude_gateway.client import create_request
 from claude_gateway.v1 import chat_pb2_grpc
+from claude_gateway.wire import USAGE_KEY
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import Gateway, build_server, sdk_client
@@ -464,3 +468,77 @@ def test_distinct_upstream_error_types_do_not_grow_the_metrics(caplog: pytest.Lo
     assert late == early
     logged = {json.loads(r.getMessage())["reason"] for r in caplog.records if r.name == "server.call"}
     assert len([reason for reason in logged if reason.startswith("BRAND_NEW_")]) == calls
+
+
+def strict_json(text: str) -> Any:
+    """``text`` parsed as strict JSON: NaN and Infinity literals are errors (as in every parser but Python's)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1099511627776", "-5", "1.5"])
+def test_usage_out_of_bounds_is_marked_invalid_never_priced_and_never_written_as_nan(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream whose message_start reports ``input_tokens`` as NaN, an infinity, 2**40, a negative or a
+    fraction: the reply is served on gRPC (both RPCs), Connect and the Messages API, and every usage report
+    (trailer, header, log line) is strict JSON with the usage marked invalid and its cost unknown (2**40
+    tokens used to report a $3.3M call, NaN an `"input_tokens":NaN` no JSON parser reads)."""
+    caplog.set_level(logging.INFO, logger="server.call")
+    start = json.dumps(MESSAGE_START).replace('"input_tokens": 3', f'"input_tokens": {value}')
+    assert value in start
+    reply = (
+        f"event: message_start\ndata: {start}\n\n".encode()
+        + sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
+        + sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        )
+        + sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        + sse(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}},
+        )
+        + sse("message_stop", {"type": "message_stop"})
+    )
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(200, **SSE_HEAD) + reply)
+
+    async def go() -> list[str]:
+        reports = []
+        async with Hostile(answer) as up, aimed_at(up, max_attempts=1, http_listen="127.0.0.1:0") as gw:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                stream = stub.StreamMessage(stream_request(body()), timeout=10)
+                assert [e async for r in stream for e in r.events][-1].WhichOneof("type") == "message_stop"
+                reports.append(dict(await stream.trailing_metadata())[USAGE_KEY])
+                unary = stub.CreateMessage(create_request(body()), timeout=10)
+                await unary
+                reports.append(dict(await unary.trailing_metadata())[USAGE_KEY])
+            url = f"http://127.0.0.1:{gw.http_port}"
+            async with aiohttp.ClientSession() as session:
+                connect = json_format.MessageToDict(create_request(body()))
+                async with session.post(f"{url}/claude_gateway.v1.ChatService/CreateMessage", json=connect) as r:
+                    assert r.status == 200, await r.text()
+                    strict_json(await r.text())
+                    reports.append(r.headers[f"trailer-{USAGE_KEY}"])
+                async with session.post(f"{url}/v1/messages", json=body()) as r:
+                    assert r.status == 200, await r.text()
+                    strict_json(await r.text())
+                    reports.append(r.headers[USAGE_KEY])
+        return reports
+
+    for report in run(go):
+        usage = strict_json(report)
+        assert usage["usage_invalid"].startswith("input_tokens "), usage
+        assert usage["cost_usd"] is None
+        assert "input_tokens" not in usage["usage"]
+    lines = [strict_json(r.getMessage()) for r in caplog.records if r.name == "server.call"]
+    assert [(line["status"], line["cost_usd"], "usage_invalid" in line) for line in lines] == [("OK", None, True)] * 4

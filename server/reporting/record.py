@@ -127,6 +127,8 @@ class CallRecord:
             "cost_usd": self.cost,
             "partial": self.partial,
         }
+        if self.usage.invalid is not None:
+            out["usage_invalid"] = self.usage.invalid
         if self.failovers is not None:
             out.update(self.upstream())
         return out
@@ -157,6 +159,7 @@ class CallRecord:
             "events": self.events,
             "attempts": self.attempts,
             "usage": self.usage.values,
+            **({"usage_invalid": self.usage.invalid} if self.usage.invalid is not None else {}),
             "cost_usd": self.cost,
             "partial": self.partial,
             "cause": self.cause,
