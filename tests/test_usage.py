@@ -165,7 +165,8 @@ def test_usage_that_does_not_check_is_left_out_and_marks_the_usage_invalid(
     merged.observe(*start(START))
     merged.observe(*delta(usage))
     assert merged.values == START
-    assert merged.invalid is not None and merged.invalid.startswith(why), merged.invalid
+    assert merged.invalid is not None
+    assert merged.invalid.startswith(why), merged.invalid
     record = CallRecord("StreamMessage", "claude-sonnet-4-6", usage=merged)
     Telemetry(load(), None).finish(record)
     assert record.cost is None

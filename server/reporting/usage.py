@@ -10,8 +10,9 @@ numbers the gateway prices and counts. The upstream's numbers are untrusted: a u
 count that is not a whole number from 0 to ``MAX_COUNT`` (NaN, an infinity, 1.5, -1, 2**40), a key that
 is not a usage name, a string past ``MAX_TEXT`` characters or more than ``MAX_ENTRIES`` values is not
 merged, and the call's usage is marked invalid (``invalid`` says why): its cost is unknown, and no JSON
-the gateway writes (trailer, log line) holds a number it did not check. A ``Usage`` is the one record of a call's tokens: the
-trailer, the log line, the metrics, the trace and quota accounting (admission) all read it.
+the gateway writes (trailer, log line) holds a number it did not check. A ``Usage`` is the one record of
+a call's tokens: the trailer, the log line, the metrics, the trace and quota accounting (admission) all
+read it.
 """
 
 from __future__ import annotations
