@@ -322,7 +322,8 @@ def echoing(where: str) -> Answer:
 def test_a_key_echoed_by_the_upstream_reaches_neither_the_caller_nor_the_log(
     where: str, rpc: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The key echoed in an error message, request id header or error event is redacted or dropped everywhere."""
+    """The key echoed in an error message or request id header is redacted or dropped everywhere; in an error
+    event (a read of the reply's body) it ends the call with UPSTREAM_ECHOED_SECRET, the event not passed on."""
     caplog.set_level(logging.INFO)
 
     async def go() -> Outcome:
@@ -331,10 +332,13 @@ def test_a_key_echoed_by_the_upstream_reaches_neither_the_caller_nor_the_log(
 
     outcome = run(go)
     assert outcome.status is not None
-    assert outcome.status.code == (
-        grpc.StatusCode.UNAUTHENTICATED if where == "error body" else grpc.StatusCode.UNAVAILABLE
-    )
-    assert "[REDACTED]" in outcome.status.message
+    if where == "error body":
+        assert outcome.status.code == grpc.StatusCode.UNAUTHENTICATED
+        assert "[REDACTED]" in outcome.status.message
+    else:
+        assert outcome.status.code == grpc.StatusCode.DATA_LOSS
+        assert outcome.status.error_info is not None
+        assert outcome.status.error_info.reason == "UPSTREAM_ECHOED_SECRET"
     assert [r for r in caplog.records if r.name == "server.call"], "the call log was not captured"
     seen = repr(outcome) + caplog.text
     assert API_KEY not in seen
@@ -542,3 +546,80 @@ def test_usage_out_of_bounds_is_marked_invalid_never_priced_and_never_written_as
         assert "input_tokens" not in usage["usage"]
     lines = [strict_json(r.getMessage()) for r in caplog.records if r.name == "server.call"]
     assert [(line["status"], line["cost_usd"], "usage_invalid" in line) for line in lines] == [("OK", None, True)] * 4
+
+
+def relaying_the_key(split: bool) -> Answer:
+    """An upstream that puts the key it was sent in the reply's text, in one write or split across two."""
+
+    async def answer(up: Hostile, request: Request, writer: asyncio.StreamWriter) -> None:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        said = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "the key is"}}
+        await up.send(
+            writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START) + sse("content_block_start", block)
+        )
+        await up.send(writer, sse("content_block_delta", said))
+        leak = sse("content_block_delta", {**said, "delta": {"type": "text_delta", "text": f" {key} ok"}})
+        cut = leak.index(key.encode()) + len(key) // 2
+        for part in (leak[:cut], leak[cut:]) if split else (leak,):
+            await up.send(writer, part)
+        await up.send(writer, sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        await up.send(writer, sse("message_stop", {"type": "message_stop"}))
+
+    return answer
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "split-across-writes"])
+def test_the_key_in_the_reply_is_never_relayed_and_ends_the_call(split: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """An upstream that writes the gateway's API key into the reply's content (whole, or cut in two writes):
+    on gRPC (both RPCs), Connect and the Messages API (streamed and whole) the call ends DATA_LOSS /
+    UPSTREAM_ECHOED_SECRET (the Messages API: an `api_error`), the events of the reads before it delivered,
+    and no piece of the key reaches the caller or the log (it used to be relayed as text)."""
+    caplog.set_level(logging.INFO)
+
+    async def go() -> list[bytes]:
+        got: list[bytes] = []
+        async with (
+            Hostile(relaying_the_key(split)) as up,
+            aimed_at(up, max_attempts=1, http_listen="127.0.0.1:0") as gw,
+        ):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                stream = stub.StreamMessage(stream_request(body()), timeout=10)
+                events = []
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    async for response in stream:
+                        events.extend(response.events)
+                got.append(b"".join(e.SerializeToString() for e in events))
+                for error in (caught.value, await raised(stub.CreateMessage(create_request(body()), timeout=10))):
+                    status = status_of(error)
+                    assert status.code == grpc.StatusCode.DATA_LOSS, status
+                    assert status.error_info is not None
+                    assert status.error_info.reason == "UPSTREAM_ECHOED_SECRET"
+                    got.append(repr(status).encode())
+            url = f"http://127.0.0.1:{gw.http_port}"
+            async with aiohttp.ClientSession() as session:
+                connect = json_format.MessageToDict(create_request(body()))
+                async with session.post(f"{url}/claude_gateway.v1.ChatService/CreateMessage", json=connect) as r:
+                    got.append(await r.read())
+                    assert (await r.json())["code"] == "data_loss"
+                for stream_it in (True, False):
+                    async with session.post(f"{url}/v1/messages", json={**body(), "stream": stream_it}) as r:
+                        got.append(await r.read())
+                        assert b"api_error" in got[-1], got[-1]
+        return got
+
+    got = b"".join(run(go))
+    key = API_KEY.encode()
+    for piece in (key, key[: len(key) // 2], key[len(key) // 2 :]):
+        assert piece not in got
+        assert piece.decode() not in caplog.text
+    logged = [json.loads(r.getMessage())["reason"] for r in caplog.records if r.name == "server.call"]
+    assert logged == ["UPSTREAM_ECHOED_SECRET"] * 5
+
+
+async def raised(call: Any) -> grpc.aio.AioRpcError:
+    """The error an awaited call ended with."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value

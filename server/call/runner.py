@@ -120,7 +120,7 @@ class Calls:
                     cost = Cost(call.estimate, call.body["max_tokens"])
                     route = Failover(self.pool, self.bounds, call.body["model"], call.caller, cost, call.deadline)
                 try:
-                    async with UpstreamReader(self.bounds, route, watchdog, call.deadline) as reader:
+                    async with UpstreamReader(self.bounds, route, watchdog, call.deadline, self.redactor) as reader:
                         try:
                             batch: list[Event] | None = await reader.open(call.body, call.betas, call.version)
                         finally:

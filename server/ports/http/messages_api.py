@@ -98,6 +98,7 @@ GATEWAY_ERRORS: Mapping[str, tuple[int, str]] = {
     Reason.UPSTREAM_CONNECTION_LOST.name: (502, "api_error"),
     Reason.UPSTREAM_INCOMPLETE_STREAM.name: (502, "api_error"),
     Reason.UPSTREAM_MALFORMED_EVENT.name: (502, "api_error"),
+    Reason.UPSTREAM_ECHOED_SECRET.name: (502, "api_error"),
     Reason.UPSTREAM_OUT_OF_ORDER.name: (502, "api_error"),
     Reason.UPSTREAM_EVENT_TOO_LARGE.name: (502, "api_error"),
     Reason.REPLY_TOO_LARGE.name: (500, "api_error"),
@@ -122,6 +123,7 @@ NOT_RETRIED = frozenset(
         Reason.REPLY_TOO_LARGE,
         Reason.UPSTREAM_REDIRECTED,
         Reason.UPSTREAM_COMPRESSED,
+        Reason.UPSTREAM_ECHOED_SECRET,
     )
 )
 # Failures worth a retry only when the gateway says when (RetryInfo): without it, x-should-retry: false
