@@ -623,3 +623,34 @@ async def raised(call: Any) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return caught.value
+
+
+async def long_overloaded_error(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+    """A 529 whose error body is longer than GATEWAY_MAX_ERROR_BODY_BYTES: the gateway reads a cut of it."""
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy " * 40_000}}
+    await up.send(writer, head(529, content_type="application/json") + json.dumps(error).encode())
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_cut_error_body_keeps_its_error_type(transport: str) -> None:
+    """An error body cut at GATEWAY_MAX_ERROR_BODY_BYTES is no longer JSON, but its error type leads it: the
+    call still ends as that type (UNAVAILABLE / OVERLOADED_ERROR on gRPC, 529 `overloaded_error` on the
+    Messages API) instead of a bare HTTP_529."""
+
+    async def go() -> None:
+        settings = {"http_client": transport, "max_attempts": 1, "http_listen": "127.0.0.1:0"}
+        async with Hostile(long_overloaded_error) as up, aimed_at(up, **settings) as gw:
+            outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.UNAVAILABLE
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "OVERLOADED_ERROR", outcome.status
+            assert outcome.status.error_info.metadata["error_type"] == "overloaded_error"
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(f"http://127.0.0.1:{gw.http_port}/v1/messages", json=body()) as r,
+            ):
+                assert r.status == 529
+                assert (await r.json())["error"]["type"] == "overloaded_error"
+
+    run(go)
