@@ -159,7 +159,7 @@ class CallRecord:
             "events": self.events,
             "attempts": self.attempts,
             "usage": self.usage.values,
-            **({"usage_invalid": self.usage.invalid} if self.usage.invalid is not None else {}),
+            "usage_invalid": self.usage.invalid,
             "cost_usd": self.cost,
             "partial": self.partial,
             "cause": self.cause,
