@@ -28,6 +28,7 @@ from server.limits.identity import Identity
 from server.limits.policy import OPEN
 from server.limits.policy import load as load_policy
 from server.limits.quota import MemoryQuotas, Quotas
+from server.ports.grpc.arrivals import QUIET_SECONDS, Arrivals
 from server.ports.grpc.servicer import ChatServicer, lenient, serialized
 from server.ports.http.web import WebApplication, WebServer, bind
 from server.redaction import Redactor
@@ -65,6 +66,8 @@ class Gateway:
     tracing: Tracing | None = None
     web: WebServer | None = None  # the HTTP port (Connect, gRPC-Web, chat page), when http_listen is set
     store: EventStore | None = None  # where resumable streams live
+    arrivals: Arrivals = dataclasses.field(default_factory=Arrivals)
+    """When the gRPC port last took in a call (the drain stops grpc once calls stop arriving)."""
     health_port: int = 0
     """The plaintext health-only port on ``settings.health_listen``, 0 when there is none."""
     prices: prices.Prices = dataclasses.field(default_factory=lambda: prices.PriceTable({}))
@@ -81,22 +84,27 @@ class Gateway:
         return self.web.port if self.web else None
 
     async def drain(self) -> None:
-        """Graceful stop: NOT_SERVING at once; after drain_delay refuse new calls with UNAVAILABLE; give
-        calls in flight drain_grace to finish; end the rest with UNAVAILABLE (SHUTTING_DOWN)."""
+        """Graceful stop: NOT_SERVING at once; after drain_delay refuse new calls with UNAVAILABLE
+        (SHUTTING_DOWN, logged); give calls in flight drain_grace to finish; end the rest with UNAVAILABLE
+        (SHUTTING_DOWN); stop grpc once calls have stopped arriving."""
         await self.health.enter_graceful_shutdown()  # Watch streams hear NOT_SERVING now
         if self.settings.drain_delay > 0:
             await asyncio.sleep(self.settings.drain_delay)  # load balancers still route here meanwhile
+        # From here admission refuses every new call, on every port, with a status and a log line. grpc keeps
+        # taking calls in meanwhile: its own stop would cancel those not yet handed to a handler, unlogged.
         self.admission.draining = True
-        # From here grpc refuses new calls; calls in flight get the grace, then the servicer cuts
-        # what is left with a status that says why (grpc's own cut says nothing).
-        stopping = asyncio.ensure_future(self.server.stop(self.settings.drain_grace + 5))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.settings.drain_grace
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.drain_grace):
+            async with asyncio.timeout_at(end):
                 await self.admission.wait_idle()
-        self.admission.cut_all()
+        self.admission.cut_all()  # the grace is over: what still runs ends with a status that says why
         await self.admission.wait_idle()
+        with contextlib.suppress(TimeoutError):  # callers that keep coming hold the stop until the grace ends
+            async with asyncio.timeout_at(max(end, loop.time() + QUIET_SECONDS)):
+                await self.arrivals.quiet()
+        log.info("drained: no call in flight, none arriving; stopping")
         await self.server.stop(0)  # what remains are health Watch streams, which never end by themselves
-        await stopping
         if self.web:
             await self.web.stop()  # no call is left: close its port and idle keep-alive connections
         await self.close()
@@ -331,7 +339,8 @@ async def _assemble(
         tracing = Tracing(settings.otlp_endpoint)
         resources.push_async_callback(asyncio.to_thread, tracing.shutdown)  # exports the spans still queued
 
-    server = grpc.aio.server(options=server_options(settings))
+    arrivals = Arrivals()
+    server = grpc.aio.server(options=server_options(settings), interceptors=(arrivals,))
     resources.push_async_callback(_stop_grpc, server)
     redactor = Redactor(tuple(secrets))
     calls = Calls(settings, admission, pool, Telemetry(price_table, metrics, own_prices), tracing, redactor)
@@ -427,6 +436,7 @@ async def _assemble(
         health_port=health_port,
         prices=price_table,
         store=store,
+        arrivals=arrivals,
     )
 
 

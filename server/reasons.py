@@ -90,6 +90,11 @@ class Reason(Enum):
         "the upstream sent a frame that is not a JSON object, bytes that are not UTF-8, or (CreateMessage) an "
         "event the message cannot be built from, such as tool input that is not JSON",
     )
+    UPSTREAM_ECHOED_SECRET = (
+        Code.DATA_LOSS,
+        "the upstream's reply holds the gateway's credentials (its API key or token): the read that held them "
+        "was not passed on, nor anything after it; the events before it were delivered",
+    )
     UPSTREAM_OUT_OF_ORDER = (
         Code.DATA_LOSS,
         "the upstream broke the stream grammar (a delta before its block's start, an index jump, a stream not "

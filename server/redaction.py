@@ -18,7 +18,23 @@ from server.errors import Failure
 MASK = "[REDACTED]"
 MAX_MESSAGE_CHARS = 1024  # a status message travels in trailers, which clients cap (8 KiB by default)
 _REQUEST_ID = re.compile(r"req_[A-Za-z0-9_-]{1,120}")
+# What a model name looks like, from a caller (``params.model``, a policy alias) or from the upstream
+# (``message_start.message.model``): anything else is never repeated in a trailer, a log line or a metric
+# label. Room for the platforms' ids (Bedrock's ``anthropic.claude-...-v2:0`` and ARNs, Vertex's ``...@date``).
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+MODEL_ID_RULE = "1-128 of letters, digits and ._:@/- starting with a letter or digit"
 _MIN_SECRET = 8  # shorter values would mask ordinary words; a real key or token is far longer
+
+
+def shown(value: str, limit: int = 64) -> str:
+    """A caller's string as an error message may repeat it: at most ``limit`` characters, then an
+    ellipsis and the length, so a huge value never reaches a trailer or a log line whole."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
+def model_id(value: object) -> str | None:
+    """``value`` if it looks like a model name (``MODEL_ID``), else None."""
+    return value if isinstance(value, str) and MODEL_ID.fullmatch(value) else None
 
 
 def request_id(value: object) -> str | None:
@@ -26,11 +42,41 @@ def request_id(value: object) -> str | None:
     return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
 
 
+class Scanner:
+    """Finds the secrets in the reads of one upstream response. Each read is searched, and so is its seam
+    with the read before: the last ``len(secret) - 1`` bytes of what came before are carried over, so a
+    secret split across two reads (by the network, or by an upstream that means to) is found too."""
+
+    __slots__ = ("_carry", "_keep", "_secrets")
+
+    def __init__(self, secrets: tuple[bytes, ...]) -> None:
+        self._secrets = secrets
+        self._keep = max(map(len, secrets), default=1) - 1
+        self._carry = b""
+
+    def found(self, read: bytes) -> bool:
+        """Whether ``read``, or its seam with the reads before, holds a secret."""
+        keep = self._keep
+        if not keep:
+            return False
+        seam = self._carry + read[:keep]
+        for secret in self._secrets:
+            if secret in read or secret in seam:
+                return True
+        self._carry = read[-keep:] if len(read) >= keep else (self._carry + read)[-keep:]
+        return False
+
+
 class Redactor:
     """Cuts the given secrets out of upstream text."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True))
+        self._encoded = tuple(s.encode() for s in self._secrets)
+
+    def scanner(self) -> Scanner:
+        """A scanner for the secrets in the reads of one upstream response."""
+        return Scanner(self._encoded)
 
     def text(self, text: str) -> str:
         """``text`` with every secret replaced by [REDACTED]."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,9 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2_grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -183,3 +186,60 @@ def test_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_line_nev
     assert seen["OK"] >= 100
     logged = Counter(line["status"] for line in call_log("".join(log)))
     assert logged == Counter({"OK": seen["OK"], "UNAVAILABLE": seen["UNAVAILABLE SHUTTING_DOWN"]}), logged
+
+
+def test_http_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_line() -> None:
+    """The same on the HTTP port: 30 Messages API streams in flight, SIGTERM, then 30 Connect calls and 30
+    Messages API calls at once: each ends OK or refused as shutting down (Connect `unavailable`, the
+    Messages API's 529 `overloaded_error`), and each has its log line (UNAVAILABLE / SHUTTING_DOWN)."""
+    with socket.socket() as probe:  # a port free now, for the process to bind
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"GATEWAY_DRAIN_GRACE": "20", "GATEWAY_LOG_LEVEL": "INFO", "GATEWAY_HTTP_LISTEN": f"127.0.0.1:{port}"}
+    url = f"http://127.0.0.1:{port}"
+    with gateway_process(tps=200, **env) as (proc, _):
+        assert proc.stderr is not None
+        log: list[str] = []
+        reader = threading.Thread(target=lambda: log.extend(proc.stderr or ()), daemon=True)
+        reader.start()
+
+        async def messages(session: aiohttp.ClientSession, started: asyncio.Event | None) -> str:
+            request = {**body("[[sim:tokens 40]] around the stop"), "stream": True}
+            async with session.post(f"{url}/v1/messages", json=request) as response:
+                if response.status != 200:
+                    error = (await response.json())["error"]
+                    return f"{response.status} {error['type']} {error['message']}"
+                events = []
+                async for line in response.content:
+                    if line.startswith(b"event: "):
+                        events.append(line[7:].strip().decode())
+                        if started is not None:
+                            started.set()
+                return "OK" if events[-1] == "message_stop" else f"stream ended at {events[-1]}"
+
+        async def connect(session: aiohttp.ClientSession) -> str:
+            request = json_format.MessageToDict(stream_request(body("[[sim:tokens 4]] late")))
+            async with session.post(f"{url}/claude_gateway.v1.ChatService/CreateMessage", json=request) as response:
+                reply = await response.json()
+                return "OK" if response.status == 200 else f"{response.status} {reply['code']} {reply['message']}"
+
+        async def go() -> list[str]:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                firsts = [asyncio.Event() for _ in range(30)]
+                early = [asyncio.ensure_future(messages(session, first)) for first in firsts]
+                await asyncio.gather(*(first.wait() for first in firsts))
+                proc.send_signal(signal.SIGTERM)
+                late = [asyncio.ensure_future(messages(session, None)) for _ in range(30)]
+                late += [asyncio.ensure_future(connect(session)) for _ in range(30)]
+                return list(await asyncio.gather(*early, *late))
+
+        outcomes = run(go)
+        assert proc.wait(timeout=60) == 0
+        reader.join(timeout=10)
+    seen = Counter(outcomes)
+    print(f"outcomes: {dict(seen)}")
+    refused = {"529 overloaded_error gateway is shutting down", "503 unavailable gateway is shutting down"}
+    assert set(seen) <= {"OK", *refused}, seen
+    assert seen["OK"] >= 30
+    logged = Counter((line["status"], line["reason"]) for line in call_log("".join(log)))
+    assert logged == Counter({("OK", ""): seen["OK"], ("UNAVAILABLE", "SHUTTING_DOWN"): len(outcomes) - seen["OK"]})

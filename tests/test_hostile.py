@@ -15,11 +15,15 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from claude_gateway.client import create_request
 from claude_gateway.v1 import chat_pb2_grpc
+from claude_gateway.wire import USAGE_KEY
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.app import Gateway, build_server, sdk_client
@@ -318,7 +322,8 @@ def echoing(where: str) -> Answer:
 def test_a_key_echoed_by_the_upstream_reaches_neither_the_caller_nor_the_log(
     where: str, rpc: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The key echoed in an error message, request id header or error event is redacted or dropped everywhere."""
+    """The key echoed in an error message or request id header is redacted or dropped everywhere; in an error
+    event (a read of the reply's body) it ends the call with UPSTREAM_ECHOED_SECRET, the event not passed on."""
     caplog.set_level(logging.INFO)
 
     async def go() -> Outcome:
@@ -327,10 +332,13 @@ def test_a_key_echoed_by_the_upstream_reaches_neither_the_caller_nor_the_log(
 
     outcome = run(go)
     assert outcome.status is not None
-    assert outcome.status.code == (
-        grpc.StatusCode.UNAUTHENTICATED if where == "error body" else grpc.StatusCode.UNAVAILABLE
-    )
-    assert "[REDACTED]" in outcome.status.message
+    if where == "error body":
+        assert outcome.status.code == grpc.StatusCode.UNAUTHENTICATED
+        assert "[REDACTED]" in outcome.status.message
+    else:
+        assert outcome.status.code == grpc.StatusCode.DATA_LOSS
+        assert outcome.status.error_info is not None
+        assert outcome.status.error_info.reason == "UPSTREAM_ECHOED_SECRET"
     assert [r for r in caplog.records if r.name == "server.call"], "the call log was not captured"
     seen = repr(outcome) + caplog.text
     assert API_KEY not in seen
@@ -464,3 +472,186 @@ def test_distinct_upstream_error_types_do_not_grow_the_metrics(caplog: pytest.Lo
     assert late == early
     logged = {json.loads(r.getMessage())["reason"] for r in caplog.records if r.name == "server.call"}
     assert len([reason for reason in logged if reason.startswith("BRAND_NEW_")]) == calls
+
+
+def strict_json(text: str) -> Any:
+    """``text`` parsed as strict JSON: NaN and Infinity literals are errors (as in every parser but Python's)."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1099511627776", "-5", "1.5"])
+def test_usage_out_of_bounds_is_marked_invalid_never_priced_and_never_written_as_nan(
+    value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream whose message_start reports ``input_tokens`` as NaN, an infinity, 2**40, a negative or a
+    fraction: the reply is served on gRPC (both RPCs), Connect and the Messages API, and every usage report
+    (trailer, header, log line) is strict JSON with the usage marked invalid and its cost unknown (2**40
+    tokens used to report a $3.3M call, NaN an `"input_tokens":NaN` no JSON parser reads)."""
+    caplog.set_level(logging.INFO, logger="server.call")
+    start = json.dumps(MESSAGE_START).replace('"input_tokens": 3', f'"input_tokens": {value}')
+    assert value in start
+    reply = (
+        f"event: message_start\ndata: {start}\n\n".encode()
+        + sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
+        + sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        )
+        + sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+        + sse(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}},
+        )
+        + sse("message_stop", {"type": "message_stop"})
+    )
+
+    async def answer(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+        await up.send(writer, head(200, **SSE_HEAD) + reply)
+
+    async def go() -> list[str]:
+        reports = []
+        async with Hostile(answer) as up, aimed_at(up, max_attempts=1, http_listen="127.0.0.1:0") as gw:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                stream = stub.StreamMessage(stream_request(body()), timeout=10)
+                assert [e async for r in stream for e in r.events][-1].WhichOneof("type") == "message_stop"
+                reports.append(dict(await stream.trailing_metadata())[USAGE_KEY])
+                unary = stub.CreateMessage(create_request(body()), timeout=10)
+                await unary
+                reports.append(dict(await unary.trailing_metadata())[USAGE_KEY])
+            url = f"http://127.0.0.1:{gw.http_port}"
+            async with aiohttp.ClientSession() as session:
+                connect = json_format.MessageToDict(create_request(body()))
+                async with session.post(f"{url}/claude_gateway.v1.ChatService/CreateMessage", json=connect) as r:
+                    assert r.status == 200, await r.text()
+                    strict_json(await r.text())
+                    reports.append(r.headers[f"trailer-{USAGE_KEY}"])
+                async with session.post(f"{url}/v1/messages", json=body()) as r:
+                    assert r.status == 200, await r.text()
+                    strict_json(await r.text())
+                    reports.append(r.headers[USAGE_KEY])
+        return reports
+
+    for report in run(go):
+        usage = strict_json(report)
+        assert usage["usage_invalid"].startswith("input_tokens "), usage
+        assert usage["cost_usd"] is None
+        assert "input_tokens" not in usage["usage"]
+    lines = [strict_json(r.getMessage()) for r in caplog.records if r.name == "server.call"]
+    ends = [(line["status"], line["cost_usd"], line["usage_invalid"] is not None) for line in lines]
+    assert ends == [("OK", None, True)] * 4
+
+
+def relaying_the_key(split: bool) -> Answer:
+    """An upstream that puts the key it was sent in the reply's text, in one write or split across two."""
+
+    async def answer(up: Hostile, request: Request, writer: asyncio.StreamWriter) -> None:
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        said = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "the key is"}}
+        await up.send(
+            writer, head(200, **SSE_HEAD) + sse("message_start", MESSAGE_START) + sse("content_block_start", block)
+        )
+        await up.send(writer, sse("content_block_delta", said))
+        leak = sse("content_block_delta", {**said, "delta": {"type": "text_delta", "text": f" {key} ok"}})
+        cut = leak.index(key.encode()) + len(key) // 2
+        for part in (leak[:cut], leak[cut:]) if split else (leak,):
+            await up.send(writer, part)
+        await up.send(writer, sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        await up.send(writer, sse("message_stop", {"type": "message_stop"}))
+
+    return answer
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "split-across-writes"])
+def test_the_key_in_the_reply_is_never_relayed_and_ends_the_call(split: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """An upstream that writes the gateway's API key into the reply's content (whole, or cut in two writes):
+    on gRPC (both RPCs), Connect and the Messages API (streamed and whole) the call ends DATA_LOSS /
+    UPSTREAM_ECHOED_SECRET (the Messages API: an `api_error`), the events of the reads before it delivered,
+    and no piece of the key reaches the caller or the log (it used to be relayed as text)."""
+    caplog.set_level(logging.INFO)
+
+    async def go() -> list[bytes]:
+        got: list[bytes] = []
+        async with (
+            Hostile(relaying_the_key(split)) as up,
+            aimed_at(up, max_attempts=1, http_listen="127.0.0.1:0") as gw,
+        ):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                stub = chat_pb2_grpc.ChatServiceStub(channel)
+                stream = stub.StreamMessage(stream_request(body()), timeout=10)
+                events = []
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    async for response in stream:
+                        events.extend(response.events)
+                got.append(b"".join(e.SerializeToString() for e in events))
+                for error in (caught.value, await raised(stub.CreateMessage(create_request(body()), timeout=10))):
+                    status = status_of(error)
+                    assert status.code == grpc.StatusCode.DATA_LOSS, status
+                    assert status.error_info is not None
+                    assert status.error_info.reason == "UPSTREAM_ECHOED_SECRET"
+                    got.append(repr(status).encode())
+            url = f"http://127.0.0.1:{gw.http_port}"
+            async with aiohttp.ClientSession() as session:
+                connect = json_format.MessageToDict(create_request(body()))
+                async with session.post(f"{url}/claude_gateway.v1.ChatService/CreateMessage", json=connect) as r:
+                    got.append(await r.read())
+                    assert (await r.json())["code"] == "data_loss"
+                for stream_it in (True, False):
+                    async with session.post(f"{url}/v1/messages", json={**body(), "stream": stream_it}) as r:
+                        got.append(await r.read())
+                        assert b"api_error" in got[-1], got[-1]
+        return got
+
+    got = b"".join(run(go))
+    key = API_KEY.encode()
+    for piece in (key, key[: len(key) // 2], key[len(key) // 2 :]):
+        assert piece not in got
+        assert piece.decode() not in caplog.text
+    logged = [json.loads(r.getMessage())["reason"] for r in caplog.records if r.name == "server.call"]
+    assert logged == ["UPSTREAM_ECHOED_SECRET"] * 5
+
+
+async def raised(call: Any) -> grpc.aio.AioRpcError:
+    """The error an awaited call ended with."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def long_overloaded_error(up: Hostile, _: Request, writer: asyncio.StreamWriter) -> None:
+    """A 529 whose error body is longer than GATEWAY_MAX_ERROR_BODY_BYTES: the gateway reads a cut of it."""
+    error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy " * 40_000}}
+    await up.send(writer, head(529, content_type="application/json") + json.dumps(error).encode())
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_cut_error_body_keeps_its_error_type(transport: str) -> None:
+    """An error body cut at GATEWAY_MAX_ERROR_BODY_BYTES is no longer JSON, but its error type leads it: the
+    call still ends as that type (UNAVAILABLE / OVERLOADED_ERROR on gRPC, 529 `overloaded_error` on the
+    Messages API) instead of a bare HTTP_529."""
+
+    async def go() -> None:
+        settings = {"http_client": transport, "max_attempts": 1, "http_listen": "127.0.0.1:0"}
+        async with Hostile(long_overloaded_error) as up, aimed_at(up, **settings) as gw:
+            outcome = await call_through(gw)
+            assert outcome.status is not None
+            assert outcome.status.code == grpc.StatusCode.UNAVAILABLE
+            assert outcome.status.error_info is not None
+            assert outcome.status.error_info.reason == "OVERLOADED_ERROR", outcome.status
+            assert outcome.status.error_info.metadata["error_type"] == "overloaded_error"
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(f"http://127.0.0.1:{gw.http_port}/v1/messages", json=body()) as r,
+            ):
+                assert r.status == 529
+                assert (await r.json())["error"]["type"] == "overloaded_error"
+
+    run(go)

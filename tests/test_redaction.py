@@ -73,3 +73,20 @@ def test_log_filter_masks_secrets_in_messages_arguments_and_tracebacks() -> None
     assert API_KEY not in text
     assert text.count(MASK) == 2
     assert "ValueError" in text
+
+
+def test_the_scanner_finds_a_secret_cut_anywhere_across_reads() -> None:
+    """A secret is found whole in a read, cut at any point across two reads, or spread over reads of one byte
+    each (the carry is len(secret) - 1 bytes); reads that only resemble it are not flagged."""
+    secret = b"sk-ant-api03-0123456789abcdef"
+    reads = [b'data: {"text": "x ', secret, b' y"}\n\n']
+    scanner = Redactor([secret.decode(), "another-secret-value"]).scanner()
+    assert scanner.found(b"".join(reads))
+    for cut in range(1, len(secret)):
+        scanner = Redactor([secret.decode()]).scanner()
+        assert not scanner.found(b"prefix " + secret[:cut])
+        assert scanner.found(secret[cut:] + b" suffix"), cut
+    scanner = Redactor([secret.decode()]).scanner()
+    assert [scanner.found(bytes([b])) for b in b"..." + secret][-1]
+    scanner = Redactor([secret.decode()]).scanner()
+    assert not any(scanner.found(read) for read in (secret[:-1], b"!", secret[1:], b"sk-ant-api03-", b"x" * 100))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from claude_gateway import codec
 from claude_gateway.v1 import chat_pb2 as pb
+from google.protobuf import json_format
 
 from tests.harness import body, gateway, run, status_of
 
@@ -136,3 +139,70 @@ def test_valid_betas_and_deep_but_allowed_raw_json_go_upstream() -> None:
             assert sent.headers["anthropic-beta"] == "files-api-2025-04-14,context-1m-2025-08-07"
 
     run(go)
+
+
+LONG = "claude-" + "x" * 20_000
+
+
+def long_model(request: dict[str, Any]) -> None:
+    request["model"] = LONG
+
+
+def model_with_a_newline(request: dict[str, Any]) -> None:
+    request["model"] = "claude-sonnet-4-6\nx-injected: 1"
+
+
+def long_role(request: dict[str, Any]) -> None:
+    request["messages"][0]["role"] = LONG
+
+
+STRINGS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("model-of-20000-characters", long_model, "params.model"),
+    ("model-with-a-newline", model_with_a_newline, "params.model"),
+    ("role-of-20000-characters", long_role, "params.messages[0].role"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), [pytest.param(c, f, id=n) for n, c, f in STRINGS])
+def test_caller_strings_are_bounded_before_they_are_repeated_anywhere(
+    change: Callable[[dict[str, Any]], None], field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 20,000-character (or header-unsafe) model name or role gets INVALID_ARGUMENT naming the field on
+    gRPC (with grpc's default metadata limit: the trailers stay small, where a repeated name used to make
+    the client see RESOURCE_EXHAUSTED), on Connect and on the Messages API; nothing reaches the upstream,
+    and no log line repeats the value (a 1 MB model name used to write a 1 MB line)."""
+    caplog.set_level(logging.INFO, logger="server.call")
+    request = body()
+    change(request)
+    grpc_request = pb.StreamMessageRequest(params=codec.from_json(request, pb.MessageCreateParams()))
+
+    async def go() -> None:
+        async with gateway(http_listen="127.0.0.1:0") as h:
+            url = f"http://127.0.0.1:{h.gateway.http_port}"
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in h.stub.StreamMessage(grpc_request, timeout=10):
+                    pass
+            status = status_of(caught.value)
+            assert status.code == grpc.StatusCode.INVALID_ARGUMENT, status
+            assert status.bad_request is not None
+            assert [v.field for v in status.bad_request.field_violations] == [field]
+            assert len(status.message) < 512
+            async with aiohttp.ClientSession() as session:
+                connect = json_format.MessageToDict(grpc_request)
+                async with session.post(f"{url}/claude_gateway.v1.ChatService/CreateMessage", json=connect) as reply:
+                    answer = await reply.json()
+                    assert (reply.status, answer["code"]) == (400, "invalid_argument"), answer
+                    assert len(await reply.read()) < 2048
+                async with session.post(f"{url}/v1/messages", json=request) as reply:
+                    answer = await reply.json()
+                    assert (reply.status, answer["error"]["type"]) == (400, "invalid_request_error"), answer
+                    assert len(await reply.read()) < 2048
+            assert h.sim.requests == []
+
+    run(go)
+    lines = [r.getMessage() for r in caplog.records if r.name == "server.call"]
+    assert [(json.loads(line)["status"], json.loads(line)["reason"]) for line in lines] == [
+        ("INVALID_ARGUMENT", "INVALID_REQUEST")
+    ] * 3
+    assert max(len(line) for line in lines) < 2048
+    assert "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" not in caplog.text

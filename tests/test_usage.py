@@ -144,3 +144,30 @@ def test_the_trailer_round_trips_through_the_client_parser() -> None:
     assert from_metadata([("other", "x")]) is None
     with pytest.raises(ValueError, match=USAGE_KEY):
         from_metadata([(USAGE_KEY, "[]")])
+
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("a count past the bound", {"output_tokens": 10_000_001}, "output_tokens is 10000001, not a count"),
+    ("a nested count that is a fraction", {"cache_creation": {"ephemeral_5m_input_tokens": 0.5}}, "cache_creation."),
+    ("a long string", {"service_tier": "x" * 65}, "service_tier is a string of more than 64"),
+    ("a key that is not a usage name", {"Input Tokens": 3}, "a key that is not a usage name"),
+    ("a list", {"output_tokens": [1]}, "output_tokens is a list"),
+    ("too many values", {f"count_{n}": n for n in range(40)}, "more than 32 values"),
+]
+
+
+@pytest.mark.parametrize(("case", "usage", "why"), INVALID, ids=[i[0] for i in INVALID])
+def test_usage_that_does_not_check_is_left_out_and_marks_the_usage_invalid(
+    case: str, usage: dict[str, Any], why: str
+) -> None:
+    """A usage object with a value out of bounds is not merged; the usage says why, and the call is not priced."""
+    merged = Usage()
+    merged.observe(*start(START))
+    merged.observe(*delta(usage))
+    assert merged.values == START
+    assert merged.invalid is not None
+    assert merged.invalid.startswith(why), merged.invalid
+    record = CallRecord("StreamMessage", "claude-sonnet-4-6", usage=merged)
+    Telemetry(load(), None).finish(record)
+    assert record.cost is None
+    assert record.summary()["usage_invalid"] == merged.invalid

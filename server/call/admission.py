@@ -33,6 +33,7 @@ from server.limits.bodies import WAIT_SECONDS, BodyBudget, Reservation, default_
 from server.limits.identity import Identity
 from server.limits.policy import MICRO, OPEN, Limits, Policy, Rules
 from server.limits.quota import Lease, MemoryQuotas, Quotas, estimate_tokens
+from server.redaction import model_id
 from server.reporting.prices import Prices, PriceTable, call_cost
 from server.reporting.record import CallRecord
 from server.reporting.usage import Usage
@@ -240,7 +241,7 @@ class Admission:
         settings = self._settings
         caller, rules = self.entry(context, record)  # refused here, a call names no model on any port
         if record is not None and not callable(request) and not isinstance(request, Undecodable):
-            record.model = self.policy.model(request.params.model or self.policy.default_model or "")
+            record.model = self._noted(request.params.model)
         budget, expired = settings.max_stream_seconds, self._too_long
         remaining = context.time_remaining()
         if remaining is not None and remaining < budget:
@@ -265,7 +266,7 @@ class Admission:
                     raise GatewayError(call.cut) from None
                 reservation.resize(size)
                 if record is not None and not isinstance(request, Undecodable):
-                    record.model = self.policy.model(request.params.model or self.policy.default_model or "")
+                    record.model = self._noted(request.params.model)
             call.body, call.betas, estimate = self._checked(caller, rules, request, record)
             assert not isinstance(request, Undecodable)  # _checked refused it
             call.version = request.anthropic_version if request.HasField("anthropic_version") else None
@@ -286,6 +287,11 @@ class Admission:
                 self.quotas.release(call.lease, charged(call.usage), spent)
             if reservation is not None:
                 reservation.release()
+
+    def _noted(self, model: str) -> str:
+        """The model a call's record notes for ``model`` as the caller wrote it (aliases and the default
+        resolved), before the checks: "" for a name they will refuse, which is never repeated."""
+        return self.policy.model(model_id(model or self.policy.default_model) or "")
 
     def cost(self, call: Admitted) -> float | None:
         """What ``call`` cost, by the model that served it (what the call's record heard from the upstream)."""

@@ -34,6 +34,7 @@ from server.call.retry import backoff
 from server.call.runner import Calls
 from server.errors import Failure, GatewayError, Reason, fail, to_status
 from server.limits.policy import Policy, Rules
+from server.redaction import model_id
 from server.reporting.record import OK, CallRecord
 from server.upstream.failures import from_exception
 
@@ -58,7 +59,7 @@ class Lookups:
         self, context: CallContext, request: pb.CountTokensRequest | Undecodable
     ) -> pb.CountTokensResponse | None:
         """The API's count of the request's input tokens."""
-        model = "" if isinstance(request, Undecodable) else request.params.model
+        model = "" if isinstance(request, Undecodable) else model_id(request.params.model) or ""
 
         async def work(record: CallRecord) -> pb.CountTokensResponse:
             counted = await self._calls.admission.admit_count(context, request)

@@ -24,10 +24,16 @@ from server.call.grammar import Grammar
 from server.call.route import Route, Step
 from server.call.watchdog import Watchdog
 from server.errors import Failure, GatewayError, Reason, fail
+from server.redaction import Redactor
 from server.upstream.client import EVENT_STREAM, Body
 from server.upstream.failures import from_exception
 
 log = logging.getLogger(__name__)
+
+_ECHOED = fail(
+    Reason.UPSTREAM_ECHOED_SECRET,
+    "the upstream's reply holds the gateway's credentials: it was not passed on, and the call ends here",
+)
 
 # Most events in one batch: a read that completes more (a flood of small events) is delivered in batches of
 # this many, the event loop free between them, so that health checks and other calls wait milliseconds.
@@ -38,8 +44,12 @@ FEED_BYTES = 64 * 1024  # most bytes of a read framed in one step of the event l
 class UpstreamReader:
     """Reads one upstream stream; each batch is the events that one network read completed."""
 
-    def __init__(self, bounds: Bounds, route: Route, watchdog: Watchdog, deadline: float) -> None:
+    def __init__(
+        self, bounds: Bounds, route: Route, watchdog: Watchdog, deadline: float, redactor: Redactor | None = None
+    ) -> None:
         self._bounds = bounds
+        self._redactor = redactor or Redactor(())
+        self._scanner = self._redactor.scanner()  # the gateway's credentials, looked for in every read
         self._route = route
         self._watchdog = watchdog
         self._deadline = deadline
@@ -84,6 +94,7 @@ class UpstreamReader:
             if failure is not None:
                 self.retried.append(failure.error_type or failure.reason)
                 self._framer = SseFramer(self._bounds.max_event_bytes)
+                self._scanner = self._redactor.scanner()
                 self._later, self._unfed = [], b""
                 self._grammar = Grammar()
                 self._failure, self.complete = None, False
@@ -165,6 +176,8 @@ class UpstreamReader:
                     if not chunk:
                         raise GatewayError(_incomplete())
                     self.bytes_read += len(chunk)
+                    if self._scanner.found(chunk):  # before a byte of it is framed: none reaches the caller
+                        raise GatewayError(_ECHOED)
                 # What was buffered while the gateway was busy can be megabytes of small events: it is framed
                 # FEED_BYTES at a time, so that no step of the event loop frames more than that.
                 chunk, self._unfed = chunk[:FEED_BYTES], chunk[FEED_BYTES:]

@@ -31,7 +31,7 @@ from server.call.watchdog import Watchdog
 from server.config import Settings
 from server.errors import Failure, GatewayError, Reason, fail, to_status
 from server.limits.bodies import Reservation
-from server.redaction import Redactor
+from server.redaction import Redactor, model_id
 from server.reporting.record import BEFORE_FIRST_EVENT, CANCELLED, OK, STREAMING, CallRecord
 from server.reporting.telemetry import Telemetry
 from server.upstream.client import Upstream
@@ -120,7 +120,7 @@ class Calls:
                     cost = Cost(call.estimate, call.body["max_tokens"])
                     route = Failover(self.pool, self.bounds, call.body["model"], call.caller, cost, call.deadline)
                 try:
-                    async with UpstreamReader(self.bounds, route, watchdog, call.deadline) as reader:
+                    async with UpstreamReader(self.bounds, route, watchdog, call.deadline, self.redactor) as reader:
                         try:
                             batch: list[Event] | None = await reader.open(call.body, call.betas, call.version)
                         finally:
@@ -212,7 +212,7 @@ def _noting_model(read: Body, record: CallRecord) -> Body:
     async def reading() -> tuple[Request | Undecodable, int]:
         request, size = await read()
         if not isinstance(request, Undecodable):
-            record.model = request.params.model
+            record.model = model_id(request.params.model) or ""  # a name checks will refuse is not repeated
         return request, size
 
     return reading

@@ -21,6 +21,7 @@ from claude_gateway.v1 import chat_pb2 as pb
 from google.protobuf import struct_pb2
 
 from server.errors import Violation
+from server.redaction import MODEL_ID_RULE, model_id, shown
 
 ROLES = ("user", "assistant")
 _POLICY_KEYS = (("model", str), ("max_tokens", int))  # body keys the caller's policy judges
@@ -39,6 +40,8 @@ def violations(params: pb.MessageCreateParams, path: str = "params") -> list[Vio
 def _params(p: pb.MessageCreateParams, path: str) -> Iterator[Violation]:
     if not p.model:
         yield Violation(f"{path}.model", "required: the model name, e.g. claude-sonnet-4-6")
+    elif model_id(p.model) is None:
+        yield Violation(f"{path}.model", f"must be a model name, {MODEL_ID_RULE}; got {shown(p.model)!r}")
     if p.max_tokens < 1:
         yield Violation(f"{path}.max_tokens", f"must be at least 1, got {p.max_tokens}")
     if not p.messages:
@@ -48,7 +51,7 @@ def _params(p: pb.MessageCreateParams, path: str) -> Iterator[Violation]:
     for i, m in enumerate(p.messages):
         where = f"{path}.messages[{i}]"
         if m.role not in ROLES:
-            yield Violation(f"{where}.role", f"must be 'user' or 'assistant', got {m.role!r}")
+            yield Violation(f"{where}.role", f"must be 'user' or 'assistant', got {shown(m.role)!r}")
         if m.content and m.HasField("content_text"):
             yield Violation(f"{where}.content_text", "set content or content_text, not both")
         elif not m.content and not m.HasField("content_text"):
@@ -147,12 +150,6 @@ def _is_set(msg: Any, name: str) -> bool:
     if fd.is_repeated:
         return len(getattr(msg, name)) > 0
     return bool(msg.HasField(name)) if fd.has_presence else True
-
-
-def shown(value: str, limit: int = 64) -> str:
-    """A caller's string as an error message may repeat it: at most ``limit`` characters, then an
-    ellipsis and the length, so a huge value never reaches a trailer or a log line whole."""
-    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
 
 
 def _raw_json(text: str, where: str) -> Iterator[Violation]:
@@ -266,7 +263,9 @@ def _struct_problem(message: Any) -> str | None:
 def version_violations(request: Any, path: str = "anthropic_version") -> Iterator[Violation]:
     """An `anthropic_version`, when set, must be a date as the API's versions are (YYYY-MM-DD)."""
     if request.HasField("anthropic_version") and not _VERSION.fullmatch(request.anthropic_version):
-        yield Violation(path, f"must be an API version date such as 2023-06-01, got {request.anthropic_version!r}")
+        yield Violation(
+            path, f"must be an API version date such as 2023-06-01, got {shown(request.anthropic_version)!r}"
+        )
 
 
 def beta_violations(betas: Sequence[str], path: str = "betas") -> Iterator[Violation]:

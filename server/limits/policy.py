@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from server.limits.identity import CALLER_NAME
+from server.redaction import MODEL_ID_RULE, model_id, shown
 from server.yamlfile import Nodes, compose
 
 ANY_CALLER = "*"
@@ -133,11 +134,15 @@ def parse(text: str, source: str = "policy") -> Policy:
     aliases: dict[str, str] = {}
     if "models" in top:
         for key, value in at.mapping(top["models"], "`models`").items():
+            if model_id(key) is None:  # callers write it as `model`, which must look like a model name
+                raise at.error(top["models"], f"alias {shown(key)!r} must be a model name, {MODEL_ID_RULE}")
             aliases[key] = at.text(value, f"alias `{key}`")
         for name, target in aliases.items():
             if target in aliases:
                 raise at.error(top["models"], f"alias `{name}` names another alias, `{target}`: give a model id")
     default = at.text(top["default_model"], "`default_model`") if "default_model" in top else None
+    if default is not None and model_id(default) is None:
+        raise at.error(top["default_model"], f"`default_model` must be a model name, {MODEL_ID_RULE}")
     if "callers" not in top:
         raise at.error(root, 'no `callers:`: name the callers and their limits (`"*": {}` lets anyone in)')
     callers: dict[str, Rules] = {}

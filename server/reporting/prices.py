@@ -177,7 +177,10 @@ class PriceTable:
 def call_cost(prices: Prices, usage: Usage, served: str, asked: str, own: Prices | None = None) -> float | None:
     """What a call cost: by the model that served it, on its backend's ``own`` prices where it has them, then on
     ``prices``; a served model with no price is priced as the model the call asked for (a platform's own id,
-    such as Bedrock's, stands for that model). None when neither has a price."""
+    such as Bedrock's, stands for that model). None when neither has a price, or when the upstream's usage
+    did not check (``Usage.invalid``: what it reported cannot be priced)."""
+    if usage.invalid is not None:
+        return None
     models = (served,) if served == asked else (served, asked)
     for source in (own, prices) if own is not None else (prices,):
         for model in models:

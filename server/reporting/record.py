@@ -6,19 +6,16 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from server.redaction import model_id
 from server.reporting.usage import Usage
 
 if TYPE_CHECKING:  # the event type only: reporting sits below the call and never imports it at run time
     from server.call.events import Event
 
-# What a model id looks like; anything else the upstream calls its model is not reported (it is untrusted text,
-# and it becomes a metric label).
-MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 
 OK = "OK"
 CANCELLED = "CANCELLED"
@@ -87,8 +84,7 @@ class CallRecord:
                     message = obj.get("message")
                     if isinstance(message, dict):
                         self.response_id = _text(message.get("id"))
-                        served = _text(message.get("model"))
-                        self.response_model = served if served and MODEL_ID.fullmatch(served) else None
+                        self.response_model = model_id(message.get("model"))  # untrusted text, a metric label
                 else:
                     delta = obj.get("delta")
                     if isinstance(delta, dict):
@@ -131,6 +127,8 @@ class CallRecord:
             "cost_usd": self.cost,
             "partial": self.partial,
         }
+        if self.usage.invalid is not None:
+            out["usage_invalid"] = self.usage.invalid
         if self.failovers is not None:
             out.update(self.upstream())
         return out
@@ -161,6 +159,7 @@ class CallRecord:
             "events": self.events,
             "attempts": self.attempts,
             "usage": self.usage.values,
+            "usage_invalid": self.usage.invalid,
             "cost_usd": self.cost,
             "partial": self.partial,
             "cause": self.cause,
@@ -170,4 +169,5 @@ class CallRecord:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+    """An upstream string the record keeps (span attributes): at most 128 characters, else none."""
+    return value if isinstance(value, str) and len(value) <= 128 else None

@@ -6,17 +6,27 @@ null means "unchanged": absent is not zero. Nested objects (``cache_creation``, 
 ``output_tokens_details``) merge key by key under the same rule.
 
 ``Usage.values`` is the merged usage object in the API's own JSON shape; the properties read the
-numbers the gateway prices and counts. A ``Usage`` is the one record of a call's tokens: the
-trailer, the log line, the metrics, the trace and quota accounting (admission) all read it.
+numbers the gateway prices and counts. The upstream's numbers are untrusted: a usage object with a
+count that is not a whole number from 0 to ``MAX_COUNT`` (NaN, an infinity, 1.5, -1, 2**40), a key that
+is not a usage name, a string past ``MAX_TEXT`` characters or more than ``MAX_ENTRIES`` values is not
+merged, and the call's usage is marked invalid (``invalid`` says why): its cost is unknown, and no JSON
+the gateway writes (trailer, log line) holds a number it did not check. A ``Usage`` is the one record of
+a call's tokens: the trailer, the log line, the metrics, the trace and quota accounting (admission) all
+read it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 NESTED = ("cache_creation", "server_tool_use", "output_tokens_details")
+MAX_COUNT = 10_000_000  # tokens (or tool requests) one call may report of a kind: ten times the largest context
+MAX_TEXT = 64  # characters of a string value (``service_tier``)
+MAX_ENTRIES = 32  # values in the merged object, nested ones counted: the API's have about ten
+_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a usage name, as the API writes them
 
 
 @dataclass(eq=False)
@@ -25,10 +35,18 @@ class Usage:
 
     values: dict[str, Any] = field(default_factory=dict)
     seen: bool = False
+    invalid: str | None = None  # why a usage object the upstream sent was not merged; None while none was refused
 
     def merge(self, usage: Mapping[str, Any]) -> None:
-        """Fold one usage object in: every non-null key replaces the value so far; nested objects merge by key."""
+        """Fold one usage object in: every non-null key replaces the value so far; nested objects merge by key.
+        An object that does not check (``problem``) is left out whole, and marks the usage invalid."""
         self.seen = True
+        problem = _problem(usage)
+        if problem is None and _entries(self.values, usage) > MAX_ENTRIES:
+            problem = f"more than {MAX_ENTRIES} values"
+        if problem is not None:
+            self.invalid = self.invalid or problem
+            return
         values = self.values
         for key, value in usage.items():
             if value is None:
@@ -108,3 +126,44 @@ class Usage:
             "cache_write_5m": self.cache_write_5m_tokens,
             "cache_write_1h": self.cache_write_1h_tokens,
         }
+
+
+def _problem(usage: Mapping[str, Any]) -> str | None:
+    """Why ``usage`` (one usage object from the upstream) cannot be merged; None if it can."""
+    for key, value in usage.items():
+        if not isinstance(key, str) or _KEY.fullmatch(key) is None:
+            return "a key that is not a usage name"
+        if isinstance(value, Mapping):
+            for inner, item in value.items():
+                if not isinstance(inner, str) or _KEY.fullmatch(inner) is None:
+                    return f"{key}: a key that is not a usage name"
+                problem = _value_problem(item)
+                if problem is not None:
+                    return f"{key}.{inner} {problem}"
+        else:
+            problem = _value_problem(value)
+            if problem is not None:
+                return f"{key} {problem}"
+    return None
+
+
+def _value_problem(value: Any) -> str | None:
+    kind = type(value)
+    if value is None or kind is bool:
+        return None
+    if kind is int:
+        return None if 0 <= value <= MAX_COUNT else f"is {value}, not a count from 0 to {MAX_COUNT}"
+    if kind is float:
+        return "is not a whole number"  # NaN and the infinities too; the value is not repeated
+    if kind is str:
+        return None if len(value) <= MAX_TEXT else f"is a string of more than {MAX_TEXT} characters"
+    return f"is a {kind.__name__}, not a count"
+
+
+def _entries(values: Mapping[str, Any], usage: Mapping[str, Any]) -> int:
+    """How many values (nested ones counted) ``values`` would hold with ``usage`` merged in."""
+    keys = {(k, None) for k, v in values.items() if not isinstance(v, Mapping)}
+    keys |= {(k, i) for k, v in values.items() if isinstance(v, Mapping) for i in v}
+    keys |= {(k, None) for k, v in usage.items() if v is not None and not isinstance(v, Mapping)}
+    keys |= {(k, i) for k, v in usage.items() if isinstance(v, Mapping) for i, x in v.items() if x is not None}
+    return len(keys)

@@ -17,6 +17,7 @@ upstream's host and the gateway's own words.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -228,6 +229,11 @@ def _from_status_error(exc: anthropic.APIStatusError) -> Failure:
     error = body.get("error")
     error = error if isinstance(error, dict) else {}
     error_type, message = _str(error.get("type")), _str(error.get("message"))
+    if error_type is None and isinstance(exc.body, str):
+        # Not JSON: most often a body cut at GATEWAY_MAX_ERROR_BODY_BYTES, whose type still leads it.
+        found = _LEADING_ERROR_TYPE.match(exc.body)
+        if found is not None:
+            error_type, message = found[1], "an error body that is not whole JSON (cut at the gateway's bound?)"
     if error_type is None:
         error_type = _platform_error_type(headers.get("x-amzn-errortype"), _str(error.get("status")))
         message = message or _str(body.get("message")) or _str(body.get("Message"))
@@ -241,6 +247,13 @@ def _from_status_error(exc: anthropic.APIStatusError) -> Failure:
     )
     limits = ratelimit_headers(headers)
     return replace(failure, ratelimits=limits) if limits else failure
+
+
+# The API's error body as it begins: {"type": "error", "error": {"type": "<error type>", ... (the outer
+# "type" may be left out). A JSON string cannot hold an unescaped quote, so a message never matches.
+_LEADING_ERROR_TYPE = re.compile(
+    r'\s*\{(?:\s*"type"\s*:\s*"error"\s*,)?\s*"error"\s*:\s*\{\s*"type"\s*:\s*"([a-z_]{1,64})"'
+)
 
 
 def _platform_error_type(amazon: str | None, google: str | None) -> str | None:

@@ -56,6 +56,7 @@ from server.call.runner import Calls
 from server.errors import GatewayError
 from server.limits.bodies import WAIT_SECONDS, Reservation
 from server.reasons import Reason
+from server.redaction import shown
 from server.streams.ids import new_id
 
 Scope = MutableMapping[str, Any]
@@ -97,6 +98,7 @@ GATEWAY_ERRORS: Mapping[str, tuple[int, str]] = {
     Reason.UPSTREAM_CONNECTION_LOST.name: (502, "api_error"),
     Reason.UPSTREAM_INCOMPLETE_STREAM.name: (502, "api_error"),
     Reason.UPSTREAM_MALFORMED_EVENT.name: (502, "api_error"),
+    Reason.UPSTREAM_ECHOED_SECRET.name: (502, "api_error"),
     Reason.UPSTREAM_OUT_OF_ORDER.name: (502, "api_error"),
     Reason.UPSTREAM_EVENT_TOO_LARGE.name: (502, "api_error"),
     Reason.REPLY_TOO_LARGE.name: (500, "api_error"),
@@ -121,6 +123,7 @@ NOT_RETRIED = frozenset(
         Reason.REPLY_TOO_LARGE,
         Reason.UPSTREAM_REDIRECTED,
         Reason.UPSTREAM_COMPRESSED,
+        Reason.UPSTREAM_ECHOED_SECRET,
     )
 )
 # Failures worth a retry only when the gateway says when (RetryInfo): without it, x-should-retry: false
@@ -597,7 +600,7 @@ class MessagesApi:
         if last_event is not None:
             found = _EVENT_ID.fullmatch(last_event.strip())
             if found is None:
-                message = f"Last-Event-ID: {last_event!r} is not an event id this gateway gave (STREAM:N)"
+                message = f"Last-Event-ID: {shown(last_event)!r} is not an event id this gateway gave (STREAM:N)"
                 await _answer(send, 400, [_JSON_TYPE], _error_json("invalid_request_error", message))
                 return False
             resume = pb.ResumeStreamRequest(stream_id=found[1], after_seq=int(found[2]))
@@ -658,7 +661,7 @@ class MessagesApi:
         if found:
             await _answer(send, 200, headers, found[0])
         else:
-            message = f"model {wanted!r} is not among the models this caller may use"
+            message = f"model {shown(wanted)!r} is not among the models this caller may use"
             await _answer(send, 404, headers, _error_json("not_found_error", message, request_id))
 
 
