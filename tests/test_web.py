@@ -185,11 +185,12 @@ def test_invalid_request_is_connect_error_json_with_field_details() -> None:
 
 
 def test_undecodable_json_is_invalid_argument_from_admission() -> None:
-    """Unknown fields or bad JSON get invalid_argument naming the problem, like bad bytes on gRPC."""
+    """Unknown fields, bad JSON or bytes that are not UTF-8 get invalid_argument naming the problem from
+    admission, like bad bytes on gRPC (not from connectrpc, which answered invalid UTF-8 with no log line)."""
 
     async def go() -> None:
         async with http_gateway() as (_, url):
-            for data in (b'{"params": {"bogus": 1}}', b"{not json"):
+            for data in (b'{"params": {"bogus": 1}}', b"{not json", b'{"params": {"model": "\xff"}}'):
                 reply = await post(f"{url}{SERVICE}/CreateMessage", "application/json", data)
                 error = json.loads(reply.body)
                 assert error["code"] == "invalid_argument", error

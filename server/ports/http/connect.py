@@ -228,7 +228,8 @@ class ProtoCodec(Codec[Message, Any]):
 
 class JsonCodec(Codec[Message, Any]):
     """The canonical protobuf JSON (``application/json``, ``application/connect+json``), one line per
-    message; unknown fields and bad JSON become ``Undecodable`` for admission to refuse."""
+    message; unknown fields, bad JSON and bytes that are not UTF-8 become ``Undecodable`` for admission to
+    refuse (so the call is logged and counted as on gRPC, not refused by connectrpc unseen)."""
 
     def name(self) -> str:
         return "json"
@@ -240,7 +241,7 @@ class JsonCodec(Codec[Message, Any]):
         message = message_class()
         try:
             json_format.Parse(bytes(data), message)
-        except json_format.ParseError as exc:
+        except (json_format.ParseError, UnicodeDecodeError) as exc:
             return Pending(Undecodable(str(exc)), len(data))
         return Pending(message, len(data))
 
