@@ -8,7 +8,10 @@ simulator process, a gateway process aimed at it; tests/harness.py ``deployed``)
 - one admitted 30 MiB call: the peak over the idle process, per byte of request (what a body in flight
   costs, which the default body budget is sized from);
 - 8 concurrent admitted 30 MiB calls, three rounds, under each malloc setting the image could ship:
-  the peak, and what the process keeps after each round.
+  the peak, and what the process keeps after each round;
+- the same on gRPC and on the Messages API with the body budget a worker of the k8s overlays gets by default
+  (``GATEWAY_MAX_BODY_BYTES_IN_FLIGHT`` unset: an eighth of its share of the pod's memory limit): the peak over
+  the idle process per byte of that budget, which docs/deploy.md ("Memory") sizes the limits from.
 
 tests/test_memory.py asserts the same shapes at a smaller scale.
 """
@@ -207,6 +210,36 @@ def admitted(env: dict[str, str], count: int = 8, size: int = 30 * MIB, rounds: 
     return out
 
 
+POD_BUDGET = 64 * MIB  # what default_budget gives a worker of either overlay: 512 MiB a worker over SHARE (8)
+
+
+def under_budget(port: str, budget: int = POD_BUDGET, count: int = 8, size: int = 30 * MIB, rounds: int = 3) -> Measure:
+    """``rounds`` of ``count`` concurrent admitted ``size``-byte calls on ``port`` (grpc, or messages: the Messages
+    API) at a deployed gateway with the image's MALLOC_ARENA_MAX=2 and a body budget of ``budget`` bytes: the
+    process before the first round, its peak over all of them, after the last, and every outcome."""
+    settings = {
+        "GATEWAY_CALLER_IDENTITY": "token",
+        "GATEWAY_CALLERS_FILE": callers_file(),
+        "GATEWAY_MAX_BODY_BYTES_IN_FLIGHT": str(budget),
+        "MALLOC_ARENA_MAX": "2",
+    }
+    http_port = free_port()
+    if port != "grpc":
+        settings["GATEWAY_HTTP_LISTEN"] = f"127.0.0.1:{http_port}"
+    with deployed("--ttft", "0", "--tps", "0", **settings) as (gateway, target):
+        before = rss(gateway.pid)
+        outcomes: list[str] = []
+        data = request_bytes(size)
+        with sampling(gateway.pid) as sampler:
+            for _ in range(rounds):
+                if port == "grpc":
+                    outcomes += asyncio.run(grpc_calls(target, data, count, TOKEN))
+                else:
+                    outcomes += asyncio.run(messages_calls(f"http://127.0.0.1:{http_port}", size, count, TOKEN))
+            time.sleep(0.5)
+        return Measure(before / MIB, sampler.peak / MIB, rss(gateway.pid) / MIB, outcomes)
+
+
 def main() -> None:
     print("| calls | RSS before (MiB) | peak | after | outcomes |")
     print("|---|---|---|---|---|")
@@ -216,7 +249,11 @@ def main() -> None:
     (one,) = admitted({}, count=1)
     print(one.row("gRPC: one admitted 30 MiB request"))
     print(f"\npeak over idle per request byte: {(one.peak - one.before) / 30:.1f}\n")
-    print("| malloc setting | peak (MiB) | after round 1 | after round 2 | after round 3 |")
+    for port in ("grpc", "messages"):
+        measure = under_budget(port)
+        print(measure.row(f"{port}: 3 rounds of 8 concurrent admitted 30 MiB requests, a 64 MiB body budget"))
+        print(f"peak over idle per byte of the body budget: {(measure.peak - measure.before) / (POD_BUDGET / MIB):.2f}")
+    print("\n| malloc setting | peak (MiB) | after round 1 | after round 2 | after round 3 |")
     print("|---|---|---|---|---|")
     for name, env in MALLOC_SETTINGS.items():
         rounds = admitted(env, rounds=3)
