@@ -18,6 +18,7 @@ import yaml
 from claude_gateway.wire import SERVICE
 
 from server.config import Settings, env_name
+from server.limits.bodies import default_budget
 from server.limits.policy import parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +155,15 @@ def idle_worker_mib() -> float:
     text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     match = re.search(r"An idle gateway process in it holds\s+([\d.]+) MiB resident", text)
     assert match is not None, "docs/deploy.md no longer gives an idle gateway's resident memory"
+    return float(match.group(1))
+
+
+def body_peak_per_budget_byte() -> float:
+    """A worker's peak resident memory over its idle memory per byte of its body budget, with the budget full of
+    the largest requests, as docs/deploy.md gives it (`python -m tests.memory` measures it)."""
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    match = re.search(r"([\d.]+) bytes of resident memory per byte of its body budget", text)
+    assert match is not None, "docs/deploy.md no longer gives a worker's peak per byte of its body budget"
     return float(match.group(1))
 
 
@@ -369,6 +379,23 @@ def test_gateway_command_and_resources_fit_the_benchmark(overlay: str) -> None:
     assert mebibytes(resources["requests"]["memory"]) >= settings.workers * idle_worker_mib() + streams * stream_mib
     assert mebibytes(resources["limits"]["memory"]) > mebibytes(resources["requests"]["memory"])
     assert "cpu" not in resources["limits"], "a CPU limit throttles every stream's relay"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_memory_limit_covers_every_worker_with_its_body_budget_full(overlay: str) -> None:
+    """The memory limit holds every worker at its measured peak: idle, its admitted streams, and its body budget
+    full of the largest requests (docs/deploy.md, "Memory"). The budget is the one the gateway would use in this
+    container: GATEWAY_MAX_BODY_BYTES_IN_FLIGHT, else an eighth of each worker's share of this very limit."""
+    gateway = gateway_container(pod_spec(overlay))
+    settings = gateway_settings(gateway)
+    limit = mebibytes(gateway["resources"]["limits"]["memory"])
+    budget = settings.max_body_bytes_in_flight or default_budget(
+        settings.max_message_bytes, settings.workers, memory=int(limit * 2**20)
+    )
+    stream_mib = performance_figure("4", r"\| ([\d.]+) KB") / 1024
+    worker = idle_worker_mib() + settings.max_concurrent_streams * stream_mib
+    worker += body_peak_per_budget_byte() * budget / 2**20
+    assert limit >= settings.workers * worker, f"{overlay}: {settings.workers} workers of {worker:.0f} MiB each"
 
 
 def test_sidecar_is_native_and_private_on_loopback() -> None:
