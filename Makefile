@@ -116,7 +116,7 @@ page-check: node
 test: lint typecheck proto-check ts-check page-check buf-lint buf-breaking node
 	$(PY) -m pytest -q
 
-# 10,000 generated and mutated requests at a deployed gateway (tests/test_fuzz.py; about a minute).
+# 10,000 generated and mutated requests at a deployed gateway over gRPC, Connect JSON and the Messages API each (tests/test_fuzz.py).
 fuzz: setup
 	FUZZ_REQUESTS=10000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 

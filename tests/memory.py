@@ -86,6 +86,21 @@ def sampling(pid: int) -> Iterator[Sampler]:
         thread.join()
 
 
+def settled(pid: int, quiet: float = 1.0, longest: float = 10.0) -> int:
+    """Resident memory of process ``pid`` once it has stopped shrinking: sampled every 50 ms until it has not
+    dropped by a MiB for ``quiet`` seconds, or ``longest`` seconds have passed. (The gateway trims its heaps
+    a quarter second after the last large body is given back, off the event loop; on a busy machine the
+    calls' ends and the trim take longer than any fixed wait.)"""
+    low = rss(pid)
+    since = started = time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() - started < longest:
+        time.sleep(0.05)
+        now = rss(pid)
+        if now < low - MIB:
+            low, since = now, time.monotonic()
+    return min(low, rss(pid))
+
+
 def callers_file() -> str:
     """A callers file naming TOKEN's holder `alpha` (left in the temporary directory)."""
     with tempfile.NamedTemporaryFile("w", suffix=".callers", delete=False) as handle:
@@ -183,8 +198,8 @@ def refused_flood(port: str, count: int = 8, size: int = 30 * MIB, **env: str) -
                 outcomes = asyncio.run(http_calls(url, size, count, "wrong-token"))
             else:
                 outcomes = asyncio.run(messages_calls(url, size, count, "wrong-token"))
-            time.sleep(0.5)
-        return Measure(before / MIB, sampler.peak / MIB, rss(gateway.pid) / MIB, outcomes)
+            after = settled(gateway.pid)
+        return Measure(before / MIB, sampler.peak / MIB, after / MIB, outcomes)
 
 
 def free_port() -> int:
@@ -205,8 +220,8 @@ def admitted(env: dict[str, str], count: int = 8, size: int = 30 * MIB, rounds: 
             before = rss(gateway.pid)
             with sampling(gateway.pid) as sampler:
                 outcomes = asyncio.run(grpc_calls(target, data, count, TOKEN))
-                time.sleep(0.5)
-            out.append(Measure(before / MIB, sampler.peak / MIB, rss(gateway.pid) / MIB, outcomes))
+                after = settled(gateway.pid)
+            out.append(Measure(before / MIB, sampler.peak / MIB, after / MIB, outcomes))
     return out
 
 
@@ -236,8 +251,8 @@ def under_budget(port: str, budget: int = POD_BUDGET, count: int = 8, size: int 
                     outcomes += asyncio.run(grpc_calls(target, data, count, TOKEN))
                 else:
                     outcomes += asyncio.run(messages_calls(f"http://127.0.0.1:{http_port}", size, count, TOKEN))
-            time.sleep(0.5)
-        return Measure(before / MIB, sampler.peak / MIB, rss(gateway.pid) / MIB, outcomes)
+            after = settled(gateway.pid)
+        return Measure(before / MIB, sampler.peak / MIB, after / MIB, outcomes)
 
 
 def main() -> None:

@@ -212,8 +212,8 @@ def connect_requests(draw: DrawFn) -> tuple[str, bytes]:
     method, request = draw(messages())
     try:
         obj = json_format.MessageToDict(request)
-    except ValueError:  # a NaN or an infinity in a Struct: proto JSON cannot spell it (json_bytes adds them)
-        reject()
+    except (ValueError, json_format.SerializeToJsonError):  # NaN or infinity in a Struct, which proto JSON
+        reject()  # cannot spell (json_bytes adds them as literals)
     return method, json_bytes(draw, obj)
 
 
