@@ -56,7 +56,7 @@ class Settings:
     max_body_bytes_in_flight: int = setting(
         0,
         "request-body bytes the gateway holds at once, across calls; a call past it is refused RESOURCE_EXHAUSTED "
-        "before its body is read (0 = an eighth of the memory each worker may use: the cgroup limit, else RAM, over "
+        "before its body is read (0 = a sixteenth of the memory each worker may use: the cgroup limit, else RAM, over "
         "GATEWAY_WORKERS)",
     )
     max_event_bytes: int = setting(

@@ -225,7 +225,7 @@ def admitted(env: dict[str, str], count: int = 8, size: int = 30 * MIB, rounds: 
     return out
 
 
-POD_BUDGET = 64 * MIB  # what default_budget gives a worker of either overlay: 512 MiB a worker over SHARE (8)
+POD_BUDGET = 64 * MIB  # the body budget the Kubernetes base sets (k8s/base/deployment.yaml; docs/deploy.md, "Memory")
 
 
 def under_budget(port: str, budget: int = POD_BUDGET, count: int = 8, size: int = 30 * MIB, rounds: int = 3) -> Measure:

@@ -23,10 +23,10 @@ from pathlib import Path
 WAIT_SECONDS = 1.0  # longest wait for the reads in progress to finish, before a refusal
 TRIM_AFTER = 16 * 1024 * 1024  # bodies of this many bytes, all given back: hand free memory back to the system
 TRIM_DELAY = 0.25  # seconds after the last of them, so that their calls have freed the rest
-# The default budget is the memory each worker may use over this: a body costs about five times its size
-# while its call starts (docs/operations.md, "Limits and hardening"), so the bodies in flight then take
-# at most about five eighths of it, beside an idle worker and its open streams.
-SHARE = 8
+# The default budget is the memory each worker may use over this: a worker holds up to about nine bytes
+# of resident memory per byte of its budget while the calls start (docs/deploy.md, "Memory"), so a full
+# budget then takes a little over half of it, beside an idle worker and its open streams.
+SHARE = 16
 
 
 def _malloc_trim() -> ctypes._NamedFuncPointer | None:
@@ -52,7 +52,7 @@ def memory_limit() -> int:
 
 
 def default_budget(max_message_bytes: int, workers: int = 1, memory: int | None = None) -> int:
-    """The budget when none is set: an eighth of the memory each of the ``workers`` processes sharing the
+    """The budget when none is set: a sixteenth of the memory each of the ``workers`` processes sharing the
     limit may use, never less than one message."""
     return max((memory_limit() if memory is None else memory) // workers // SHARE, max_message_bytes)
 
