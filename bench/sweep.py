@@ -37,6 +37,7 @@ from bench.stats import Summary, summarize
 
 WAYS = {"direct": "sweep_sdk", "grpc": "sweep_grpc", "http": "sweep_http"}
 SATURATED = 0.90  # a core this busy over a step counts as full
+BUSY_MACHINE = 0.25  # cores used by processes outside the benchmark worth naming
 KEY = "11"
 
 
@@ -56,6 +57,7 @@ class Step:
     gateway_util: float
     gateway_peak: float
     load_util: float  # simulator plus clients, cores
+    background: float  # cores used meanwhile by processes outside the benchmark (approximate)
     wall_s: float
 
     @property
@@ -81,6 +83,7 @@ class Step:
             "gateway_util": self.gateway_util,
             "gateway_peak": self.gateway_peak,
             "load_util": self.load_util,
+            "background": self.background,
             "wall_s": self.wall_s,
             "clean": self.clean,
         }
@@ -105,6 +108,7 @@ def step(level: int, rounds: int, chunks: int, interval: float, run: Run) -> Ste
         gateway_util=gateway["util"],
         gateway_peak=run.gateway_peak,
         load_util=(run.cpu["upstream"]["cpu_s"] + run.client_cpu_s) / run.wall_s,
+        background=run.background,
         wall_s=run.wall_s,
     )
 
@@ -139,6 +143,8 @@ def why(s: Step, direct: Step | None) -> str:
         reasons.append("the direct reader not clean either")
     if s.gateway_peak >= SATURATED:
         reasons.append(f"the gateway's core {pct(s.gateway_peak)} at peak")
+    if s.background >= BUSY_MACHINE:
+        reasons.append(f"other processes on the machine used ~{s.background:.1f} cores meanwhile")
     return "; ".join(reasons) or "no core full"
 
 
