@@ -289,7 +289,8 @@ def _cell(step: dict[str, Any], direct: dict[str, Any]) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The sweep rows of a report as docs/performance.md's table: one line per way and step."""
+    """The sweep rows of a report as docs/performance.md's tables: one line per way and step, then the headline
+    figures beside the published ones."""
     found = {r["data"]["way"]: r["data"] for r in report["rows"] if r["key"] in (f"{KEY}a", f"{KEY}b")}
     if not found:
         raise SystemExit(f"no rows {KEY}a/{KEY}b in the report: run python -m bench --only {KEY}")
@@ -305,9 +306,38 @@ def markdown(report: dict[str, Any]) -> str:
         direct = {d["level"]: d for d in data["direct"]}
         for s in data["steps"]:
             lines.append("| " + " | ".join([name, str(s["level"]), *_cell(s, direct[s["level"]])]) + " |")
-    summary = [f"{name}: sustained **{found[w]['sustained']}** streams" for w, name in
-               (("grpc", "gRPC"), ("http", "/v1/messages")) if w in found]  # fmt: skip
-    return "\n".join([*lines, "", "; ".join(summary) + "."])
+    ours: list[str] = []
+    for way, name, endpoint in (
+        ("grpc", "this gateway, gRPC", "`ChatService/StreamMessage` (Anthropic events as protobuf)"),
+        ("http", "this gateway, HTTP", "`POST /v1/messages` (Anthropic SSE)"),
+    ):
+        data = found.get(way)
+        if data is None:
+            continue
+        first = data["steps"][0]
+        direct = next(d for d in data["direct"] if d["level"] == first["level"])
+        added = _us(first["ttft_us"]["p50"] - direct["ttft_us"]["p50"]).lstrip("+")
+        where = MACHINE.format(cpu=report.get("machine", {}).get("cpu", "unknown CPU")) if not ours else "the same"
+        ours.append(f"| {name} | {where} | {endpoint} | {added} | {data['sustained']} |")
+    comparison = [
+        "| gateway | machine (the gateway's cores) | endpoint | added TTFT p50 | sustained streams |",
+        "|---|---|---|---|---|",
+        *ours,
+        *(f"| {' | '.join(published)} |" for published in PUBLISHED),
+    ]
+    return "\n".join([*lines, "", *comparison])
+
+
+# The published figures the sweep is set beside (GetBusbar/benchmarking, results/stream/*.json, 2026), and how this
+# run's machine is named beside theirs.
+MACHINE = "1 core of an {cpu} (2 cores), Python"
+PUBLISHED = (
+    ("agentgateway (Rust)", "4 Graviton3 cores (m7g.2xlarge)", "`/v1/chat/completions` (OpenAI SSE)", "267 us", "128"),
+    ("LiteLLM (Python)", "the same", "the same", "8.5 ms", "1"),
+    ("LiteLLM's Rust router", "the same", "the same", "40.7 ms", "512"),
+    ("Kong", "the same", "the same", "106 ms (it buffers)", "-"),
+    ("Helicone", "the same", "the same", "stalls", "-"),
+)
 
 
 def main() -> None:

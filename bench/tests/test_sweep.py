@@ -183,4 +183,6 @@ def test_rows_and_the_docs_table_come_from_the_same_steps() -> None:
     text = markdown(report)
     assert "| gRPC | 8 | +300 us / +300 us |" in text
     assert "| /v1/messages | 1 | +400 us / +400 us |" in text
-    assert "gRPC: sustained **8** streams; /v1/messages: sustained **8** streams." in text
+    assert "| this gateway, gRPC | 1 core of an unknown CPU (2 cores), Python |" in text
+    assert "StreamMessage` (Anthropic events as protobuf) | 300 us | 8 |" in text
+    assert "| agentgateway (Rust) | 4 Graviton3 cores (m7g.2xlarge) |" in text
