@@ -9,7 +9,10 @@ with no stall. Here the upstream is the stamping simulator, the direct reader th
 aiohttp) reading the same simulator, the gateway ``python -m server`` with its HTTP port on, pinned
 to one core, and the load clients with the simulator on the other core. Each step runs the direct
 reader, then gRPC StreamMessage, then ``POST /v1/messages``, each with the step's count of slots
-that each read streams back to back (``sweep_reads``), first starts spread over one stream's length.
+that each read streams back to back (``sweep_reads``), first starts spread over one stream's length;
+each reader process first makes one short call, not counted, which also warms the gateway. The
+gateway runs with its defaults: at 1024 streams, the 24 past ``GATEWAY_MAX_CONCURRENT_STREAMS`` (1000)
+are refused at once (RESOURCE_EXHAUSTED, or 429 on HTTP), as they would be in service.
 
 A step that is not clean says whose core was full: the load side's (simulator plus clients; with
 how many of the stalls the simulator itself sent late, from its send stamps) or the gateway's.
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.jobs import Job
-from bench.processes import ROOT
+from bench.processes import ROOT, ChildError
 from bench.report import Row, pct
 from bench.session import Run, Session
 from bench.stats import Summary, summarize
@@ -69,6 +72,10 @@ class Step:
         return self.delivered == self.expected and self.stalls == 0 and not self.errors
 
     def as_json(self) -> dict[str, Any]:
+        """The figures, with NaN (not measured) as None so that the JSON stays standard."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self._fields().items()}
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "level": self.level,
             "streams": self.streams,
@@ -113,6 +120,12 @@ def step(level: int, rounds: int, chunks: int, interval: float, run: Run) -> Ste
     )
 
 
+def failed(level: int, expected: int, what: str) -> Step:
+    """A step that could not be run (a child process failed): nothing delivered, the failure as its error."""
+    nothing = summarize([])
+    return Step(level, 0, expected, 0, nothing, nothing, 0, 0, {what: 1}, math.nan, math.nan, math.nan, math.nan, 0.0)
+
+
 def sustained(steps: list[Step]) -> int:
     """The highest level up to which every step was clean (0: not even the first)."""
     best = 0
@@ -143,6 +156,8 @@ def why(s: Step, direct: Step | None) -> str:
         reasons.append("the direct reader not clean either")
     if s.gateway_peak >= SATURATED:
         reasons.append(f"the gateway's core {pct(s.gateway_peak)} at peak")
+    if not s.streams:
+        reasons.append(f"not run: {', '.join(s.errors)}")
     if s.background >= BUSY_MACHINE:
         reasons.append(f"other processes on the machine used ~{s.background:.1f} cores meanwhile")
     return "; ".join(reasons) or "no core full"
@@ -181,14 +196,16 @@ async def sweep(session: Session) -> list[Row]:
 
     steps: dict[str, list[Step]] = {way: [] for way in WAYS}
     try:
-        for way in ("grpc", "http"):  # warm the gateway: its upstream connections, lazy imports
-            await session.run(jobs(way, 8, 1, 0.0), (gateway, http if way == "http" else target))
         for level in plan.sweep_levels:
             rounds = _rounds(level, plan.sweep_min_streams)
             ramp = length if level > 1 else 0.0
             for way in WAYS:
                 other = (gateway, http if way == "http" else target)
-                run = await session.run(jobs(way, level, rounds, ramp), other)
+                try:
+                    run = await session.run(jobs(way, level, rounds, ramp), other)
+                except ChildError as exc:  # e.g. a load client that could not start in time on a busy core
+                    steps[way].append(failed(level, rounds * level * plan.sweep_chunks, str(exc).splitlines()[0]))
+                    continue
                 steps[way].append(step(level, rounds, plan.sweep_chunks, plan.sweep_interval, run))
     finally:
         await session.procs.stop(gateway)
@@ -282,9 +299,9 @@ def _cell(step: dict[str, Any], direct: dict[str, Any]) -> list[str]:
     return [
         f"{added(ttft, d_ttft, 'p50')} / {added(ttft, d_ttft, 'p99')}",
         f"{added(gap, d_gap, 'p50')} / {added(gap, d_gap, 'p99')}",
-        f"{step['fraction']:.1%}",
+        "n/a" if step["fraction"] is None else f"{step['fraction']:.1%}",
         stalls,
-        f"{step['gateway_peak']:.0%} / {step['load_util']:.0%}",
+        " / ".join("n/a" if step[k] is None else f"{step[k]:.0%}" for k in ("gateway_peak", "load_util")),
     ]
 
 

@@ -17,7 +17,7 @@ from bench.calls import gateway_request, stream_method
 from bench.report import table
 from bench.session import Run
 from bench.sockets import Backlog
-from bench.sweep import Step, markdown, rows, step, sustained, why
+from bench.sweep import Step, failed, markdown, rows, step, sustained, why
 from bench.sweep_reads import Reading, read_grpc, read_http, read_sdk
 from bench.upstream import StampingConnection
 from bench.workload import body
@@ -186,3 +186,15 @@ def test_rows_and_the_docs_table_come_from_the_same_steps() -> None:
     assert "| this gateway, gRPC | 1 core of an unknown CPU (2 cores), Python |" in text
     assert "StreamMessage` (Anthropic events as protobuf) | 300 us | 8 |" in text
     assert "| agentgateway (Rust) | 4 Graviton3 cores (m7g.2xlarge) |" in text
+
+
+def test_a_step_that_could_not_run_is_a_failed_step_in_the_rows_and_the_table() -> None:
+    """A step whose load client did not start is not clean, says why, and the docs' table still prints."""
+    ok = step(1, 1, 4, 0.020, _run([_stream(4)], [21000] * 3))
+    broken = failed(8, 32, "loadgen-sweep_sdk: no output within 30s")
+    assert not broken.clean
+    assert "not run: loadgen-sweep_sdk: no output within 30s" in why(broken, None)
+    made = rows({"direct": [ok, broken], "grpc": [ok, ok], "http": [ok, broken]}, 4, 0.020)
+    assert "sustained 1 streams" in made[3].result
+    text = markdown({"rows": [{"key": r.key, "data": r.data} for r in made]})
+    assert "| /v1/messages | 8 | n/a / n/a | n/a / n/a | 0.0% | 0 | n/a / n/a |" in text
