@@ -40,6 +40,7 @@ from bench.stats import Summary, summarize
 
 WAYS = {"direct": "sweep_sdk", "grpc": "sweep_grpc", "http": "sweep_http"}
 SATURATED = 0.90  # a core this busy over a step counts as full
+PER_READER = 512  # slots of one reader process at most (see ``split``)
 BUSY_MACHINE = 0.25  # cores used by processes outside the benchmark worth naming
 KEY = "11"
 
@@ -170,6 +171,14 @@ def _free_port() -> int:
         return port
 
 
+def split(level: int) -> list[int]:
+    """A step's slots shared over as few reader processes as can hold them: they all share the load core, so
+    more processes add no CPU, only start-up (each imports grpc or the SDK) and memory. The SDK's connection
+    pool holds 1000 (``anthropic.DefaultAioHttpClient``), hence at most PER_READER slots a process."""
+    readers = -(-level // PER_READER)
+    return [level // readers + (1 if i < level % readers else 0) for i in range(readers)]
+
+
 def _rounds(level: int, minimum: int) -> int:
     """Streams each slot reads: at least two, and at least ``minimum`` streams over the step."""
     return max(2, -(-minimum // level))
@@ -191,7 +200,7 @@ async def sweep(session: Session) -> list[Row]:
             Job(kind, streams=k, tokens=plan.sweep_chunks, tps=tps, ramp=ramp, count=rounds,
                 channels=session.channels(k), record=False, http_client="raw" if way == "http" else "aiohttp",
                 **where)  # type: ignore[arg-type]
-            for k in session.split(level)
+            for k in split(level)
         ]  # fmt: skip
 
     steps: dict[str, list[Step]] = {way: [] for way in WAYS}

@@ -17,7 +17,7 @@ from bench.calls import gateway_request, stream_method
 from bench.report import table
 from bench.session import Run
 from bench.sockets import Backlog
-from bench.sweep import Step, failed, markdown, rows, step, sustained, why
+from bench.sweep import Step, failed, markdown, rows, split, step, sustained, why
 from bench.sweep_reads import Reading, read_grpc, read_http, read_sdk
 from bench.upstream import StampingConnection
 from bench.workload import body
@@ -198,3 +198,10 @@ def test_a_step_that_could_not_run_is_a_failed_step_in_the_rows_and_the_table() 
     assert "sustained 1 streams" in made[3].result
     text = markdown({"rows": [{"key": r.key, "data": r.data} for r in made]})
     assert "| /v1/messages | 8 | n/a / n/a | n/a / n/a | 0.0% | 0 | n/a / n/a |" in text
+
+
+def test_a_step_is_shared_over_as_few_readers_as_hold_it() -> None:
+    assert split(1) == [1]
+    assert split(512) == [512]
+    assert split(1024) == [512, 512]
+    assert split(1025) == [342, 342, 341]
