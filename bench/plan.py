@@ -39,7 +39,7 @@ class Plan:
     telemetry_calls: int = 2000
     # 9. resumable streams on Redis: rounds of capacity_sizes[0] paced streams, plain then resumable
     resumable_rounds: int = 5
-    # 11. the public stream method (``sweep``): chunks every interval, the concurrency steps, and at least this
+    # 12. the public stream method (``sweep``): chunks every interval, the concurrency steps, and at least this
     # many streams per step (each slot reads two or more, back to back)
     sweep_levels: tuple[int, ...] = (1, 8, 32, 128, 512, 1024)
     sweep_chunks: int = 64

@@ -12,7 +12,7 @@
 8. observability cost
 9. CPU per relayed event over the Messages API (/v1/messages, SSE) against over gRPC
 10. resumable streams on Redis
-11. the public per-stream method: a concurrency sweep of paced streams (``sweep``)
+12. the public per-stream method: a concurrency sweep of paced streams (``sweep``)
 
 Latency is always simulator write -> client read (see ``stamps``); CPU is /proc utime+stime of the
 gateway process (see ``usage``). Verdicts compare against the targets of issue #5.
@@ -919,7 +919,7 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "8": observability,
     "9": messages_api,
     "10": resumable,
-    "11": sweep,
+    "12": sweep,
 }
 
 NAMES = {
@@ -933,5 +933,5 @@ NAMES = {
     "8": "observability cost",
     "9": "Messages API CPU per event",
     "10": "resumable streams on Redis",
-    "11": "the public stream method (concurrency sweep)",
+    "12": "the public stream method (concurrency sweep)",
 }

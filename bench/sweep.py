@@ -1,4 +1,4 @@
-"""Scenario 11: the public per-stream method, a concurrency sweep of paced streams (``python -m bench --only 11``).
+"""Scenario 12: the public per-stream method, a concurrency sweep of paced streams (``python -m bench --only 12``).
 
 The method (GetBusbar/benchmarking's ``stream`` suite): streams of 64 text chunks, one every 20 ms,
 at 1, 8, 32, 128, 512 and 1024 concurrent streams; at each step the time to the first token and the
@@ -42,7 +42,7 @@ WAYS = {"direct": "sweep_sdk", "grpc": "sweep_grpc", "http": "sweep_http"}
 SATURATED = 0.90  # a core this busy over a step counts as full
 PER_READER = 512  # slots of one reader process at most (see ``split``)
 BUSY_MACHINE = 0.25  # cores used by processes outside the benchmark worth naming
-KEY = "11"
+KEY = "12"
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ async def sweep(session: Session) -> list[Row]:
 
 
 def rows(steps: dict[str, list[Step]], chunks: int, interval: float) -> list[Row]:
-    """A summary row and a row per step for gRPC (11a) and /v1/messages (11b), and the direct reader's (11c)."""
+    """A summary row and a row per step for gRPC (12a) and /v1/messages (12b), and the direct reader's (12c)."""
     limit = f"{2 * interval * 1000:.0f} ms"
     direct = {s.level: s for s in steps["direct"]}
     out = []

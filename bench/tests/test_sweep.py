@@ -1,4 +1,4 @@
-"""The public stream method's sweep (scenario 11): what its readers count and how a step is judged, never how
+"""The public stream method's sweep (scenario 12): what its readers count and how a step is judged, never how
 fast anything is."""
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def test_sustained_is_the_last_step_of_an_unbroken_clean_run() -> None:
 
 
 def test_rows_and_the_docs_table_come_from_the_same_steps() -> None:
-    """Rows 11a/11b (with a row per step) and 11c, and the Markdown table made from their JSON."""
+    """Rows 12a/12b (with a row per step) and 12c, and the Markdown table made from their JSON."""
     levels = (1, 8)
 
     def steps(ttft_us: int) -> list[Step]:
@@ -174,11 +174,11 @@ def test_rows_and_the_docs_table_come_from_the_same_steps() -> None:
         return out
 
     made = rows({"direct": steps(500), "grpc": steps(800), "http": steps(900)}, 4, 0.020)
-    assert [r.key for r in made] == ["11a", "11a.1", "11a.8", "11b", "11b.1", "11b.8", "11c"]
+    assert [r.key for r in made] == ["12a", "12a.1", "12a.8", "12b", "12b.1", "12b.8", "12c"]
     assert "added TTFT p50 +300 us" in made[0].result
     assert "sustained 8 streams" in made[0].result
     assert "added TTFT p50 +400 us" in made[3].result
-    assert "11a.8" in table(made)
+    assert "12a.8" in table(made)
     report = {"rows": [{"key": r.key, "data": r.data} for r in made]}
     text = markdown(report)
     assert "| gRPC | 8 | +300 us / +300 us |" in text
