@@ -12,7 +12,7 @@ reader, then gRPC StreamMessage, then ``POST /v1/messages``, each with the step'
 that each read streams back to back (``sweep_reads``), first starts spread over one stream's length;
 each reader process first makes one short call, not counted, which also warms the gateway. The
 gateway runs with its defaults: at 1024 streams, the 24 past ``GATEWAY_MAX_CONCURRENT_STREAMS`` (1000)
-are refused at once (RESOURCE_EXHAUSTED, or 429 on HTTP), as they would be in service.
+are refused at once (RESOURCE_EXHAUSTED on gRPC, 529 overloaded_error on HTTP), as in service.
 
 A step that is not clean says whose core was full: the load side's (simulator plus clients; with
 how many of the stalls the simulator itself sent late, from its send stamps) or the gateway's.
