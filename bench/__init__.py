@@ -22,10 +22,13 @@ Modules:
 - ``sockets``: bytes left unread in TCP receive queues, i.e. who could not keep up.
 - ``stats``: percentiles and summaries of samples.
 - ``plan``: the sizes of the default run and of ``--quick``.
-- ``scenarios``: the eight measurements, each a function returning table rows.
+- ``scenarios``: the measurements, each a function returning table rows.
 - ``machine``: the description of the machine the run was made on.
 - ``report``: the table and its JSON twin.
 - ``profiler``: cProfile (or tracemalloc) of an in-process gateway under the same load.
+- ``sweep``: scenario 12, the public per-stream method (a concurrency sweep of paced streams through
+  gRPC and /v1/messages against the SDK reading the simulator directly); ``python -m bench.sweep``
+  prints its tables for docs/performance.md. ``sweep_reads`` is what its load clients do.
 - ``eventstream``: CPU per event of reading Bedrock's event-stream (the gateway's decoder, botocore's,
   the SDK's) against reading SSE, in one process (``python -m bench.eventstream``).
 

@@ -35,6 +35,7 @@ import anthropic
 import grpc
 
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
+from bench.sweep_reads import run_sweep
 from bench.workload import body
 
 Result = dict[str, Any]
@@ -357,4 +358,8 @@ RUNNERS: dict[str, Callable[[Job, Clients, Control], Awaitable[Result]]] = {
     "hold": run_hold,
     "cancel": run_cancel,
     "reject": run_reject,
+    # the public stream method's sweep (``sweep_reads``): through gRPC, through /v1/messages, straight with the SDK
+    "sweep_grpc": run_sweep,
+    "sweep_http": run_sweep,
+    "sweep_sdk": run_sweep,
 }

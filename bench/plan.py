@@ -39,6 +39,12 @@ class Plan:
     telemetry_calls: int = 2000
     # 9. resumable streams on Redis: rounds of capacity_sizes[0] paced streams, plain then resumable
     resumable_rounds: int = 5
+    # 12. the public stream method (``sweep``): chunks every interval, the concurrency steps, and at least this
+    # many streams per step (each slot reads two or more, back to back)
+    sweep_levels: tuple[int, ...] = (1, 8, 32, 128, 512, 1024)
+    sweep_chunks: int = 64
+    sweep_interval: float = 0.020
+    sweep_min_streams: int = 8
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,5 +67,7 @@ QUICK = Plan(
     cancels=50,
     workers_streams=150,
     resumable_rounds=2,
+    sweep_levels=(1, 8, 32, 128),
+    sweep_min_streams=4,
     telemetry_calls=200,
 )

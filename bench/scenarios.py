@@ -11,6 +11,8 @@
 7. workers (GATEWAY_WORKERS), if the gateway has them
 8. observability cost
 9. CPU per relayed event over the Messages API (/v1/messages, SSE) against over gRPC
+10. resumable streams on Redis
+12. the public per-stream method: a concurrency sweep of paced streams (``sweep``)
 
 Latency is always simulator write -> client read (see ``stamps``); CPU is /proc utime+stime of the
 gateway process (see ``usage``). Verdicts compare against the targets of issue #5.
@@ -31,6 +33,7 @@ from bench.processes import Child, result
 from bench.report import Row, judged, ms, pct
 from bench.session import Run, Session
 from bench.stats import Summary, summarize
+from bench.sweep import sweep
 from bench.usage import rss_bytes
 from server.config import Settings
 
@@ -916,6 +919,7 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "8": observability,
     "9": messages_api,
     "10": resumable,
+    "12": sweep,
 }
 
 NAMES = {
@@ -929,4 +933,5 @@ NAMES = {
     "8": "observability cost",
     "9": "Messages API CPU per event",
     "10": "resumable streams on Redis",
+    "12": "the public stream method (concurrency sweep)",
 }

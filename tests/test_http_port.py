@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import socket
 import subprocess
@@ -271,3 +272,37 @@ def test_failed_accepts_are_logged_once_per_interval() -> None:
     print(f"{len(lines)} log lines about accept: {lines[:3]}")
     assert 1 <= len(lines) <= 3
     assert "Traceback" not in log
+
+
+def server_end(client: tuple[str, int], server: tuple[str, int]) -> socket.socket | None:
+    """This process's socket at the other end of a loopback connection (a duplicate: closing it leaves the
+    original open), found among its descriptors; None if there is none."""
+    for entry in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found = socket.fromfd(int(entry), socket.AF_INET, socket.SOCK_STREAM)
+            with contextlib.suppress(OSError):
+                if found.getsockname() == server and found.getpeername() == client:
+                    return found
+            found.close()
+    return None
+
+
+def test_every_http_connection_sends_without_delay() -> None:
+    """Each connection the HTTP port keeps has TCP_NODELAY on, as the gRPC port's have: a small write after
+    another (a stream's event after its head, its last chunk after an event) leaves at once instead of
+    waiting for the client's delayed ACK (up to 40 ms each)."""
+
+    async def test() -> None:
+        async with gateway(http_listen="127.0.0.1:0") as h:
+            assert h.gateway.http_port is not None
+            reader, writer = await asyncio.open_connection("127.0.0.1", h.gateway.http_port)
+            writer.write(b"GET /v1/models HTTP/1.1\r\nhost: gateway\r\nx-api-key: anything\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.1 ")
+            server = server_end(writer.get_extra_info("sockname"), writer.get_extra_info("peername"))
+            assert server is not None, "no socket of this process at the other end"
+            with server:
+                assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            writer.close()
+            await writer.wait_closed()
+
+    run(test)

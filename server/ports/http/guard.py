@@ -15,6 +15,11 @@ uvicorn's h11 protocol, with the bounds the gRPC port has from grpc's core:
 - a **body bound** (``GATEWAY_MAX_MESSAGE_BYTES``): a ``content-length`` over it gets 413 before a byte
   of the body is read; a chunked body that grows past it gets 413 there; the connection closes.
 
+Every connection it keeps has ``TCP_NODELAY`` on, as grpc's core sets on the gRPC port's: asyncio sets it
+only on sockets whose protocol number is TCP's, and ``socket.create_server`` (``web.bind``) leaves it 0,
+so without it a small write after another (an event after the response head, the last chunk after
+an event) waited for the client's delayed ACK, up to 40 ms on Linux.
+
 ``AcceptErrors`` keeps the event loop's complaint about a failed ``accept()`` (out of descriptors) to
 one log line per interval, with the number seen, instead of one traceback per attempt.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -147,6 +153,9 @@ class GuardedProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         guard = self._guard
         self._counted = guard.connections < guard.max_connections
         if not self._counted:
