@@ -76,7 +76,9 @@ def main() -> None:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run of about a minute")
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenario numbers (1-10)")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"comma-separated scenario numbers ({', '.join(SCENARIOS)})"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin the gateway and the load to separate CPUs")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="where to write the JSON report")
     args = parser.parse_args()
