@@ -219,7 +219,10 @@ def test_platform_credentials_from_the_environment_aws_chain_and_google_adc(
             )
             monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(account))
             entries = [
-                {"name": "aws", "kind": "bedrock", "region": "eu-west-3", "base_url": aws.base_url},
+                # A region of its own: the SDK caches one boto3 session per (keys, region, profile) for the
+                # process, so a region another test also signs for from the environment would hand it these
+                # credentials.
+                {"name": "aws", "kind": "bedrock", "region": "eu-south-2", "base_url": aws.base_url},
                 {"name": "gcp", "kind": "vertex", "region": "europe-west1", "project": "adc-project",
                  "base_url": f"{gcp.base_url}/v1"},
             ]  # fmt: skip
@@ -239,7 +242,7 @@ def test_platform_credentials_from_the_environment_aws_chain_and_google_adc(
             finally:
                 await gw.close()
             assert aws.requests[0].key == "AKIAPOOLFROMENV00001"
-            assert "/eu-west-3/bedrock/" in aws.requests[0].headers["authorization"]
+            assert "/eu-south-2/bedrock/" in aws.requests[0].headers["authorization"]
             assert gcp.requests[-1].key == "ya29.sim-1"
             assert gcp.tokens_issued == 1
 
