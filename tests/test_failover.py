@@ -1,5 +1,6 @@
 """Failover before the first content delta, never after: several simulators as the backends of one gateway,
-each case on StreamMessage and CreateMessage over gRPC and on StreamMessage over Connect (the HTTP port)."""
+each case on every entry (``tests.pools.VIAS``): StreamMessage and CreateMessage over gRPC and over Connect,
+and /v1/messages streamed and whole, on the HTTP port."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from server.upstream import pool as pool_module
 from simulator import HttpError, SpendLimit
 from tests.harness import run
-from tests.pools import ANTHROPIC_KEYS, MODEL_IDS, VIAS, Pools, key_id, pools
+from tests.pools import ANTHROPIC_KEYS, MODEL_IDS, UNARY, VIAS, Pools, key_id, pools
 
 NOWHERE = "[[sim@name=nobody:http_error 529]]"  # a directive that matches no backend: the same prompt, no fault
 
@@ -38,7 +39,7 @@ def test_529_on_the_primary_is_served_by_bedrock_with_the_same_text(tmp_path: Pa
     and one trailer naming bedrock, its key and the model that served, with the failover and why."""
 
     async def go() -> None:
-        async with pools(tmp_path, ("anthropic", "bedrock")) as p:
+        async with pools(tmp_path, ("anthropic", "bedrock"), keys=2) as p:
             plain = await p.call(via, f"Tell me a story {NOWHERE}")
             assert plain.ok
             assert plain.report["backend"] == "anthropic"
@@ -51,6 +52,7 @@ def test_529_on_the_primary_is_served_by_bedrock_with_the_same_text(tmp_path: Pa
             assert failover_reasons(failed.report) == ["overloaded"]
             assert failed.report["failovers"][0]["backend"] == "anthropic"
             assert failed.report["partial"] is False
+            assert p.requests("anthropic") == 2  # an overload is the platform's: the other key is not burnt on it
             assert p.sims["bedrock"].requests[-1].model == MODEL_IDS["bedrock"]
             assert p.sims["bedrock"].requests[-1].anthropic_version == "bedrock-2023-05-31"
 
@@ -149,7 +151,8 @@ def test_an_overloaded_error_after_the_first_delta_is_the_callers_unavailable_wi
             failed = await p.call(via, "Late [[sim@anthropic:error_event 6]]")
             assert failed.code == "UNAVAILABLE", failed
             assert failed.reason == "OVERLOADED_ERROR"
-            if via != "create":  # a unary call delivers nothing before its end
+            assert failed.answered_as("UNAVAILABLE", "OVERLOADED_ERROR"), failed
+            if via not in UNARY:  # a reply delivered whole delivers nothing before its end
                 assert failed.events_delivered > 0
                 assert failed.text
             assert failed.report["partial"] is True
@@ -178,8 +181,8 @@ def test_a_deadline_shorter_than_the_next_backends_time_to_first_token_is_deadli
             started = time.monotonic()
             late = await p.call(via, "hurry [[sim@anthropic:http_error 529]]", timeout=0.5)
             elapsed = time.monotonic() - started
-            assert late.code == "DEADLINE_EXCEEDED", late
-            assert late.reason == "DEADLINE_EXCEEDED"  # the gateway's status, not the client's own deadline
+            # the gateway's status, not the client's own deadline
+            assert late.answered_as("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"), late
             assert "not attempted" in late.message
             assert "bedrock" in late.message
             assert p.requests("bedrock") == sent
@@ -195,8 +198,7 @@ def test_the_callers_own_error_is_not_failed_over(tmp_path: Path, via: str) -> N
     async def go() -> None:
         async with pools(tmp_path, ("anthropic", "bedrock")) as p:
             refused = await p.call(via, "bad [[sim@anthropic:http_error 400]]")
-            assert refused.code == "INVALID_ARGUMENT", refused
-            assert refused.reason == "INVALID_REQUEST_ERROR"
+            assert refused.answered_as("INVALID_ARGUMENT", "INVALID_REQUEST_ERROR"), refused
             assert refused.report["failovers"] == []
             assert refused.report["backend"] == "anthropic"
             assert p.requests("bedrock") == 0
@@ -282,6 +284,47 @@ def test_a_bedrock_exception_frame_before_the_first_delta_fails_over(tmp_path: P
     run(go)
 
 
+# The rows of the classification table (server/upstream/verdicts.py) not met above, each as a fault of the
+# first backend of a layout: (layout, directive, the verdict it fails over with, or the caller's code and
+# reason when it does not fail over).
+ROWS = {
+    "403 permission_error": (("anthropic", "bedrock"), "[[sim@anthropic:http_error 403]]", "unauthorized"),
+    "429 without retry-after": (("anthropic", "bedrock"), "[[sim@anthropic:http_error 429]]", "rate_limited"),
+    "402 billing_error": (("anthropic", "bedrock"), "[[sim@anthropic:http_error 402]]", "spend_limit"),
+    "bedrock 503 ServiceUnavailable": (("bedrock", "vertex"), "[[sim@bedrock:http_error 529]]", "overloaded"),
+    "vertex 429 RESOURCE_EXHAUSTED": (("vertex", "anthropic"), "[[sim@vertex:http_error 429]]", "rate_limited"),
+    "vertex 500": (("vertex", "bedrock"), "[[sim@vertex:http_error 500]]", "unavailable"),
+    "404 not_found_error": (("anthropic", "bedrock"), "[[sim@anthropic:http_error 404]]", ("NOT_FOUND", "NOT_FOUND_ERROR")),
+    "413 request_too_large": (
+        ("anthropic", "bedrock"), "[[sim@anthropic:http_error 413]]", ("INVALID_ARGUMENT", "REQUEST_TOO_LARGE")
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("via", VIAS)
+@pytest.mark.parametrize("row", ROWS)
+def test_each_row_of_the_classification_table_on_each_entry(tmp_path: Path, via: str, row: str) -> None:
+    """A fault of the first backend that fails over is served by the second, the failover named with its
+    verdict; one that is the caller's own is the caller's status, the second backend never asked."""
+    layout, directive, expected = ROWS[row]
+
+    async def go() -> None:
+        async with pools(tmp_path, layout) as p:
+            first, second = layout
+            outcome = await p.call(via, f"row {directive}")
+            if isinstance(expected, str):
+                assert outcome.served_by(second), outcome
+                assert outcome.report["failovers"][0]["backend"] == first
+                assert failover_reasons(outcome.report) == [expected]
+                assert p.requests(first) == 1
+            else:
+                assert outcome.answered_as(*expected), outcome
+                assert outcome.report["failovers"] == []
+                assert p.requests(second) == 0
+
+    run(go)
+
+
 @pytest.mark.parametrize("via", VIAS)
 def test_every_attempt_counts_against_max_attempts(tmp_path: Path, via: str) -> None:
     """Three backends, all overloaded, two attempts allowed: two are tried, the caller gets the last failure."""
@@ -289,7 +332,7 @@ def test_every_attempt_counts_against_max_attempts(tmp_path: Path, via: str) -> 
     async def go() -> None:
         async with pools(tmp_path, max_attempts=2) as p:
             failed = await p.call(via, "all down [[sim:http_error 529]]")
-            assert (failed.code, failed.reason) == ("UNAVAILABLE", "OVERLOADED_ERROR"), failed
+            assert failed.answered_as("UNAVAILABLE", "OVERLOADED_ERROR"), failed
             assert len(failed.report["failovers"]) == 1  # the first moved on; the second ended the call
             assert p.requests("anthropic") + p.requests("bedrock") + p.requests("vertex") == 2
 

@@ -129,9 +129,10 @@ NOT_RETRIED = frozenset(
 # Failures worth a retry only when the gateway says when (RetryInfo): without it, x-should-retry: false
 # (a request over a quota by itself; every key of the model dead rather than cooling down).
 _RETRIED_ONLY_WHEN_SAID = frozenset((Reason.QUOTA_EXCEEDED.name, Reason.NO_BACKEND_AVAILABLE.name))
-# The API's error types and their HTTP statuses: an upstream error that came without a status (an
-# `error` event before the first event was relayed) gets its type's; a status without a known type
-# gets the type of its status.
+# The API's error types and their HTTP statuses: an upstream error of a known type gets its type's status
+# (an `error` event before the first event was relayed came without one; Bedrock and Vertex answer some
+# types with statuses of their own, as Bedrock's 503 for an overload); a status without a known type gets
+# the type of its status.
 API_STATUSES: Mapping[str, int] = {
     "invalid_request_error": 400,
     "authentication_error": 401,
@@ -359,12 +360,10 @@ def api_error(status: grpc.Status, request_id: str) -> tuple[int, list[tuple[byt
     upstream_status = int(metadata["http_status"]) if metadata.get("http_status", "").isdigit() else None
     if reason in GATEWAY_ERRORS:
         http, kind = GATEWAY_ERRORS[reason]
+    elif upstream_type in API_STATUSES:  # the API's status for its type, whichever platform said it (Bedrock: 503)
+        http, kind = API_STATUSES[upstream_type], upstream_type
     elif upstream_type:
-        http = (
-            upstream_status
-            if upstream_status and 400 <= upstream_status < 600
-            else API_STATUSES.get(upstream_type, 500)
-        )
+        http = upstream_status if upstream_status and 400 <= upstream_status < 600 else 500
         kind = upstream_type
     else:
         http = upstream_status if upstream_status and 400 <= upstream_status < 600 else 502
