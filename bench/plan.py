@@ -45,6 +45,9 @@ class Plan:
     sweep_chunks: int = 64
     sweep_interval: float = 0.020
     sweep_min_streams: int = 8
+    # 11. backends file: failover rounds (one-token calls), then rounds of each CPU comparison
+    backends_failover_rounds: int = 200
+    backends_rounds: int = 5
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,5 +72,7 @@ QUICK = Plan(
     resumable_rounds=2,
     sweep_levels=(1, 8, 32, 128),
     sweep_min_streams=4,
+    backends_failover_rounds=50,
+    backends_rounds=2,
     telemetry_calls=200,
 )

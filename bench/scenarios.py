@@ -28,6 +28,7 @@ from dataclasses import fields
 from typing import Any
 
 from bench import telemetry
+from bench.backends import backends
 from bench.jobs import Job
 from bench.processes import Child, result
 from bench.report import Row, judged, ms, pct
@@ -919,6 +920,7 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "8": observability,
     "9": messages_api,
     "10": resumable,
+    "11": backends,
     "12": sweep,
 }
 
@@ -933,5 +935,6 @@ NAMES = {
     "8": "observability cost",
     "9": "Messages API CPU per event",
     "10": "resumable streams on Redis",
+    "11": "backends file: failover, Bedrock, one backend",
     "12": "the public stream method (concurrency sweep)",
 }

@@ -16,7 +16,7 @@ from server.reporting.prices import load
 from server.reporting.usage import Usage
 from simulator import SpendLimit
 from tests.harness import run
-from tests.pools import ANTHROPIC_KEYS, MODEL, MODEL_IDS, Pools, key_id, pools
+from tests.pools import ANTHROPIC_KEYS, MODEL, MODEL_IDS, VERTEX_TOKEN, Pools, key_id, pools
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -83,28 +83,32 @@ def test_metrics_count_attempts_failovers_dead_keys_and_show_headroom_and_circui
     run(go)
 
 
-def test_the_log_line_names_backend_key_and_each_failover(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_log_line_names_model_backend_key_and_each_failover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The call's log line names the model asked for and the one that served, the backend and key id that
+    served, the call's cost, and each attempt that failed over (backend, key id, verdict, error); never a key."""
+
     async def go() -> None:
         async with pools(tmp_path, ("anthropic", "vertex")) as p:
             with caplog.at_level(logging.INFO, logger="server.call"):
-                served = await p.call("stream", "logged [[sim@anthropic:http_error 500]]")
-            assert served.served_by("vertex"), served
-        line = json.loads([r.getMessage() for r in caplog.records if r.name == "server.call"][-1])
-        assert line["backend"] == "vertex"
-        assert line["response_model"] == MODEL_IDS["vertex"]
-        assert (
-            line["failovers"]
-            == [
-                {
-                    "backend": "anthropic",
-                    "key_id": key_id(ANTHROPIC_KEYS[0]),
-                    "reason": "unavailable",
-                    "error": "API_ERROR",
-                }
-            ]
-            or line["failovers"][0]["reason"] == "unavailable"
-        )
-        assert line["attempts"] == 2
+                plain = await p.call("stream", "logged")
+                moved = await p.call("stream", "logged [[sim@anthropic:http_error 500]]")
+            assert plain.served_by("anthropic"), plain
+            assert moved.served_by("vertex"), moved
+        texts = [r.getMessage() for r in caplog.records if r.name == "server.call" and r.getMessage().startswith("{")]
+        first, second = (json.loads(t) for t in texts[-2:])
+        assert (first["model"], first["response_model"]) == (MODEL, MODEL)
+        assert (first["backend"], first["key_id"], first["failovers"]) == ("anthropic", key_id(ANTHROPIC_KEYS[0]), [])
+        assert first["cost_usd"] > 0
+        assert (second["model"], second["response_model"]) == (MODEL, MODEL_IDS["vertex"])
+        assert (second["backend"], second["key_id"]) == ("vertex", key_id(VERTEX_TOKEN))  # its token file
+        assert second["failovers"] == [
+            {"backend": "anthropic", "key_id": key_id(ANTHROPIC_KEYS[0]), "reason": "unavailable", "error": "api_error"}
+        ]
+        assert second["attempts"] == 2
+        assert second["cost_usd"] == moved.report["cost_usd"] > 0
+        assert not any(ANTHROPIC_KEYS[0] in t or VERTEX_TOKEN in t for t in texts)
 
     run(go)
 

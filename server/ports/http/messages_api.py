@@ -348,7 +348,7 @@ def sse_numbered(stream_id: str, response: pb.StreamMessageResponse) -> bytes:
 def api_error(status: grpc.Status, request_id: str) -> tuple[int, list[tuple[bytes, bytes]], dict[str, Any]]:
     """The API's answer for a failed call: HTTP status, headers (``retry-after`` and ``retry-after-ms``
     when the status says when to retry, ``x-should-retry: false`` when nothing will mend it) and the
-    error JSON. The upstream's own errors keep their type and status; the gateway's follow
+    error JSON. The upstream's own errors keep their type, answered with its status in the API; the gateway's follow
     ``GATEWAY_ERRORS``."""
     info, retry, bad = _details(status)
     reason = info.reason if info is not None else Reason.GATEWAY_ERROR.name
@@ -360,7 +360,7 @@ def api_error(status: grpc.Status, request_id: str) -> tuple[int, list[tuple[byt
     upstream_status = int(metadata["http_status"]) if metadata.get("http_status", "").isdigit() else None
     if reason in GATEWAY_ERRORS:
         http, kind = GATEWAY_ERRORS[reason]
-    elif upstream_type in API_STATUSES:  # the API's status for its type, whichever platform said it (Bedrock: 503)
+    elif upstream_type is not None and upstream_type in API_STATUSES:  # whichever platform said it (Bedrock: 503)
         http, kind = API_STATUSES[upstream_type], upstream_type
     elif upstream_type:
         http = upstream_status if upstream_status and 400 <= upstream_status < 600 else 500

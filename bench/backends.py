@@ -1,0 +1,287 @@
+"""Row 11: what a backends file (``GATEWAY_BACKENDS_FILE``) costs, each figure against its budget.
+
+Its own plain simulator (``python -m simulator``, on the load CPU: it speaks the Messages API and
+Bedrock, and its text is the same on both) and four gateways on the gateway's CPU, all idle but the
+one measured:
+
+- ``failover``: an ``anthropic`` backend, then a ``bedrock`` one (SigV4, keys in files);
+- ``bedrock`` and ``anthropic``: that backend alone;
+- ``default``: no backends file (``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``), as before issue 24.
+
+11a, failover: sequential one-token StreamMessage calls, in rounds. Each round first makes one call the
+primary serves (a success closes the circuit the last 529 opened, so the next failover call tries the
+primary again), then, in alternating order, (1) the call whose prompt makes the primary answer 529
+(``[[sim@anthropic:http_error 529]]``) through ``failover``, served by bedrock, (2) the same call through
+``bedrock``, straight to the healthy backend, and (3) the failed attempt on its own: the same request to the
+primary with the SDK on the gateway's own HTTP transport, from the call to its 529. The failover's cost is
+(1) - (2) - (3) per round: what the gateway adds to fail over, beyond the failed attempt itself.
+Budget: at most 2 ms (median of the rounds).
+
+11b, Bedrock's event-stream path: ``plan.burst_streams`` unpaced streams of ``plan.burst_tokens`` deltas
+through ``bedrock`` and through ``anthropic``, alternating, ``plan.backends_rounds`` rounds; the gateway's
+CPU per relayed event of each (the whole relay path: the upstream's bytes in, the caller's gRPC out).
+Budget: Bedrock at most 1.2x Anthropic (median of the per-round ratios).
+
+11c and 11d, the one-backend setup: the same streams, and ``plan.tiny_calls`` one-token calls
+(``plan.tiny_concurrency`` at a time, the fixed cost of a call), through ``anthropic`` (a one-backend
+file) and ``default`` (none), alternating. Budget: within 5% of ``default`` (median of the ratios).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from claude_gateway.client import stream_request
+from claude_gateway.v1 import chat_pb2_grpc
+from claude_gateway.wire import USAGE_KEY
+
+from bench.jobs import Job
+from bench.processes import Child
+from bench.report import Row, judged
+from bench.session import Run, Session
+from bench.workload import MODEL
+
+KEY = "sk-ant-bench-backends"
+AWS_ID, AWS_SECRET = "AKIABENCHBACKENDS001", "bench-backends-aws-secret"
+BEDROCK_MODEL = "anthropic.claude-sonnet-4-6-v1:0"
+FAILS = "[[sim@anthropic:http_error 529]]"
+FAILOVER_BUDGET = 0.002  # seconds
+BEDROCK_BUDGET = 1.2
+ONE_BACKEND_BUDGET = 1.05
+
+
+def _body(prompt: str) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": f"[[sim:tokens 1]] {prompt}"}]}
+
+
+def _files(logs: Path, base_url: str) -> dict[str, Path]:
+    """The backends files of the four gateways (``default`` has none), their credentials in files."""
+    secrets = {"key": KEY, "aws-id": AWS_ID, "aws-secret": AWS_SECRET}
+    for name, secret in secrets.items():
+        (logs / f"backends-{name}").write_text(secret + "\n")
+    anthropic = {"name": "anthropic", "kind": "anthropic", "base_url": base_url,
+                 "keys": [{"file": str(logs / "backends-key")}]}  # fmt: skip
+    bedrock = {
+        "name": "bedrock",
+        "kind": "bedrock",
+        "base_url": base_url,
+        "region": "us-east-1",
+        "aws_access_key_id": {"file": str(logs / "backends-aws-id")},
+        "aws_secret_access_key": {"file": str(logs / "backends-aws-secret")},
+        "models": {MODEL: BEDROCK_MODEL},
+    }
+    layouts = {"failover": [anthropic, bedrock], "bedrock": [bedrock], "anthropic": [anthropic]}
+    paths = {}
+    for name, entries in layouts.items():
+        path = logs / f"backends-{name}.yaml"
+        path.write_text(yaml.safe_dump({"backends": entries}, sort_keys=False))
+        paths[name] = path
+    return paths
+
+
+async def _simulator(session: Session) -> tuple[Child, str]:
+    procs = session.procs
+    child = await procs.spawn(
+        "backends-simulator", [sys.executable, "-m", "simulator", "--port", "0", "--key", KEY, "--key", AWS_ID],
+        cpus=procs.load_cpus,
+    )  # fmt: skip
+    return child, (await child.expect("simulator listening on ")).split()[0]
+
+
+async def _timed(stub: chat_pb2_grpc.ChatServiceStub, prompt: str) -> tuple[float, dict[str, Any]]:
+    """Seconds of one StreamMessage call, from the call to its trailer, and its usage report."""
+    started = time.perf_counter()
+    call = stub.StreamMessage(stream_request(_body(prompt)), timeout=30)
+    async for _ in call:
+        pass
+    trailer = dict(await call.trailing_metadata())
+    return time.perf_counter() - started, json.loads(trailer[USAGE_KEY])
+
+
+async def _failed_attempt(client: Any) -> float:
+    """Seconds of the primary's 529 to the same request, asked with the gateway's own SDK transport."""
+    import anthropic
+
+    started = time.perf_counter()
+    try:
+        stream = await client.messages.create(**_body(f"again {FAILS}"), stream=True)
+    except anthropic.APIStatusError as error:
+        if error.status_code != 529:
+            raise
+        return time.perf_counter() - started
+    await stream.close()
+    raise RuntimeError("the primary served a call meant to fail")
+
+
+async def failover_rounds(targets: dict[str, str], base_url: str, rounds: int) -> dict[str, Any]:
+    """11a's samples: per round, the failover call, the direct call and the failed attempt (seconds)."""
+    from server.app import sdk_client
+    from server.config import Settings
+
+    channels = {name: grpc.aio.insecure_channel(target) for name, target in targets.items()}
+    stubs = {name: chat_pb2_grpc.ChatServiceStub(channel) for name, channel in channels.items()}
+    client = sdk_client(Settings(), base_url=base_url, api_key=KEY, max_retries=0)
+    samples: dict[str, list[float]] = {"failover": [], "direct": [], "attempt": []}
+    wrong: list[str] = []
+    try:
+        for i in range(rounds + 10):  # the first 10 rounds warm connections, imports and caches
+            _, warm = await _timed(stubs["failover"], "again")
+            if warm["backend"] != "anthropic":
+                wrong.append(f"a plain call was served by {warm['backend']}")
+            steps = ["failover", "direct", "attempt"]
+            if i % 2:
+                steps.reverse()
+            seconds: dict[str, float] = {}
+            for step in steps:
+                if step == "attempt":
+                    seconds[step] = await _failed_attempt(client)
+                    continue
+                seconds[step], report = await _timed(stubs[step if step == "failover" else "bedrock"], f"again {FAILS}")
+                failed_over = [f["reason"] for f in report["failovers"]]
+                expected = ["overloaded"] if step == "failover" else []
+                if report["backend"] != "bedrock" or failed_over != expected:
+                    wrong.append(f"{step}: served by {report['backend']}, failovers {failed_over}")
+            if i >= 10:
+                for step, value in seconds.items():
+                    samples[step].append(value)
+    finally:
+        await client.close()
+        await asyncio.gather(*(channel.close() for channel in channels.values()))
+    return {**samples, "wrong": wrong}
+
+
+def _per_event(run: Run) -> float:
+    events: int = sum(rec["events"] for r in run.results for rec in r["records"])
+    return float(run.gateway_cpu_s) / max(events, 1)
+
+
+def _errors(run: Run) -> list[str]:
+    return [rec["error"] for r in run.results for rec in r.get("records", []) if rec["error"]] + [
+        e for r in run.results for e in r.get("errors", {})
+    ]
+
+
+async def _alternating(
+    session: Session, job: Job, gateways: dict[str, tuple[Child, str]], rounds: int, measure: Any
+) -> tuple[dict[str, list[float]], list[str]]:
+    """``measure`` of each gateway's run of ``job``, ``rounds`` times, alternating which goes first."""
+    values: dict[str, list[float]] = {name: [] for name in gateways}
+    errors: list[str] = []
+    names = list(gateways)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            gateway, target = gateways[name]
+            run = await session.run([replace(job, target=target)], other=(gateway, target))
+            values[name].append(measure(run))
+            errors += _errors(run)
+    return values, errors
+
+
+def _ratio_row(
+    key: str, what: str, values: dict[str, list[float]], of: str, to: str, budget: float, unit: str, errors: list[str]
+) -> Row:
+    ratios = [a / b for a, b in zip(values[of], values[to], strict=True)]
+    ratio = statistics.median(ratios)
+    mine, theirs = statistics.median(values[of]) * 1e6, statistics.median(values[to]) * 1e6
+    rounds = ", ".join(f"{a * 1e6:.1f}/{b * 1e6:.1f}" for a, b in zip(values[of], values[to], strict=True))
+    return Row(
+        key,
+        what,
+        f"{mine:.1f} us against {theirs:.1f} us {unit}: {ratio:.2f}x (median of {len(ratios)} rounds)",
+        f"<= {budget:.2f}x",
+        judged(ratio <= budget and not errors),
+        f"{of}/{to} us {unit} per round: {rounds}; errors {errors[:3] or 'none'}",
+        {"ratio": ratio, "ratios": ratios, of: values[of], to: values[to], "errors": errors[:10]},
+    )
+
+
+async def backends(session: Session) -> list[Row]:
+    plan, procs = session.plan, session.procs
+    sim, base_url = await _simulator(session)
+    paths = _files(procs.logs, base_url)
+    gateways: dict[str, tuple[Child, str]] = {}
+    try:
+        for name, path in paths.items():
+            gateways[name] = await procs.gateway(base_url, {"GATEWAY_BACKENDS_FILE": str(path)}, name=f"gateway-{name}")
+        gateways["default"] = await procs.gateway(base_url, {"ANTHROPIC_API_KEY": KEY}, name="gateway-default")
+
+        found = await failover_rounds(
+            {name: target for name, (_, target) in gateways.items()}, base_url, plan.backends_failover_rounds
+        )
+        costs = [f - d - a for f, d, a in zip(found["failover"], found["direct"], found["attempt"], strict=True)]
+        cost = statistics.median(costs)
+        median = {step: statistics.median(found[step]) for step in ("failover", "direct", "attempt")}
+        rows = [
+            Row(
+                "11a",
+                "failover's cost beyond the failed attempt (primary 529 -> bedrock, one-token calls)",
+                f"{cost * 1e3:.2f} ms (median of {len(costs)} rounds)",
+                f"<= {FAILOVER_BUDGET * 1e3:g} ms",
+                judged(cost <= FAILOVER_BUDGET and not found["wrong"]),
+                f"medians: call with a failover {median['failover'] * 1e3:.2f} ms, the same call straight to bedrock "
+                f"{median['direct'] * 1e3:.2f} ms, the failed attempt alone {median['attempt'] * 1e3:.2f} ms; "
+                f"p90 of the cost {sorted(costs)[int(len(costs) * 0.9)] * 1e3:.2f} ms; "
+                f"misrouted {found['wrong'][:3] or 'none'}",
+                {"cost_s": costs, **{k: found[k] for k in ("failover", "direct", "attempt")}, "wrong": found["wrong"]},
+            )
+        ]
+        n, tokens = plan.burst_streams, plan.burst_tokens
+        burst = Job("streams", streams=n, tokens=tokens, tps=0, channels=session.channels(n), record=False)
+        pair = {name: gateways[name] for name in ("bedrock", "anthropic")}
+        values, errors = await _alternating(session, burst, pair, plan.backends_rounds, _per_event)
+        rows.append(
+            _ratio_row(
+                "11b",
+                f"CPU per event, Bedrock event-stream vs Anthropic SSE ({n} x {tokens}, unpaced)",
+                values,
+                "bedrock",
+                "anthropic",
+                BEDROCK_BUDGET,
+                "per event",
+                errors,
+            ),
+        )
+        pair = {name: gateways[name] for name in ("anthropic", "default")}
+        values, errors = await _alternating(session, burst, pair, plan.backends_rounds, _per_event)
+        rows.append(
+            _ratio_row(
+                "11c",
+                f"CPU per event, a one-backend file vs none ({n} x {tokens}, unpaced)",
+                values,
+                "anthropic",
+                "default",
+                ONE_BACKEND_BUDGET,
+                "per event",
+                errors,
+            ),
+        )
+        tiny = Job("tiny", count=plan.tiny_calls, concurrency=plan.tiny_concurrency)
+        values, errors = await _alternating(
+            session, tiny, pair, plan.backends_rounds, lambda run: run.gateway_cpu_s / plan.tiny_calls
+        )
+        rows.append(
+            _ratio_row(
+                "11d",
+                f"CPU per one-token call, a one-backend file vs none ({plan.tiny_concurrency} at a time)",
+                values,
+                "anthropic",
+                "default",
+                ONE_BACKEND_BUDGET,
+                "per call",
+                errors,
+            ),
+        )
+        return rows
+    finally:
+        for gateway, _ in gateways.values():
+            await procs.stop(gateway)
+        await procs.stop(sim)
