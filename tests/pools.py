@@ -172,7 +172,6 @@ class Pools:
             error.get("message", ""),
         )
 
-
     async def _connect_create(self, request_body: dict[str, Any], timeout: float, extra: dict[str, str]) -> Outcome:
         """Connect unary: the reply (or the error) as JSON, the usage report in a ``trailer-`` header."""
         data = json.dumps(json_format.MessageToDict(create_request(request_body))).encode()
@@ -202,8 +201,9 @@ class Pools:
         status and the error JSON (or the stream's ``event: error``)."""
         headers = {"content-type": "application/json", "x-stainless-timeout": str(timeout), **extra}
         lines = CallLines()
+        url = f"{self.http_url}/v1/messages"
         with lines:
-            async with self.session.post(f"{self.http_url}/v1/messages", json=request_body, headers=headers) as response:
+            async with self.session.post(url, json=request_body, headers=headers) as response:
                 raw = await response.read()
                 header = response.headers.get(USAGE_KEY)
         line = lines.last()

@@ -294,7 +294,9 @@ ROWS = {
     "bedrock 503 ServiceUnavailable": (("bedrock", "vertex"), "[[sim@bedrock:http_error 529]]", "overloaded"),
     "vertex 429 RESOURCE_EXHAUSTED": (("vertex", "anthropic"), "[[sim@vertex:http_error 429]]", "rate_limited"),
     "vertex 500": (("vertex", "bedrock"), "[[sim@vertex:http_error 500]]", "unavailable"),
-    "404 not_found_error": (("anthropic", "bedrock"), "[[sim@anthropic:http_error 404]]", ("NOT_FOUND", "NOT_FOUND_ERROR")),
+    "404 not_found_error": (
+        ("anthropic", "bedrock"), "[[sim@anthropic:http_error 404]]", ("NOT_FOUND", "NOT_FOUND_ERROR")
+    ),
     "413 request_too_large": (
         ("anthropic", "bedrock"), "[[sim@anthropic:http_error 413]]", ("INVALID_ARGUMENT", "REQUEST_TOO_LARGE")
     ),
