@@ -60,6 +60,7 @@ FAILS = "[[sim@anthropic:http_error 529]]"
 FAILOVER_BUDGET = 0.002  # seconds
 BEDROCK_BUDGET = 1.2
 ONE_BACKEND_BUDGET = 1.05
+START_TIMEOUT = 300.0  # seconds a child may take to start: a hang guard
 
 
 def _body(prompt: str) -> dict[str, Any]:
@@ -97,7 +98,19 @@ async def _simulator(session: Session) -> tuple[Child, str]:
         "backends-simulator", [sys.executable, "-m", "simulator", "--port", "0", "--key", KEY, "--key", AWS_ID],
         cpus=procs.load_cpus,
     )  # fmt: skip
-    return child, (await child.expect("simulator listening on ")).split()[0]
+    return child, (await child.expect("simulator listening on ", START_TIMEOUT)).split()[0]
+
+
+async def _gateway(session: Session, name: str, env: dict[str, str]) -> tuple[Child, str]:
+    """``python -m server`` on the gateway's CPU, as ``Processes.gateway`` starts one, given as long to start as a
+    busy machine needs (a Python process importing the gateway there has taken more than the 30 s a child
+    is otherwise given)."""
+    procs = session.procs
+    argv = [sys.executable, "-m", "server"]
+    child = await procs.spawn(
+        f"gateway-{name}", argv, cpus=procs.gateway_cpus, env={"GATEWAY_LISTEN": "127.0.0.1:0", **env}
+    )
+    return child, (await child.expect("gateway listening on ", START_TIMEOUT)).split()[0]
 
 
 async def _timed(stub: chat_pb2_grpc.ChatServiceStub, prompt: str) -> tuple[float, dict[str, Any]]:
@@ -226,8 +239,10 @@ async def backends(session: Session) -> list[Row]:
     gateways: dict[str, tuple[Child, str]] = {}
     try:
         for name, path in paths.items():
-            gateways[name] = await procs.gateway(base_url, {"GATEWAY_BACKENDS_FILE": str(path)}, name=f"gateway-{name}")
-        gateways["default"] = await procs.gateway(base_url, {"ANTHROPIC_API_KEY": KEY}, name="gateway-default")
+            gateways[name] = await _gateway(session, name, {"GATEWAY_BACKENDS_FILE": str(path)})
+        gateways["default"] = await _gateway(
+            session, "default", {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": KEY}
+        )
 
         rows = await _section("11a", lambda: _failover_row(plan, gateways, base_url))
         n, tokens = plan.burst_streams, plan.burst_tokens
