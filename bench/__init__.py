@@ -31,6 +31,8 @@ Modules:
   prints its tables for docs/performance.md. ``sweep_reads`` is what its load clients do.
 - ``eventstream``: CPU per event of reading Bedrock's event-stream (the gateway's decoder, botocore's,
   the SDK's) against reading SSE, in one process (``python -m bench.eventstream``).
+- ``backends``: row 11, a backends file: failover's cost, Bedrock's relay against Anthropic's, one backend
+  against none (``python -m bench --only 11``).
 
 ``bench/tests`` checks what the measuring parts count (no timing asserts): ``pytest bench/tests``.
 """

@@ -8,13 +8,14 @@ one measured:
 - ``bedrock`` and ``anthropic``: that backend alone;
 - ``default``: no backends file (``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``), as before issue 24.
 
-11a, failover: sequential one-token StreamMessage calls, in rounds. Each round first makes one call the
-primary serves (a success closes the circuit the last 529 opened, so the next failover call tries the
-primary again), then, in alternating order, (1) the call whose prompt makes the primary answer 529
-(``[[sim@anthropic:http_error 529]]``) through ``failover``, served by bedrock, (2) the same call through
-``bedrock``, straight to the healthy backend, and (3) the failed attempt on its own: the same request to the
-primary with the SDK on the gateway's own HTTP transport, from the call to its 529. The failover's cost is
-(1) - (2) - (3) per round: what the gateway adds to fail over, beyond the failed attempt itself.
+11a, failover: sequential one-token StreamMessage calls, in rounds. Each round waits out the back-off
+the last round's 529 gave the primary's platform (a second) and makes one call the primary serves (which
+closes that circuit, so the next failover call tries the primary again), then, in alternating order,
+(1) the call whose prompt makes the primary answer 529 (``[[sim@anthropic:http_error 529]]``) through
+``failover``, served by bedrock, (2) the same call through ``bedrock``, straight to the healthy backend,
+and (3) the failed attempt on its own: the same request to the primary with the SDK on the gateway's own
+HTTP transport, from the call to its 529. The failover's cost is (1) - (2) - (3) per round: what the
+gateway adds to fail over, beyond the failed attempt itself.
 Budget: at most 2 ms (median of the rounds).
 
 11b, Bedrock's event-stream path: ``plan.burst_streams`` unpaced streams of ``plan.burst_tokens`` deltas
@@ -51,6 +52,7 @@ from bench.processes import Child, ChildError
 from bench.report import Row, judged
 from bench.session import Run, Session
 from bench.workload import MODEL
+from server.upstream.state import CIRCUIT_BASE
 
 KEY = "sk-ant-bench-backends"
 AWS_ID, AWS_SECRET = "AKIABENCHBACKENDS001", "bench-backends-aws-secret"
@@ -150,6 +152,9 @@ async def failover_rounds(targets: dict[str, str], base_url: str, rounds: int) -
     wrong: list[str] = []
     try:
         for i in range(rounds + 10):  # the first 10 rounds warm connections, imports and caches
+            # The last round's 529 backed the primary's platform off for CIRCUIT_BASE seconds: once that has
+            # passed, a call the primary serves closes the circuit (its next 529 backs it off afresh).
+            await asyncio.sleep(CIRCUIT_BASE + 0.05)
             _, warm = await _timed(stubs["failover"], "again")
             if warm["backend"] != "anthropic":
                 wrong.append(f"a plain call was served by {warm['backend']}")

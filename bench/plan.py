@@ -46,7 +46,7 @@ class Plan:
     sweep_interval: float = 0.020
     sweep_min_streams: int = 8
     # 11. backends file: failover rounds (one-token calls), then rounds of each CPU comparison
-    backends_failover_rounds: int = 200
+    backends_failover_rounds: int = 100  # each waits out the primary's 1 s back-off
     backends_rounds: int = 5
 
     def as_json(self) -> dict[str, Any]:
