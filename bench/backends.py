@@ -15,8 +15,8 @@ closes that circuit, so the next failover call tries the primary again), then, i
 ``failover``, served by bedrock, (2) the same call through ``bedrock``, straight to the healthy backend,
 and (3) the failed attempt on its own: the same request to the primary with the SDK on the gateway's own
 HTTP transport, from the call to its 529. The failover's cost is (1) - (2) - (3) per round: what the
-gateway adds to fail over, beyond the failed attempt itself.
-Budget: at most 2 ms (median of the rounds).
+gateway adds to fail over, beyond the failed attempt itself, taken as the difference of the three medians.
+Budget: at most 2 ms.
 
 11b, Bedrock's event-stream path: ``plan.burst_streams`` unpaced streams of ``plan.burst_tokens`` deltas
 through ``bedrock`` and through ``anthropic``, alternating, ``plan.backends_rounds`` rounds; the gateway's
@@ -297,18 +297,22 @@ async def _failover_row(plan: Plan, gateways: dict[str, tuple[Child, str]], base
         {name: target for name, (_, target) in gateways.items()}, base_url, plan.backends_failover_rounds
     )
     costs = [f - d - a for f, d, a in zip(found["failover"], found["direct"], found["attempt"], strict=True)]
-    cost = statistics.median(costs)
     median = {step: statistics.median(found[step]) for step in ("failover", "direct", "attempt")}
+    # The difference of the medians: on a busy machine single calls vary by milliseconds, and the median of
+    # the per-round differences (in the detail) wanders further from it than the medians themselves do.
+    cost = median["failover"] - median["direct"] - median["attempt"]
     return [
         Row(
             "11a",
             "failover's cost beyond the failed attempt (primary 529 -> bedrock, one-token calls)",
-            f"{cost * 1e3:.2f} ms (median of {len(costs)} rounds)",
+            f"{cost * 1e3:.2f} ms (medians of {len(costs)} rounds: {median['failover'] * 1e3:.2f} - "
+            f"{median['direct'] * 1e3:.2f} - {median['attempt'] * 1e3:.2f} ms)",
             f"<= {FAILOVER_BUDGET * 1e3:g} ms",
             judged(cost <= FAILOVER_BUDGET and not found["wrong"]),
             f"medians: call with a failover {median['failover'] * 1e3:.2f} ms, the same call straight to bedrock "
             f"{median['direct'] * 1e3:.2f} ms, the failed attempt alone {median['attempt'] * 1e3:.2f} ms; "
-            f"p90 of the cost {sorted(costs)[int(len(costs) * 0.9)] * 1e3:.2f} ms; "
+            f"per round, the cost's median {statistics.median(costs) * 1e3:.2f} ms and p90 "
+            f"{sorted(costs)[int(len(costs) * 0.9)] * 1e3:.2f} ms; "
             f"misrouted {found['wrong'][:3] or 'none'}",
             {"cost_s": costs, **{k: found[k] for k in ("failover", "direct", "attempt")}, "wrong": found["wrong"]},
         )
