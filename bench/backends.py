@@ -69,7 +69,7 @@ def _body(prompt: str) -> dict[str, Any]:
     return {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": f"[[sim:tokens 1]] {prompt}"}]}
 
 
-def _files(logs: Path, base_url: str) -> dict[str, Path]:
+def backends_files(logs: Path, base_url: str) -> dict[str, Path]:
     """The backends files of the four gateways (``default`` has none), their credentials in files."""
     secrets = {"key": KEY, "aws-id": AWS_ID, "aws-secret": AWS_SECRET}
     for name, secret in secrets.items():
@@ -240,7 +240,7 @@ def _ratio_row(
 async def backends(session: Session) -> list[Row]:
     plan, procs = session.plan, session.procs
     sim, base_url = await _simulator(session)
-    paths = _files(procs.logs, base_url)
+    paths = backends_files(procs.logs, base_url)
     gateways: dict[str, tuple[Child, str]] = {}
     try:
         for name, path in paths.items():
