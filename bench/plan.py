@@ -39,15 +39,15 @@ class Plan:
     telemetry_calls: int = 2000
     # 9. resumable streams on Redis: rounds of capacity_sizes[0] paced streams, plain then resumable
     resumable_rounds: int = 5
+    # 11. backends file: failover rounds (one-token calls), then rounds of each CPU comparison
+    backends_failover_rounds: int = 100  # each waits out the primary's 1 s back-off
+    backends_rounds: int = 5
     # 12. the public stream method (``sweep``): chunks every interval, the concurrency steps, and at least this
     # many streams per step (each slot reads two or more, back to back)
     sweep_levels: tuple[int, ...] = (1, 8, 32, 128, 512, 1024)
     sweep_chunks: int = 64
     sweep_interval: float = 0.020
     sweep_min_streams: int = 8
-    # 11. backends file: failover rounds (one-token calls), then rounds of each CPU comparison
-    backends_failover_rounds: int = 100  # each waits out the primary's 1 s back-off
-    backends_rounds: int = 5
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
