@@ -152,8 +152,8 @@ def test_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_line_nev
         reader = threading.Thread(target=lambda: log.extend(proc.stderr or ()), daemon=True)
         reader.start()
 
-        async def one(stub: chat_pb2_grpc.ChatServiceStub, started: asyncio.Event | None) -> str:
-            call = stub.StreamMessage(stream_request(body("[[sim:tokens 40]] around the stop")), timeout=30)
+        async def one(stub: chat_pb2_grpc.ChatServiceStub, started: asyncio.Event | None, tokens: int = 40) -> str:
+            call = stub.StreamMessage(stream_request(body(f"[[sim:tokens {tokens}]] around the stop")), timeout=30)
             try:
                 await call.read()
                 if started is not None:
@@ -171,7 +171,11 @@ def test_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_line_nev
             async with grpc.aio.insecure_channel(target) as channel:
                 stub = chat_pb2_grpc.ChatServiceStub(channel)
                 firsts = [asyncio.Event() for _ in range(100)]
-                early = [asyncio.ensure_future(one(stub, first)) for first in firsts]
+                # One of them lasts 3 s, so the drain is still waiting on it when the late calls arrive, however
+                # slowly a busy machine sends them (once it stops, a call can only find the port closed).
+                early = [
+                    asyncio.ensure_future(one(stub, first, 600 if i == 0 else 40)) for i, first in enumerate(firsts)
+                ]
                 await asyncio.gather(*(first.wait() for first in firsts))
                 proc.send_signal(signal.SIGTERM)
                 late = [asyncio.ensure_future(one(stub, None)) for _ in range(100)]
