@@ -207,8 +207,8 @@ def test_http_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_lin
         reader = threading.Thread(target=lambda: log.extend(proc.stderr or ()), daemon=True)
         reader.start()
 
-        async def messages(session: aiohttp.ClientSession, started: asyncio.Event | None) -> str:
-            request = {**body("[[sim:tokens 40]] around the stop"), "stream": True}
+        async def messages(session: aiohttp.ClientSession, started: asyncio.Event | None, tokens: int = 40) -> str:
+            request = {**body(f"[[sim:tokens {tokens}]] around the stop"), "stream": True}
             async with session.post(f"{url}/v1/messages", json=request) as response:
                 if response.status != 200:
                     error = (await response.json())["error"]
@@ -230,7 +230,11 @@ def test_http_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_lin
         async def go() -> list[str]:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
                 firsts = [asyncio.Event() for _ in range(30)]
-                early = [asyncio.ensure_future(messages(session, first)) for first in firsts]
+                # One lasts 3 s, so the late calls reach a gateway still draining (as in the gRPC test above).
+                early = [
+                    asyncio.ensure_future(messages(session, first, 600 if i == 0 else 40))
+                    for i, first in enumerate(firsts)
+                ]
                 await asyncio.gather(*(first.wait() for first in firsts))
                 proc.send_signal(signal.SIGTERM)
                 late = [asyncio.ensure_future(messages(session, None)) for _ in range(30)]
