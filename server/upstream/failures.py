@@ -36,6 +36,7 @@ __all__ = [
     "BEDROCK_EXCEPTIONS",
     "GOOGLE_STATUSES",
     "HTTP_CODES",
+    "TYPE_BY_STATUS",
     "bedrock_error_type",
     "cause_of",
     "from_api_error",

@@ -58,6 +58,7 @@ from server.limits.bodies import WAIT_SECONDS, Reservation
 from server.reasons import Reason
 from server.redaction import shown
 from server.streams.ids import new_id
+from server.upstream.failures import TYPE_BY_STATUS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -133,20 +134,7 @@ _RETRIED_ONLY_WHEN_SAID = frozenset((Reason.QUOTA_EXCEEDED.name, Reason.NO_BACKE
 # (an `error` event before the first event was relayed came without one; Bedrock and Vertex answer some
 # types with statuses of their own, as Bedrock's 503 for an overload); a status without a known type gets
 # the type of its status.
-API_STATUSES: Mapping[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "conflict_error": 409,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-_TYPES_BY_STATUS = {status: kind for kind, status in API_STATUSES.items()}
+API_STATUSES: Mapping[str, int] = {kind: status for status, kind in TYPE_BY_STATUS.items()}
 
 _TIMEOUT = re.compile(r"[0-9]{1,7}(\.[0-9]{1,9})?")
 DETACH_GRACE = "claude-gateway-detach-grace"  # request header: a resumable stream, with this detach grace
@@ -367,7 +355,7 @@ def api_error(status: grpc.Status, request_id: str) -> tuple[int, list[tuple[byt
         kind = upstream_type
     else:
         http = upstream_status if upstream_status and 400 <= upstream_status < 600 else 502
-        kind = _TYPES_BY_STATUS.get(http, "api_error")
+        kind = TYPE_BY_STATUS.get(http, "api_error")
     headers = [_JSON_TYPE, (b"request-id", (metadata.get("request_id") or request_id).encode())]
     if retry is not None:
         seconds = retry.retry_delay.ToNanoseconds() / 1e9
