@@ -33,6 +33,7 @@ from server.reporting.usage import Usage
 from server.supervisor import metrics_listen_of_worker
 from simulator import Cut, ErrorEvent, HttpError, Pace, Replay, Stall
 from tests.harness import PROCESS_TIMEOUT, ROOT, Harness, body, deployed, gateway, run, status_of, stream_request, until
+from tests.pools import Pools
 
 FIXTURE = ROOT / "tests/fixtures/sse/own_server_tool_cache_usage.sse"
 # The fixture's usage, merged: message_start's input side, message_delta's cumulative totals.
@@ -54,8 +55,8 @@ HELLO: list[Any] = [{"role": "user", "content": "Hello gateway"}]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-async def scrape(h: Harness) -> Samples:
-    """Every sample the gateway's /metrics endpoint serves now."""
+async def scrape(h: Harness | Pools) -> Samples:
+    """Every sample the gateway's /metrics endpoint serves now (a harness's, or a pool's gateway)."""
     assert h.gateway.metrics is not None
     url = f"http://127.0.0.1:{h.gateway.metrics.port}/metrics"
 

@@ -3,42 +3,18 @@ by the model that served (and a backend's own prices)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.reporting.prices import load
 from server.reporting.usage import Usage
 from simulator import SpendLimit
 from tests.harness import run
-from tests.pools import ANTHROPIC_KEYS, MODEL, MODEL_IDS, VERTEX_TOKEN, Pools, key_id, pools
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(p: Pools) -> Samples:
-    assert p.gateway.metrics is not None
-    url = f"http://127.0.0.1:{p.gateway.metrics.port}/metrics"
-
-    def get() -> str:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-
-    samples: Samples = {}
-    for family in text_string_to_metric_families(await asyncio.to_thread(get)):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+from tests.pools import ANTHROPIC_KEYS, MODEL, MODEL_IDS, VERTEX_TOKEN, key_id, pools
+from tests.test_observability import scrape, value
 
 
 def test_metrics_count_attempts_failovers_dead_keys_and_show_headroom_and_circuits(tmp_path: Path) -> None:
