@@ -22,7 +22,9 @@ from pathlib import Path
 
 WAIT_SECONDS = 1.0  # longest wait for the reads in progress to finish, before a refusal
 TRIM_AFTER = 16 * 1024 * 1024  # bodies of this many bytes, all given back: hand free memory back to the system
-TRIM_DELAY = 0.25  # seconds after the last of them, so that their calls have freed the rest
+# Seconds after the last of them: soon, so that their calls have freed the rest, and once more later for what
+# calls let go of late (on a busy machine the ends of calls, grpc's buffers among them, come after the first).
+TRIM_DELAYS = (0.25, 1.0)
 # The default budget is the memory each worker may use over this: a worker holds up to about nine bytes
 # of resident memory per byte of its budget while the calls start (docs/deploy.md, "Memory"), so a full
 # budget then takes a little over half of it, beside an idle worker and its open streams.
@@ -107,15 +109,19 @@ class BodyBudget:
             # own trim threshold never reaches); malloc_trim hands whole free pages back. A moment later, when
             # the calls have let go of the rest (replies, buffers), and off the event loop.
             self._since_trim = 0
-            self._trimming = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim)
+            self._trimming = asyncio.get_running_loop().call_later(TRIM_DELAYS[0], self._trim, 1)
 
-    def _trim(self) -> None:
+    def _trim(self, passes: int) -> None:
         assert _TRIM is not None
         done = asyncio.get_running_loop().run_in_executor(None, _TRIM, 0)
-        done.add_done_callback(self._trimmed)
+        done.add_done_callback(lambda _: self._trimmed(passes))
 
-    def _trimmed(self, _: asyncio.Future[int]) -> None:
-        self._trimming = None
+    def _trimmed(self, passes: int) -> None:
+        if passes < len(TRIM_DELAYS):
+            delay = TRIM_DELAYS[passes] - TRIM_DELAYS[passes - 1]
+            self._trimming = asyncio.get_running_loop().call_later(delay, self._trim, passes + 1)
+        else:
+            self._trimming = None
 
 
 class Reservation:
