@@ -18,9 +18,10 @@ hash tag (one Redis Cluster slot):
     claude-gateway:stream:{ID}:attached   exists while a caller follows the stream from another replica (renewed
                                           every second), so the producer's detach grace does not run out
 
-Writes go through one pipeline, many to a round trip, off the call's path (``Writer``); a write that fails
-makes its stream not resumable (STREAM_NOT_RESUMABLE, with a WARNING and ``gateway_streams_unresumable``) while
-the stream itself goes on for the callers following it. Followers elsewhere read with XRANGE, then XREAD BLOCK.
+Writes go out off the call's path, many to a round trip (``Writer``: packed by hiredis, the round trips at least
+``SPACING`` apart while nobody waits for a reply); a write that fails makes its stream not resumable
+(STREAM_NOT_RESUMABLE, with a WARNING and ``gateway_streams_unresumable``) while the stream itself goes on for
+the callers following it. Followers elsewhere read with XRANGE, then XREAD BLOCK.
 CancelStream for a stream another replica produces reaches it on that replica's Pub/Sub channel.
 """
 
@@ -29,14 +30,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from server.config import Settings
@@ -61,6 +64,7 @@ ATTACHED_MS = 3000  # life of a remote follower's mark, renewed every ATTACHED_M
 BLOCK_MS = 1000  # longest XREAD BLOCK of a follower before it looks whether the producer still lives
 PAGE = 256  # entries per XRANGE of a replay
 STORE_RETRY = 1.0  # seconds a Redis that failed is not tried again for a new stream
+SPACING = 0.005  # seconds at least between two round trips of the writes (unless one is waited for)
 
 
 def keys(stream_id: str) -> tuple[str, str, str, str]:
@@ -95,16 +99,21 @@ Reply = Callable[[list[Any] | BaseException], None]
 
 
 class Writer:
-    """Sends commands to Redis, whatever is queued while a round trip is out together in the next one, in order;
-    each group of commands hears its replies (or the error) by its callback, off the caller's path."""
+    """Sends commands to Redis, whatever is queued meanwhile together in the next round trip, in order; each group
+    of commands hears its replies (or the error) by its callback, off the caller's path. Round trips are at least
+    ``SPACING`` apart unless somebody waits for a reply (``call``), so that the many streams' writes of a busy
+    replica share them: what a round trip costs the gateway is paid once per few dozen events, not per event."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, timeout: float) -> None:
         self._client = client
+        self._timeout = timeout  # the longest wait for the replies of one round trip
         self._queue: list[tuple[tuple[tuple[Any, ...], ...], Reply | None]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._sender: asyncio.Task[None] | None = None
+        self._urgent = False  # somebody waits for a reply of what is queued: no spacing before its round trip
+        self._pause: asyncio.Future[None] | None = None  # the spacing being waited out, if it is
 
     def send(self, commands: tuple[tuple[Any, ...], ...], reply: Reply | None = None) -> None:
         self._queue.append((commands, reply))
@@ -122,6 +131,9 @@ class Writer:
                 done.set_result(replies)
 
         self.send(commands, answer)
+        self._urgent = True
+        if self._pause is not None and not self._pause.done():
+            self._pause.set_result(None)
         replies = await done
         if isinstance(replies, BaseException):
             raise replies
@@ -131,16 +143,14 @@ class Writer:
         return replies
 
     async def _send_all(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             batch, self._queue = self._queue, []
+            self._urgent = False
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for commands, _ in batch:
-                        for command in commands:
-                            pipe.execute_command(*command)
-                    replies: list[Any] = await pipe.execute(raise_on_error=False)
+                replies = await self._round_trip([command for commands, _ in batch for command in commands])
             except asyncio.CancelledError:
                 self._answer(batch, ConnectionError("the gateway is closing"))
                 raise
@@ -154,6 +164,35 @@ class Writer:
                     at += len(commands)
             if not self._queue:
                 self._idle.set()
+            if not self._urgent:
+                self._pause = pause = loop.create_future()
+                timer = loop.call_later(SPACING, _release, pause)
+                try:
+                    await pause
+                finally:
+                    timer.cancel()
+                    self._pause = None
+
+    async def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write on one of the client's connections and read their replies (an error reply
+        in its command's place). Packed by hiredis, in C, and read under one timeout for them all: what a redis-py
+        pipeline spends per command in Python (packing, a timeout per reply, reply callbacks) is most of what
+        mirroring an event costs the gateway."""
+        packed = b"".join(map(hiredis.pack_command, commands))
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        try:
+            await connection.send_packed_command(packed)
+            replies: list[Any] = []
+            async with asyncio.timeout(self._timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+            return replies
+        finally:
+            await pool.release(connection)
 
     @staticmethod
     def _answer(batch: list[tuple[tuple[tuple[Any, ...], ...], Reply | None]], exc: BaseException) -> None:
@@ -172,6 +211,11 @@ class Writer:
                 await self._sender
 
 
+def _release(pause: asyncio.Future[None]) -> None:
+    if not pause.done():
+        pause.set_result(None)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -179,7 +223,10 @@ def _text(value: bytes | str) -> str:
 def _failed(replies: list[Any] | BaseException) -> BaseException | None:
     if isinstance(replies, BaseException):
         return replies
-    return next((r for r in replies if isinstance(r, BaseException)), None)
+    for reply in replies:  # a loop, not a generator: this runs once per upstream read of every stream
+        if isinstance(reply, BaseException):
+            return reply
+    return None
 
 
 class RedisStore:
@@ -195,7 +242,7 @@ class RedisStore:
         self._reads = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=BLOCK_MS / 1000 + settings.redis_timeout, **common
         )
-        self._writer = Writer(self.client)
+        self._writer = Writer(self.client, settings.redis_timeout)
         self._local = MemoryStore(settings, keep_ended=False)
         self._replica = uuid.uuid4().hex[:12]
         self._max_entries = settings.resume_max_events
@@ -285,7 +332,7 @@ class RedisStore:
     def append(self, stream: Stream, chunk: Chunk) -> None:
         if not stream.resumable:
             return
-        events = keys(stream.id)[0]
+        events = f"{PREFIX}{{{stream.id}}}:events"  # keys(stream.id)[0], without the three others
         command: tuple[tuple[Any, ...], ...] = (
             ("XADD", events, "MAXLEN", "~", self._max_entries, f"{chunk.first}-0", "n", chunk.count, "d", chunk.data),
         )
