@@ -9,7 +9,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from claude_gateway import codec
 from claude_gateway.client import AsyncGateway
 from claude_gateway.client import Gateway as Client
@@ -27,10 +28,12 @@ from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 from claude_gateway.wire import REQUEST_ID_KEY, STREAM_ID_KEY, USAGE_KEY
 from google.protobuf import json_format
+from redis.exceptions import RedisError, ResponseError
 
 from server.app import Gateway, build_server, sdk_client
 from server.config import Settings
 from server.streams.ids import new_id, well_formed
+from server.streams.redis_store import Writer
 from simulator import Pace, Simulator, Stall
 from tests.harness import API_KEY, ROOT, Status, body, clean_env, gateway, run, status_of, stream_request, until
 from tests.proxy import Proxy
@@ -648,6 +651,44 @@ def test_redis_killed_mid_stream_leaves_the_stream_going_but_not_resumable(caplo
             assert "gateway_streams_unresumable_total 1.0" in page
             warnings = [r for r in caplog.records if r.levelname == "WARNING" and stream_id in r.getMessage()]
             assert len(warnings) == 1
+
+        run(go)
+
+
+def test_the_redis_writer_answers_each_group_in_order_an_error_reply_in_its_place_and_outlives_a_restart() -> None:
+    """The writer under RedisStore, on a real redis-server: groups sent together are applied in order and each hears
+    its own replies; an error reply (an XADD id not above the last) fails its own group only, and the replies after
+    it are still read; Redis killed, the queued groups hear the error; Redis back, the next write goes through."""
+    with redis_server() as redis:
+
+        async def go() -> None:
+            client = aioredis.Redis.from_url(redis.url, socket_timeout=2.0)
+            writer = Writer(client, 2.0)
+            heard: list[tuple[int, list[Any] | BaseException]] = []
+
+            def hear(n: int) -> Callable[[list[Any] | BaseException], None]:
+                return lambda replies: heard.append((n, replies))
+
+            try:
+                for n in range(1, 51):  # many groups queued at once, as many streams' reads are
+                    writer.send((("XADD", "w:events", f"{n}-0", "d", b"%d" % n),), hear(n))
+                with pytest.raises(ResponseError, match="equal or smaller"):
+                    await writer.call(("XADD", "w:events", "7-0", "d", b"late"), ("HSET", "w:meta", "state", "live"))
+                assert [n for n, _ in heard] == list(range(1, 51))
+                assert all(r == [f"{n}-0".encode()] for n, r in heard)
+                assert await writer.call(("HGET", "w:meta", "state"), ("XLEN", "w:events")) == [b"live", 50]
+                await asyncio.to_thread(redis.stop)
+                lost: list[list[Any] | BaseException] = []
+                writer.send((("XADD", "w:events", "51-0", "d", b"51"),), lost.append)
+                with pytest.raises((RedisError, OSError)):
+                    await writer.call(("XLEN", "w:events"))
+                await until(lambda: bool(lost))
+                assert isinstance(lost[0], (RedisError, OSError))
+                await asyncio.to_thread(redis.start)  # empty: nothing was saved
+                assert await writer.call(("XADD", "w:events", "1-0", "d", b"1"), ("XLEN", "w:events")) == [b"1-0", 1]
+            finally:
+                await writer.close(2.0)
+                await client.aclose()
 
         run(go)
 
