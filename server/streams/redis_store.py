@@ -191,6 +191,10 @@ class Writer:
                     except ResponseError as exc:
                         replies.append(exc)
             return replies
+        except BaseException:
+            # Replies may be left unread on it (a timeout, a cancel, a broken socket): never hand it out again.
+            await connection.disconnect()
+            raise
         finally:
             await pool.release(connection)
 
