@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from server.errors import Failure
 from server.upstream.backends import BackendSpec, SecretRef
 from server.upstream.client import Upstream
-from server.upstream.headroom import Cost
+from server.upstream.headroom import Cost, rate_limits
 from server.upstream.state import PoolState
 from server.upstream.verdicts import Verdict
 
@@ -232,12 +232,14 @@ class Pool:
         now = time.time()
         family = family_of(model)
         state = self.state
-        tiers: tuple[list[_Entry], list[_Entry], list[_Entry]] = ([], [], [])  # fits, tight, behind a circuit
         last: list[_Entry] = []
+        ready: list[tuple[Member, str, float]] = []  # (member, its model id, its circuit open until)
+        serving = 0  # members of the backends that serve the model, whatever their state
         for backend in self.backends:
             model_id = backend.spec.model_id(model)
             if model_id is None:
                 continue
+            serving += len(backend.members)
             p50 = backend.p50()
             if p50 is not None and remaining < p50:
                 tried.too_slow[backend.name] = p50
@@ -246,19 +248,29 @@ class Pool:
             circuit = max(state.circuit_until(_circuit(backend)), state.circuit_until(_platform(backend)))
             for member in backend.members:
                 self._refresh(member)
-                if state.dead_until(member.id) > now:
+                member_id = member.id
+                if state.dead_until(member_id) > now:
                     continue
-                cooled = state.cooled_until(member.id, family)
-                if out or member.id in tried.members or cooled > now:
+                cooled = state.cooled_until(member_id, family)
+                if out or member_id in tried.members or cooled > now:
                     last.append(_Entry(member, model_id, 0.0, max(cooled, now)))
                     continue
-                headroom = state.headroom(member.id, family)
-                if circuit > now:
-                    tiers[2].append(_Entry(member, model_id, 0.0))
-                elif headroom is None or headroom.fits(cost, now):
-                    tiers[0].append(_Entry(member, model_id, 1.0 if headroom is None else headroom.score(cost, now)))
-                else:
-                    tiers[1].append(_Entry(member, model_id, headroom.score(cost, now)))
+                ready.append((member, model_id, circuit))
+        if serving == 1 and ready:
+            # The model's only member: whatever its headroom or circuit, the tiers below would pick it. Its
+            # headroom is weighed against no other and its reservation would steer no choice, so neither is
+            # computed (the headroom gauge still shows what its headers last said).
+            member, model_id, _ = ready[0]
+            return Choice(member, model_id, now)
+        tiers: tuple[list[_Entry], list[_Entry], list[_Entry]] = ([], [], [])  # fits, tight, behind a circuit
+        for member, model_id, circuit in ready:
+            headroom = state.headroom(member.id, family)
+            if circuit > now:
+                tiers[2].append(_Entry(member, model_id, 0.0))
+            elif headroom is None or headroom.fits(cost, now):
+                tiers[0].append(_Entry(member, model_id, 1.0 if headroom is None else headroom.score(cost, now)))
+            else:
+                tiers[1].append(_Entry(member, model_id, headroom.score(cost, now)))
         for tier, entries in enumerate(tiers):
             if entries:
                 chosen = self._pick(entries, caller, roomiest=tier == 1)
@@ -342,7 +354,7 @@ class Pool:
         self.state.reset(_circuit(backend))
         self.state.reset(_platform(backend))
         if headers is not None and backend.spec.kind == "anthropic":
-            limits = [(k.lower(), v) for k, v in headers.items() if k.lower().startswith("anthropic-ratelimit-")]
+            limits = rate_limits(headers)
             if limits:
                 self.state.report(member.id, family_of(model), limits, time.time())
         if len(self._sticky) >= STICKY_CALLERS and caller not in self._sticky:
