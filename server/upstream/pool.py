@@ -150,6 +150,15 @@ class Backend:
             return None
         return statistics.median(self.ttfts)
 
+    def slower_than(self, seconds: float) -> float | None:
+        """The p50, when it is known and longer than ``seconds``; else None. A call's deadline is mostly far
+        beyond every sample, and then no median is needed: none of them, so not their median, is longer."""
+        ttfts = self.ttfts
+        if len(ttfts) < TTFT_MIN_SAMPLES or seconds >= max(ttfts):
+            return None
+        p50 = statistics.median(ttfts)
+        return p50 if seconds < p50 else None
+
     def body_for(self, body: dict[str, Any], model_id: str) -> dict[str, Any]:
         """The request body as this backend takes it: its model id, and (Bedrock, Vertex) its anthropic_version."""
         if self.spec.kind == "anthropic":
@@ -240,8 +249,8 @@ class Pool:
             if model_id is None:
                 continue
             serving += len(backend.members)
-            p50 = backend.p50()
-            if p50 is not None and remaining < p50:
+            p50 = backend.slower_than(remaining)
+            if p50 is not None:
                 tried.too_slow[backend.name] = p50
                 continue
             out = backend.name in tried.backends or backend.platform in tried.platforms
