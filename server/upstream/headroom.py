@@ -130,8 +130,8 @@ def _bucket(fields: dict[str, str], now: float, previous: Bucket | None) -> Buck
 
 @lru_cache(maxsize=64)
 def _time(text: str) -> float | None:
-    """An RFC 3339 reset as wall-clock seconds. Cached: every response of a busy key names one of a few
-    resets (to the second), and parsing them is most of what reading a response's rate limits costs."""
+    """An RFC 3339 reset as wall-clock seconds. Cached: the responses of a busy key name the same few resets
+    (to the second), read on every call; the cache holds at most 64 header values."""
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:

@@ -22,6 +22,9 @@ How a member is chosen (``choose``), from the backends that serve the model, in 
    backends of that priority one by weight, then the caller's key of its last call if it is among
    them (a prompt cache lives with an organisation), else the better of two at random by headroom;
 4. last resort: the member that is ready first (its cool-down over), which the call waits for.
+
+When one member serves the model (a one-key, one-backend file) and it may be tried, it is chosen at
+once: step 3 could pick no other, so its headroom is neither weighed nor reserved.
 """
 
 from __future__ import annotations
