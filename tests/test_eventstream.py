@@ -25,6 +25,7 @@ from server.upstream.eventstream import (
     EventStreamError,
     EventStreamMessage,
     bedrock_event,
+    chunk_json,
 )
 from simulator import eventstream as written
 
@@ -339,6 +340,43 @@ def test_the_simulators_chunks_are_the_events() -> None:
 def test_a_bad_chunk_payload_is_an_event_stream_error(payload: bytes, says: str) -> None:
     with pytest.raises(EventStreamError, match=says):
         bedrock_event(_bedrock(CHUNK_HEADERS, payload))
+
+
+def _as_json_reads_it(payload: bytes) -> bytes | None:
+    """The oracle: a chunk's event as a JSON parser reads its payload; None where that is an error."""
+    try:
+        document = json.loads(payload)
+        return base64.b64decode(document["bytes"].encode("ascii"), validate=True)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
+        return None
+
+
+def _read(payload: bytes) -> bytes | None:
+    try:
+        return chunk_json(payload)
+    except EventStreamError:
+        return None
+
+
+_PADDED = f'{{"bytes":"{B64}","p":"abcXYZ019"}}'.encode()
+
+
+@pytest.mark.parametrize("layout", [f'{{"bytes":"{B64}"}}'.encode(), _PADDED], ids=["bare", "padded"])
+def test_the_layout_read_without_a_parser_ends_as_json_says(layout: bytes) -> None:
+    """Bedrock's layout is read by positions, not parsed: every byte of it replaced by each character that
+    could fool a reader by positions (a quote, an escape, a brace, a space, a control, a non-ASCII byte),
+    every cut and every insertion of those still gives exactly what a JSON parser gives, the event or an
+    error (EventStreamError)."""
+    tricky = b'"\\} ,:p\x00\x7f\xff='
+    variants = [layout[:cut] for cut in range(len(layout))]
+    for at in range(len(layout)):
+        for byte in tricky:
+            variants.append(layout[:at] + bytes([byte]) + layout[at + 1 :])
+            variants.append(layout[:at] + bytes([byte]) + layout[at:])
+    variants += [layout.replace(b'"p":"abcXYZ019"', b'"p":"' + p + b'"') for p in (b"", b"a\\", b'a\\"', b"\xc3\xa9")]
+    for variant in variants:
+        assert _read(variant) == _as_json_reads_it(variant), variant
+    assert _read(layout) == EVENT_JSON
 
 
 EXCEPTIONS = [

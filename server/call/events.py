@@ -28,7 +28,9 @@ from server.upstream.eventstream import (
     BedrockStreamError,
     EventStreamDecoder,
     EventStreamError,
+    EventStreamMessage,
     bedrock_event,
+    chunk_json,
 )
 from server.upstream.failures import bedrock_error_type, from_api_error
 
@@ -141,6 +143,9 @@ class EventStreamFramer:
         # A message holds its event in base64 (4/3 of it) inside a small JSON payload and headers.
         self._decoder = EventStreamDecoder(min(MAX_MESSAGE_BYTES, max_event_bytes * 4 // 3 + 64 * 1024))
         self._max = max_event_bytes
+        # The headers of the last message read as a chunk. The decoder hands messages with the same header
+        # bytes one shared headers object, so every later chunk of the stream is known by ``is``, unread.
+        self._chunk_headers: object = None
 
     def feed(self, chunk: bytes) -> list[Frame]:
         try:
@@ -150,9 +155,14 @@ class EventStreamFramer:
                 fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a broken event stream: {exc}")
             ) from None
         out: list[Frame] = []
-        for message in messages:
+        for headers, payload in messages:
             try:
-                data = bedrock_event(message)
+                if headers is self._chunk_headers:
+                    data: bytes | None = chunk_json(payload)
+                else:
+                    data = bedrock_event(EventStreamMessage(headers, payload))
+                    if data is not None:
+                        self._chunk_headers = headers
             except BedrockStreamError as exc:
                 error = {"type": bedrock_error_type(exc.error_type, exc.original_status), "message": str(exc)}
                 out.append(("error", json.dumps({"type": "error", "error": error})))
@@ -169,7 +179,9 @@ class EventStreamFramer:
             if len(data) > self._max:
                 raise GatewayError(_too_large(len(data), self._max))
             text = data.decode()
-            out.append((_event_type(text), text))
+            # The event's type where the API writes it (as ``_event_type`` reads it first), inline: every event.
+            end = text.find('"', 9) if text.startswith('{"type":"') else -1
+            out.append((text[9:end] if end > 9 else _event_type(text), text))
         return out
 
 

@@ -24,7 +24,9 @@ again by every later call. Memory is bounded by one message; work is linear in t
 however they are split: whole messages are read where they lie in the chunk, and only the
 unfinished end of a chunk is copied, once, into the held buffer that later chunks complete. The
 parsed headers of a few recurring header sections are kept, so a stream of chunks with the same
-headers parses them once.
+headers parses them once; the last section is compared where it lies (no copy, no hash), and a
+message with the same headers as the one before shares its ``headers`` object, so a reader can
+classify a stream's recurring section once (``EventStreamFramer`` does: ``is`` the last chunk's).
 
 ``bedrock_event`` turns one decoded Bedrock message into what the Messages API would have sent:
 an ``event``/``chunk`` message's payload ``{"bytes": "<base64>"}`` (with any ``"p"`` padding Bedrock
@@ -40,6 +42,7 @@ import struct
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import partial
 from struct import Struct
 from types import MappingProxyType
 from typing import Final, NamedTuple
@@ -89,6 +92,10 @@ class EventStreamMessage(NamedTuple):
     payload: bytes
 
 
+# EventStreamMessage((headers, payload)) without the Python-level __new__ a NamedTuple has: one per message.
+_new_message: Final = partial(tuple.__new__, EventStreamMessage)
+
+
 class EventStreamDecoder:
     """Feeds bytes, returns the messages they complete; see the module docstring."""
 
@@ -100,6 +107,9 @@ class EventStreamDecoder:
         self._need = 0  # the total length of the held message, once its prelude is in and checked
         self._failure: EventStreamError | None = None
         self._sections: dict[bytes, Mapping[str, HeaderValue]] = {}
+        # The last message's header section and its parsed headers: Bedrock repeats one on every chunk.
+        self._last_section = b""
+        self._last_headers: Mapping[str, HeaderValue] = MappingProxyType({})
 
     @property
     def pending(self) -> int:
@@ -115,7 +125,7 @@ class EventStreamDecoder:
             raise self._failure
         out: list[EventStreamMessage] = []
         try:
-            self._feed(data, out)
+            self._feed(data if type(data) is bytes else bytes(data), out)
         except EventStreamError as exc:
             self._failure = exc
             self._held = bytearray()
@@ -131,7 +141,7 @@ class EventStreamDecoder:
             self._failure = EventStreamError(f"the stream ended inside a message ({len(self._held)} bytes of it)")
             raise self._failure
 
-    def _feed(self, data: bytes | bytearray | memoryview, out: list[EventStreamMessage]) -> None:
+    def _feed(self, data: bytes, out: list[EventStreamMessage]) -> None:
         at, size = 0, len(data)
         held = self._held
         if held:
@@ -147,11 +157,13 @@ class EventStreamDecoder:
             at += more
             if len(held) < self._need:
                 return
-            out.append(self._message(held, 0, self._need))
+            out.append(self._message(bytes(held), 0, self._need))
             self._held = bytearray()
             self._need = 0
-        # Then every whole message where it lies in ``data``; the unfinished end is held.
-        limit, unpack = self._max, _PRELUDE.unpack_from
+        # Then every whole message where it lies in ``data``; the unfinished end is held. A message with the
+        # headers of the one before and a sound CRC (every chunk of a Bedrock reply) is taken here, inline.
+        limit, unpack, unpack_u32 = self._max, _PRELUDE.unpack_from, _U32.unpack_from
+        last, headers = self._last_section, self._last_headers
         while size - at >= PRELUDE_BYTES:
             total, headers_length, prelude_crc = unpack(data, at)
             if (
@@ -164,27 +176,41 @@ class EventStreamDecoder:
             if size - at < total:
                 self._need = total
                 break
-            out.append(self._message(data, at, total))
+            end = at + total - 4
+            if (
+                headers_length == len(last)
+                and data.startswith(last, at + PRELUDE_BYTES)
+                and crc32(data[at:end]) == unpack_u32(data, end)[0]
+            ):
+                out.append(_new_message((headers, data[at + PRELUDE_BYTES + headers_length : end])))
+            else:
+                out.append(self._message(data, at, total))  # raises for a bad CRC
+                last, headers = self._last_section, self._last_headers
             at += total
         if at < size:
             self._held = bytearray(data[at:])
 
-    def _message(self, data: bytes | bytearray | memoryview, at: int, total: int) -> EventStreamMessage:
+    def _message(self, data: bytes, at: int, total: int) -> EventStreamMessage:
         """The message of ``total`` bytes at ``at`` (its prelude checked): its CRC verified, its headers parsed."""
         end = at + total - 4
         if crc32(data[at:end]) != _U32.unpack_from(data, end)[0]:
             raise EventStreamError("message CRC mismatch")
-        headers_end = at + PRELUDE_BYTES + _U32.unpack_from(data, at + 4)[0]
-        section = bytes(data[at + PRELUDE_BYTES : headers_end])
+        start = at + PRELUDE_BYTES
+        headers_end = start + _U32.unpack_from(data, at + 4)[0]
+        last = self._last_section
+        if headers_end - start == len(last) and data.startswith(last, start):
+            return EventStreamMessage(self._last_headers, data[headers_end:end])
+        section = data[start:headers_end]
         headers = self._sections.get(section)
         if headers is None:
             headers = MappingProxyType(_headers(memoryview(section)))
             if len(section) <= _CACHED_SECTION_BYTES and len(self._sections) < _CACHED_SECTIONS:
                 self._sections[section] = headers
-        return EventStreamMessage(headers, bytes(data[headers_end:end]))
+        self._last_section, self._last_headers = section, headers
+        return EventStreamMessage(headers, data[headers_end:end])
 
 
-def _checked_prelude(data: bytes | bytearray | memoryview, at: int, max_bytes: int) -> int:
+def _checked_prelude(data: bytes | bytearray, at: int, max_bytes: int) -> int:
     """The total length of the message at ``at``, once its prelude's CRC and lengths are sound."""
     total: int
     headers_length: int
@@ -295,7 +321,7 @@ def bedrock_event(message: EventStreamMessage) -> bytes | None:
     if kind == "event":
         if headers.get(":event-type") != "chunk":
             return None
-        return _chunk_bytes(message.payload)
+        return chunk_json(message.payload)
     if kind == "exception":
         error_type = headers.get(":exception-type")
         if not isinstance(error_type, str):
@@ -307,18 +333,21 @@ def bedrock_event(message: EventStreamMessage) -> bytes | None:
     raise EventStreamError(f"a message of unknown :message-type {kind!r}")
 
 
-def _chunk_bytes(payload: bytes) -> bytes:
-    # Bedrock's own layout, {"bytes":"<base64>","p":"<padding>"} (the padding optional), is read
-    # without a JSON parser; anything else (spaces, escapes, other keys) is read as JSON.
-    head, padded, rest = payload.partition(_PADDING)
-    if head[:10] == _BYTES:
-        if padded:
-            encoded = head[10:] if rest[-2:] == b'"}' and b'"' not in rest[:-2] else None
-        else:
-            encoded = head[10:-2] if head[-2:] == b'"}' else None
-        if encoded is not None:
+def chunk_json(payload: bytes) -> bytes:
+    """The event JSON of a ``chunk`` message's payload; raises EventStreamError if it is not ``{"bytes": base64}``.
+
+    Bedrock's own layout, ``{"bytes":"<base64>"}`` or ``{"bytes":"<base64>","p":"<padding>"}``, is read
+    without a JSON parser, by positions in the payload (every chunk of a reply has it). It is taken only
+    when it is exactly that: the base64 strict (so no quote, escape or other character), the padding
+    ASCII letters and digits, the object closed right after; a payload of that shape is JSON whose
+    ``bytes`` is that base64, so the result is what JSON gives. Anything else (spaces, escapes, other
+    keys or characters, a broken layout) is read as JSON, and ends as JSON says."""
+    if payload.startswith(_BYTES) and payload.endswith(b'"}'):
+        close = payload.find(b'"', 10)
+        end = len(payload) - 2
+        if close == end or (close > 0 and payload.startswith(_PADDING, close) and payload[close + 7 : end].isalnum()):
             try:
-                return binascii.a2b_base64(encoded, strict_mode=True)
+                return binascii.a2b_base64(payload[10:close], strict_mode=True)
             except binascii.Error:
                 pass  # e.g. an escaped solidus: JSON's business
     try:

@@ -16,9 +16,10 @@ response reports anew.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
 PREFIX = "anthropic-ratelimit-"
@@ -55,6 +56,17 @@ class Bucket:
         return min(self.limit, self.remaining + self.limit * max(0.0, t - self.at) / self.window)
 
 
+# Every rate-limit header a bucket is read from -> (its bucket's kind, the field it gives).
+FIELDS: dict[str, tuple[str, str]] = {
+    f"{PREFIX}{kind}-{field}": (kind, field) for kind in KINDS for field in ("limit", "remaining", "reset")
+}
+
+
+def rate_limits(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """A response's rate-limit headers that name a bucket's field (``FIELDS``), names in lower case, in order."""
+    return [(name, value) for key, value in headers.items() if (name := key.lower()) in FIELDS]
+
+
 class Headroom:
     """One key's buckets for one model family, as last reported (and reserved since)."""
 
@@ -67,10 +79,9 @@ class Headroom:
         """Take a response's rate-limit headers (lower-case names); False when they name no whole bucket."""
         found: dict[str, dict[str, str]] = {}
         for name, value in headers:
-            if name.startswith(PREFIX):
-                kind, _, field = name[len(PREFIX) :].rpartition("-")
-                if kind in KINDS:
-                    found.setdefault(kind, {})[field] = value
+            slot = FIELDS.get(name)
+            if slot is not None:
+                found.setdefault(slot[0], {})[slot[1]] = value
         taken = False
         for kind, fields in found.items():
             bucket = _bucket(fields, now, self.buckets.get(kind))
@@ -117,7 +128,10 @@ def _bucket(fields: dict[str, str], now: float, previous: Bucket | None) -> Buck
     return Bucket(limit, remaining, now, window)
 
 
+@lru_cache(maxsize=64)
 def _time(text: str) -> float | None:
+    """An RFC 3339 reset as wall-clock seconds. Cached: the responses of a busy key name the same few resets
+    (to the second), read on every call; the cache holds at most 64 header values."""
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:

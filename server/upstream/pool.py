@@ -22,6 +22,9 @@ How a member is chosen (``choose``), from the backends that serve the model, in 
    backends of that priority one by weight, then the caller's key of its last call if it is among
    them (a prompt cache lives with an organisation), else the better of two at random by headroom;
 4. last resort: the member that is ready first (its cool-down over), which the call waits for.
+
+When one member serves the model (a one-key, one-backend file) and it may be tried, it is chosen at
+once: step 3 could pick no other, so its headroom is neither weighed nor reserved.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from urllib.parse import urlsplit
 from server.errors import Failure
 from server.upstream.backends import BackendSpec, SecretRef
 from server.upstream.client import Upstream
-from server.upstream.headroom import Cost
+from server.upstream.headroom import Cost, rate_limits
 from server.upstream.state import PoolState
 from server.upstream.verdicts import Verdict
 
@@ -150,6 +153,15 @@ class Backend:
             return None
         return statistics.median(self.ttfts)
 
+    def slower_than(self, seconds: float) -> float | None:
+        """The p50, when it is known and longer than ``seconds``; else None. A call's deadline is mostly far
+        beyond every sample, and then no median is needed: none of them, so not their median, is longer."""
+        ttfts = self.ttfts
+        if len(ttfts) < TTFT_MIN_SAMPLES or seconds >= max(ttfts):
+            return None
+        p50 = statistics.median(ttfts)
+        return p50 if seconds < p50 else None
+
     def body_for(self, body: dict[str, Any], model_id: str) -> dict[str, Any]:
         """The request body as this backend takes it: its model id, and (Bedrock, Vertex) its anthropic_version."""
         if self.spec.kind == "anthropic":
@@ -232,33 +244,45 @@ class Pool:
         now = time.time()
         family = family_of(model)
         state = self.state
-        tiers: tuple[list[_Entry], list[_Entry], list[_Entry]] = ([], [], [])  # fits, tight, behind a circuit
         last: list[_Entry] = []
+        ready: list[tuple[Member, str, float]] = []  # (member, its model id, its circuit open until)
+        serving = 0  # members of the backends that serve the model, whatever their state
         for backend in self.backends:
             model_id = backend.spec.model_id(model)
             if model_id is None:
                 continue
-            p50 = backend.p50()
-            if p50 is not None and remaining < p50:
+            serving += len(backend.members)
+            p50 = backend.slower_than(remaining)
+            if p50 is not None:
                 tried.too_slow[backend.name] = p50
                 continue
             out = backend.name in tried.backends or backend.platform in tried.platforms
             circuit = max(state.circuit_until(_circuit(backend)), state.circuit_until(_platform(backend)))
             for member in backend.members:
                 self._refresh(member)
-                if state.dead_until(member.id) > now:
+                member_id = member.id
+                if state.dead_until(member_id) > now:
                     continue
-                cooled = state.cooled_until(member.id, family)
-                if out or member.id in tried.members or cooled > now:
+                cooled = state.cooled_until(member_id, family)
+                if out or member_id in tried.members or cooled > now:
                     last.append(_Entry(member, model_id, 0.0, max(cooled, now)))
                     continue
-                headroom = state.headroom(member.id, family)
-                if circuit > now:
-                    tiers[2].append(_Entry(member, model_id, 0.0))
-                elif headroom is None or headroom.fits(cost, now):
-                    tiers[0].append(_Entry(member, model_id, 1.0 if headroom is None else headroom.score(cost, now)))
-                else:
-                    tiers[1].append(_Entry(member, model_id, headroom.score(cost, now)))
+                ready.append((member, model_id, circuit))
+        if serving == 1 and ready:
+            # The model's only member: whatever its headroom or circuit, the tiers below would pick it. Its
+            # headroom is weighed against no other and its reservation would steer no choice, so neither is
+            # computed (the headroom gauge still shows what its headers last said).
+            member, model_id, _ = ready[0]
+            return Choice(member, model_id, now)
+        tiers: tuple[list[_Entry], list[_Entry], list[_Entry]] = ([], [], [])  # fits, tight, behind a circuit
+        for member, model_id, circuit in ready:
+            headroom = state.headroom(member.id, family)
+            if circuit > now:
+                tiers[2].append(_Entry(member, model_id, 0.0))
+            elif headroom is None or headroom.fits(cost, now):
+                tiers[0].append(_Entry(member, model_id, 1.0 if headroom is None else headroom.score(cost, now)))
+            else:
+                tiers[1].append(_Entry(member, model_id, headroom.score(cost, now)))
         for tier, entries in enumerate(tiers):
             if entries:
                 chosen = self._pick(entries, caller, roomiest=tier == 1)
@@ -342,7 +366,7 @@ class Pool:
         self.state.reset(_circuit(backend))
         self.state.reset(_platform(backend))
         if headers is not None and backend.spec.kind == "anthropic":
-            limits = [(k.lower(), v) for k, v in headers.items() if k.lower().startswith("anthropic-ratelimit-")]
+            limits = rate_limits(headers)
             if limits:
                 self.state.report(member.id, family_of(model), limits, time.time())
         if len(self._sticky) >= STICKY_CALLERS and caller not in self._sticky:
