@@ -68,7 +68,7 @@ def measure(number: int, repeats: int) -> dict[str, float]:
     for name in ("message_start", "content_block_start"):
         grammar.check(name, parse(name, data[name]))
     framer = SseFramer()
-    scan = json.JSONDecoder().scan_once
+    scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
     start, end = data["message_start"], data["message_delta"]
     start_obj, end_obj = parse("message_start", start), parse("message_delta", end)
     steps: dict[str, Callable[[], object]] = {

@@ -85,7 +85,7 @@ def test_every_recorded_event_maps_as_the_codec_maps_it(path: Path) -> None:
 
 
 def _start(**usage: object) -> dict[str, Any]:
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_1",
         "type": "message",
         "role": "assistant",
@@ -107,7 +107,7 @@ def _delta(delta: dict[str, Any] | None = None, **usage: object) -> dict[str, An
 
 
 def _without(obj: dict[str, Any], *path: str) -> dict[str, Any]:
-    out = json.loads(json.dumps(obj))
+    out: dict[str, Any] = json.loads(json.dumps(obj))
     target = out
     for key in path[:-1]:
         target = target[key]

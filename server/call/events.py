@@ -17,6 +17,7 @@ message_start and message_delta in their usual shapes, each building exactly wha
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from claude_gateway import codec
@@ -241,7 +242,7 @@ def parse(name: str, data: str) -> dict[str, Any]:
 
 # The C scanner that json.loads runs, called directly: json.loads adds a BOM check and two regular-expression
 # matches for whitespace around the value, a third of its time on an event's small JSON.
-_scan = json.JSONDecoder().scan_once
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _loads(data: str) -> Any:
