@@ -18,7 +18,7 @@ import grpc
 import pytest
 from claude_gateway.v1 import chat_pb2 as pb
 
-from bench import floor, prices, telemetry
+from bench import conversion, floor, prices, telemetry
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
 from bench.jobs import Clients, Job
 from bench.report import Row, ms, table
@@ -286,6 +286,14 @@ def test_telemetry_timing_measures_every_figure() -> None:
     """bench.telemetry times per-event and per-call recording, with metrics off and on, as positive microseconds."""
     results = telemetry.measure(calls=20, repeats=1)
     assert len(results) == 5
+    assert all(value > 0 for value in results.values())
+
+
+def test_conversion_timing_measures_every_step() -> None:
+    """bench.conversion times each step of the gateway's own work per event, and the per-call fills beside the
+    codec, as positive microseconds."""
+    results = conversion.measure(number=20, repeats=1)
+    assert len(results) == 11
     assert all(value > 0 for value in results.values())
 
 

@@ -9,18 +9,22 @@ else (CR line ends, comments, multi-line data) goes through the SDK's own SSE li
 ``parse`` turns a frame into its JSON object (an `error` event or a malformed frame raises
 ``GatewayError``); ``fill_event`` is the pure mapping of one event to its proto, lossless by
 ``claude_gateway.codec``, with a fast path for the four hot delta types and for the small events
-every reply has (ping, a text block's start, a block's stop, message_stop) that builds exactly what
-the codec would; ``to_response`` puts the events of one read into one gRPC message.
+every reply has (ping, a text block's start, a block's stop, message_stop), and direct fills of
+message_start and message_delta in their usual shapes, each building exactly what the codec would;
+``to_response`` puts the events of one read into one gRPC message.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from claude_gateway import codec
 from claude_gateway.sdk import SSEDecoder
 from claude_gateway.v1 import chat_pb2 as pb
+from google.protobuf import struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
 
 from server.errors import Failure, GatewayError, Reason, fail
 from server.upstream.eventstream import (
@@ -71,15 +75,20 @@ class SseFramer:
             self._held = 0
         else:
             data = chunk
-        *frames, rest = data.split(b"\n\n")
+        frames = data.split(b"\n\n")
+        rest = frames.pop()
         out = []
+        large = len(data) > self._max  # else no frame of it can be
         for frame in frames:
-            if len(frame) > self._max:
+            if large and len(frame) > self._max:
                 raise GatewayError(_too_large(len(frame), self._max))
-            head, sep, tail = frame.partition(b"\n")
-            if sep and head.startswith(_EVENT) and tail.startswith(_DATA) and b"\n" not in tail:
-                out.append((head[7:].decode(), tail[6:].decode()))
-            elif frame:
+            # "event: NAME\ndata: JSON", read in place
+            if frame.startswith(_EVENT):
+                line = frame.find(b"\n")
+                if line > 0 and frame.startswith(_DATA, line + 1) and frame.find(b"\n", line + 1) < 0:
+                    out.append((frame[7:line].decode(), frame[line + 7 :].decode()))
+                    continue
+            if frame:
                 out.extend(self._by_lines(frame + b"\n\n"))
         if rest:
             self._hold(rest)
@@ -226,7 +235,7 @@ def parse(name: str, data: str) -> dict[str, Any]:
     """One upstream frame's JSON object; raises GatewayError for `error` events and malformed frames
     (not JSON, not an object, nested deeper than MAX_EVENT_DEPTH or than the parser can go)."""
     try:
-        obj: Any = json.loads(data)
+        obj: Any = _loads(data)
     except (ValueError, RecursionError):
         obj = None
     if type(obj) is not dict:
@@ -240,6 +249,23 @@ def parse(name: str, data: str) -> dict[str, Any]:
         )
     if name == "error":
         raise GatewayError(_error_event(obj))
+    return obj
+
+
+# The C scanner that json.loads runs, called directly: json.loads adds a BOM check and two regular-expression
+# matches for whitespace around the value, a third of its time on an event's small JSON.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(data: str) -> Any:
+    """``json.loads(data)``: the C scanner alone when the text is one value from its first character to its
+    last, as the API writes it; json.loads itself otherwise (whitespace around the value, or not JSON)."""
+    try:
+        obj, end = _scan(data, 0)
+    except StopIteration:
+        return json.loads(data)
+    if end != len(data):
+        return json.loads(data)
     return obj
 
 
@@ -300,7 +326,150 @@ def fill_event(event: pb.MessageStreamEvent, obj: dict[str, Any], data: str) -> 
             target_block.SetInParent()
             target_block.text = text
             return
+    else:
+        direct = _DIRECT.get(kind) if type(kind) is str else None
+        if direct is not None:
+            arm, table = direct
+            target = getattr(event, arm)
+            target.SetInParent()
+            if _fill_flat(target, obj, table):
+                return
+            event.Clear()  # a shape the tables do not cover: the codec builds it all, from the start
     codec.from_json(obj, event, data)
+
+
+# Direct fills of the events every reply has once (message_start, message_delta), built from the proto's
+# descriptors as the codec's plans are, for objects whose fields are strings, int32s, objects of that kind,
+# Structs and nulls. How a JSON key of one message is kept (``_fill_flat``): a table's value is its kind or,
+# for a message field, the table of that message; a key the message does not name goes to ``extra``.
+_STR, _INT, _STRUCT, _LIST, _OTHER, _SKIP = range(6)
+_STRUCT_NAME = "google.protobuf.Struct"
+
+
+def _table(descriptor: Any) -> dict[str, Any] | None:
+    """The direct fill of one message type, or None if the codec must fill it (a union, a `K_text` form, no
+    ``extra``)."""
+    names = descriptor.fields_by_name
+    if "extra" not in names or "type" in descriptor.oneofs_by_name:
+        return None
+    table: dict[str, Any] = {}
+    for fd in descriptor.fields:
+        name = fd.name
+        if name == "extra":
+            continue
+        if name.endswith("_text") and name[:-5] in names:
+            return None
+        sub = fd.message_type
+        if fd.is_repeated:
+            kind: Any = _LIST
+        elif sub is None:
+            kind = {FieldDescriptor.CPPTYPE_STRING: _STR, FieldDescriptor.CPPTYPE_INT32: _INT}.get(fd.cpp_type, _OTHER)
+        elif sub.full_name == _STRUCT_NAME:
+            kind = _STRUCT
+        else:
+            kind = _table(sub)
+            if kind is None:
+                kind = _OTHER
+        table[name] = kind
+    return table
+
+
+def _event_table(message: Any) -> dict[str, Any]:
+    table = _table(message.DESCRIPTOR)
+    assert table is not None
+    return {**table, "type": _SKIP}  # the event's "type" chose the arm
+
+
+# event type -> (its arm of MessageStreamEvent, the arm's table)
+_DIRECT = {
+    "message_start": ("message_start", _event_table(pb.MessageStartEvent)),
+    "message_delta": ("message_delta", _event_table(pb.MessageDeltaEvent)),
+}
+
+
+def _fill_flat(msg: Any, obj: dict[str, Any], table: dict[str, Any]) -> bool:
+    """Fill ``msg`` from ``obj`` as ``codec.from_json`` would; False (``msg`` part-filled) at a value the table
+    leaves to the codec: a non-empty list, a field of another kind. A value that does not fit its field (a null,
+    a string for a number) goes to ``extra``, as the codec puts it."""
+    extra: dict[str, Any] | None = None
+    for key, value in obj.items():
+        kind = table.get(key)
+        if kind is _STR:
+            if type(value) is str:
+                setattr(msg, key, value)
+                continue
+        elif kind is _INT:
+            if type(value) is int and value in _INT32:
+                setattr(msg, key, value)
+                continue
+        elif type(kind) is dict:
+            if type(value) is dict:
+                sub = getattr(msg, key)
+                sub.SetInParent()
+                if not _fill_flat(sub, value, kind):
+                    return False
+                continue
+        elif kind is _SKIP:
+            continue
+        elif kind is _STRUCT:
+            if type(value) is dict:
+                struct = getattr(msg, key)
+                struct.SetInParent()
+                struct.update(value)
+                continue
+        elif kind is not None and (kind is not _LIST or type(value) is not list or value):
+            return False  # _OTHER, or a list with items (an empty one goes to extra)
+        if extra is None:
+            extra = {}
+        extra[key] = value
+    if extra is not None:
+        _update(msg.extra, extra)
+    return True
+
+
+# Serialized Structs of the usual ``extra`` objects, whose keys hold only nulls and empty lists (a
+# message_start's "content": [], "stop_reason": null, "stop_sequence": null): Struct.update is Python
+# and costs more than the rest of the fill, parsing its bytes costs little. Keyed by each key and whether it
+# holds a list; bounded, since the keys come from upstream.
+_NULL_EXTRAS: dict[tuple[object, ...], bytes] = {}
+_NULL_EXTRAS_MAX = 256
+_NULL_EXTRA_KEYS = 8  # keys of one object, at most
+_NULL_EXTRA_KEY_CHARS = 64  # characters of one key, at most
+
+
+def _update(struct: struct_pb2.Struct, extra: dict[str, Any]) -> None:
+    """``struct.update(extra)``, from cached bytes when ``extra`` holds only nulls and empty lists."""
+    if len(extra) <= _NULL_EXTRA_KEYS:
+        signature: list[object] = []
+        for key, value in extra.items():
+            if len(key) > _NULL_EXTRA_KEY_CHARS:
+                break
+            if value is None:
+                signature.append(key)
+                signature.append(False)
+            elif type(value) is list and not value:
+                signature.append(key)
+                signature.append(True)
+            else:
+                break
+        else:
+            cached = tuple(signature)
+            blob = _NULL_EXTRAS.get(cached)
+            if blob is None:
+                # One entry at a time: parsed in the dict's order, the map's entries are made in the order
+                # update makes them (a map's order on the wire follows how it was made).
+                blob = b"".join(_one_entry(key, value) for key, value in extra.items())
+                if len(_NULL_EXTRAS) < _NULL_EXTRAS_MAX:
+                    _NULL_EXTRAS[cached] = blob
+            struct.MergeFromString(blob)
+            return
+    struct.update(extra)
+
+
+def _one_entry(key: str, value: Any) -> bytes:
+    made = struct_pb2.Struct()
+    made.update({key: value})
+    return made.SerializeToString()
 
 
 def to_response(batch: list[Event]) -> pb.StreamMessageResponse:
