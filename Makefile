@@ -114,7 +114,7 @@ page-check: node
 	rm -rf $$tmp; echo "page-check: $(PAGE_BUNDLE) matches client/web/src"
 
 test: lint typecheck proto-check ts-check page-check buf-lint buf-breaking node
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 4 --dist loadfile
 
 # 10,000 generated and mutated requests at a deployed gateway over gRPC, Connect JSON and the Messages API each (tests/test_fuzz.py).
 fuzz: setup
