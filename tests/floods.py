@@ -133,6 +133,9 @@ async def gateway_process(upstream: str, **env: str) -> AsyncIterator[tuple[int,
 class Outcome:
     cpu: float  # seconds of the gateway's CPU for the call
     slowest_health: float  # seconds: the slowest health check while it ran
+    # Seconds of the gateway's CPU spent while one health check waited, the most of any: what the gateway did
+    # before it answered, however long the machine kept it from running (the wall-clock wait grows with the load).
+    health_cpu: float
     idle_health: float  # seconds: the slowest health check in the second before it, the gateway idle
     events: int
     status: str
@@ -150,14 +153,15 @@ async def through(pid: int, target: str, rpc: str) -> Outcome:
             await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
             idle = max(idle, time.monotonic() - started)
             await asyncio.sleep(0.02)
-        slowest, done = 0.0, asyncio.Event()
+        slowest, health_cpu, done = 0.0, 0.0, asyncio.Event()
 
         async def probe() -> None:
-            nonlocal slowest
+            nonlocal slowest, health_cpu
             while not done.is_set():
-                started = time.monotonic()
+                started, cpu = time.monotonic(), cpu_seconds(pid)
                 await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
                 slowest = max(slowest, time.monotonic() - started)
+                health_cpu = max(health_cpu, cpu_seconds(pid) - cpu)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.02)
 
@@ -176,7 +180,7 @@ async def through(pid: int, target: str, rpc: str) -> Outcome:
         finally:
             done.set()
             await prober
-        return Outcome(cpu_seconds(pid) - before, slowest, idle, events, status)
+        return Outcome(cpu_seconds(pid) - before, slowest, health_cpu, idle, events, status)
 
 
 async def measure(flood: Flood, rpc: str, **env: str) -> Outcome:
