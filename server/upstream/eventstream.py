@@ -40,12 +40,12 @@ import binascii
 import json
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from struct import Struct
 from types import MappingProxyType
-from typing import Final, NamedTuple
+from typing import Final, Generic, NamedTuple, NoReturn, TypeVar
 from zlib import crc32
 
 PRELUDE_BYTES: Final = 12  # total length, headers length, prelude CRC
@@ -95,9 +95,19 @@ class EventStreamMessage(NamedTuple):
 # EventStreamMessage((headers, payload)) without the Python-level __new__ a NamedTuple has: one per message.
 _new_message: Final = partial(tuple.__new__, EventStreamMessage)
 
+T = TypeVar("T")
 
-class EventStreamDecoder:
-    """Feeds bytes, returns the messages they complete; see the module docstring."""
+
+class FramingDecoder(Generic[T]):
+    """The event-stream framing, decoded incrementally into items of type ``T``; see the module docstring.
+
+    One loop checks and cuts every message, and hands each to a reader method that appends what the
+    message is to its consumer: ``_read`` for a message whose headers were parsed, ``_repeat`` for one
+    whose header section is the same bytes as the message before (its headers that message's object),
+    found where it lies in the fed bytes with no copy of it but the payload's. A subclass that turns
+    messages straight into what its consumer wants (``BedrockDecoder``) so makes no message objects and
+    walks the messages once. A reader method raising EventStreamError ends the decoder as bad bytes do:
+    the items appended before are returned, the error raised by the next call."""
 
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         if not MIN_MESSAGE_BYTES <= max_message_bytes <= MAX_MESSAGE_BYTES:
@@ -116,14 +126,14 @@ class EventStreamDecoder:
         """Bytes held of a message that has not been completed yet."""
         return len(self._held)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[EventStreamMessage]:
-        """The messages completed by ``data``, in order; raises EventStreamError.
+    def feed(self, data: bytes | bytearray | memoryview) -> list[T]:
+        """The items of the messages completed by ``data``, in order; raises EventStreamError.
 
         The messages before bad bytes are never lost: when ``data`` completes some and then goes
         wrong, they are returned and the error is raised by the next call (``feed`` or ``end``)."""
         if self._failure is not None:
             raise self._failure
-        out: list[EventStreamMessage] = []
+        out: list[T] = []
         try:
             self._feed(data if type(data) is bytes else bytes(data), out)
         except EventStreamError as exc:
@@ -141,7 +151,15 @@ class EventStreamDecoder:
             self._failure = EventStreamError(f"the stream ended inside a message ({len(self._held)} bytes of it)")
             raise self._failure
 
-    def _feed(self, data: bytes, out: list[EventStreamMessage]) -> None:
+    def _read(self, out: list[T], message: EventStreamMessage) -> None:
+        """Append what ``message`` is to ``out`` (nothing, for one the consumer skips)."""
+        raise NotImplementedError
+
+    def _repeat(self, out: list[T], headers: Mapping[str, HeaderValue], data: bytes, start: int, end: int) -> None:
+        """Append what the message with ``headers`` (the last message's) and payload ``data[start:end]`` is."""
+        self._read(out, _new_message((headers, data[start:end])))
+
+    def _feed(self, data: bytes, out: list[T]) -> None:
         at, size = 0, len(data)
         held = self._held
         if held:
@@ -157,13 +175,14 @@ class EventStreamDecoder:
             at += more
             if len(held) < self._need:
                 return
-            out.append(self._message(bytes(held), 0, self._need))
+            message = self._message(bytes(held), 0, self._need)
             self._held = bytearray()
             self._need = 0
+            self._read(out, message)
         # Then every whole message where it lies in ``data``; the unfinished end is held. A message with the
         # headers of the one before and a sound CRC (every chunk of a Bedrock reply) is taken here, inline.
         limit, unpack, unpack_u32 = self._max, _PRELUDE.unpack_from, _U32.unpack_from
-        last, headers = self._last_section, self._last_headers
+        last, headers, repeat = self._last_section, self._last_headers, self._repeat
         while size - at >= PRELUDE_BYTES:
             total, headers_length, prelude_crc = unpack(data, at)
             if (
@@ -182,11 +201,14 @@ class EventStreamDecoder:
                 and data.startswith(last, at + PRELUDE_BYTES)
                 and crc32(data[at:end]) == unpack_u32(data, end)[0]
             ):
-                out.append(_new_message((headers, data[at + PRELUDE_BYTES + headers_length : end])))
+                start = at + PRELUDE_BYTES + headers_length
+                at += total
+                repeat(out, headers, data, start, end)
             else:
-                out.append(self._message(data, at, total))  # raises for a bad CRC
+                message = self._message(data, at, total)  # raises for a bad CRC
                 last, headers = self._last_section, self._last_headers
-            at += total
+                at += total
+                self._read(out, message)
         if at < size:
             self._held = bytearray(data[at:])
 
@@ -208,6 +230,18 @@ class EventStreamDecoder:
                 self._sections[section] = headers
         self._last_section, self._last_headers = section, headers
         return EventStreamMessage(headers, data[headers_end:end])
+
+
+class EventStreamDecoder(FramingDecoder[EventStreamMessage]):
+    """Feeds bytes, returns the messages they complete: each message as it is (headers and payload)."""
+
+    def _read(self, out: list[EventStreamMessage], message: EventStreamMessage) -> None:
+        out.append(message)
+
+    def _repeat(
+        self, out: list[EventStreamMessage], headers: Mapping[str, HeaderValue], data: bytes, start: int, end: int
+    ) -> None:
+        out.append(_new_message((headers, data[start:end])))
 
 
 def _checked_prelude(data: bytes | bytearray, at: int, max_bytes: int) -> int:
@@ -361,6 +395,118 @@ def chunk_json(payload: bytes) -> bytes:
         return binascii.a2b_base64(text.encode("ascii", "replace"), strict_mode=True)
     except binascii.Error as exc:
         raise EventStreamError('a chunk\'s "bytes" is not base64') from exc
+
+
+Frame = tuple[str, str]  # (event type, event JSON text)
+
+
+class BedrockMessageError(EventStreamError):
+    """A sound event-stream message that is not one of Bedrock's: a chunk that is not ``{"bytes": base64}``,
+    a message of an unknown type, an exception without its type."""
+
+
+class EventTooLargeError(Exception):
+    """A chunk's event is over the decoder's ``max_event_bytes``; ``size`` is its length."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"an event of {size} bytes")
+        self.size = size
+
+
+class BedrockDecoder(FramingDecoder[Frame]):
+    """Bedrock's body straight to the Messages events it carries: each ``(type, JSON text)``, in order.
+
+    Every chunk of a reply has the same header section, so after the first the decoder's loop hands
+    each one's payload here by its position (``_repeat``), and it is read to its event in that one step:
+    the base64 between ``{"bytes":"`` and the closing quote decoded (``chunk_json``'s layout, checked by
+    positions in the fed bytes), the event's type taken where the API writes it (``event_type``). No
+    message object, payload copy or second walk over the messages, which is what reading a Bedrock
+    stream costs beyond an SSE one. Anything else goes by ``bedrock_event``: an exception (or error)
+    message becomes the ``error`` frame ``error_frame`` makes of it, the last one returned (nothing
+    follows an exception); a message that is not Bedrock's raises ``BedrockMessageError``, or, after
+    frames of the same feed, ends them with the frame ``("", "")`` (malformed in its place, for the
+    consumer to refuse after the frames before it). An event over ``max_event_bytes`` raises
+    ``EventTooLargeError`` at once; an event that is not UTF-8, ``UnicodeDecodeError``.
+    """
+
+    def __init__(
+        self, max_message_bytes: int, max_event_bytes: int, error_frame: Callable[[BedrockStreamError], Frame]
+    ) -> None:
+        super().__init__(max_message_bytes)
+        self._max_event = max_event_bytes
+        self._error_frame = error_frame
+        self._chunk_headers: object = None  # the headers of the last chunk read: the recurring ones, known by ``is``
+
+    def _repeat(self, out: list[Frame], headers: Mapping[str, HeaderValue], data: bytes, start: int, end: int) -> None:
+        if headers is not self._chunk_headers:
+            self._read(out, _new_message((headers, data[start:end])))
+            return
+        # chunk_json's fast layout, read where it lies: {"bytes":"<base64>"} or {"bytes":"<base64>","p":"<alnum>"}.
+        close = data.find(b'"', start + 10)
+        tail = end - 2
+        if (
+            data.startswith(_BYTES, start)
+            and data.startswith(b'"}', tail)
+            and (
+                close == tail
+                or (start < close < tail and data.startswith(_PADDING, close) and data[close + 7 : tail].isalnum())
+            )
+        ):
+            try:
+                event = binascii.a2b_base64(data[start + 10 : close], strict_mode=True)
+            except binascii.Error:
+                event = self._chunk(out, data[start:end])
+        else:
+            event = self._chunk(out, data[start:end])
+        if len(event) > self._max_event:
+            raise EventTooLargeError(len(event))
+        text = event.decode()
+        # The event's type where the API writes it (as ``event_type`` reads it first), inline: every event.
+        close = text.find('"', 9) if text.startswith('{"type":"') else -1
+        out.append((text[9:close] if close > 9 else event_type(text), text))
+
+    def _read(self, out: list[Frame], message: EventStreamMessage) -> None:
+        try:
+            event = bedrock_event(message)
+        except BedrockStreamError as exc:
+            out.append(self._error_frame(exc))
+            raise EventStreamError(f"the stream ended with {exc.error_type}") from None  # nothing follows it
+        except EventStreamError as exc:
+            self._refuse(out, exc)
+        if event is None:
+            return
+        self._chunk_headers = message.headers
+        if len(event) > self._max_event:
+            raise EventTooLargeError(len(event))
+        text = event.decode()
+        out.append((event_type(text), text))
+
+    def _chunk(self, out: list[Frame], payload: bytes) -> bytes:
+        """``chunk_json`` of ``payload``, a recurring chunk's that is not in Bedrock's own layout."""
+        try:
+            return chunk_json(payload)
+        except EventStreamError as exc:
+            self._refuse(out, exc)
+
+    @staticmethod
+    def _refuse(out: list[Frame], exc: EventStreamError) -> NoReturn:
+        if out:
+            out.append(("", ""))  # malformed, in its place: the frames before it go first
+        raise BedrockMessageError(str(exc)) from None
+
+
+def event_type(text: str) -> str:
+    """The ``type`` of one event's JSON text: read where the API writes it, else parsed; "" if it has none."""
+    if text.startswith('{"type":"'):
+        end = text.find('"', 9)
+        if end > 9:
+            return text[9:end]
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return ""
+    kind = obj.get("type") if type(obj) is dict else None
+    return kind if type(kind) is str else ""
 
 
 def _exception(error_type: str, payload: bytes) -> BedrockStreamError:
