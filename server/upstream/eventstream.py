@@ -101,13 +101,13 @@ T = TypeVar("T")
 class FramingDecoder(Generic[T]):
     """The event-stream framing, decoded incrementally into items of type ``T``; see the module docstring.
 
-    One loop checks and cuts every message, and hands each to a reader method that appends what the
-    message is to its consumer: ``_read`` for a message whose headers were parsed, ``_repeat`` for one
-    whose header section is the same bytes as the message before (its headers that message's object),
-    found where it lies in the fed bytes with no copy of it but the payload's. A subclass that turns
-    messages straight into what its consumer wants (``BedrockDecoder``) so makes no message objects and
-    walks the messages once. A reader method raising EventStreamError ends the decoder as bad bytes do:
-    the items appended before are returned, the error raised by the next call."""
+    ``feed`` completes the held message, then ``_whole`` walks the messages that lie whole in the fed
+    bytes, and ``_read`` appends what each message is to the consumer's list. A message whose header
+    section is the same bytes as the one before's is known where it lies, with no copy but its payload's,
+    and shares that message's headers object. A subclass that reads messages straight into what its
+    consumer wants (``BedrockDecoder``) replaces ``_whole`` with a walk that does so inline. A reader
+    raising EventStreamError ends the decoder as bad bytes do: the items appended before are returned,
+    the error raised by the next call."""
 
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         if not MIN_MESSAGE_BYTES <= max_message_bytes <= MAX_MESSAGE_BYTES:
@@ -155,10 +155,6 @@ class FramingDecoder(Generic[T]):
         """Append what ``message`` is to ``out`` (nothing, for one the consumer skips)."""
         raise NotImplementedError
 
-    def _repeat(self, out: list[T], headers: Mapping[str, HeaderValue], data: bytes, start: int, end: int) -> None:
-        """Append what the message with ``headers`` (the last message's) and payload ``data[start:end]`` is."""
-        self._read(out, _new_message((headers, data[start:end])))
-
     def _feed(self, data: bytes, out: list[T]) -> None:
         at, size = 0, len(data)
         held = self._held
@@ -179,10 +175,16 @@ class FramingDecoder(Generic[T]):
             self._held = bytearray()
             self._need = 0
             self._read(out, message)
-        # Then every whole message where it lies in ``data``; the unfinished end is held. A message with the
-        # headers of the one before and a sound CRC (every chunk of a Bedrock reply) is taken here, inline.
-        limit, unpack, unpack_u32 = self._max, _PRELUDE.unpack_from, _U32.unpack_from
-        last, headers, repeat = self._last_section, self._last_headers, self._repeat
+        at = self._whole(data, at, out)  # then every whole message where it lies in ``data``
+        if at < size:
+            self._held = bytearray(data[at:])  # the unfinished end
+
+    def _whole(self, data: bytes, at: int, out: list[T]) -> int:
+        """Read the messages that lie whole in ``data`` from ``at``; returns where the first unfinished one
+        starts (its total length in ``_need`` once its prelude is in). A message with the headers of the one
+        before and a sound CRC (every chunk of a Bedrock reply) is taken inline, its headers not looked at."""
+        size, limit, unpack, unpack_u32 = len(data), self._max, _PRELUDE.unpack_from, _U32.unpack_from
+        last, headers, read = self._last_section, self._last_headers, self._read
         while size - at >= PRELUDE_BYTES:
             total, headers_length, prelude_crc = unpack(data, at)
             if (
@@ -203,14 +205,13 @@ class FramingDecoder(Generic[T]):
             ):
                 start = at + PRELUDE_BYTES + headers_length
                 at += total
-                repeat(out, headers, data, start, end)
+                read(out, _new_message((headers, data[start:end])))
             else:
                 message = self._message(data, at, total)  # raises for a bad CRC
                 last, headers = self._last_section, self._last_headers
                 at += total
-                self._read(out, message)
-        if at < size:
-            self._held = bytearray(data[at:])
+                read(out, message)
+        return at
 
     def _message(self, data: bytes, at: int, total: int) -> EventStreamMessage:
         """The message of ``total`` bytes at ``at`` (its prelude checked): its CRC verified, its headers parsed."""
@@ -237,11 +238,6 @@ class EventStreamDecoder(FramingDecoder[EventStreamMessage]):
 
     def _read(self, out: list[EventStreamMessage], message: EventStreamMessage) -> None:
         out.append(message)
-
-    def _repeat(
-        self, out: list[EventStreamMessage], headers: Mapping[str, HeaderValue], data: bytes, start: int, end: int
-    ) -> None:
-        out.append(_new_message((headers, data[start:end])))
 
 
 def _checked_prelude(data: bytes | bytearray, at: int, max_bytes: int) -> int:
@@ -341,6 +337,7 @@ class BedrockStreamError(Exception):
 
 _BYTES: Final = b'{"bytes":"'
 _PADDING: Final = b'","p":"'
+_DELTA: Final = '{"type":"content_block_delta"'  # an event's start, its type whole
 
 
 def bedrock_event(message: EventStreamMessage) -> bytes | None:
@@ -416,17 +413,18 @@ class EventTooLargeError(Exception):
 class BedrockDecoder(FramingDecoder[Frame]):
     """Bedrock's body straight to the Messages events it carries: each ``(type, JSON text)``, in order.
 
-    Every chunk of a reply has the same header section, so after the first the decoder's loop hands
-    each one's payload here by its position (``_repeat``), and it is read to its event in that one step:
-    the base64 between ``{"bytes":"`` and the closing quote decoded (``chunk_json``'s layout, checked by
-    positions in the fed bytes), the event's type taken where the API writes it (``event_type``). No
-    message object, payload copy or second walk over the messages, which is what reading a Bedrock
-    stream costs beyond an SSE one. Anything else goes by ``bedrock_event``: an exception (or error)
-    message becomes the ``error`` frame ``error_frame`` makes of it, the last one returned (nothing
-    follows an exception); a message that is not Bedrock's raises ``BedrockMessageError``, or, after
-    frames of the same feed, ends them with the frame ``("", "")`` (malformed in its place, for the
-    consumer to refuse after the frames before it). An event over ``max_event_bytes`` raises
-    ``EventTooLargeError`` at once; an event that is not UTF-8, ``UnicodeDecodeError``.
+    Every chunk of a reply has the same header section, so after the first one the walk over the fed
+    bytes (``_whole``) reads each chunk to its event where it lies, in the walk itself: the base64
+    between ``{"bytes":"`` and the closing quote decoded (``chunk_json``'s own layout, checked by
+    positions), the event's type taken where the API writes it. It makes no message object, no payload
+    copy and no call per chunk: on CPython each of those costs about as much as a check, and together they
+    were a third of what reading Bedrock cost beyond SSE (``python -m bench.eventstream``). Anything else
+    goes by ``bedrock_event``: an exception (or error) message becomes the ``error`` frame that
+    ``error_frame`` makes of it, the last one returned (nothing follows an exception); a message that is
+    not Bedrock's raises ``BedrockMessageError``, or, after frames of the same feed, ends them with the
+    frame ``("", "")`` (malformed in its place, for the consumer to refuse after the frames before it).
+    An event over ``max_event_bytes`` raises ``EventTooLargeError`` at once; one that is not UTF-8,
+    ``UnicodeDecodeError``.
     """
 
     def __init__(
@@ -434,36 +432,71 @@ class BedrockDecoder(FramingDecoder[Frame]):
     ) -> None:
         super().__init__(max_message_bytes)
         self._max_event = max_event_bytes
+        # Base64 that cannot decode to more than max_event_bytes: no event of it needs measuring.
+        self._short_base64 = max_event_bytes // 3 * 4
         self._error_frame = error_frame
-        self._chunk_headers: object = None  # the headers of the last chunk read: the recurring ones, known by ``is``
+        self._chunk_headers: object = None  # the headers of the chunks read: the recurring ones, known by ``is``
 
-    def _repeat(self, out: list[Frame], headers: Mapping[str, HeaderValue], data: bytes, start: int, end: int) -> None:
-        if headers is not self._chunk_headers:
-            self._read(out, _new_message((headers, data[start:end])))
-            return
-        # chunk_json's fast layout, read where it lies: {"bytes":"<base64>"} or {"bytes":"<base64>","p":"<alnum>"}.
-        close = data.find(b'"', start + 10)
-        tail = end - 2
-        if (
-            data.startswith(_BYTES, start)
-            and data.startswith(b'"}', tail)
-            and (
-                close == tail
-                or (start < close < tail and data.startswith(_PADDING, close) and data[close + 7 : tail].isalnum())
-            )
-        ):
-            try:
-                event = binascii.a2b_base64(data[start + 10 : close], strict_mode=True)
-            except binascii.Error:
-                event = self._chunk(out, data[start:end])
-        else:
-            event = self._chunk(out, data[start:end])
-        if len(event) > self._max_event:
-            raise EventTooLargeError(len(event))
-        text = event.decode()
-        # The event's type where the API writes it (as ``event_type`` reads it first), inline: every event.
-        close = text.find('"', 9) if text.startswith('{"type":"') else -1
-        out.append((text[9:close] if close > 9 else event_type(text), text))
+    def _whole(self, data: bytes, at: int, out: list[Frame]) -> int:
+        # FramingDecoder._whole's walk, with a chunk with the headers of the one before read inline.
+        size, limit, unpack, unpack_u32 = len(data), self._max, _PRELUDE.unpack_from, _U32.unpack_from
+        last, headers, append, short = self._last_section, self._last_headers, out.append, self._short_base64
+        chunks = headers is self._chunk_headers
+        while size - at >= PRELUDE_BYTES:
+            total, headers_length, prelude_crc = unpack(data, at)
+            if (
+                crc32(data[at : at + 8]) != prelude_crc
+                or not MIN_MESSAGE_BYTES <= total <= limit
+                or headers_length > total - MIN_MESSAGE_BYTES
+                or headers_length > MAX_HEADERS_BYTES
+            ):
+                _checked_prelude(data, at, limit)  # raises, saying which
+            if size - at < total:
+                self._need = total
+                break
+            end = at + total - 4
+            if (
+                chunks
+                and headers_length == len(last)
+                and data.startswith(last, at + PRELUDE_BYTES)
+                and crc32(data[at:end]) == unpack_u32(data, end)[0]
+            ):
+                start = at + PRELUDE_BYTES + headers_length
+                at += total
+                # chunk_json's layout, read where it lies: {"bytes":"<base64>"} or {"bytes":"<base64>","p":"<alnum>"}.
+                close = data.find(b'"', start + 10)
+                tail = end - 2
+                text = None
+                if (
+                    close - start <= short
+                    and data.startswith(_BYTES, start)
+                    and data.startswith(b'"}', tail)
+                    and (
+                        close == tail
+                        or (
+                            start < close < tail
+                            and data.startswith(_PADDING, close)
+                            and data[close + 7 : tail].isalnum()
+                        )
+                    )
+                ):
+                    try:
+                        text = binascii.a2b_base64(data[start + 10 : close], strict_mode=True).decode()
+                    except binascii.Error:
+                        text = None  # e.g. an escaped solidus: JSON's business, below
+                if text is None:
+                    self._chunk(out, data[start:end])
+                elif text.startswith(_DELTA):  # the event of almost every chunk: its type known
+                    append(("content_block_delta", text))
+                else:
+                    append((event_type(text), text))
+            else:
+                message = self._message(data, at, total)  # raises for a bad CRC
+                last, headers = self._last_section, self._last_headers
+                at += total
+                self._read(out, message)
+                chunks = headers is self._chunk_headers
+        return at
 
     def _read(self, out: list[Frame], message: EventStreamMessage) -> None:
         try:
@@ -473,20 +506,23 @@ class BedrockDecoder(FramingDecoder[Frame]):
             raise EventStreamError(f"the stream ended with {exc.error_type}") from None  # nothing follows it
         except EventStreamError as exc:
             self._refuse(out, exc)
-        if event is None:
-            return
-        self._chunk_headers = message.headers
+        if event is not None:
+            self._chunk_headers = message.headers
+            self._append(out, event)
+
+    def _chunk(self, out: list[Frame], payload: bytes) -> None:
+        """Append the event of a chunk's ``payload`` that is not in Bedrock's own layout (or is a long one)."""
+        try:
+            event = chunk_json(payload)
+        except EventStreamError as exc:
+            self._refuse(out, exc)
+        self._append(out, event)
+
+    def _append(self, out: list[Frame], event: bytes) -> None:
         if len(event) > self._max_event:
             raise EventTooLargeError(len(event))
         text = event.decode()
         out.append((event_type(text), text))
-
-    def _chunk(self, out: list[Frame], payload: bytes) -> bytes:
-        """``chunk_json`` of ``payload``, a recurring chunk's that is not in Bedrock's own layout."""
-        try:
-            return chunk_json(payload)
-        except EventStreamError as exc:
-            self._refuse(out, exc)
 
     @staticmethod
     def _refuse(out: list[Frame], exc: EventStreamError) -> NoReturn:
