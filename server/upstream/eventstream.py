@@ -28,6 +28,10 @@ headers parses them once; the last section is compared where it lies (no copy, n
 message with the same headers as the one before shares its ``headers`` object, so a reader can
 classify a stream's recurring section once (``EventStreamFramer`` does: ``is`` the last chunk's).
 
+``BedrockDecoder``, what the gateway reads Bedrock with, is the same decoder turning each message
+straight into the ``(type, event JSON text)`` frame of the Messages event it carries, in its walk over
+the fed bytes (see its docstring for why); its frames are what ``bedrock_event`` gives, message by message.
+
 ``bedrock_event`` turns one decoded Bedrock message into what the Messages API would have sent:
 an ``event``/``chunk`` message's payload ``{"bytes": "<base64>"}`` (with any ``"p"`` padding Bedrock
 adds) decoded to the event's JSON bytes; an ``exception`` (or ``error``) message raises
