@@ -6,8 +6,11 @@ chunk). Each is then read back, one network read per event (a paced stream) and 
 burst), by
 
 - ``sse``: the gateway's SSE framer (``server.call.events.SseFramer``), then ``json.loads`` of each event;
-- ``eventstream``: the gateway's decoder (``server.upstream.eventstream``), ``bedrock_event``, then the event's
-  text decoded and ``json.loads``, as the SSE framer hands text to ``json.loads``;
+- ``eventstream``: the gateway's Bedrock decoder (``server.upstream.eventstream.BedrockDecoder``: each chunk
+  read to its event's type and JSON text in the decoder's walk), then ``json.loads`` of each event, as
+  the SSE framer hands text to ``json.loads``;
+- ``messages``: the generic decoder (``EventStreamDecoder``: message objects), then ``bedrock_event`` of
+  each, the event's text decoded and ``json.loads``: what the gateway did before reading chunks inline;
 - ``botocore``: botocore's ``EventStreamBuffer`` (what the SDK's Bedrock client reads with), then
   the payload's JSON and base64 and the event's JSON, as the gateway would use it;
 - ``sdk``: the SDK's own Bedrock decoder (``AWSEventStreamDecoder``: ``EventStreamBuffer`` and
@@ -27,7 +30,13 @@ import time
 from collections.abc import Callable, Iterator
 
 from server.call.events import SseFramer
-from server.upstream.eventstream import EventStreamDecoder, bedrock_event
+from server.upstream.eventstream import (
+    MAX_MESSAGE_BYTES,
+    BedrockDecoder,
+    BedrockStreamError,
+    EventStreamDecoder,
+    bedrock_event,
+)
 from simulator import eventstream as written
 from simulator import model, sse
 from simulator.wire import EventStreamWire
@@ -49,6 +58,21 @@ def read_sse(chunks: list[bytes]) -> int:
 
 
 def read_eventstream(chunks: list[bytes]) -> int:
+    decoder = BedrockDecoder(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, _no_exception)
+    n = 0
+    for chunk in chunks:
+        for _, text in decoder.feed(chunk):
+            json.loads(text)
+            n += 1
+    decoder.end()
+    return n
+
+
+def _no_exception(exc: BedrockStreamError) -> tuple[str, str]:
+    raise AssertionError(f"the reply holds an exception: {exc}")
+
+
+def read_messages(chunks: list[bytes]) -> int:
     decoder = EventStreamDecoder()
     n = 0
     for chunk in chunks:
@@ -128,6 +152,7 @@ def main() -> None:
     readers: list[tuple[str, str, Callable[[list[bytes]], int]]] = [
         ("sse", "sse", read_sse),
         ("eventstream", "eventstream", read_eventstream),
+        ("messages", "eventstream", read_messages),
         ("botocore", "eventstream", read_botocore),
         ("sdk", "eventstream", read_sdk),
     ]

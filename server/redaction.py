@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterable
+from typing import AnyStr, Generic
 
 from server.errors import Failure
 
@@ -42,19 +43,21 @@ def request_id(value: object) -> str | None:
     return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
 
 
-class Scanner:
+class Scanner(Generic[AnyStr]):
     """Finds the secrets in the reads of one upstream response. Each read is searched, and so is its seam
     with the read before: the last ``len(secret) - 1`` bytes of what came before are carried over, so a
-    secret split across two reads (by the network, or by an upstream that means to) is found too."""
+    secret split across two reads (by the network, or by an upstream that means to) is found too. A
+    scanner of text (``Redactor.text_scanner``) does the same over decoded text: what a framing that
+    encodes its events (Bedrock's base64 chunks) hands on, read after read."""
 
     __slots__ = ("_carry", "_keep", "_secrets")
 
-    def __init__(self, secrets: tuple[bytes, ...]) -> None:
-        self._secrets = secrets
+    def __init__(self, secrets: tuple[AnyStr, ...], empty: AnyStr) -> None:
+        self._secrets: tuple[AnyStr, ...] = secrets
         self._keep = max(map(len, secrets), default=1) - 1
-        self._carry = b""
+        self._carry: AnyStr = empty
 
-    def found(self, read: bytes) -> bool:
+    def found(self, read: AnyStr) -> bool:
         """Whether ``read``, or its seam with the reads before, holds a secret."""
         keep = self._keep
         if not keep:
@@ -74,9 +77,13 @@ class Redactor:
         self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True))
         self._encoded = tuple(s.encode() for s in self._secrets)
 
-    def scanner(self) -> Scanner:
+    def scanner(self) -> Scanner[bytes]:
         """A scanner for the secrets in the reads of one upstream response."""
-        return Scanner(self._encoded)
+        return Scanner(self._encoded, b"")
+
+    def text_scanner(self) -> Scanner[str]:
+        """A scanner for the secrets in the decoded text of one upstream response's events."""
+        return Scanner(self._secrets, "")
 
     def text(self, text: str) -> str:
         """``text`` with every secret replaced by [REDACTED]."""

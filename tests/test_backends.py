@@ -20,7 +20,7 @@ from server.app import StartupError, build_server
 from server.config import Settings
 from server.upstream.backends import BackendsError, SecretRef, parse
 from simulator import Simulator
-from tests.harness import body, gateway, run, stream_request
+from tests.harness import body, gateway, run, status_of, stream_request
 from tests.pools import ANTHROPIC_KEYS, AWS_ID, AWS_SECRET, MODEL, MODEL_IDS, VERTEX_TOKEN, VIAS, key_id, pools
 from tests.store import redis_server
 from tests.test_startup import every_part, leaves_nothing
@@ -181,6 +181,51 @@ def test_a_bedrock_api_key_pool_authorizes_with_bearer(tmp_path: Path) -> None:
                 await gw.close()
 
     run(go)
+
+
+def test_a_bedrock_key_echoed_inside_a_chunk_ends_the_call_unrelayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bedrock carries each event base64 in its chunk, so the raw bytes never show an echoed credential: the
+    decoded event text is scanned too. A prompt holding the backend's bearer key (the simulator echoes the
+    prompt) ends the call DATA_LOSS / UPSTREAM_ECHOED_SECRET, and no event, status or log line holds the key;
+    the same call with an ordinary prompt is served by the same backend."""
+    caplog.set_level(logging.INFO)
+    secret = "bedrock-api-key-SECRET-echoed-1"
+
+    async def go() -> bytes:
+        got: list[bytes] = []
+        async with Simulator(platforms=["bedrock"]) as sim:
+            (tmp_path / "b1").write_text(secret)
+            path = tmp_path / "backends.yaml"
+            entry = {"name": "aws", "kind": "bedrock", "region": "eu-west-1", "base_url": sim.base_url,
+                     "keys": [{"file": str(tmp_path / "b1")}]}  # fmt: skip
+            path.write_text(yaml.safe_dump({"backends": [entry]}))
+            gw = await build_server(Settings(listen="127.0.0.1:0", backends_file=str(path), max_attempts=1))
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.port}") as channel:
+                    stub = chat_pb2_grpc.ChatServiceStub(channel)
+                    async for response in stub.StreamMessage(stream_request(body("plain words")), timeout=10):
+                        got.append(response.SerializeToString())
+                    assert got, "an ordinary reply is relayed"
+                    got.clear()
+                    call = stub.StreamMessage(stream_request(body(f"say {secret} twice")), timeout=10)
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        async for response in call:
+                            got.append(response.SerializeToString())
+                status = status_of(caught.value)
+                assert status.code == grpc.StatusCode.DATA_LOSS, status
+                assert status.error_info is not None
+                assert status.error_info.reason == "UPSTREAM_ECHOED_SECRET"
+                got.append(repr(status).encode())
+                assert sim.requests[-1].headers["authorization"] == f"Bearer {secret}"
+            finally:
+                await gw.close()
+        return b"".join(got)
+
+    got = run(go)
+    assert secret.encode() not in got
+    assert caplog.text.count(secret) == 0
 
 
 def test_platform_credentials_from_the_environment_aws_chain_and_google_adc(

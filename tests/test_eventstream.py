@@ -20,12 +20,17 @@ from hypothesis import strategies as st
 
 from server.upstream.eventstream import (
     MAX_MESSAGE_BYTES,
+    BedrockDecoder,
+    BedrockMessageError,
     BedrockStreamError,
     EventStreamDecoder,
     EventStreamError,
     EventStreamMessage,
+    EventTooLargeError,
+    Frame,
     bedrock_event,
     chunk_json,
+    event_type,
 )
 from simulator import eventstream as written
 
@@ -377,6 +382,70 @@ def test_the_layout_read_without_a_parser_ends_as_json_says(layout: bytes) -> No
     for variant in variants:
         assert _read(variant) == _as_json_reads_it(variant), variant
     assert _read(layout) == EVENT_JSON
+
+
+def _frames(data: bytes, pieces: int = 1, max_event_bytes: int = 1 << 20) -> tuple[list[Frame], Exception | None]:
+    """What a BedrockDecoder makes of ``data`` fed in ``pieces``: its frames, and what it raised (or None)."""
+    decoder = BedrockDecoder(MAX_MESSAGE_BYTES, max_event_bytes, lambda exc: ("error", exc.error_type))
+    size = -(-len(data) // pieces)
+    out: list[Frame] = []
+    try:
+        for at in range(0, len(data), size):
+            out += decoder.feed(data[at : at + size])
+        decoder.end()
+    except (EventStreamError, EventTooLargeError, UnicodeDecodeError) as exc:
+        return out, exc
+    return out, None
+
+
+def test_the_bedrock_decoder_reads_every_chunk_as_bedrock_event_does() -> None:
+    """The decoder reads a recurring chunk to its event where it lies (Bedrock's layout by positions): a chunk
+    between two good ones, its payload any layout variant of the test above, gives exactly the frame of
+    ``bedrock_event``'s event, or, where that is an error, the frames before it and ("", ""), then
+    BedrockMessageError; the same at any split."""
+    good = written.chunk(EVENT_JSON, 3)
+    good_frame = ("content_block_delta", EVENT_JSON.decode())
+    tricky = b'"\\} ,:p\x00\x7f\xff='
+    variants = [_PADDED[:cut] for cut in range(len(_PADDED))]
+    for at in range(len(_PADDED)):
+        variants += [_PADDED[:at] + bytes([byte]) + _PADDED[at + 1 :] for byte in tricky]
+    variants += [f'{{"bytes":"{B64}"}}'.encode(), f'{{ "bytes" : "{B64}" }}'.encode(), _PADDED]
+    for variant in variants:
+        data = good + written.message(CHUNK_HEADERS, variant) + good
+        event = _read(variant)
+        frames, raised = _frames(data)
+        if event is None:
+            assert (frames, type(raised)) == ([good_frame, ("", "")], BedrockMessageError), variant
+            continue
+        try:
+            text = event.decode()
+        except UnicodeDecodeError:
+            assert (frames, type(raised)) == ([], UnicodeDecodeError), variant
+            continue
+        assert (frames, raised) == ([good_frame, (event_type(text), text), good_frame], None), variant
+        assert _frames(data, pieces=7) == (frames, None)
+    simulated = b"".join(written.chunk(json.dumps(e).encode(), i) for i, e in enumerate([{"type": "ping"}, EVENT] * 9))
+    expected = [("ping", '{"type": "ping"}'), good_frame] * 9
+    assert all(_frames(simulated, pieces) == (expected, None) for pieces in (1, 2, 5, 64, len(simulated)))
+
+
+def test_the_bedrock_decoder_ends_at_an_exception_a_bad_message_or_a_large_event() -> None:
+    """An exception message is the last frame (its error frame), the decoder failed after it; a message that is
+    not Bedrock's first in a feed raises BedrockMessageError; an event over max_event_bytes raises
+    EventTooLargeError, whether its chunk is the first (headers parsed) or a recurring one."""
+    good = written.chunk(EVENT_JSON, 0)
+    good_frame = ("content_block_delta", EVENT_JSON.decode())
+    failed = written.exception("throttlingException", {"message": "slow"})
+    frames, raised = _frames(good + good + failed + good)
+    assert frames == [good_frame, good_frame, ("error", "throttlingException")]
+    assert isinstance(raised, EventStreamError)
+    assert type(_frames(written.message({":message-type": "weird"}, b"{}") + good)[1]) is BedrockMessageError
+    small = written.chunk(b'{"type":"ping"}', 0)
+    assert _frames(good + good, max_event_bytes=len(EVENT_JSON)) == ([good_frame, good_frame], None)
+    for data in (good, small + good):
+        frames, raised = _frames(data, max_event_bytes=len(EVENT_JSON) - 1)
+        assert isinstance(raised, EventTooLargeError)
+        assert raised.size == len(EVENT_JSON)
 
 
 EXCEPTIONS = [

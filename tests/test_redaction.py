@@ -90,3 +90,16 @@ def test_the_scanner_finds_a_secret_cut_anywhere_across_reads() -> None:
     assert [scanner.found(bytes([b])) for b in b"..." + secret][-1]
     scanner = Redactor([secret.decode()]).scanner()
     assert not any(scanner.found(read) for read in (secret[:-1], b"!", secret[1:], b"sk-ant-api03-", b"x" * 100))
+
+
+def test_the_text_scanner_finds_a_secret_in_decoded_text_across_reads() -> None:
+    """The scanner of decoded event text (Bedrock's chunks) finds a secret as the byte scanner does: whole,
+    or cut at any point across the text of two reads; text that only resembles it is not flagged."""
+    secret = "sk-ant-api03-0123456789abcdef"
+    assert Redactor([secret]).text_scanner().found(f'{{"text":"x {secret} y"}}')
+    for cut in range(1, len(secret)):
+        scanner = Redactor([secret]).text_scanner()
+        assert not scanner.found("prefix " + secret[:cut])
+        assert scanner.found(secret[cut:] + " suffix"), cut
+    scanner = Redactor([secret]).text_scanner()
+    assert not any(scanner.found(read) for read in (secret[:-1], "!", secret[1:], "x" * 100))

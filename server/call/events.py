@@ -29,12 +29,11 @@ from google.protobuf.descriptor import FieldDescriptor
 from server.errors import Failure, GatewayError, Reason, fail
 from server.upstream.eventstream import (
     MAX_MESSAGE_BYTES,
+    BedrockDecoder,
+    BedrockMessageError,
     BedrockStreamError,
-    EventStreamDecoder,
     EventStreamError,
-    EventStreamMessage,
-    bedrock_event,
-    chunk_json,
+    EventTooLargeError,
 )
 from server.upstream.failures import bedrock_error_type, from_api_error
 
@@ -143,69 +142,36 @@ class SseFramer:
 class EventStreamFramer:
     """Amazon Bedrock's body (AWS event-stream messages, each a chunk carrying one Messages event's JSON in
     base64, or an exception) fed as raw bytes; returns the (event, data) frames they complete, in order,
-    as ``SseFramer`` does. Bytes that are not a sound event stream are UPSTREAM_MALFORMED_EVENT; an
-    exception message becomes the `error` event the Messages API would have sent, of the same class
-    (``server.upstream.failures.bedrock_error_type``). An event over ``max_event_bytes`` is
-    UPSTREAM_EVENT_TOO_LARGE."""
+    as ``SseFramer`` does (``server.upstream.eventstream.BedrockDecoder`` reads them). Bytes that are not a
+    sound event stream are UPSTREAM_MALFORMED_EVENT; an exception message becomes the `error` event the
+    Messages API would have sent, of the same class (``server.upstream.failures.bedrock_error_type``). An
+    event over ``max_event_bytes`` is UPSTREAM_EVENT_TOO_LARGE."""
 
     def __init__(self, max_event_bytes: int = 4 * 1024 * 1024) -> None:
         # A message holds its event in base64 (4/3 of it) inside a small JSON payload and headers.
-        self._decoder = EventStreamDecoder(min(MAX_MESSAGE_BYTES, max_event_bytes * 4 // 3 + 64 * 1024))
+        max_message_bytes = min(MAX_MESSAGE_BYTES, max_event_bytes * 4 // 3 + 64 * 1024)
+        self._decoder = BedrockDecoder(max_message_bytes, max_event_bytes, _error_frame)
         self._max = max_event_bytes
-        # The headers of the last message read as a chunk. The decoder hands messages with the same header
-        # bytes one shared headers object, so every later chunk of the stream is known by ``is``, unread.
-        self._chunk_headers: object = None
 
     def feed(self, chunk: bytes) -> list[Frame]:
         try:
-            messages = self._decoder.feed(chunk)
+            return self._decoder.feed(chunk)
+        except BedrockMessageError as exc:
+            raise GatewayError(
+                fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a bad Bedrock message: {exc}")
+            ) from None
         except EventStreamError as exc:
             raise GatewayError(
                 fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a broken event stream: {exc}")
             ) from None
-        out: list[Frame] = []
-        for headers, payload in messages:
-            try:
-                if headers is self._chunk_headers:
-                    data: bytes | None = chunk_json(payload)
-                else:
-                    data = bedrock_event(EventStreamMessage(headers, payload))
-                    if data is not None:
-                        self._chunk_headers = headers
-            except BedrockStreamError as exc:
-                error = {"type": bedrock_error_type(exc.error_type, exc.original_status), "message": str(exc)}
-                out.append(("error", json.dumps({"type": "error", "error": error})))
-                break  # nothing follows an exception
-            except EventStreamError as exc:
-                if not out:
-                    raise GatewayError(
-                        fail(Reason.UPSTREAM_MALFORMED_EVENT, f"upstream sent a bad Bedrock message: {exc}")
-                    ) from None
-                out.append(("", ""))  # malformed, in its place: raised after the frames before it
-                break
-            if data is None:
-                continue
-            if len(data) > self._max:
-                raise GatewayError(_too_large(len(data), self._max))
-            text = data.decode()
-            # The event's type where the API writes it (as ``_event_type`` reads it first), inline: every event.
-            end = text.find('"', 9) if text.startswith('{"type":"') else -1
-            out.append((text[9:end] if end > 9 else _event_type(text), text))
-        return out
+        except EventTooLargeError as exc:
+            raise GatewayError(_too_large(exc.size, self._max)) from None
 
 
-def _event_type(text: str) -> str:
-    """The ``type`` of one event's JSON text: read where the API writes it, else parsed; "" if it has none."""
-    if text.startswith('{"type":"'):
-        end = text.find('"', 9)
-        if end > 9:
-            return text[9:end]
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return ""
-    kind = obj.get("type") if type(obj) is dict else None
-    return kind if type(kind) is str else ""
+def _error_frame(exc: BedrockStreamError) -> Frame:
+    """The `error` event the Messages API would have sent for a Bedrock exception message."""
+    error = {"type": bedrock_error_type(exc.error_type, exc.original_status), "message": str(exc)}
+    return ("error", json.dumps({"type": "error", "error": error}))
 
 
 def _too_large(size: int, limit: int) -> Failure:

@@ -24,7 +24,7 @@ from server.call.grammar import Grammar
 from server.call.route import Route, Step
 from server.call.watchdog import Watchdog
 from server.errors import Failure, GatewayError, Reason, fail
-from server.redaction import Redactor
+from server.redaction import Redactor, Scanner
 from server.upstream.client import EVENT_STREAM, Body
 from server.upstream.failures import from_exception
 
@@ -50,6 +50,8 @@ class UpstreamReader:
         self._bounds = bounds
         self._redactor = redactor or Redactor(())
         self._scanner = self._redactor.scanner()  # the gateway's credentials, looked for in every read
+        # ... and in the events' decoded text, where the framing encodes it (Bedrock: base64 in each chunk)
+        self._text_scanner: Scanner[str] | None = None
         self._route = route
         self._watchdog = watchdog
         self._deadline = deadline
@@ -95,6 +97,7 @@ class UpstreamReader:
                 self.retried.append(failure.error_type or failure.reason)
                 self._framer = SseFramer(self._bounds.max_event_bytes)
                 self._scanner = self._redactor.scanner()
+                self._text_scanner = None
                 self._later, self._unfed = [], b""
                 self._grammar = Grammar()
                 self._failure, self.complete = None, False
@@ -132,6 +135,7 @@ class UpstreamReader:
         self.request_id, self._read_body = self._body.request_id, self._body.read
         if self._body.framing == EVENT_STREAM:
             self._framer = EventStreamFramer(self._bounds.max_event_bytes)
+            self._text_scanner = self._redactor.text_scanner()
         batch = await self.next()
         if batch is None:  # not before message_stop, which cannot come before the first read
             raise GatewayError(_incomplete())
@@ -188,6 +192,9 @@ class UpstreamReader:
                         fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
                     ) from None
                 if frames:
+                    text_scanner = self._text_scanner
+                    if text_scanner is not None and text_scanner.found("".join([data for _, data in frames])):
+                        raise GatewayError(_ECHOED)  # in an event's decoded text: none of this read is passed on
                     return await self._batch(self._take(frames))
         finally:
             watchdog.reading = False
