@@ -4,9 +4,9 @@ Each step the gateway runs on one upstream event, timed alone on the gateway's o
 several repeats, CPU time of this thread): framing a paced text delta that came in a read of its own,
 parsing its JSON and checking it, the stream grammar, the proto fill and the gRPC message; and, per
 call, the fill of the reply's message_start and message_delta by their direct fills beside the generic
-codec (``claude_gateway.codec.from_json``) that built them before. ``json.loads`` is timed beside
-``events.parse`` (which runs json's C scanner directly) to show what is left of the parse: the C
-scanner's own time. The events are those of ``tests/fixtures/sse/own_text_with_ping.sse``.
+codec (``claude_gateway.codec.from_json``) that built them before. ``json.loads`` and json's C scanner
+alone are timed beside ``events.parse`` (json.loads and the event's checks) to show what the parse is
+made of. The events are those of ``tests/fixtures/sse/own_text_with_ping.sse``.
 
     python -m bench.conversion            # a few seconds
 """

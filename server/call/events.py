@@ -17,7 +17,6 @@ message_start and message_delta in their usual shapes, each building exactly wha
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from claude_gateway import codec
@@ -201,7 +200,7 @@ def parse(name: str, data: str) -> dict[str, Any]:
     """One upstream frame's JSON object; raises GatewayError for `error` events and malformed frames
     (not JSON, not an object, nested deeper than MAX_EVENT_DEPTH or than the parser can go)."""
     try:
-        obj: Any = _loads(data)
+        obj: Any = json.loads(data)
     except (ValueError, RecursionError):
         obj = None
     if type(obj) is not dict:
@@ -215,23 +214,6 @@ def parse(name: str, data: str) -> dict[str, Any]:
         )
     if name == "error":
         raise GatewayError(_error_event(obj))
-    return obj
-
-
-# The C scanner that json.loads runs, called directly: json.loads adds a BOM check and two regular-expression
-# matches for whitespace around the value, a third of its time on an event's small JSON.
-_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _loads(data: str) -> Any:
-    """``json.loads(data)``: the C scanner alone when the text is one value from its first character to its
-    last, as the API writes it; json.loads itself otherwise (whitespace around the value, or not JSON)."""
-    try:
-        obj, end = _scan(data, 0)
-    except StopIteration:
-        return json.loads(data)
-    if end != len(data):
-        return json.loads(data)
     return obj
 
 
