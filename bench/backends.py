@@ -18,10 +18,17 @@ HTTP transport, from the call to its 529. The failover's cost is (1) - (2) - (3)
 gateway adds to fail over, beyond the failed attempt itself, taken as the difference of the three medians.
 Budget: at most 2 ms.
 
-11b, Bedrock's event-stream path: ``plan.burst_streams`` unpaced streams of ``plan.burst_tokens`` deltas
-through ``bedrock`` and through ``anthropic``, alternating, ``plan.backends_rounds`` rounds; the gateway's
-CPU per relayed event of each (the whole relay path: the upstream's bytes in, the caller's gRPC out).
-Budget: Bedrock at most 1.2x Anthropic (median of the per-round ratios).
+11b, Bedrock's event-stream path: ``plan.burst_streams`` unpaced streams through ``bedrock`` and
+through ``anthropic``, alternating, ``plan.backends_rounds`` rounds; in each round each gateway relays the
+streams twice, with ``plan.burst_tokens`` deltas each and with half as many. The gateway's CPU per relayed
+event is the difference of the two runs' CPU over the difference of their events: the cost of one more
+event (the upstream's bytes in, the caller's gRPC out), with what each call costs once (the request, its
+signing, the first and last events) cancelled out. Budget: Bedrock at most 1.2x Anthropic (median of the
+per-round ratios). The row also gives the longer runs' CPU over all their events, per-call costs in.
+
+11e, what a Bedrock call costs once: ``plan.tiny_calls`` one-token calls through ``bedrock`` and
+``anthropic``, alternating; the gateway's CPU per call (SigV4 signing, which the SDK does with botocore on
+a worker thread, is the difference). No budget: it is what 11b's first figure carries beyond the second.
 
 11c and 11d, the one-backend setup: the same streams, and ``plan.tiny_calls`` one-token calls
 (``plan.tiny_concurrency`` at a time, the fixed cost of a call), through ``anthropic`` (a one-backend
@@ -180,9 +187,32 @@ async def failover_rounds(targets: dict[str, str], base_url: str, rounds: int) -
     return {**samples, "wrong": wrong}
 
 
+def _events(run: Run) -> int:
+    return sum(rec["events"] for r in run.results for rec in r["records"])
+
+
 def _per_event(run: Run) -> float:
-    events: int = sum(rec["events"] for r in run.results for rec in r["records"])
-    return float(run.gateway_cpu_s) / max(events, 1)
+    return float(run.gateway_cpu_s) / max(_events(run), 1)
+
+
+async def _marginal(
+    session: Session, long: Job, short: Job, gateways: dict[str, tuple[Child, str]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[str]]:
+    """Each gateway's CPU per event of ``long`` beyond ``short`` (the same streams, fewer events), per round,
+    alternating which goes first; and its CPU per event of ``long`` alone."""
+    marginal: dict[str, list[float]] = {name: [] for name in gateways}
+    whole: dict[str, list[float]] = {name: [] for name in gateways}
+    errors: list[str] = []
+    names = list(gateways)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            gateway, target = gateways[name]
+            runs = [await _run(session, replace(job, target=target), (gateway, target)) for job in (short, long)]
+            (cpu_short, events_short), (cpu_long, events_long) = ((r.gateway_cpu_s, _events(r)) for r in runs)
+            marginal[name].append((cpu_long - cpu_short) / max(events_long - events_short, 1))
+            whole[name].append(cpu_long / max(events_long, 1))
+            errors += _errors(runs[0]) + _errors(runs[1])
+    return marginal, whole, errors
 
 
 def _errors(run: Run) -> list[str]:
@@ -220,8 +250,16 @@ async def _run(session: Session, job: Job, other: tuple[Child, str]) -> Run:
 
 
 def _ratio_row(
-    key: str, what: str, values: dict[str, list[float]], of: str, to: str, budget: float, unit: str, errors: list[str]
+    key: str,
+    what: str,
+    values: dict[str, list[float]],
+    of: str,
+    to: str,
+    budget: float | None,
+    unit: str,
+    errors: list[str],
 ) -> Row:
+    """The median of the per-round ratios of ``of`` to ``to``, judged against ``budget`` (None: no budget)."""
     ratios = [a / b for a, b in zip(values[of], values[to], strict=True)]
     ratio = statistics.median(ratios)
     mine, theirs = statistics.median(values[of]) * 1e6, statistics.median(values[to]) * 1e6
@@ -230,8 +268,8 @@ def _ratio_row(
         key,
         what,
         f"{mine:.1f} us against {theirs:.1f} us {unit}: {ratio:.2f}x (median of {len(ratios)} rounds)",
-        f"<= {budget:.2f}x",
-        judged(ratio <= budget and not errors),
+        "-" if budget is None else f"<= {budget:.2f}x",
+        ("info" if not errors else "FAIL") if budget is None else judged(ratio <= budget and not errors),
         f"{of}/{to} us {unit} per round: {rounds}; errors {errors[:3] or 'none'}",
         {"ratio": ratio, "ratios": ratios, of: values[of], to: values[to], "errors": errors[:10]},
     )
@@ -257,9 +295,24 @@ async def backends(session: Session) -> list[Row]:
         tiny = Job("tiny", count=plan.tiny_calls, concurrency=plan.tiny_concurrency)
 
         async def bedrock_row() -> list[Row]:
-            values, errors = await _alternating(session, burst, bedrock_pair, plan.backends_rounds, _per_event)
-            what = f"CPU per event, Bedrock event-stream vs Anthropic SSE ({n} x {tokens}, unpaced)"
-            return [_ratio_row("11b", what, values, "bedrock", "anthropic", BEDROCK_BUDGET, "per event", errors)]
+            short = replace(burst, tokens=tokens // 2)
+            values, whole, errors = await _marginal(session, burst, short, bedrock_pair, plan.backends_rounds)
+            what = f"CPU per event, Bedrock event-stream vs Anthropic SSE ({n} x {tokens} less {n} x {tokens // 2})"
+            row = _ratio_row("11b", what, values, "bedrock", "anthropic", BEDROCK_BUDGET, "per event", errors)
+            ratios = [a / b for a, b in zip(whole["bedrock"], whole["anthropic"], strict=True)]
+            row.result += (
+                f"; over all events, per-call costs in: {statistics.median(whole['bedrock']) * 1e6:.1f} against "
+                f"{statistics.median(whole['anthropic']) * 1e6:.1f} us, {statistics.median(ratios):.2f}x"
+            )
+            row.data["whole"] = {**whole, "ratios": ratios}
+            return [row]
+
+        async def bedrock_calls() -> list[Row]:
+            values, errors = await _alternating(
+                session, tiny, bedrock_pair, plan.backends_rounds, lambda run: run.gateway_cpu_s / plan.tiny_calls
+            )
+            what = f"CPU per one-token call, Bedrock (SigV4) vs Anthropic ({plan.tiny_concurrency} at a time)"
+            return [_ratio_row("11e", what, values, "bedrock", "anthropic", None, "per call", errors)]
 
         async def one_backend_rows() -> list[Row]:
             values, errors = await _alternating(session, burst, one_pair, plan.backends_rounds, _per_event)
@@ -276,6 +329,7 @@ async def backends(session: Session) -> list[Row]:
         rows += await _section("11b", bedrock_row)
         rows += await _section("11c", one_backend_rows)
         rows += await _section("11d", one_backend_calls)
+        rows += await _section("11e", bedrock_calls)
         return rows
     finally:
         for gateway, _ in gateways.values():
