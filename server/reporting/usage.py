@@ -27,6 +27,7 @@ MAX_COUNT = 10_000_000  # tokens (or tool requests) one call may report of a kin
 MAX_TEXT = 64  # characters of a string value (``service_tier``)
 MAX_ENTRIES = 32  # values in the merged object, nested ones counted: the API's have about ten
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a usage name, as the API writes them
+_SCALARS = frozenset({int, float, str, bool, type(None)})  # JSON's: never a Mapping, known without the ABC check
 
 
 @dataclass(eq=False)
@@ -42,7 +43,11 @@ class Usage:
         An object that does not check (``problem``) is left out whole, and marks the usage invalid."""
         self.seen = True
         problem = _problem(usage)
-        if problem is None and _entries(self.values, usage) > MAX_ENTRIES:
+        if (
+            problem is None
+            and _size(self.values) + _size(usage) > MAX_ENTRIES
+            and _entries(self.values, usage) > MAX_ENTRIES
+        ):
             problem = f"more than {MAX_ENTRIES} values"
         if problem is not None:
             self.invalid = self.invalid or problem
@@ -51,7 +56,7 @@ class Usage:
         for key, value in usage.items():
             if value is None:
                 continue
-            if key in NESTED and isinstance(value, Mapping):
+            if key in NESTED and _is_object(value):
                 inner = values.get(key)
                 merged = dict(inner) if isinstance(inner, dict) else {}
                 merged.update((k, v) for k, v in value.items() if v is not None)
@@ -63,12 +68,12 @@ class Usage:
         """Fold in the usage of a message_start or message_delta event (other events carry none)."""
         if name == "message_start":
             message = obj.get("message")
-            usage = message.get("usage") if isinstance(message, Mapping) else None
+            usage = message.get("usage") if _is_object(message) else None
         elif name == "message_delta":
             usage = obj.get("usage")
         else:
             return
-        if isinstance(usage, Mapping):
+        if _is_object(usage):
             self.merge(usage)
 
     def _count(self, key: str, inner: str | None = None) -> int:
@@ -131,11 +136,11 @@ class Usage:
 def _problem(usage: Mapping[str, Any]) -> str | None:
     """Why ``usage`` (one usage object from the upstream) cannot be merged; None if it can."""
     for key, value in usage.items():
-        if not isinstance(key, str) or _KEY.fullmatch(key) is None:
+        if type(key) is not str or _KEY.fullmatch(key) is None:
             return "a key that is not a usage name"
-        if isinstance(value, Mapping):
+        if _is_object(value):
             for inner, item in value.items():
-                if not isinstance(inner, str) or _KEY.fullmatch(inner) is None:
+                if type(inner) is not str or _KEY.fullmatch(inner) is None:
                     return f"{key}: a key that is not a usage name"
                 problem = _value_problem(item)
                 if problem is not None:
@@ -160,10 +165,22 @@ def _value_problem(value: Any) -> str | None:
     return f"is a {kind.__name__}, not a count"
 
 
+def _is_object(value: Any) -> bool:
+    """Whether ``value`` is a JSON object (a Mapping); a parsed dict or one of JSON's scalars is answered without
+    the ABC's ``isinstance``, which costs several times a type comparison."""
+    kind = type(value)
+    return kind is dict or (kind not in _SCALARS and isinstance(value, Mapping))
+
+
+def _size(values: Mapping[str, Any]) -> int:
+    """How many values ``values`` holds, nested ones counted: at least ``_entries`` of it and anything merged in."""
+    return sum(len(v) if _is_object(v) else 1 for v in values.values())
+
+
 def _entries(values: Mapping[str, Any], usage: Mapping[str, Any]) -> int:
     """How many values (nested ones counted) ``values`` would hold with ``usage`` merged in."""
-    keys = {(k, None) for k, v in values.items() if not isinstance(v, Mapping)}
-    keys |= {(k, i) for k, v in values.items() if isinstance(v, Mapping) for i in v}
-    keys |= {(k, None) for k, v in usage.items() if v is not None and not isinstance(v, Mapping)}
-    keys |= {(k, i) for k, v in usage.items() if isinstance(v, Mapping) for i, x in v.items() if x is not None}
+    keys = {(k, None) for k, v in values.items() if not _is_object(v)}
+    keys |= {(k, i) for k, v in values.items() if _is_object(v) for i in v}
+    keys |= {(k, None) for k, v in usage.items() if v is not None and not _is_object(v)}
+    keys |= {(k, i) for k, v in usage.items() if _is_object(v) for i, x in v.items() if x is not None}
     return len(keys)
