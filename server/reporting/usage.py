@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 NESTED = ("cache_creation", "server_tool_use", "output_tokens_details")
 MAX_COUNT = 10_000_000  # tokens (or tool requests) one call may report of a kind: ten times the largest context
@@ -165,7 +165,7 @@ def _value_problem(value: Any) -> str | None:
     return f"is a {kind.__name__}, not a count"
 
 
-def _is_object(value: Any) -> bool:
+def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
     """Whether ``value`` is a JSON object (a Mapping); a parsed dict or one of JSON's scalars is answered without
     the ABC's ``isinstance``, which costs several times a type comparison."""
     kind = type(value)
@@ -179,7 +179,7 @@ def _size(values: Mapping[str, Any]) -> int:
 
 def _entries(values: Mapping[str, Any], usage: Mapping[str, Any]) -> int:
     """How many values (nested ones counted) ``values`` would hold with ``usage`` merged in."""
-    keys = {(k, None) for k, v in values.items() if not _is_object(v)}
+    keys: set[tuple[str, str | None]] = {(k, None) for k, v in values.items() if not _is_object(v)}
     keys |= {(k, i) for k, v in values.items() if _is_object(v) for i in v}
     keys |= {(k, None) for k, v in usage.items() if v is not None and not _is_object(v)}
     keys |= {(k, i) for k, v in usage.items() if _is_object(v) for i, x in v.items() if x is not None}
