@@ -171,10 +171,11 @@ def test_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_line_nev
             async with grpc.aio.insecure_channel(target) as channel:
                 stub = chat_pb2_grpc.ChatServiceStub(channel)
                 firsts = [asyncio.Event() for _ in range(100)]
-                # One of them lasts 3 s, so the drain is still waiting on it when the late calls arrive, however
-                # slowly a busy machine sends them (once it stops, a call can only find the port closed).
+                # One of them lasts 8 s, so the drain is still waiting on it when the late calls arrive, however
+                # slowly a busy machine sends them (once it stops, a call can only find the port closed; with 3 s,
+                # a run beside two busy loops and three other test processes saw 3 of the 100 arrive as it stopped).
                 early = [
-                    asyncio.ensure_future(one(stub, first, 600 if i == 0 else 40)) for i, first in enumerate(firsts)
+                    asyncio.ensure_future(one(stub, first, 1600 if i == 0 else 40)) for i, first in enumerate(firsts)
                 ]
                 await asyncio.gather(*(first.wait() for first in firsts))
                 proc.send_signal(signal.SIGTERM)
@@ -230,9 +231,9 @@ def test_http_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_lin
         async def go() -> list[str]:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
                 firsts = [asyncio.Event() for _ in range(30)]
-                # One lasts 3 s, so the late calls reach a gateway still draining (as in the gRPC test above).
+                # One lasts 8 s, so the late calls reach a gateway still draining (as in the gRPC test above).
                 early = [
-                    asyncio.ensure_future(messages(session, first, 600 if i == 0 else 40))
+                    asyncio.ensure_future(messages(session, first, 1600 if i == 0 else 40))
                     for i, first in enumerate(firsts)
                 ]
                 await asyncio.gather(*(first.wait() for first in firsts))
