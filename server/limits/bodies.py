@@ -113,7 +113,11 @@ class BodyBudget:
 
     def _trim(self, passes: int) -> None:
         assert _TRIM is not None
-        done = asyncio.get_running_loop().run_in_executor(None, _TRIM, 0)
+        try:
+            done = asyncio.get_running_loop().run_in_executor(None, _TRIM, 0)
+        except RuntimeError:  # the loop's executor is shut down: the process is stopping, nothing to trim for
+            self._trimming = None
+            return
         done.add_done_callback(lambda _: self._trimmed(passes))
 
     def _trimmed(self, passes: int) -> None:
