@@ -55,7 +55,7 @@ from claude_gateway.wire import USAGE_KEY
 
 from bench.jobs import Job
 from bench.plan import Plan
-from bench.processes import Child, ChildError
+from bench.processes import Child, ChildError, Processes
 from bench.report import Row, judged
 from bench.session import Run, Session
 from bench.workload import MODEL
@@ -101,8 +101,8 @@ def backends_files(logs: Path, base_url: str) -> dict[str, Path]:
     return paths
 
 
-async def _simulator(session: Session) -> tuple[Child, str]:
-    procs = session.procs
+async def backends_simulator(procs: Processes) -> tuple[Child, str]:
+    """The plain simulator (``python -m simulator``) on the load CPU, knowing row 11's keys; and its base URL."""
     child = await procs.spawn(
         "backends-simulator", [sys.executable, "-m", "simulator", "--port", "0", "--key", KEY, "--key", AWS_ID],
         cpus=procs.load_cpus,
@@ -277,7 +277,7 @@ def _ratio_row(
 
 async def backends(session: Session) -> list[Row]:
     plan, procs = session.plan, session.procs
-    sim, base_url = await _simulator(session)
+    sim, base_url = await backends_simulator(procs)
     paths = backends_files(procs.logs, base_url)
     gateways: dict[str, tuple[Child, str]] = {}
     try:

@@ -20,6 +20,7 @@ other, not with the benchmark's figures. The raw profile is written to
     python -m bench.profiler --memory 1000          # what 1000 open streams keep allocated (tracemalloc)
     python -m bench.profiler --memory 1000 --memory-by lineno   # the same, by line
     python -m bench.profiler --http httpx           # the SDK's default transport (the gateway runs aiohttp)
+    python -m bench.profiler --backend bedrock      # through a backends file (row 11's, on its plain simulator)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 
 import anthropic
 
+from bench.backends import backends_files, backends_simulator
 from bench.jobs import Job
 from bench.processes import ROOT, Processes, go
 from bench.usage import rss_bytes
@@ -133,13 +135,24 @@ def report(profile: cProfile.Profile, events: int, cpu_s: float, label: str) -> 
 
 
 @contextlib.asynccontextmanager
-async def _gateway(procs: Processes, http: str) -> AsyncIterator[str]:
+async def _gateway(procs: Processes, http: str, backend: str) -> AsyncIterator[str]:
     """A stamping simulator in a child process and a gateway in this one; yields the gateway's host:port.
 
     ``http`` "aiohttp" gives the SDK its aiohttp transport (``anthropic.DefaultAioHttpClient``, which
     needs the ``aiohttp`` package) instead of its default httpx one: an experiment, not what
-    ``python -m server`` does.
+    ``python -m server`` does. ``backend`` other than "default": the gateway reads row 11's backends file
+    of that name (``bench.backends.backends_files``), its upstream the plain simulator.
     """
+    if backend != "default":
+        upstream, base_url = await backends_simulator(procs)
+        path = backends_files(procs.logs, base_url)[backend]
+        gateway = await build_server(Settings.from_env({}, {"listen": "127.0.0.1:0", "backends_file": str(path)}))
+        try:
+            yield f"127.0.0.1:{gateway.port}"
+        finally:
+            await gateway.close()
+            await procs.stop(upstream)
+        return
     upstream, base_url = await procs.upstream(RESULTS / "logs" / "profiler-records.json")
     settings = Settings.from_env({}, {"listen": "127.0.0.1:0"})
     http_client = anthropic.DefaultAioHttpClient() if http == "aiohttp" else None
@@ -243,7 +256,10 @@ def _short(filename: str) -> str:
 
 
 async def _run(args: argparse.Namespace) -> str:
-    async with Processes(RESULTS / "logs", pin=not args.no_pin) as procs, _gateway(procs, args.http) as target:
+    async with (
+        Processes(RESULTS / "logs", pin=not args.no_pin) as procs,
+        _gateway(procs, args.http, args.backend) as target,
+    ):
         return await (_memory(args, procs, target) if args.memory else _cpu(args, procs, target))
 
 
@@ -261,6 +277,12 @@ def main() -> None:
         choices=("filename", "lineno"),
         default="filename",
         help="with --memory: group allocations by file or by line",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("default", "anthropic", "bedrock"),
+        default="default",
+        help="through row 11's backends file of that name (default: none, on the stamping simulator)",
     )
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument(

@@ -448,6 +448,46 @@ def test_the_bedrock_decoder_ends_at_an_exception_a_bad_message_or_a_large_event
         assert raised.size == len(EVENT_JSON)
 
 
+_REPLY = [{"type": "ping"}, *({**EVENT, "delta": {"type": "text_delta", "text": "x" * n}} for n in range(12))]
+
+
+@FUZZ
+@given(st.data())
+def test_the_bedrock_decoder_refuses_any_one_byte_corruption_of_a_reply(data: st.DataObject) -> None:
+    """Changing any one byte of a reply of recurring chunks (read by the chunk pattern), however it is then
+    split, gives the frames of the chunks before the changed one and then an EventStreamError, never a frame
+    the reply does not hold: both CRCs are checked before a chunk's base64 is read."""
+    chunks = [written.chunk(json.dumps(event).encode(), i) for i, event in enumerate(_REPLY)]
+    reply = b"".join(chunks)
+    expected, raised = _frames(reply)
+    assert raised is None
+    assert len(expected) == len(_REPLY)
+    at = data.draw(st.integers(0, len(reply) - 1))
+    corrupt = reply[:at] + bytes([reply[at] ^ data.draw(st.integers(1, 255))]) + reply[at + 1 :]
+    whole = sum(1 for end in itertools.accumulate(map(len, chunks)) if end <= at)  # chunks before the change
+    decoder = BedrockDecoder(MAX_MESSAGE_BYTES, 1 << 20, lambda exc: ("error", exc.error_type))
+    frames: list[Frame] = []
+    with pytest.raises(EventStreamError):
+        for piece in data.draw(splits(corrupt)):
+            frames += decoder.feed(piece)
+        decoder.end()
+    if frames[-1:] == [("", "")]:
+        frames.pop()  # a message that is not Bedrock's, in its place
+    assert frames == expected[:whole]
+
+
+def test_a_chunk_whose_prelude_disagrees_with_its_layout_is_refused() -> None:
+    """A recurring chunk that matches Bedrock's layout but whose prelude gives a longer message is read as the
+    whole message its prelude gives, and refused: here the four bytes after its payload's closing brace are
+    the CRC of what is before them, so only the prelude tells that they are not the message's end."""
+    good = written.chunk(EVENT_JSON, 0)
+    good_frame = ("content_block_delta", EVENT_JSON.decode())
+    shape = written.message(CHUNK_HEADERS, _PADDED + b"abcd")
+    trailing = written.message(CHUNK_HEADERS, _PADDED + struct.pack(">I", crc32(shape[:-8])))
+    frames, raised = _frames(good + good + trailing + good)
+    assert (frames, type(raised)) == ([good_frame, good_frame, ("", "")], BedrockMessageError)
+
+
 EXCEPTIONS = [
     ("throttlingException", {"message": "Too many tokens"}, ("Too many tokens", None, None)),
     ("internalServerException", {"message": "boom"}, ("boom", None, None)),
