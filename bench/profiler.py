@@ -20,7 +20,7 @@ other, not with the benchmark's figures. The raw profile is written to
     python -m bench.profiler --memory 1000          # what 1000 open streams keep allocated (tracemalloc)
     python -m bench.profiler --memory 1000 --memory-by lineno   # the same, by line
     python -m bench.profiler --http httpx           # the SDK's default transport (the gateway runs aiohttp)
-    python -m bench.profiler --backend bedrock      # through a backends file (row 11's, on its plain simulator)
+    python -m bench.profiler --backend bedrock      # through row 11's backends file (none: no file), on its simulator
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from typing import Any
 
 import anthropic
 
-from bench.backends import backends_files, backends_simulator
+from bench.backends import KEY, backends_files, backends_simulator
 from bench.jobs import Job
 from bench.processes import ROOT, Processes, go
 from bench.usage import rss_bytes
-from server.app import build_server
+from server.app import build_server, sdk_client
 from server.config import Settings
 
 RESULTS = ROOT / "bench" / "results"
@@ -140,13 +140,18 @@ async def _gateway(procs: Processes, http: str, backend: str) -> AsyncIterator[s
 
     ``http`` "aiohttp" gives the SDK its aiohttp transport (``anthropic.DefaultAioHttpClient``, which
     needs the ``aiohttp`` package) instead of its default httpx one: an experiment, not what
-    ``python -m server`` does. ``backend`` other than "default": the gateway reads row 11's backends file
-    of that name (``bench.backends.backends_files``), its upstream the plain simulator.
+    ``python -m server`` does. ``backend`` other than "default": the upstream is row 11's plain simulator,
+    and the gateway reads row 11's backends file of that name (``bench.backends.backends_files``), or
+    none (``ANTHROPIC_BASE_URL`` and a key, as row 11's ``default`` gateway).
     """
     if backend != "default":
         upstream, base_url = await backends_simulator(procs)
-        path = backends_files(procs.logs, base_url)[backend]
-        gateway = await build_server(Settings.from_env({}, {"listen": "127.0.0.1:0", "backends_file": str(path)}))
+        if backend == "none":
+            settings = Settings.from_env({}, {"listen": "127.0.0.1:0"})
+            gateway = await build_server(settings, sdk_client(settings, base_url=base_url, api_key=KEY))
+        else:
+            path = backends_files(procs.logs, base_url)[backend]
+            gateway = await build_server(Settings.from_env({}, {"listen": "127.0.0.1:0", "backends_file": str(path)}))
         try:
             yield f"127.0.0.1:{gateway.port}"
         finally:
@@ -280,9 +285,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=("default", "anthropic", "bedrock"),
+        choices=("default", "none", "anthropic", "bedrock"),
         default="default",
-        help="through row 11's backends file of that name (default: none, on the stamping simulator)",
+        help="through row 11's backends file of that name, or none, on its plain simulator "
+        "(default: none, on the stamping simulator)",
     )
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument(

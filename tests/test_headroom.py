@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from server.upstream.backends import BackendSpec
 from server.upstream.headroom import Cost, Headroom
+from server.upstream.pool import TTFT_SAMPLES, Backend
+from server.upstream.state import PoolState
 from simulator import Limits
 from tests.harness import run
 from tests.pools import ANTHROPIC_KEYS, VIAS, key_id, pools
@@ -60,6 +63,45 @@ def test_malformed_rate_limit_headers_are_ignored() -> None:
     assert not room.report(
         [("anthropic-ratelimit-tokens-limit", "0"), ("anthropic-ratelimit-tokens-remaining", "0")], NOW
     )
+
+
+def test_a_served_response_is_read_when_the_headroom_is_next_needed_the_latest_one_winning() -> None:
+    """A key's first served response is read at once; later ones are kept as they came (the response's headers)
+    and read when the buckets are next needed, a report not read yet superseded by the next."""
+    state = PoolState()
+    state.served("a:1", "sonnet", dict(headers("requests", 60, 10, 60.0)), NOW)
+    room = state.headroom("a:1", "sonnet")
+    assert room is not None
+    assert room.buckets["requests"].remaining == 10
+    state.served("a:1", "sonnet", dict(headers("requests", 60, 20, 60.0)), NOW + 1)
+    state.served(
+        "a:1",
+        "sonnet",
+        {"Anthropic-RateLimit-Requests-Limit": "60", "anthropic-ratelimit-requests-remaining": "30"},
+        NOW + 2,
+    )
+    assert state.headroom("a:1", "sonnet") is room
+    assert (room.buckets["requests"].remaining, room.buckets["requests"].at) == (30, NOW + 2)
+    room.reserve(Cost(1, 1), NOW + 2)
+    assert room.buckets["requests"].remaining == 29  # read, then reserved: no report is pending
+    state.served("b:1", "sonnet", {"content-type": "text/event-stream"}, NOW)  # no rate limits: nothing known
+    assert state.headroom("b:1", "sonnet") is None
+
+
+def test_the_slowest_time_to_first_token_makes_way_with_its_sample() -> None:
+    """A backend is passed over for a deadline shorter than its p50; once the slow samples have made way for
+    fast ones (the recent TTFT_SAMPLES), it is not."""
+    backend = Backend(BackendSpec(name="a", kind="anthropic", priority=0))
+    for ttft in [9.0] * TTFT_SAMPLES:
+        backend.observe(ttft)
+    assert backend.slower_than(5.0) == 9.0
+    for n in range(TTFT_SAMPLES):
+        backend.observe(0.1)
+        assert backend.slower_than(5.0) == (9.0 if n < TTFT_SAMPLES // 2 - 1 else None)  # while most are slow
+    backend.observe(7.0)  # the slowest now, though one sample of many
+    assert backend.slower_than(6.0) is None
+    assert backend.slower_than(0.05) == 0.1
+    assert max(backend.ttfts) == 7.0
 
 
 @pytest.mark.parametrize("via", VIAS)

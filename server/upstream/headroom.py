@@ -12,6 +12,11 @@ seconds away, so a reset rounded to the second does not skew it). A call costs o
 estimated input tokens and its ``max_tokens`` of output (as the API counts it at the start); it fits
 a key when every reported bucket has room for it. Picking a key reserves its cost until the next
 response reports anew.
+
+A key's first report is read at once; each later response's headers are kept as they came and read
+when the headroom is next needed (a choice between keys, a reservation, the metrics), so a key that is
+the only one for its model costs no parsing per call. A report not read yet when the next one comes is
+superseded by it: the headroom is always what the latest response said.
 """
 
 from __future__ import annotations
@@ -70,13 +75,27 @@ def rate_limits(headers: Mapping[str, str]) -> list[tuple[str, str]]:
 class Headroom:
     """One key's buckets for one model family, as last reported (and reserved since)."""
 
-    __slots__ = ("buckets",)
+    __slots__ = ("_buckets", "_pending")
 
     def __init__(self, buckets: dict[str, Bucket] | None = None) -> None:
-        self.buckets: dict[str, Bucket] = buckets or {}
+        self._buckets: dict[str, Bucket] = buckets or {}
+        self._pending: tuple[Mapping[str, str], float] | None = None  # a response's headers, not read yet
+
+    @property
+    def buckets(self) -> dict[str, Bucket]:
+        """The buckets by kind, the latest report read."""
+        if self._pending is not None:
+            headers, now = self._pending
+            self.report(rate_limits(headers), now)
+        return self._buckets
+
+    def defer(self, headers: Mapping[str, str], now: float) -> None:
+        """Keep a response's headers, to be read (``rate_limits``) when the buckets are next needed."""
+        self._pending = (headers, now)
 
     def report(self, headers: Iterable[tuple[str, str]], now: float) -> bool:
-        """Take a response's rate-limit headers (lower-case names); False when they name no whole bucket."""
+        """Take a response's rate-limit headers (lower-case names) now; False when they name no whole bucket."""
+        self._pending = None  # superseded
         found: dict[str, dict[str, str]] = {}
         for name, value in headers:
             slot = FIELDS.get(name)
@@ -84,9 +103,9 @@ class Headroom:
                 found.setdefault(slot[0], {})[slot[1]] = value
         taken = False
         for kind, fields in found.items():
-            bucket = _bucket(fields, now, self.buckets.get(kind))
+            bucket = _bucket(fields, now, self._buckets.get(kind))
             if bucket is not None:
-                self.buckets[kind] = bucket
+                self._buckets[kind] = bucket
                 taken = True
         return taken
 

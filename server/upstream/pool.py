@@ -38,14 +38,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from functools import cached_property, lru_cache
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from server.errors import Failure
 from server.upstream.backends import BackendSpec, SecretRef
 from server.upstream.client import Upstream
-from server.upstream.headroom import Cost, rate_limits
+from server.upstream.headroom import Cost
 from server.upstream.state import PoolState
 from server.upstream.verdicts import Verdict
 
@@ -60,8 +60,10 @@ DEFAULT_COOL_SECONDS = 5.0  # a 429 that names no retry-after cools its key this
 STICKY_CALLERS = 10_000  # callers whose last key is remembered
 
 
+@lru_cache(maxsize=1024)
 def family_of(model: str) -> str:
-    """The model family rate limits are kept per: opus, sonnet, haiku, or the model id itself."""
+    """The model family rate limits are kept per: opus, sonnet, haiku, or the model id itself. Cached: a
+    gateway's calls name a few models."""
     lowered = model.lower()
     for family in FAMILIES:
         if family in lowered:
@@ -122,11 +124,12 @@ class Member:
     key_id: str  # the short id of its key; "" when it has none of its own (the AWS chain, Google ADC)
     upstream: Upstream
     credential: Credential | None = None  # the secret this member is made with, when it can change
+    # The member's name in the pool's state, "<backend>:<key id>": a new key is a new member, alive whatever
+    # the old one was (``Pool`` renames it with its key).
+    id: str = field(init=False)
 
-    @property
-    def id(self) -> str:
-        """The member's name in the pool's state: a new key is a new member, alive whatever the old one was."""
-        return f"{self.backend.name}:{self.key_id}"
+    def __post_init__(self) -> None:
+        self.id = f"{self.backend.name}:{self.key_id}"
 
 
 @dataclass(eq=False)
@@ -136,6 +139,8 @@ class Backend:
     spec: BackendSpec
     members: list[Member] = field(default_factory=list)
     ttfts: deque[float] = field(default_factory=lambda: deque(maxlen=TTFT_SAMPLES))
+    # The longest of ``ttfts``, once worked out (None: to be worked out when next needed).
+    _slowest: float | None = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -147,6 +152,16 @@ class Backend:
         url = self.spec.base_url or (self.members[0].upstream.base_url if self.members else "")
         return f"{self.spec.kind}:{urlsplit(url).netloc}"
 
+    @cached_property
+    def circuit(self) -> str:
+        """The name of the backend's circuit in the pool's state."""
+        return f"backend:{self.name}"
+
+    @cached_property
+    def platform_circuit(self) -> str:
+        """The name of its platform's circuit in the pool's state."""
+        return f"platform:{self.platform}"
+
     def p50(self) -> float | None:
         """The median of the recent times to first token, once there are enough of them."""
         if len(self.ttfts) < TTFT_MIN_SAMPLES:
@@ -157,10 +172,25 @@ class Backend:
         """The p50, when it is known and longer than ``seconds``; else None. A call's deadline is mostly far
         beyond every sample, and then no median is needed: none of them, so not their median, is longer."""
         ttfts = self.ttfts
-        if len(ttfts) < TTFT_MIN_SAMPLES or seconds >= max(ttfts):
+        if len(ttfts) < TTFT_MIN_SAMPLES:
+            return None
+        slowest = self._slowest
+        if slowest is None:
+            slowest = self._slowest = max(ttfts)
+        if seconds >= slowest:
             return None
         p50 = statistics.median(ttfts)
         return p50 if seconds < p50 else None
+
+    def observe(self, ttft: float) -> None:
+        """Keep a time to first token: the recent ``TTFT_SAMPLES``, the oldest making way."""
+        ttfts, slowest = self.ttfts, self._slowest
+        if slowest is not None:
+            if len(ttfts) == ttfts.maxlen and ttfts[0] >= slowest:
+                self._slowest = None  # the slowest makes way: worked out again when needed
+            elif ttft > slowest:
+                self._slowest = ttft
+        ttfts.append(ttft)
 
     def body_for(self, body: dict[str, Any], model_id: str) -> dict[str, Any]:
         """The request body as this backend takes it: its model id, and (Bedrock, Vertex) its anthropic_version."""
@@ -179,8 +209,7 @@ class Tried:
     too_slow: dict[str, float] = field(default_factory=dict)  # backend -> its p50, longer than the time left
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     """The member a call tries next, its id of the model, and when it may be tried (wall-clock)."""
 
     member: Member
@@ -245,7 +274,7 @@ class Pool:
         family = family_of(model)
         state = self.state
         last: list[_Entry] = []
-        ready: list[tuple[Member, str, float]] = []  # (member, its model id, its circuit open until)
+        ready: list[tuple[Member, str]] = []  # (member, its model id)
         serving = 0  # members of the backends that serve the model, whatever their state
         for backend in self.backends:
             model_id = backend.spec.model_id(model)
@@ -257,7 +286,6 @@ class Pool:
                 tried.too_slow[backend.name] = p50
                 continue
             out = backend.name in tried.backends or backend.platform in tried.platforms
-            circuit = max(state.circuit_until(_circuit(backend)), state.circuit_until(_platform(backend)))
             for member in backend.members:
                 self._refresh(member)
                 member_id = member.id
@@ -267,15 +295,21 @@ class Pool:
                 if out or member_id in tried.members or cooled > now:
                     last.append(_Entry(member, model_id, 0.0, max(cooled, now)))
                     continue
-                ready.append((member, model_id, circuit))
+                ready.append((member, model_id))
         if serving == 1 and ready:
             # The model's only member: whatever its headroom or circuit, the tiers below would pick it. Its
             # headroom is weighed against no other and its reservation would steer no choice, so neither is
             # computed (the headroom gauge still shows what its headers last said).
-            member, model_id, _ = ready[0]
+            member, model_id = ready[0]
             return Choice(member, model_id, now)
         tiers: tuple[list[_Entry], list[_Entry], list[_Entry]] = ([], [], [])  # fits, tight, behind a circuit
-        for member, model_id, circuit in ready:
+        circuits: dict[Backend, float] = {}  # backend -> its circuit (or its platform's) open until
+        for member, model_id in ready:
+            backend = member.backend
+            circuit = circuits.get(backend)
+            if circuit is None:
+                circuit = max(state.circuit_until(backend.circuit), state.circuit_until(backend.platform_circuit))
+                circuits[backend] = circuit
             headroom = state.headroom(member.id, family)
             if circuit > now:
                 tiers[2].append(_Entry(member, model_id, 0.0))
@@ -319,6 +353,7 @@ class Pool:
         self._retired.append(member.upstream)
         member.upstream = self._rebuild(member.backend, credential.value)
         old, member.key_id = member.id, key_id(credential.value)
+        member.id = f"{member.backend.name}:{member.key_id}"
         log.warning(
             "backend %s: the credential in %s changed; %s replaces %s",
             member.backend.name,
@@ -355,20 +390,18 @@ class Pool:
             if self.notify is not None:
                 self.notify("dead", member, verdict)
         elif verdict is Verdict.OVERLOADED:
-            self.state.trip(_platform(backend), now)
+            self.state.trip(backend.platform_circuit, now)
         elif verdict is Verdict.UNAVAILABLE or verdict is Verdict.TIMEOUT:
-            self.state.trip(_circuit(backend), now)
+            self.state.trip(backend.circuit, now)
 
     def served(self, member: Member, caller: str, model: str, headers: Mapping[str, str] | None, ttft: float) -> None:
         """Learn from an attempt that reached its first content delta: the time it took, its rate limits."""
         backend = member.backend
-        backend.ttfts.append(ttft)
-        self.state.reset(_circuit(backend))
-        self.state.reset(_platform(backend))
+        backend.observe(ttft)
+        self.state.reset(backend.circuit)
+        self.state.reset(backend.platform_circuit)
         if headers is not None and backend.spec.kind == "anthropic":
-            limits = rate_limits(headers)
-            if limits:
-                self.state.report(member.id, family_of(model), limits, time.time())
+            self.state.served(member.id, family_of(model), headers, time.time())
         if len(self._sticky) >= STICKY_CALLERS and caller not in self._sticky:
             self._sticky.clear()
         self._sticky[caller] = member.id
@@ -391,7 +424,7 @@ class Pool:
         backends = [
             {
                 "backend": backend.name,
-                "open": max(state.circuit_until(_circuit(backend)), state.circuit_until(_platform(backend))) > now,
+                "open": max(state.circuit_until(backend.circuit), state.circuit_until(backend.platform_circuit)) > now,
                 "ttft_p50": backend.p50(),
             }
             for backend in self.backends
@@ -402,11 +435,3 @@ class Pool:
         """Close every upstream (the state is closed by whoever made it)."""
         for upstream in [*self._retired, *(m.upstream for m in self.members)]:
             await upstream.aclose()
-
-
-def _circuit(backend: Backend) -> str:
-    return f"backend:{backend.name}"
-
-
-def _platform(backend: Backend) -> str:
-    return f"platform:{backend.platform}"

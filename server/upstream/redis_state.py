@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from server.config import Settings
 from server.redis_pipeline import Pipeline
-from server.upstream.headroom import KINDS, Bucket, Cost, Headroom
+from server.upstream.headroom import KINDS, Bucket, Cost, Headroom, rate_limits
 from server.upstream.state import CIRCUIT_BASE, CIRCUIT_MAX, PoolState
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,10 @@ class RedisPoolState(PoolState):
         super().reset(circuit)
         if known:  # a backend serving call after call does not write at every one
             self._send("delete", [CIRCUITS], (circuit,))
+
+    def served(self, member: str, family: str, headers: Mapping[str, str], now: float) -> None:
+        if limits := rate_limits(headers):
+            self.report(member, family, limits, now)  # read at once: every replica is told
 
     def report(self, member: str, family: str, headers: Iterable[tuple[str, str]], now: float) -> None:
         super().report(member, family, headers, now)

@@ -15,9 +15,9 @@ changes nothing: a burst of failures at one moment is one failure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from server.upstream.headroom import Cost, Headroom
+from server.upstream.headroom import Cost, Headroom, rate_limits
 
 CIRCUIT_BASE = 1.0
 CIRCUIT_MAX = 30.0
@@ -71,11 +71,10 @@ class PoolState:
         return until
 
     def reset(self, circuit: str) -> None:
-        if circuit in self._circuits:
-            del self._circuits[circuit]
+        self._circuits.pop(circuit, None)
 
     def report(self, member: str, family: str, headers: Iterable[tuple[str, str]], now: float) -> None:
-        """Take a response's rate-limit headers as the key's headroom for the family."""
+        """Take rate-limit headers (``headroom.rate_limits``) as the key's headroom for the family."""
         headroom = self._headroom.get((member, family))
         if headroom is None:
             headroom = Headroom()
@@ -84,6 +83,15 @@ class PoolState:
             self._headroom[(member, family)] = headroom
         else:
             headroom.report(headers, now)
+
+    def served(self, member: str, family: str, headers: Mapping[str, str], now: float) -> None:
+        """Take a served response's headers as the key's headroom for the family: read when it is next needed
+        (``Headroom.defer``), once the key has a headroom."""
+        headroom = self._headroom.get((member, family))
+        if headroom is not None:
+            headroom.defer(headers, now)
+        elif limits := rate_limits(headers):
+            self.report(member, family, limits, now)
 
     def reserve(self, member: str, family: str, cost: Cost, now: float) -> None:
         headroom = self._headroom.get((member, family))
