@@ -329,7 +329,8 @@ async def _assemble(
     quotas = quota_store(settings, store_up, clock)
     resources.push_async_callback(quotas.close)
     admission = Admission(settings, identity, policy, quotas, price_table)
-    admission.estimates = pool.managed  # the pool chooses keys by each call's estimated input
+    # The pool chooses among its members by each call's estimated input; a pool of one has no choice to make.
+    admission.estimates = pool.managed and len(pool.members) > 1
     admission.backend_prices = own_prices
     health_servicer = health.aio.HealthServicer()
     tracing = None
