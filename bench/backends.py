@@ -45,7 +45,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import yaml
@@ -70,6 +70,8 @@ FAILOVER_BUDGET = 0.002  # seconds
 BEDROCK_BUDGET = 1.2
 ONE_BACKEND_BUDGET = 1.05
 START_TIMEOUT = 300.0  # seconds a child may take to start: a hang guard
+
+T = TypeVar("T")
 
 
 def _body(prompt: str) -> dict[str, Any]:
@@ -195,26 +197,6 @@ def _per_event(run: Run) -> float:
     return float(run.gateway_cpu_s) / max(_events(run), 1)
 
 
-async def _marginal(
-    session: Session, long: Job, short: Job, gateways: dict[str, tuple[Child, str]], rounds: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]], list[str]]:
-    """Each gateway's CPU per event of ``long`` beyond ``short`` (the same streams, fewer events), per round,
-    alternating which goes first; and its CPU per event of ``long`` alone."""
-    marginal: dict[str, list[float]] = {name: [] for name in gateways}
-    whole: dict[str, list[float]] = {name: [] for name in gateways}
-    errors: list[str] = []
-    names = list(gateways)
-    for i in range(rounds):
-        for name in names if i % 2 == 0 else reversed(names):
-            gateway, target = gateways[name]
-            runs = [await _run(session, replace(job, target=target), (gateway, target)) for job in (short, long)]
-            (cpu_short, events_short), (cpu_long, events_long) = ((r.gateway_cpu_s, _events(r)) for r in runs)
-            marginal[name].append((cpu_long - cpu_short) / max(events_long - events_short, 1))
-            whole[name].append(cpu_long / max(events_long, 1))
-            errors += _errors(runs[0]) + _errors(runs[1])
-    return marginal, whole, errors
-
-
 def _errors(run: Run) -> list[str]:
     return [rec["error"] for r in run.results for rec in r.get("records", []) if rec["error"]] + [
         e for r in run.results for e in r.get("errors", {})
@@ -222,19 +204,30 @@ def _errors(run: Run) -> list[str]:
 
 
 async def _alternating(
-    session: Session, job: Job, gateways: dict[str, tuple[Child, str]], rounds: int, measure: Any
-) -> tuple[dict[str, list[float]], list[str]]:
-    """``measure`` of each gateway's run of ``job``, ``rounds`` times, alternating which goes first."""
-    values: dict[str, list[float]] = {name: [] for name in gateways}
+    session: Session,
+    jobs: tuple[Job, ...],
+    gateways: dict[str, tuple[Child, str]],
+    rounds: int,
+    measure: Callable[[list[Run]], T],
+) -> tuple[dict[str, list[T]], list[str]]:
+    """``measure`` of each gateway's runs of ``jobs`` (one after another), ``rounds`` times, alternating which
+    gateway goes first; and the errors the runs saw."""
+    values: dict[str, list[T]] = {name: [] for name in gateways}
     errors: list[str] = []
     names = list(gateways)
     for i in range(rounds):
         for name in names if i % 2 == 0 else reversed(names):
             gateway, target = gateways[name]
-            run = await _run(session, replace(job, target=target), (gateway, target))
-            values[name].append(measure(run))
-            errors += _errors(run)
+            runs = [await _run(session, replace(job, target=target), (gateway, target)) for job in jobs]
+            values[name].append(measure(runs))
+            errors += [error for run in runs for error in _errors(run)]
     return values, errors
+
+
+def _beyond(runs: list[Run]) -> tuple[float, float]:
+    """The CPU per event of the second run beyond the first (the same streams, more events), and over all of its."""
+    (cpu_short, events_short), (cpu_long, events_long) = ((run.gateway_cpu_s, _events(run)) for run in runs)
+    return (cpu_long - cpu_short) / max(events_long - events_short, 1), cpu_long / max(events_long, 1)
 
 
 async def _run(session: Session, job: Job, other: tuple[Child, str]) -> Run:
@@ -294,9 +287,14 @@ async def backends(session: Session) -> list[Row]:
         one_pair = {name: gateways[name] for name in ("anthropic", "default")}
         tiny = Job("tiny", count=plan.tiny_calls, concurrency=plan.tiny_concurrency)
 
+        def per_call(runs: list[Run]) -> float:
+            return float(runs[0].gateway_cpu_s) / plan.tiny_calls
+
         async def bedrock_row() -> list[Row]:
             short = replace(burst, tokens=tokens // 2)
-            values, whole, errors = await _marginal(session, burst, short, bedrock_pair, plan.backends_rounds)
+            pairs, errors = await _alternating(session, (short, burst), bedrock_pair, plan.backends_rounds, _beyond)
+            values = {name: [beyond for beyond, _ in each] for name, each in pairs.items()}
+            whole = {name: [all_events for _, all_events in each] for name, each in pairs.items()}
             what = f"CPU per event, Bedrock event-stream vs Anthropic SSE ({n} x {tokens} less {n} x {tokens // 2})"
             row = _ratio_row("11b", what, values, "bedrock", "anthropic", BEDROCK_BUDGET, "per event", errors)
             ratios = [a / b for a, b in zip(whole["bedrock"], whole["anthropic"], strict=True)]
@@ -308,21 +306,19 @@ async def backends(session: Session) -> list[Row]:
             return [row]
 
         async def bedrock_calls() -> list[Row]:
-            values, errors = await _alternating(
-                session, tiny, bedrock_pair, plan.backends_rounds, lambda run: run.gateway_cpu_s / plan.tiny_calls
-            )
+            values, errors = await _alternating(session, (tiny,), bedrock_pair, plan.backends_rounds, per_call)
             what = f"CPU per one-token call, Bedrock (SigV4) vs Anthropic ({plan.tiny_concurrency} at a time)"
             return [_ratio_row("11e", what, values, "bedrock", "anthropic", None, "per call", errors)]
 
         async def one_backend_rows() -> list[Row]:
-            values, errors = await _alternating(session, burst, one_pair, plan.backends_rounds, _per_event)
+            values, errors = await _alternating(
+                session, (burst,), one_pair, plan.backends_rounds, lambda runs: _per_event(runs[0])
+            )
             what = f"CPU per event, a one-backend file vs none ({n} x {tokens}, unpaced)"
             return [_ratio_row("11c", what, values, "anthropic", "default", ONE_BACKEND_BUDGET, "per event", errors)]
 
         async def one_backend_calls() -> list[Row]:
-            values, errors = await _alternating(
-                session, tiny, one_pair, plan.backends_rounds, lambda run: run.gateway_cpu_s / plan.tiny_calls
-            )
+            values, errors = await _alternating(session, (tiny,), one_pair, plan.backends_rounds, per_call)
             what = f"CPU per one-token call, a one-backend file vs none ({plan.tiny_concurrency} at a time)"
             return [_ratio_row("11d", what, values, "anthropic", "default", ONE_BACKEND_BUDGET, "per call", errors)]
 
