@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from server.call.events import Event, parse
+from server.redaction import LogRedaction, Redactor
+from server.reporting import logs
 from server.reporting.metrics import Metrics
 from server.reporting.prices import load
 from server.reporting.record import OK, CallRecord
@@ -32,6 +34,7 @@ SEE_STREAM = "see() per event over whole streams, one read each, us"
 PLAIN_LOG = "before: the plain log line per call, us"
 FINISH_OFF = "finish() + trailer per call, metrics off, us"
 FINISH_ON = "finish() + trailer per call, metrics on, us"
+SECRET = "sk-ant-bench-telemetry-key"  # the key the redaction filter looks for, as the gateway's does
 FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/sse/own_text_with_ping.sse"
 
 
@@ -78,11 +81,15 @@ def measure(calls: int, repeats: int) -> dict[str, float]:
 
     results[SEE_STREAM] = best(whole_streams, repeats) / (calls * len(events)) * 1e6
 
-    # The log line goes to a real file handler, as the gateway's goes to stderr.
+    # The log line goes to a real file handler, as the gateway's goes to stderr: the gateway's text format,
+    # its redaction filter and its logging switches (``python -m server`` sets them; restored after).
     log = logging.getLogger("server.call")
     handler = logging.FileHandler(os.devnull)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logs.text_formatter())
+    handler.addFilter(LogRedaction(Redactor((SECRET,))))
     saved = log.level, log.propagate
+    switches = {name: getattr(logging, name) for name in logs.LEAN}
+    logs.lean_records()
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # to this handler alone
@@ -113,6 +120,8 @@ def measure(calls: int, repeats: int) -> dict[str, float]:
     finally:
         log.removeHandler(handler)
         log.level, log.propagate = saved
+        for name, value in switches.items():
+            setattr(logging, name, value)
         handler.close()
     return results
 

@@ -119,13 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run_workers(settings.workers, settings.listen, argv, settings.log_format))
     if worker and settings.metrics_listen:
         settings = replace(settings, metrics_listen=metrics_listen_of_worker(settings.metrics_listen, int(worker)))
-    # One line per call: what the logging module gathers for each record and the format leaves unused
-    # is skipped (its documented "Optimization" switches): the caller's file and line (a stack walk),
-    # thread and multiprocessing names; the process id is formatted in once.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    logging.logProcesses = False
+    logs.lean_records()  # one line per call: nothing gathered for it that the format leaves unused
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(logs.formatter(settings.log_format))
     logging.basicConfig(level=settings.log_level, handlers=[stderr])

@@ -27,6 +27,9 @@ MAX_COUNT = 10_000_000  # tokens (or tool requests) one call may report of a kin
 MAX_TEXT = 64  # characters of a string value (``service_tier``)
 MAX_ENTRIES = 32  # values in the merged object, nested ones counted: the API's have about ten
 _KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")  # a usage name, as the API writes them
+# Usage names seen to match ``_KEY``, so that each is matched once: the API's are about twenty.
+_NAMES: set[str] = set()
+_MAX_NAMES = 256
 _SCALARS = frozenset({int, float, str, bool, type(None)})  # JSON's: never a Mapping, known without the ABC check
 
 
@@ -136,11 +139,11 @@ class Usage:
 def _problem(usage: Mapping[str, Any]) -> str | None:
     """Why ``usage`` (one usage object from the upstream) cannot be merged; None if it can."""
     for key, value in usage.items():
-        if type(key) is not str or _KEY.fullmatch(key) is None:
+        if key not in _NAMES and not _is_name(key):
             return "a key that is not a usage name"
         if _is_object(value):
             for inner, item in value.items():
-                if type(inner) is not str or _KEY.fullmatch(inner) is None:
+                if inner not in _NAMES and not _is_name(inner):
                     return f"{key}: a key that is not a usage name"
                 problem = _value_problem(item)
                 if problem is not None:
@@ -150,6 +153,15 @@ def _problem(usage: Mapping[str, Any]) -> str | None:
             if problem is not None:
                 return f"{key} {problem}"
     return None
+
+
+def _is_name(key: object) -> bool:
+    """Whether ``key`` is a usage name (``_KEY``); one that is is remembered, up to ``_MAX_NAMES`` of them."""
+    if type(key) is not str or _KEY.fullmatch(key) is None:
+        return False
+    if len(_NAMES) < _MAX_NAMES:
+        _NAMES.add(key)
+    return True
 
 
 def _value_problem(value: Any) -> str | None:
@@ -174,7 +186,10 @@ def _is_object(value: Any) -> TypeGuard[Mapping[str, Any]]:
 
 def _size(values: Mapping[str, Any]) -> int:
     """How many values ``values`` holds, nested ones counted: at least ``_entries`` of it and anything merged in."""
-    return sum(len(v) if _is_object(v) else 1 for v in values.values())
+    size = 0
+    for value in values.values():
+        size += len(value) if type(value) is dict or (type(value) not in _SCALARS and _is_object(value)) else 1
+    return size
 
 
 def _entries(values: Mapping[str, Any], usage: Mapping[str, Any]) -> int:
