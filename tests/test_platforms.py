@@ -27,8 +27,8 @@ from simulator import HttpError, Limits, Malformed, Replay, Simulator, SpendLimi
 from tests.harness import run
 
 ROOT = Path(__file__).resolve().parents[1]
-ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929"
-BEDROCK_MODEL = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+ANTHROPIC_MODEL = "claude-sonnet-4-6"
+BEDROCK_MODEL = "anthropic.claude-sonnet-4-6-v1:0"
 VERTEX_MODEL = "claude-sonnet-4-5@20250929"
 ACCESS_KEY, SECRET = "AKIASIMULATOR0000001", "fake-secret"
 TOKEN = "ya29.fake-access-token"
@@ -127,7 +127,7 @@ def test_the_sdks_platform_clients_stream_the_same_reply() -> None:
             ("bedrock", ACCESS_KEY, BEDROCK_MODEL, 200),
             ("vertex", TOKEN, VERTEX_MODEL, 200),
         ]
-        signed, stream_path = sim.requests[1], "/model/anthropic.claude-sonnet-4-5-20250929-v1:0"
+        signed, stream_path = sim.requests[1], "/model/anthropic.claude-sonnet-4-6-v1:0"
         assert signed.path == f"{stream_path}/invoke-with-response-stream"
         assert sim.requests[5].path == f"{stream_path}/invoke"
         assert re.fullmatch(

@@ -140,7 +140,7 @@ def test_forget_aws_sessions_makes_bedrock_clients_read_the_environment_again(
         client = anthropic.AsyncAnthropicBedrock(aws_region="us-east-1", base_url=sim.base_url, max_retries=0)
         async with client:
             await client.messages.create(
-                model="anthropic.claude-sonnet-4-5-20250929-v1:0",
+                model="anthropic.claude-sonnet-4-6-v1:0",
                 max_tokens=5,
                 messages=[{"role": "user", "content": "x"}],
             )
