@@ -188,7 +188,7 @@ def _size(values: Mapping[str, Any]) -> int:
     """How many values ``values`` holds, nested ones counted: at least ``_entries`` of it and anything merged in."""
     size = 0
     for value in values.values():
-        size += len(value) if type(value) is dict or (type(value) not in _SCALARS and _is_object(value)) else 1
+        size += len(value) if _is_object(value) else 1
     return size
 
 

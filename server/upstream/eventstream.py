@@ -510,14 +510,6 @@ class BedrockDecoder(FramingDecoder[Frame]):
                     self._patterns += 1
             self._append(out, event)
 
-    def _chunk(self, out: list[Frame], payload: bytes) -> None:
-        """Append the event of a chunk's ``payload`` that is not in Bedrock's own layout (or is a long one)."""
-        try:
-            event = chunk_json(payload)
-        except EventStreamError as exc:
-            self._refuse(out, exc)
-        self._append(out, event)
-
     def _append(self, out: list[Frame], event: bytes) -> None:
         if len(event) > self._max_event:
             raise EventTooLargeError(len(event))
