@@ -42,6 +42,8 @@ class Plan:
     # 11. backends file: failover rounds (one-token calls), then rounds of each CPU comparison
     backends_failover_rounds: int = 100  # each waits out the primary's 1 s back-off
     backends_rounds: int = 5
+    # 13. the server against earlier commits: rounds of row 3c's calls and of row 2b's paced streams
+    baseline_rounds: int = 5
     # 12. the public stream method (``sweep``): chunks every interval, the concurrency steps, and at least this
     # many streams per step (each slot reads two or more, back to back)
     sweep_levels: tuple[int, ...] = (1, 8, 32, 128, 512, 1024)
@@ -74,5 +76,6 @@ QUICK = Plan(
     sweep_min_streams=4,
     backends_failover_rounds=50,
     backends_rounds=2,
+    baseline_rounds=2,
     telemetry_calls=200,
 )

@@ -121,8 +121,9 @@ class Processes:
         cpus: tuple[int, ...],
         env: dict[str, str] | None = None,
         stdin: bool = False,
+        cwd: Path | None = None,
     ) -> Child:
-        """Start ``argv`` from the project root; stderr to ``<logs>/<name>.log``."""
+        """Start ``argv`` from ``cwd`` (default the project root); stderr to ``<logs>/<name>.log``."""
         self._serial += 1
         log = self.logs / f"{self._serial:03d}-{name}.log"
         if self.pin and cpus:
@@ -130,7 +131,7 @@ class Processes:
         with log.open("wb") as stderr:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                cwd=ROOT,
+                cwd=cwd or ROOT,
                 env=_clean_env(env or {}),
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,

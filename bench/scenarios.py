@@ -13,6 +13,7 @@
 9. CPU per relayed event over the Messages API (/v1/messages, SSE) against over gRPC
 10. resumable streams on Redis
 12. the public per-stream method: a concurrency sweep of paced streams (``sweep``)
+13. the server against its code at earlier commits, per call and per event (``baseline``)
 
 Latency is always simulator write -> client read (see ``stamps``); CPU is /proc utime+stime of the
 gateway process (see ``usage``). Verdicts compare against the targets of issue #5.
@@ -29,10 +30,12 @@ from typing import Any
 
 from bench import telemetry
 from bench.backends import backends
+from bench.baseline import baseline
 from bench.jobs import Job
 from bench.processes import Child, result
 from bench.report import Row, judged, ms, pct
 from bench.session import Run, Session
+from bench.stamps import upstream_closes
 from bench.stats import Summary, summarize
 from bench.sweep import sweep
 from bench.usage import rss_bytes
@@ -617,16 +620,6 @@ async def cancel(session: Session) -> list[Row]:
     ]
 
 
-def upstream_closes(log: str) -> dict[str, int]:
-    """Upstream request id -> CLOCK_MONOTONIC ns at which the gateway closed its response unread."""
-    out = {}
-    for line in log.splitlines():
-        head, sep, ns = line.partition(" closed unread at monotonic_ns ")
-        if sep and " upstream " in head:
-            out[head.rsplit(" ", 1)[-1]] = int(ns)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # 7. workers
 
@@ -922,6 +915,7 @@ SCENARIOS: dict[str, Callable[[Session], Awaitable[list[Row]]]] = {
     "10": resumable,
     "11": backends,
     "12": sweep,
+    "13": baseline,
 }
 
 NAMES = {
@@ -937,4 +931,5 @@ NAMES = {
     "10": "resumable streams on Redis",
     "11": "backends file: failover, Bedrock, one backend",
     "12": "the public stream method (concurrency sweep)",
+    "13": "the server against earlier commits",
 }

@@ -41,3 +41,14 @@ def stamp_of(text: str) -> int | None:
     """The stamp in one delta's text, or None if it carries none."""
     match = _STAMP.search(text.encode())
     return int(match.group(1)) if match else None
+
+
+def upstream_closes(log: str) -> dict[str, int]:
+    """Upstream request id -> CLOCK_MONOTONIC ns at which the gateway closed its response unread, from the DEBUG
+    lines of a gateway's log."""
+    out = {}
+    for line in log.splitlines():
+        head, sep, ns = line.partition(" closed unread at monotonic_ns ")
+        if sep and " upstream " in head:
+            out[head.rsplit(" ", 1)[-1]] = int(ns)
+    return out

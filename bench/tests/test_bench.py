@@ -22,9 +22,9 @@ from bench import conversion, floor, prices, telemetry
 from bench.calls import Samples, StreamRecord, gateway_request, read_gateway, read_sdk, stream_method
 from bench.jobs import Clients, Job
 from bench.report import Row, ms, table
-from bench.scenarios import schedule, upstream_closes
+from bench.scenarios import schedule
 from bench.sockets import unread_by_remote_port
-from bench.stamps import stamp_frame, stamp_of, stamps_in
+from bench.stamps import stamp_frame, stamp_of, stamps_in, upstream_closes
 from bench.stats import percentile, summarize
 from bench.upstream import StampingConnection, records
 from bench.usage import cpu_seconds, rss_bytes

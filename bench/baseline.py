@@ -1,0 +1,263 @@
+"""Row 13: the gateway's code as it stands against its code at earlier commits, in the same run.
+
+Rows 2b and 3c compare the gateway with a bare SDK reader; across runs on this shared host those
+ratios move by several percent (the host's speed does). Whether a change of the server's code cost
+something per event or per call is measured here instead, with the code before it as the baseline, in
+one run: each commit of ``BASELINES`` is read out of the repository's history (``git archive``) into a
+temporary directory, and its ``python -m server`` runs from there on the gateway's core, beside the
+code as it stands, against the same stamping simulator. One gateway is measured at a time, the others
+idle, alternating which goes first, ``plan.baseline_rounds`` rounds:
+
+- 13a, CPU per one-token call: row 3c's calls (``plan.tiny_calls``, ``plan.tiny_concurrency`` at a time);
+- 13b, CPU per relayed event: row 2b's paced streams (``plan.capacity_sizes[0]`` x ``plan.tps``);
+- 13c, cancel-to-close: row 6's cancelled streams, each gateway logging at DEBUG, the closes read from its log.
+
+13a and 13b give the median over the rounds of the per-round ratio to the first baseline; 13c the p50 and p99 of
+every round's closes together. The budget
+(within 5%) is the restructured server's (``RESTRUCTURED``) against the code before the restructuring
+(``BEFORE``); the code as it stands is given against both, and what it adds beyond the restructured
+server is the cost of the features landed since, named in the row.
+
+A clone without that history (a shallow one) gets a row saying so instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.jobs import Job
+from bench.processes import ROOT, Child
+from bench.report import Row, judged, ms
+from bench.session import Run, Session
+from bench.stamps import upstream_closes
+from bench.stats import summarize
+
+BEFORE = "44e4781"  # the last commit before the server was grouped into ports, call, upstream, limits, reporting
+RESTRUCTURED = "ff25f0c"  # the last commit of that restructuring, before the features landed after it
+BASELINES = {"before": BEFORE, "restructured": RESTRUCTURED}
+NOW = "now"
+BUDGET = 1.05
+SINCE = (
+    "Bedrock and Vertex backends and the pool, resumable streams, the usage check, the body policy and "
+    "the request-body budget"
+)
+CLOSE_WAIT = 10.0  # seconds the last closes of a cancel run may take to reach the gateway's log: a hang guard
+START_TIMEOUT = 300.0  # seconds a gateway may take to start on a busy machine: a hang guard
+
+
+def _extract(commit: str, into: Path) -> None:
+    """The files of ``commit`` (server/, client/ and the rest) under ``into``."""
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+
+
+def _known(commit: str) -> bool:
+    found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True)
+    return found.returncode == 0
+
+
+async def _gateway(session: Session, name: str, root: Path | None, **settings: str) -> tuple[Child, str]:
+    """``python -m server`` of the code under ``root`` (None: as it stands) on the gateway's core, with the
+    settings ``Processes.gateway`` gives and ``settings``."""
+    procs = session.procs
+    env = {
+        "ANTHROPIC_BASE_URL": session.base_url,
+        "ANTHROPIC_API_KEY": "bench",
+        "GATEWAY_LISTEN": "127.0.0.1:0",
+        **settings,
+    }
+    if root is not None:
+        # Ahead of the editable installs of the code as it stands: that commit's server and its client.
+        env["PYTHONPATH"] = f"{root}:{root / 'client'}"
+    child = await procs.spawn(
+        f"gateway-{name}", [sys.executable, "-m", "server"], cpus=procs.gateway_cpus, env=env, cwd=root
+    )
+    return child, (await child.expect("gateway listening on ", START_TIMEOUT)).split()[0]
+
+
+@dataclass
+class _Measure:
+    key: str
+    what: str
+    unit: str
+    jobs: Callable[[str], list[Job]]
+    per: Callable[[Run], float]
+
+
+def _errors(run: Run) -> list[str]:
+    return [rec["error"] for r in run.results for rec in r.get("records", []) if rec["error"]] + [
+        e for r in run.results for e in r.get("errors", {})
+    ]
+
+
+async def _rounds(
+    session: Session, measure: _Measure, gateways: dict[str, tuple[Child, str]], rounds: int
+) -> tuple[dict[str, list[float]], list[str]]:
+    values: dict[str, list[float]] = {name: [] for name in gateways}
+    errors: list[str] = []
+    names = list(gateways)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            gateway, target = gateways[name]
+            run = await session.run(measure.jobs(target), (gateway, target))
+            values[name].append(measure.per(run))
+            errors += _errors(run)
+    return values, errors
+
+
+def _ratio(values: dict[str, list[float]], of: str, to: str) -> tuple[float, list[float]]:
+    ratios = [a / b for a, b in zip(values[of], values[to], strict=True)]
+    return statistics.median(ratios), ratios
+
+
+def _row(measure: _Measure, values: dict[str, list[float]], errors: list[str]) -> Row:
+    us = {name: statistics.median(v) * 1e6 for name, v in values.items()}
+    restructured, restructured_ratios = _ratio(values, "restructured", "before")
+    now, now_ratios = _ratio(values, NOW, "before")
+    since, since_ratios = _ratio(values, NOW, "restructured")
+    rounds = "; ".join(
+        f"{name} " + "/".join(f"{v * 1e6:.1f}" for v in values[name]) for name in ("before", "restructured", NOW)
+    )
+    return Row(
+        measure.key,
+        f"{measure.what}: the restructured server ({RESTRUCTURED}) against the code before it ({BEFORE})",
+        f"{restructured:.2f}x ({us['restructured']:.1f} against {us['before']:.1f} us {measure.unit}); the code as it "
+        f"stands {us[NOW]:.1f} us, {now:.2f}x {BEFORE} and {since:.2f}x {RESTRUCTURED} (medians of "
+        f"{len(values[NOW])} rounds)",
+        f"<= {BUDGET:.2f}x",
+        judged(restructured <= BUDGET and not errors),
+        f"what the code as it stands adds beyond {RESTRUCTURED}: {SINCE}. Per round, us {measure.unit}: {rounds}; "
+        f"errors {errors[:3] or 'none'}",
+        {
+            "restructured_ratio": restructured,
+            "now_ratio": now,
+            "since_ratio": since,
+            "ratios": {"restructured": restructured_ratios, "now": now_ratios, "since": since_ratios},
+            "values": values,
+            "errors": errors[:10],
+        },
+    )
+
+
+async def _gateways(session: Session, roots: dict[str, Path | None], **settings: str) -> dict[str, tuple[Child, str]]:
+    return {name: await _gateway(session, name, root, **settings) for name, root in roots.items()}
+
+
+async def _stop(session: Session, gateways: dict[str, tuple[Child, str]]) -> None:
+    for gateway, _ in gateways.values():
+        await session.procs.stop(gateway)
+
+
+async def _cancel_gaps(session: Session, gateway: Child, target: str) -> tuple[list[float], list[str]]:
+    """Seconds from each client cancel to the gateway's log line closing that upstream response (row 6's
+    ``gap``), and what went wrong."""
+    plan = session.plan
+    await session.records()  # forget earlier requests
+    job = Job("cancel", target=target, count=plan.cancels, tokens=1000, tps=plan.tps, after_deltas=3,
+              concurrency=plan.cancel_concurrency)  # fmt: skip
+    run = await session.run([job], (gateway, target))
+    request_ids = {rec["tag"]: rec["request_id"] for rec in await session.records()}
+    (res,) = run.results
+    wanted = [(c["cancel_ns"], request_ids.get(c["tag"], "")) for c in res["cancels"]]
+    deadline = time.monotonic() + CLOSE_WAIT
+    while True:  # the last closes may be logged after the client is done: wait for them, within a bound
+        closes = upstream_closes(gateway.log.read_text(errors="replace"))
+        if all(rid in closes for _, rid in wanted) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    gaps = [(closes[rid] - ns) / 1e9 for ns, rid in wanted if rid in closes]
+    never = len(wanted) - len(gaps)
+    return gaps, [f"{never} never closed"] * bool(never) + list(res["errors"])
+
+
+def _cancel_row(gaps: dict[str, list[float]], errors: list[str], rounds: int) -> Row:
+    found = {name: summarize(values) for name, values in gaps.items()}
+    before, restructured, now = found["before"], found["restructured"], found[NOW]
+    ratio = restructured.p99 / before.p99
+    return Row(
+        "13c",
+        f"cancel-to-close p50/p99: the restructured server ({RESTRUCTURED}) against the code before it ({BEFORE})",
+        f"{ms(restructured.p50)} / {ms(restructured.p99)} against {ms(before.p50)} / {ms(before.p99)}: p99 "
+        f"{ratio:.2f}x; the code as it stands {ms(now.p50)} / {ms(now.p99)} ({rounds} rounds together)",
+        f"p99 <= {BUDGET:.2f}x",
+        judged(ratio <= BUDGET and not errors),
+        f"{sum(len(v) for v in gaps.values())} closes; max {ms(before.max)}, {ms(restructured.max)}, {ms(now.max)}; "
+        f"errors {errors[:3] or 'none'}",
+        {"gaps_s": {name: summary.as_json() for name, summary in found.items()}, "p99_ratio": ratio,
+         "errors": errors[:10]},
+    )  # fmt: skip
+
+
+async def baseline(session: Session) -> list[Row]:
+    plan = session.plan
+    missing = [commit for commit in BASELINES.values() if not _known(commit)]
+    if missing:
+        return [Row("13", "the server against earlier commits", "not run", "", "info",
+                    f"this clone lacks {', '.join(missing)} (a shallow clone?)")]  # fmt: skip
+    n = plan.capacity_sizes[0]
+
+    def paced(target: str) -> list[Job]:
+        return [
+            Job("streams", target=target, streams=k, tokens=plan.capacity_tokens, tps=plan.tps, ramp=plan.ramp,
+                channels=session.channels(k))
+            for k in session.split(n)
+        ]  # fmt: skip
+
+    def events(run: Run) -> float:
+        count: int = sum(rec["events"] for r in run.results for rec in r["records"])
+        return run.gateway_cpu_s / max(count, 1)
+
+    measures = [
+        _Measure(
+            "13a",
+            f"CPU per one-token call ({plan.tiny_concurrency} at a time)",
+            "per call",
+            lambda target: [Job("tiny", target=target, count=plan.tiny_calls, concurrency=plan.tiny_concurrency)],
+            lambda run: run.gateway_cpu_s / plan.tiny_calls,
+        ),
+        _Measure("13b", f"CPU per relayed event ({n} x {plan.tps:g}/s)", "per event", paced, events),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
+        roots: dict[str, Path | None] = {}
+        for name, commit in BASELINES.items():
+            roots[name] = Path(scratch) / commit
+            await asyncio.to_thread(_extract, commit, Path(scratch) / commit)
+        roots[NOW] = None
+        gateways = await _gateways(session, roots)
+        try:
+            for measure in measures:
+                try:
+                    values, errors = await _rounds(session, measure, gateways, plan.baseline_rounds)
+                    rows.append(_row(measure, values, errors))
+                except Exception as exc:
+                    rows.append(Row(measure.key, measure.what, "error", "", "error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            await _stop(session, gateways)
+        gateways = await _gateways(session, roots, GATEWAY_LOG_LEVEL="DEBUG")
+        try:
+            gaps: dict[str, list[float]] = {name: [] for name in gateways}
+            cancel_errors: list[str] = []
+            names = list(gateways)
+            for i in range(plan.baseline_rounds):
+                for name in names if i % 2 == 0 else reversed(names):
+                    found, wrong = await _cancel_gaps(session, *gateways[name])
+                    gaps[name] += found
+                    cancel_errors += [f"{name}: {e}" for e in wrong]
+            rows.append(_cancel_row(gaps, cancel_errors, plan.baseline_rounds))
+        except Exception as exc:
+            rows.append(Row("13c", "cancel-to-close", "error", "", "error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            await _stop(session, gateways)
+    return rows
