@@ -1,22 +1,22 @@
 """Row 13: the gateway's code as it stands against its code at earlier commits, in the same run.
 
 Rows 2b and 3c compare the gateway with a bare SDK reader; across runs on this shared host those
-ratios move by several percent (the host's speed does). Whether a change of the server's code cost
-something per event or per call is measured here instead, with the code before it as the baseline, in
-one run: each commit of ``BASELINES`` is read out of the repository's history (``git archive``) into a
-temporary directory, and its ``python -m server`` runs from there on the gateway's core, beside the
-code as it stands, against the same stamping simulator. One gateway is measured at a time, the others
-idle, alternating which goes first, ``plan.baseline_rounds`` rounds:
+ratios move by several percent (the host's speed does). What a change of the server's code cost per
+call or per event is measured here instead, with the code before it as the baseline, in one run: each
+commit of ``STEPS`` is read out of the repository's history (``git archive``) into a temporary
+directory, and its ``python -m server`` runs from there on the gateway's core, beside the code as it
+stands, against the same stamping simulator. One gateway is measured at a time, the others idle,
+alternating the order, ``plan.baseline_rounds`` rounds:
 
-- 13a, CPU per one-token call: row 3c's calls (``plan.tiny_calls``, ``plan.tiny_concurrency`` at a time);
+- 13a, CPU per one-token call: row 3c's calls (``plan.tiny_calls``, ``plan.tiny_concurrency`` at a time),
+  through every step of ``STEPS``;
 - 13b, CPU per relayed event: row 2b's paced streams (``plan.capacity_sizes[0]`` x ``plan.tps``);
 - 13c, cancel-to-close: row 6's cancelled streams, each gateway logging at DEBUG, the closes read from its log.
 
-13a and 13b give the median over the rounds of the per-round ratio to the first baseline; 13c the p50 and p99 of
-every round's closes together. The budget
-(within 5%) is the restructured server's (``RESTRUCTURED``) against the code before the restructuring
-(``BEFORE``); the code as it stands is given against both, and what it adds beyond the restructured
-server is the cost of the features landed since, named in the row.
+13b and 13c run the code before the restructuring (``BEFORE``), its last commit (``RESTRUCTURED``) and the
+code as it stands. 13a and 13b give medians of per-round ratios; 13c the p50 and p99 of every round's closes
+together. The budget (within 5%) is the restructured server's against the code before it; the code as it
+stands is given against both, and 13a gives what each later step added to a call, in the order they landed.
 
 A clone without that history (a shallow one) gets a row saying so instead.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import statistics
 import subprocess
 import sys
@@ -44,13 +45,21 @@ from bench.stats import summarize
 
 BEFORE = "44e4781"  # the last commit before the server was grouped into ports, call, upstream, limits, reporting
 RESTRUCTURED = "ff25f0c"  # the last commit of that restructuring, before the features landed after it
-BASELINES = {"before": BEFORE, "restructured": RESTRUCTURED}
 NOW = "now"
-BUDGET = 1.05
-SINCE = (
-    "Bedrock and Vertex backends and the pool, resumable streams, the usage check, the body policy and "
-    "the request-body budget"
+# The way from BEFORE to the code as it stands, in the order it landed: each step's name, its commit (None: the
+# code as it stands) and what it brought to a call's path. 13a measures every step; 13b and 13c the first two
+# and the last.
+STEPS: tuple[tuple[str, str | None, str], ...] = (
+    ("before", BEFORE, "the code before the restructuring"),
+    ("restructured", RESTRUCTURED, "the restructuring (ports, call, upstream, limits, reporting)"),
+    ("prices", "e45e5cb", "prices from genai-prices by the model that served, spend budgets, the JSON log format"),
+    ("hardening", "efbbf58", "the body policy, admission before the body is read, the request-body budget"),
+    ("pool", "765e6d4", "the pool of keys and backends"),
+    ("resumable", "9765563", "every stream named and numbered (resumable streams)"),
+    (NOW, None, "the upstream usage check, the secret scan of each read, drain refusals, and this round's savings"),
 )
+ENDS = ("before", "restructured", NOW)
+BUDGET = 1.05
 CLOSE_WAIT = 10.0  # seconds the last closes of a cancel run may take to reach the gateway's log: a hang guard
 START_TIMEOUT = 300.0  # seconds a gateway may take to start on a busy machine: a hang guard
 
@@ -122,13 +131,22 @@ def _ratio(values: dict[str, list[float]], of: str, to: str) -> tuple[float, lis
 
 
 def _row(measure: _Measure, values: dict[str, list[float]], errors: list[str]) -> Row:
+    """The restructured server against the code before it (the budget), the code as it stands against both,
+    and, where ``values`` has every step, what each step added to the one before it."""
     us = {name: statistics.median(v) * 1e6 for name, v in values.items()}
     restructured, restructured_ratios = _ratio(values, "restructured", "before")
     now, now_ratios = _ratio(values, NOW, "before")
     since, since_ratios = _ratio(values, NOW, "restructured")
-    rounds = "; ".join(
-        f"{name} " + "/".join(f"{v * 1e6:.1f}" for v in values[name]) for name in ("before", "restructured", NOW)
-    )
+    names = [name for name, _, _ in STEPS if name in values]
+    steps = {later: _ratio(values, later, earlier)[0] for earlier, later in itertools.pairwise(names)}
+    if len(names) == len(STEPS):
+        what = {name: brought for name, _, brought in STEPS}
+        chain = "each step against the one before it (median of the per-round ratios): " + "; ".join(
+            f"{name} {ratio:.3f}x ({what[name]})" for name, ratio in steps.items()
+        )
+    else:
+        chain = f"what the code as it stands adds beyond {RESTRUCTURED}: every later step of 13a"
+    rounds = "; ".join(f"{name} " + "/".join(f"{v * 1e6:.1f}" for v in values[name]) for name in names)
     return Row(
         measure.key,
         f"{measure.what}: the restructured server ({RESTRUCTURED}) against the code before it ({BEFORE})",
@@ -137,12 +155,12 @@ def _row(measure: _Measure, values: dict[str, list[float]], errors: list[str]) -
         f"{len(values[NOW])} rounds)",
         f"<= {BUDGET:.2f}x",
         judged(restructured <= BUDGET and not errors),
-        f"what the code as it stands adds beyond {RESTRUCTURED}: {SINCE}. Per round, us {measure.unit}: {rounds}; "
-        f"errors {errors[:3] or 'none'}",
+        f"{chain}. Per round, us {measure.unit}: {rounds}; errors {errors[:3] or 'none'}",
         {
             "restructured_ratio": restructured,
             "now_ratio": now,
             "since_ratio": since,
+            "steps": steps,
             "ratios": {"restructured": restructured_ratios, "now": now_ratios, "since": since_ratios},
             "values": values,
             "errors": errors[:10],
@@ -201,7 +219,7 @@ def _cancel_row(gaps: dict[str, list[float]], errors: list[str], rounds: int) ->
 
 async def baseline(session: Session) -> list[Row]:
     plan = session.plan
-    missing = [commit for commit in BASELINES.values() if not _known(commit)]
+    missing = [commit for _, commit, _ in STEPS if commit is not None and not _known(commit)]
     if missing:
         return [Row("13", "the server against earlier commits", "not run", "", "info",
                     f"this clone lacks {', '.join(missing)} (a shallow clone?)")]  # fmt: skip
@@ -231,21 +249,22 @@ async def baseline(session: Session) -> list[Row]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as scratch:
         roots: dict[str, Path | None] = {}
-        for name, commit in BASELINES.items():
-            roots[name] = Path(scratch) / commit
-            await asyncio.to_thread(_extract, commit, Path(scratch) / commit)
-        roots[NOW] = None
+        for name, commit, _ in STEPS:
+            roots[name] = None if commit is None else Path(scratch) / commit
+            if commit is not None:
+                await asyncio.to_thread(_extract, commit, Path(scratch) / commit)
         gateways = await _gateways(session, roots)
         try:
             for measure in measures:
+                measured = gateways if measure.key == "13a" else {name: gateways[name] for name in ENDS}
                 try:
-                    values, errors = await _rounds(session, measure, gateways, plan.baseline_rounds)
+                    values, errors = await _rounds(session, measure, measured, plan.baseline_rounds)
                     rows.append(_row(measure, values, errors))
                 except Exception as exc:
                     rows.append(Row(measure.key, measure.what, "error", "", "error", f"{type(exc).__name__}: {exc}"))
         finally:
             await _stop(session, gateways)
-        gateways = await _gateways(session, roots, GATEWAY_LOG_LEVEL="DEBUG")
+        gateways = await _gateways(session, {name: roots[name] for name in ENDS}, GATEWAY_LOG_LEVEL="DEBUG")
         try:
             gaps: dict[str, list[float]] = {name: [] for name in gateways}
             cancel_errors: list[str] = []
