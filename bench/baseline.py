@@ -9,7 +9,8 @@ stands, against the same stamping simulator. One gateway is measured at a time, 
 alternating the order, ``plan.baseline_rounds`` rounds:
 
 - 13a, CPU per one-token call: row 3c's calls (``plan.tiny_calls``, ``plan.tiny_concurrency`` at a time),
-  through every step of ``STEPS``;
+  through every step of ``STEPS``, and through the first and the last at ``GATEWAY_LOG_LEVEL=WARNING`` (no
+  JSON line per call: ``QUIET``);
 - 13b, CPU per relayed event: row 2b's paced streams (``plan.capacity_sizes[0]`` x ``plan.tps``);
 - 13c, cancel-to-close: row 6's cancelled streams, each gateway logging at DEBUG, the closes read from its log.
 
@@ -59,6 +60,9 @@ STEPS: tuple[tuple[str, str | None, str], ...] = (
     (NOW, None, "the upstream usage check, the secret scan of each read, drain refusals, and this round's savings"),
 )
 ENDS = ("before", "restructured", NOW)
+# 13a also runs the first and the last step with the log at WARNING, so without the JSON line each call writes
+# at INFO: what the features cost beside the line, and what the line costs on its own.
+QUIET = {"before": "before-no-call-line", NOW: "now-no-call-line"}
 BUDGET = 1.05
 CLOSE_WAIT = 10.0  # seconds the last closes of a cancel run may take to reach the gateway's log: a hang guard
 START_TIMEOUT = 300.0  # seconds a gateway may take to start on a busy machine: a hang guard
@@ -146,6 +150,19 @@ def _row(measure: _Measure, values: dict[str, list[float]], errors: list[str]) -
         )
     else:
         chain = f"what the code as it stands adds beyond {RESTRUCTURED}: every later step of 13a"
+    quiet: dict[str, float] = {}
+    if all(name in values for name in QUIET.values()):
+        quiet = {
+            "now": _ratio(values, QUIET[NOW], QUIET["before"])[0],
+            "line_before": _ratio(values, "before", QUIET["before"])[0],
+            "line_now": _ratio(values, NOW, QUIET[NOW])[0],
+        }
+        chain += (
+            f". With no call line on either (GATEWAY_LOG_LEVEL=WARNING), the code as it stands is {quiet['now']:.3f}x "
+            f"{BEFORE}; the call line costs {quiet['line_before']:.3f}x a call without it in {BEFORE} and "
+            f"{quiet['line_now']:.3f}x in the code as it stands"
+        )
+        names += list(QUIET.values())
     rounds = "; ".join(f"{name} " + "/".join(f"{v * 1e6:.1f}" for v in values[name]) for name in names)
     return Row(
         measure.key,
@@ -161,6 +178,7 @@ def _row(measure: _Measure, values: dict[str, list[float]], errors: list[str]) -
             "now_ratio": now,
             "since_ratio": since,
             "steps": steps,
+            "without_call_line": quiet,
             "ratios": {"restructured": restructured_ratios, "now": now_ratios, "since": since_ratios},
             "values": values,
             "errors": errors[:10],
@@ -254,6 +272,8 @@ async def baseline(session: Session) -> list[Row]:
             if commit is not None:
                 await asyncio.to_thread(_extract, commit, Path(scratch) / commit)
         gateways = await _gateways(session, roots)
+        quiet = {QUIET[name]: roots[name] for name in QUIET}
+        gateways |= await _gateways(session, quiet, GATEWAY_LOG_LEVEL="WARNING")
         try:
             for measure in measures:
                 measured = gateways if measure.key == "13a" else {name: gateways[name] for name in ENDS}
