@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.baseline import BUDGET, ENDS, NOW, QUIET, STEPS, _extract, _known, _row
+from bench.baseline import BUDGET, ENDS, NOW, QUIET, STEPS, _extract, _known, _Measure, _row
 from bench.processes import ROOT
 from bench.report import Row
 
@@ -41,9 +41,7 @@ def test_each_steps_server_is_read_out_of_history_and_imports_here(commit: str, 
                                     str(tmp_path / "client" / "claude_gateway" / "__init__.py")]  # fmt: skip
 
 
-def _measure(key: str) -> object:
-    from bench.baseline import _Measure
-
+def _measure(key: str) -> _Measure:
     return _Measure(key, "what", "per call", lambda target: [], lambda run: 0.0)
 
 
@@ -53,7 +51,7 @@ def test_row_judges_the_restructuring_and_gives_each_step_against_the_one_before
     for i, (name, _, _) in enumerate(STEPS):
         factor = 1.0 if i == 0 else 1.02 * 1.01 ** (i - 1)
         values[name] = [0.002 * factor * round_ for round_ in (1.0, 1.1, 0.9)]
-    row = _row(_measure("13a"), values, [])  # type: ignore[arg-type]
+    row = _row(_measure("13a"), values, [])
     assert isinstance(row, Row)
     assert row.verdict == "pass"
     assert row.data["restructured_ratio"] == pytest.approx(1.02)
@@ -71,7 +69,7 @@ def test_row_gives_the_call_lines_share_where_it_was_measured() -> None:
     values[NOW] = [0.0022, 0.0022]
     values[QUIET["before"]] = [0.0019, 0.0019]
     values[QUIET[NOW]] = [0.0020, 0.0020]
-    quiet = _row(_measure("13a"), values, []).data["without_call_line"]  # type: ignore[arg-type]
+    quiet = _row(_measure("13a"), values, []).data["without_call_line"]
     assert quiet["now"] == pytest.approx(0.0020 / 0.0019)
     assert quiet["line_before"] == pytest.approx(0.002 / 0.0019)
     assert quiet["line_now"] == pytest.approx(0.0022 / 0.0020)
@@ -80,10 +78,9 @@ def test_row_gives_the_call_lines_share_where_it_was_measured() -> None:
 def test_row_fails_a_restructuring_past_the_budget_or_with_errors() -> None:
     values = {name: [0.002, 0.002] for name in ENDS}
     values["restructured"] = [0.002 * (BUDGET + 0.01)] * 2
-    assert _row(_measure("13b"), values, []).verdict == "FAIL"  # type: ignore[arg-type]
+    assert _row(_measure("13b"), values, []).verdict == "FAIL"
     values["restructured"] = [0.002, 0.002]
-    assert _row(_measure("13b"), values, []).verdict == "pass"  # type: ignore[arg-type]
-    assert _row(_measure("13b"), values, ["UNAVAILABLE"]).verdict == "FAIL"  # type: ignore[arg-type]
+    assert _row(_measure("13b"), values, []).verdict == "pass"
+    assert _row(_measure("13b"), values, ["UNAVAILABLE"]).verdict == "FAIL"
     # Only the ends measured: no chain of steps, the later ones named as 13a's.
-    assert "every later step of 13a" in _row(_measure("13b"), values, []).detail  # type: ignore[arg-type]
-    assert NOW in values
+    assert "every later step of 13a" in _row(_measure("13b"), values, []).detail
