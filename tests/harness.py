@@ -162,13 +162,26 @@ def process(
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``python ARGS`` from the repository root; yields it and the address on its ready line once it prints
     that line; kills it on the way out if the test did not stop it."""
+    with process_ready(args, env, ready, **popen) as (proc, rest):
+        yield proc, rest.split()[0]
+
+
+@contextlib.contextmanager
+def process_ready(
+    args: list[str], env: dict[str, str], ready: str, **popen: Any
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """As ``process``, but yields the rest of the ready line whole (a gateway's names its HTTP port's URL too).
+    A process that exits before its ready line fails the test with what it wrote to a piped stderr."""
     popen.setdefault("cwd", ROOT)
     proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, text=True, **popen)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
+        if not line.startswith(ready) and proc.stderr is not None:
+            proc.wait(timeout=10)
+            line += proc.stderr.read()[-4000:]
         assert line.startswith(ready), line
-        yield proc, line[len(ready) :].split()[0]
+        yield proc, line[len(ready) :]
     finally:
         if proc.poll() is None:
             proc.kill()

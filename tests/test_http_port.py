@@ -20,7 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import API_KEY, body, clean_env, gateway, process, run, stream_request
+from tests.harness import API_KEY, body, clean_env, gateway, process, process_ready, run, stream_request
 
 SERVICE = "/claude_gateway.v1.ChatService"
 CREATE = f"{SERVICE}/CreateMessage"
@@ -172,10 +172,8 @@ def test_a_body_over_the_message_limit_is_413_not_429(framing: str) -> None:
 @contextlib.contextmanager
 def gateway_with_few_descriptors(files: int, **env: str) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
     """A simulator process and a gateway process whose open-file limit is ``files``, its HTTP port on; yields
-    the gateway, its gRPC target and its HTTP port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
+    the gateway, its gRPC target and its HTTP port (bound by the gateway itself: a port found free beforehand
+    can be taken by another test's connection before the gateway binds it)."""
     base = clean_env()
     with process(["-m", "simulator", "--port", "0", "--api-key", API_KEY], base, "simulator listening on ") as (
         _,
@@ -183,7 +181,7 @@ def gateway_with_few_descriptors(files: int, **env: str) -> Iterator[tuple[subpr
     ):
         settings = {
             "GATEWAY_LISTEN": "127.0.0.1:0",
-            "GATEWAY_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+            "GATEWAY_HTTP_LISTEN": "127.0.0.1:0",
             "GATEWAY_HTTP_REQUEST_TIMEOUT": str(REQUEST_DEADLINE),
             "ANTHROPIC_API_KEY": API_KEY,
             "ANTHROPIC_BASE_URL": base_url,
@@ -193,10 +191,11 @@ def gateway_with_few_descriptors(files: int, **env: str) -> Iterator[tuple[subpr
         def limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
-        with process(
+        with process_ready(
             ["-m", "server"], {**base, **settings}, "gateway listening on ", stderr=subprocess.PIPE, preexec_fn=limit
-        ) as (gw, target):
-            yield gw, target, http_port
+        ) as (gw, rest):
+            target, url = rest.split()[:2]  # "127.0.0.1:PORT http://127.0.0.1:HTTP_PORT/"
+            yield gw, target, int(url.rstrip("/").rsplit(":", 1)[1])
 
 
 async def grpc_still_serves(target: str) -> None:
