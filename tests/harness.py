@@ -201,6 +201,22 @@ def deployed(*sim_args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str]
     """A ``python -m simulator`` process and a ``python -m server`` process aimed at it by ANTHROPIC_BASE_URL
     and ANTHROPIC_API_KEY alone, as deployed; yields the gateway process and its target once both serve.
     ``env`` adds GATEWAY_* settings; its stderr is piped for tests that read the log."""
+    with _deployed(sim_args, env) as (gateway, rest):
+        yield gateway, rest.split()[0]
+
+
+@contextlib.contextmanager
+def deployed_http(*sim_args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
+    """As ``deployed``, with the HTTP port on: yields the gateway process, its gRPC target and its HTTP port. The
+    gateway binds the port itself (``127.0.0.1:0``), so no other test's connection can take a port found
+    free beforehand; it is read from the ready line."""
+    with _deployed(sim_args, {**env, "GATEWAY_HTTP_LISTEN": "127.0.0.1:0"}) as (gateway, rest):
+        target, url = rest.split()[:2]  # "127.0.0.1:PORT http://127.0.0.1:HTTP_PORT/"
+        yield gateway, target, int(url.rstrip("/").rsplit(":", 1)[1])
+
+
+@contextlib.contextmanager
+def _deployed(sim_args: tuple[str, ...], env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
     base = clean_env()
     with process(
         ["-m", "simulator", "--port", "0", "--api-key", API_KEY, *sim_args], base, "simulator listening on "
@@ -210,7 +226,7 @@ def deployed(*sim_args: str, **env: str) -> Iterator[tuple[subprocess.Popen[str]
     ):
         settings = {"GATEWAY_LISTEN": "127.0.0.1:0", "GATEWAY_LOG_LEVEL": "WARNING", **env}
         full = {**base, "ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": base_url, **settings}
-        with process(["-m", "server"], full, "gateway listening on ", stderr=subprocess.PIPE) as gateway:
+        with process_ready(["-m", "server"], full, "gateway listening on ", stderr=subprocess.PIPE) as gateway:
             yield gateway
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,17 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from tests.harness import API_KEY, PROCESS_TIMEOUT, body, call_log, deployed, run, status_of, stream_request
+from tests.harness import (
+    API_KEY,
+    PROCESS_TIMEOUT,
+    body,
+    call_log,
+    deployed,
+    deployed_http,
+    run,
+    status_of,
+    stream_request,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,12 +213,9 @@ def test_http_calls_arriving_around_sigterm_are_served_or_refused_with_a_log_lin
     """The same on the HTTP port: 30 Messages API streams in flight, SIGTERM, then 30 Connect calls and 30
     Messages API calls at once: each ends OK or refused as shutting down (Connect `unavailable`, the
     Messages API's 529 `overloaded_error`), and each has its log line (UNAVAILABLE / SHUTTING_DOWN)."""
-    with socket.socket() as probe:  # a port free now, for the process to bind
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {"GATEWAY_DRAIN_GRACE": "20", "GATEWAY_LOG_LEVEL": "INFO", "GATEWAY_HTTP_LISTEN": f"127.0.0.1:{port}"}
-    url = f"http://127.0.0.1:{port}"
-    with gateway_process(tps=200, **env) as (proc, _):
+    env = {"GATEWAY_DRAIN_GRACE": "20", "GATEWAY_LOG_LEVEL": "INFO"}
+    with deployed_http("--tps", "200", **env) as (proc, _, port):
+        url = f"http://127.0.0.1:{port}"
         assert proc.stderr is not None
         log: list[str] = []
         reader = threading.Thread(target=lambda: log.extend(proc.stderr or ()), daemon=True)

@@ -27,7 +27,18 @@ from google.rpc import error_details_pb2, status_pb2
 from server.config import Settings
 from server.ports.http.connect import CODES, timeout_seconds
 from simulator import Pace
-from tests.harness import PROCESS_TIMEOUT, ROOT, UNPACED, Harness, body, deployed, gateway, run, stream_request, until
+from tests.harness import (
+    PROCESS_TIMEOUT,
+    ROOT,
+    UNPACED,
+    Harness,
+    body,
+    deployed_http,
+    gateway,
+    run,
+    stream_request,
+    until,
+)
 
 SERVICE = "/claude_gateway.v1.ChatService"
 PACED = Pace(ttft=0.02, tokens_per_second=50)
@@ -513,10 +524,7 @@ def test_readme_curl_command_streams_json_lines_while_the_call_runs() -> None:
 
 def test_deployed_gateway_serves_the_http_port_and_drains_it_on_sigterm() -> None:
     """``python -m server`` with GATEWAY_HTTP_LISTEN answers Connect calls there and exits 0 on SIGTERM."""
-    with socket.socket() as probe:  # a port free now, for the process to bind
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with deployed(GATEWAY_HTTP_LISTEN=f"127.0.0.1:{port}") as (proc, _):
+    with deployed_http() as (proc, _, port):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}{SERVICE}/CreateMessage",
             data=json.dumps(request_json("Hi [[sim:tokens 4]]")).encode(),
