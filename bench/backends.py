@@ -57,7 +57,7 @@ from bench.jobs import Job
 from bench.plan import Plan
 from bench.processes import Child, ChildError, Processes
 from bench.report import Row, judged
-from bench.session import Run, Session
+from bench.session import Run, Session, alternating
 from bench.workload import MODEL
 from server.upstream.state import CIRCUIT_BASE
 
@@ -197,12 +197,6 @@ def _per_event(run: Run) -> float:
     return float(run.gateway_cpu_s) / max(_events(run), 1)
 
 
-def _errors(run: Run) -> list[str]:
-    return [rec["error"] for r in run.results for rec in r.get("records", []) if rec["error"]] + [
-        e for r in run.results for e in r.get("errors", {})
-    ]
-
-
 async def _alternating(
     session: Session,
     jobs: tuple[Job, ...],
@@ -212,16 +206,14 @@ async def _alternating(
 ) -> tuple[dict[str, list[T]], list[str]]:
     """``measure`` of each gateway's runs of ``jobs`` (one after another), ``rounds`` times, alternating which
     gateway goes first; and the errors the runs saw."""
-    values: dict[str, list[T]] = {name: [] for name in gateways}
     errors: list[str] = []
-    names = list(gateways)
-    for i in range(rounds):
-        for name in names if i % 2 == 0 else reversed(names):
-            gateway, target = gateways[name]
-            runs = [await _run(session, replace(job, target=target), (gateway, target)) for job in jobs]
-            values[name].append(measure(runs))
-            errors += [error for run in runs for error in _errors(run)]
-    return values, errors
+
+    async def runs(gateway: Child, target: str) -> T:
+        done = [await _run(session, replace(job, target=target), (gateway, target)) for job in jobs]
+        errors.extend(error for run in done for error in run.errors)
+        return measure(done)
+
+    return await alternating(gateways, rounds, runs), errors
 
 
 def _beyond(runs: list[Run]) -> tuple[float, float]:

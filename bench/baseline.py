@@ -40,7 +40,7 @@ from pathlib import Path
 from bench.jobs import Job
 from bench.processes import ROOT, Child
 from bench.report import Row, judged, ms
-from bench.session import Run, Session
+from bench.session import Run, Session, alternating
 from bench.stamps import upstream_closes
 from bench.stats import summarize
 
@@ -108,25 +108,17 @@ class _Measure:
     per: Callable[[Run], float]
 
 
-def _errors(run: Run) -> list[str]:
-    return [rec["error"] for r in run.results for rec in r.get("records", []) if rec["error"]] + [
-        e for r in run.results for e in r.get("errors", {})
-    ]
-
-
 async def _rounds(
     session: Session, measure: _Measure, gateways: dict[str, tuple[Child, str]], rounds: int
 ) -> tuple[dict[str, list[float]], list[str]]:
-    values: dict[str, list[float]] = {name: [] for name in gateways}
     errors: list[str] = []
-    names = list(gateways)
-    for i in range(rounds):
-        for name in names if i % 2 == 0 else reversed(names):
-            gateway, target = gateways[name]
-            run = await session.run(measure.jobs(target), (gateway, target))
-            values[name].append(measure.per(run))
-            errors += _errors(run)
-    return values, errors
+
+    async def one(gateway: Child, target: str) -> float:
+        run = await session.run(measure.jobs(target), (gateway, target))
+        errors.extend(run.errors)
+        return measure.per(run)
+
+    return await alternating(gateways, rounds, one), errors
 
 
 def _ratio(values: dict[str, list[float]], of: str, to: str) -> tuple[float, list[float]]:
@@ -286,15 +278,10 @@ async def baseline(session: Session) -> list[Row]:
             await _stop(session, gateways)
         gateways = await _gateways(session, {name: roots[name] for name in ENDS}, GATEWAY_LOG_LEVEL="DEBUG")
         try:
-            gaps: dict[str, list[float]] = {name: [] for name in gateways}
-            cancel_errors: list[str] = []
-            names = list(gateways)
-            for i in range(plan.baseline_rounds):
-                for name in names if i % 2 == 0 else reversed(names):
-                    found, wrong = await _cancel_gaps(session, *gateways[name])
-                    gaps[name] += found
-                    cancel_errors += [f"{name}: {e}" for e in wrong]
-            rows.append(_cancel_row(gaps, cancel_errors, plan.baseline_rounds))
+            rounds = await alternating(gateways, plan.baseline_rounds, lambda *gateway: _cancel_gaps(session, *gateway))
+            gaps = {name: [gap for found, _ in each for gap in found] for name, each in rounds.items()}
+            wrong = [f"{name}: {error}" for name, each in rounds.items() for _, errors in each for error in errors]
+            rows.append(_cancel_row(gaps, wrong, plan.baseline_rounds))
         except Exception as exc:
             rows.append(Row("13c", "cancel-to-close", "error", "", "error", f"{type(exc).__name__}: {exc}"))
         finally:

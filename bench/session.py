@@ -13,9 +13,10 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.jobs import Job
 from bench.plan import Plan
@@ -24,6 +25,7 @@ from bench.sockets import Backlog, BacklogSampler
 from bench.usage import CpuMeter, CpuSampler, children_of, machine_busy_seconds
 
 _RESULT_TIMEOUT = 600.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,6 +47,26 @@ class Run:
     @property
     def client_cpu_s(self) -> float:
         return float(sum(r["cpu_s"] for r in self.results))
+
+    @property
+    def errors(self) -> list[str]:
+        """The errors its clients saw: each failed stream's, then each client's own."""
+        return [rec["error"] for r in self.results for rec in r.get("records", []) if rec["error"]] + [
+            e for r in self.results for e in r.get("errors", {})
+        ]
+
+
+async def alternating(
+    gateways: dict[str, tuple[Child, str]], rounds: int, measure: Callable[[Child, str], Awaitable[T]]
+) -> dict[str, list[T]]:
+    """``measure`` of each gateway (process, host:port), one at a time, ``rounds`` times, the order reversed
+    every other round: drifts of the machine's speed fall on every gateway alike."""
+    values: dict[str, list[T]] = {name: [] for name in gateways}
+    names = list(gateways)
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else reversed(names):
+            values[name].append(await measure(*gateways[name]))
+    return values
 
 
 @dataclass
