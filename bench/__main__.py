@@ -67,7 +67,7 @@ def _notes(pinned: bool, quick: bool, elapsed: float) -> list[str]:
         "this same machine: its CPU use is given with each row, and it limits what can be offered.",
         "relay latency = the simulator writing a text delta (a CLOCK_MONOTONIC stamp in its text) -> a load "
         "client reading it from the gateway; it includes the client's own read delay on a shared core.",
-        "CPU = utime+stime of the gateway process (all threads) from /proc, 10 ms ticks.",
+        "CPU = the gateway process's CPU-time clock (all threads, clock_gettime, nanoseconds).",
     ]
 
 

@@ -13,11 +13,15 @@ alternating the order, ``plan.baseline_rounds`` rounds:
   JSON line per call: ``QUIET``);
 - 13b, CPU per relayed event: row 2b's paced streams (``plan.capacity_sizes[0]`` x ``plan.tps``);
 - 13c, cancel-to-close: row 6's cancelled streams, each gateway logging at DEBUG, the closes read from its log.
+  A second gateway of the code before the restructuring (``AGAIN``) runs in the same rounds: how far the same
+  code's p99 moves in one run is that pair's ratio, and the budget is judged against it where it is wider.
 
 13b and 13c run the code before the restructuring (``BEFORE``), its last commit (``RESTRUCTURED``) and the
 code as it stands. 13a and 13b give medians of per-round ratios; 13c the p50 and p99 of every round's closes
 together. The budget (within 5%) is the restructured server's against the code before it; the code as it
 stands is given against both, and 13a gives what each later step added to a call, in the order they landed.
+A p99 of a thousand closes on a shared core moves by more than 5% between two processes of the same code, so
+13c's budget is the wider of 5% and that same-run spread (``cancel_budget``).
 
 A clone without that history (a shallow one) gets a row saying so instead.
 """
@@ -63,6 +67,7 @@ ENDS = ("before", "restructured", NOW)
 # 13a also runs the first and the last step with the log at WARNING, so without the JSON line each call writes
 # at INFO: what the features cost beside the line, and what the line costs on its own.
 QUIET = {"before": "before-no-call-line", NOW: "now-no-call-line"}
+AGAIN = "before-again"  # 13c: a second process of BEFORE, the same-run spread of identical code
 BUDGET = 1.05
 CLOSE_WAIT = 10.0  # seconds the last closes of a cancel run may take to reach the gateway's log: a hang guard
 START_TIMEOUT = 300.0  # seconds a gateway may take to start on a busy machine: a hang guard
@@ -209,21 +214,29 @@ async def _cancel_gaps(session: Session, gateway: Child, target: str) -> tuple[l
     return gaps, [f"{never} never closed"] * bool(never) + list(res["errors"])
 
 
+def cancel_budget(same: float) -> float:
+    """13c's budget for a p99 ratio, given ``same``, the p99 ratio of two processes of the same code in the same
+    run: within 5%, or within how far the same code moved, whichever is wider."""
+    return max(BUDGET, same, 1 / same)
+
+
 def _cancel_row(gaps: dict[str, list[float]], errors: list[str], rounds: int) -> Row:
     found = {name: summarize(values) for name, values in gaps.items()}
-    before, restructured, now = found["before"], found["restructured"], found[NOW]
-    ratio = restructured.p99 / before.p99
+    before, again, restructured, now = found["before"], found[AGAIN], found["restructured"], found[NOW]
+    ratio, same = restructured.p99 / before.p99, again.p99 / before.p99
+    budget = cancel_budget(same)
     return Row(
         "13c",
         f"cancel-to-close p50/p99: the restructured server ({RESTRUCTURED}) against the code before it ({BEFORE})",
         f"{ms(restructured.p50)} / {ms(restructured.p99)} against {ms(before.p50)} / {ms(before.p99)}: p99 "
-        f"{ratio:.2f}x; the code as it stands {ms(now.p50)} / {ms(now.p99)} ({rounds} rounds together)",
-        f"p99 <= {BUDGET:.2f}x",
-        judged(ratio <= BUDGET and not errors),
-        f"{sum(len(v) for v in gaps.values())} closes; max {ms(before.max)}, {ms(restructured.max)}, {ms(now.max)}; "
-        f"errors {errors[:3] or 'none'}",
+        f"{ratio:.2f}x; a second process of {BEFORE} {ms(again.p50)} / {ms(again.p99)}, p99 {same:.2f}x; the code "
+        f"as it stands {ms(now.p50)} / {ms(now.p99)}, p99 {now.p99 / before.p99:.2f}x ({rounds} rounds together)",
+        f"p99 <= {BUDGET:.2f}x, or the same code's spread",
+        judged(ratio <= budget and not errors),
+        f"budget in this run {budget:.2f}x; {sum(len(v) for v in gaps.values())} closes; max {ms(before.max)}, "
+        f"{ms(again.max)}, {ms(restructured.max)}, {ms(now.max)}; errors {errors[:3] or 'none'}",
         {"gaps_s": {name: summary.as_json() for name, summary in found.items()}, "p99_ratio": ratio,
-         "errors": errors[:10]},
+         "same_code_p99_ratio": same, "budget": budget, "errors": errors[:10]},
     )  # fmt: skip
 
 
@@ -276,7 +289,8 @@ async def baseline(session: Session) -> list[Row]:
                     rows.append(Row(measure.key, measure.what, "error", "", "error", f"{type(exc).__name__}: {exc}"))
         finally:
             await _stop(session, gateways)
-        gateways = await _gateways(session, {name: roots[name] for name in ENDS}, GATEWAY_LOG_LEVEL="DEBUG")
+        cancelling = {name: roots[name] for name in ENDS} | {AGAIN: roots["before"]}
+        gateways = await _gateways(session, cancelling, GATEWAY_LOG_LEVEL="DEBUG")
         try:
             rounds = await alternating(gateways, plan.baseline_rounds, lambda *gateway: _cancel_gaps(session, *gateway))
             gaps = {name: [gap for found, _ in each for gap in found] for name, each in rounds.items()}

@@ -24,16 +24,11 @@ from pathlib import Path
 import grpc
 from claude_gateway.v1 import chat_pb2_grpc
 
+from bench.usage import cpu_seconds
 from tests.harness import body, stream_request
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = "listening on "
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:

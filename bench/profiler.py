@@ -307,7 +307,7 @@ def main() -> None:
     if not args.no_pin and (os.cpu_count() or 1) >= 2:
         os.sched_setaffinity(0, {0})  # before grpc starts its threads, which inherit it
     # Log as `python -m server` does (INFO, one line per call), to a file, so that its cost is profiled too.
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         level=logging.INFO,
         filename=RESULTS / "logs" / "profiler-gateway.log",

@@ -10,7 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from bench.baseline import BUDGET, ENDS, NOW, QUIET, STEPS, _extract, _known, _Measure, _row
+from bench.baseline import (
+    AGAIN,
+    BUDGET,
+    ENDS,
+    NOW,
+    QUIET,
+    STEPS,
+    _cancel_row,
+    _extract,
+    _known,
+    _Measure,
+    _row,
+    cancel_budget,
+)
 from bench.processes import ROOT
 from bench.report import Row
 
@@ -84,3 +97,24 @@ def test_row_fails_a_restructuring_past_the_budget_or_with_errors() -> None:
     assert _row(_measure("13b"), values, ["UNAVAILABLE"]).verdict == "FAIL"
     # Only the ends measured: no chain of steps, the later ones named as 13a's.
     assert "every later step of 13a" in _row(_measure("13b"), values, []).detail
+
+
+def test_cancel_row_judges_the_p99_against_5_percent_or_the_same_codes_spread_whichever_is_wider() -> None:
+    before = [i * 1e-5 for i in range(1, 1001)]
+
+    def gaps(restructured: float, again: float) -> dict[str, list[float]]:
+        scaled = {AGAIN: again, "restructured": restructured}
+        return {"before": before, NOW: before} | {name: [g * by for g in before] for name, by in scaled.items()}
+
+    assert cancel_budget(1.0) == BUDGET
+    assert cancel_budget(1.2) == pytest.approx(1.2)
+    assert cancel_budget(1 / 1.2) == pytest.approx(1.2)  # the same code moved as far the other way
+    row = _cancel_row(gaps(1.10, 1.0), [], 5)
+    assert row.verdict == "FAIL"  # 10% slower, where the same code moved by nothing
+    assert row.data["p99_ratio"] == pytest.approx(1.10)
+    assert row.data["same_code_p99_ratio"] == pytest.approx(1.0)
+    assert _cancel_row(gaps(1.10, 1.12), [], 5).verdict == "pass"  # within what the same code moved
+    assert _cancel_row(gaps(1.10, 1 / 1.12), [], 5).verdict == "pass"
+    assert _cancel_row(gaps(1.04, 1.0), [], 5).verdict == "pass"
+    assert _cancel_row(gaps(1.04, 1.0), ["1 never closed"], 5).verdict == "FAIL"
+    assert "budget in this run 1.12x" in _cancel_row(gaps(1.10, 1.12), [], 5).detail

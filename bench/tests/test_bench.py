@@ -7,6 +7,8 @@ import logging
 import math
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -123,9 +125,30 @@ def test_schedule_tells_late_streams_from_a_late_simulator() -> None:
 
 
 def test_process_readings_of_this_process() -> None:
-    """/proc readings of the running test are plausible."""
-    assert cpu_seconds(os.getpid()) > 0
+    """Readings of the running test are plausible, its CPU time the one Python reads for itself."""
+    before, mine = cpu_seconds(os.getpid()), time.process_time()
+    sum(range(2_000_000))  # some CPU between the readings
+    assert cpu_seconds(os.getpid()) - before == pytest.approx(time.process_time() - mine, rel=0.05, abs=1e-3)
     assert rss_bytes(os.getpid()) > 1024 * 1024
+
+
+def test_a_childs_cpu_time_counts_its_ended_threads_and_is_finer_than_a_tick() -> None:
+    code = "import threading\nt = threading.Thread(target=lambda: sum(range(3_000_000)))\nt.start(); t.join()\n"
+    code += "print('done', flush=True)\nimport sys; sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "done\n"
+        used = cpu_seconds(child.pid)
+        with open(f"/proc/{child.pid}/stat") as f:
+            after = f.read().rsplit(")", 1)[1].split()
+        ticks = (int(after[11]) + int(after[12])) / os.sysconf("SC_CLK_TCK")
+        assert abs(used - ticks) <= 0.011 + 0.01 * used  # the same time, /proc's in 10 ms ticks
+        assert used != round(used, 2)  # nanoseconds, not ticks (a whole tick: one chance in ten million)
+    finally:
+        child.communicate("")
+    with pytest.raises(OSError, match="Invalid argument"):  # reaped: no such clock
+        cpu_seconds(child.pid)
 
 
 def test_unread_bytes_are_counted_by_remote_port() -> None:
