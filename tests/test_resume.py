@@ -22,6 +22,7 @@ from claude_gateway import codec
 from claude_gateway.client import AsyncGateway
 from claude_gateway.client import Gateway as Client
 from claude_gateway.errors import GatewayError as ClientError
+from claude_gateway.resumption import RESUME_ATTEMPTS
 from claude_gateway.streaming import MessageStream
 from claude_gateway.usage import from_metadata
 from claude_gateway.v1 import chat_pb2 as pb
@@ -42,6 +43,7 @@ from tests.test_quotas import as_caller, callers_file, eventually, policy, refus
 from tests.test_web import SERVICE, envelope, frames, http_gateway, post, request_json
 
 PACED = Pace(ttft=0.02, tokens_per_second=200)
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # where a status's google.rpc.Status details travel
 
 
 def numbered(responses: list[pb.StreamMessageResponse] | list[pb.ResumeStreamResponse]) -> list[int]:
@@ -145,9 +147,22 @@ async def read(call: Any, responses: int | None = None) -> Read:
 
 
 async def resume(stub: chat_pb2_grpc.ChatServiceStub, stream_id: str, after: int, **kwargs: Any) -> Read:
-    """One whole ResumeStream call (once the channel is connected again, if a cut dropped it)."""
+    """One whole ResumeStream call (once the channel is connected again, if a cut dropped it). A call the network
+    failed before its first response is made again, as the client library's resume does: right after a cut, the
+    channel can still send it on the reset connection ("Stream removed (sendmsg: Broken pipe)")."""
     request = pb.ResumeStreamRequest(stream_id=stream_id, after_seq=after)
+    for _ in range(RESUME_ATTEMPTS - 1):
+        call = stub.ResumeStream(request, timeout=30, wait_for_ready=True, **kwargs)
+        if await call.initial_metadata() or not await network_failed(call):
+            return await read(call)
     return await read(stub.ResumeStream(request, timeout=30, wait_for_ready=True, **kwargs))
+
+
+async def network_failed(call: Any) -> bool:
+    """Whether a call that ended before its initial metadata was failed by the network: UNAVAILABLE, and no status
+    details, which every status the gateway gives carries."""
+    code = await call.code()
+    return bool(code == grpc.StatusCode.UNAVAILABLE and STATUS_DETAILS_KEY not in dict(await call.trailing_metadata()))
 
 
 def usage(got: Read) -> dict[str, Any]:
