@@ -41,7 +41,7 @@ class Plan:
     resumable_rounds: int = 5
     # 11. backends file: failover rounds (one-token calls), then rounds of each CPU comparison
     backends_failover_rounds: int = 100  # each waits out the primary's 1 s back-off
-    backends_rounds: int = 9  # a burst's CPU per event moves by 20% from run to run here: the median of nine
+    backends_rounds: int = 9  # a burst's CPU per event moves from round to round (docs/performance.md, 11a-11e)
     # 13. the server against earlier commits: rounds of row 3c's calls and of row 2b's paced streams
     baseline_rounds: int = 7
     # 12. the public stream method (``sweep``): chunks every interval, the concurrency steps, and at least this

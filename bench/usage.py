@@ -2,9 +2,9 @@
 
 CPU is the process's CPU-time clock (what ``clock_getcpuclockid`` gives for a pid), read with
 ``clock_gettime``: the scheduler's run time of every thread of the process, those that have ended
-and grpc's own included, in nanoseconds. It is the time /proc/PID/stat's ``utime + stime`` adds up
-to, without their rounding to clock ticks (10 ms), which made the difference of two runs of a
-fraction of a second uncertain by several percent.
+and grpc's own included, in nanoseconds. /proc/PID/stat's ``utime + stime`` gives about the same
+time in clock ticks (10 ms), which made the difference of two runs of a fraction of a second
+uncertain by several percent.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from claude_gateway.v1 import chat_pb2 as pb
 from claude_gateway.v1 import chat_pb2_grpc
 from claude_gateway.wire import REQUEST_ID_KEY, STREAM_ID_KEY, USAGE_KEY
 from google.protobuf import json_format
+from grpc_status import rpc_status
 from redis.exceptions import RedisError, ResponseError
 
 from server.app import Gateway, build_server, sdk_client
@@ -43,7 +44,6 @@ from tests.test_quotas import as_caller, callers_file, eventually, policy, refus
 from tests.test_web import SERVICE, envelope, frames, http_gateway, post, request_json
 
 PACED = Pace(ttft=0.02, tokens_per_second=200)
-STATUS_DETAILS_KEY = "grpc-status-details-bin"  # where a status's google.rpc.Status details travel
 
 
 def numbered(responses: list[pb.StreamMessageResponse] | list[pb.ResumeStreamResponse]) -> list[int]:
@@ -161,8 +161,7 @@ async def resume(stub: chat_pb2_grpc.ChatServiceStub, stream_id: str, after: int
 async def network_failed(call: Any) -> bool:
     """Whether a call that ended before its initial metadata was failed by the network: UNAVAILABLE, and no status
     details, which every status the gateway gives carries."""
-    code = await call.code()
-    return bool(code == grpc.StatusCode.UNAVAILABLE and STATUS_DETAILS_KEY not in dict(await call.trailing_metadata()))
+    return bool(await call.code() == grpc.StatusCode.UNAVAILABLE and await rpc_status.aio.from_call(call) is None)
 
 
 def usage(got: Read) -> dict[str, Any]:
