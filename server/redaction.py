@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import re
 from collections.abc import Iterable
-from typing import AnyStr, Generic
 
 from server.errors import Failure
 
@@ -43,30 +42,28 @@ def request_id(value: object) -> str | None:
     return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
 
 
-class Scanner(Generic[AnyStr]):
-    """Finds the secrets in the reads of one upstream response. Each read is searched, and so is its seam
-    with the read before: the last ``len(secret) - 1`` bytes of what came before are carried over, so a
-    secret split across two reads (by the network, or by an upstream that means to) is found too. A
-    scanner of text (``Redactor.text_scanner``) does the same over decoded text: what a framing that
-    encodes its events (Bedrock's base64 chunks) hands on, read after read."""
+class Scanner:
+    """Finds the secrets in the reads of one upstream response. Each read is searched together with the last
+    ``len(secret) - 1`` bytes of what came before, so a secret split across two reads (by the network, or by
+    an upstream that means to) is found too."""
 
     __slots__ = ("_carry", "_keep", "_secrets")
 
-    def __init__(self, secrets: tuple[AnyStr, ...], empty: AnyStr) -> None:
-        self._secrets: tuple[AnyStr, ...] = secrets
+    def __init__(self, secrets: tuple[bytes, ...]) -> None:
+        self._secrets = secrets
         self._keep = max(map(len, secrets), default=1) - 1
-        self._carry: AnyStr = empty
+        self._carry = b""
 
-    def found(self, read: AnyStr) -> bool:
+    def found(self, read: bytes) -> bool:
         """Whether ``read``, or its seam with the reads before, holds a secret."""
         keep = self._keep
         if not keep:
             return False
-        seam = self._carry + read[:keep]
+        window = self._carry + read  # one copy, one search per secret
         for secret in self._secrets:
-            if secret in read or secret in seam:
+            if secret in window:
                 return True
-        self._carry = read[-keep:] if len(read) >= keep else (self._carry + read)[-keep:]
+        self._carry = window[-keep:]
         return False
 
 
@@ -77,13 +74,18 @@ class Redactor:
         self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True))
         self._encoded = tuple(s.encode() for s in self._secrets)
 
-    def scanner(self) -> Scanner[bytes]:
+    def scanner(self) -> Scanner:
         """A scanner for the secrets in the reads of one upstream response."""
-        return Scanner(self._encoded, b"")
+        return Scanner(self._encoded)
 
-    def text_scanner(self) -> Scanner[str]:
-        """A scanner for the secrets in the decoded text of one upstream response's events."""
-        return Scanner(self._secrets, "")
+    def holds(self, texts: Iterable[str]) -> bool:
+        """Whether any of ``texts`` holds a secret (each searched on its own: nothing is carried between them)."""
+        secrets = self._secrets
+        for text in texts:
+            for secret in secrets:
+                if secret in text:
+                    return True
+        return False
 
     def text(self, text: str) -> str:
         """``text`` with every secret replaced by [REDACTED]."""

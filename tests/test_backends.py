@@ -187,7 +187,7 @@ def test_a_bedrock_key_echoed_inside_a_chunk_ends_the_call_unrelayed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Bedrock carries each event base64 in its chunk, so the raw bytes never show an echoed credential: the
-    decoded event text is scanned too. A prompt holding the backend's bearer key (the simulator echoes the
+    decoded text of each event is what is searched. A prompt holding the backend's bearer key (the simulator echoes the
     prompt) ends the call DATA_LOSS / UPSTREAM_ECHOED_SECRET, and no event, status or log line holds the key;
     the same call with an ordinary prompt is served by the same backend."""
     caplog.set_level(logging.INFO)

@@ -92,14 +92,15 @@ def test_the_scanner_finds_a_secret_cut_anywhere_across_reads() -> None:
     assert not any(scanner.found(read) for read in (secret[:-1], b"!", secret[1:], b"sk-ant-api03-", b"x" * 100))
 
 
-def test_the_text_scanner_finds_a_secret_in_decoded_text_across_reads() -> None:
-    """The scanner of decoded event text (Bedrock's chunks) finds a secret as the byte scanner does: whole,
-    or cut at any point across the text of two reads; text that only resembles it is not flagged."""
+def test_holds_finds_a_secret_in_any_one_of_the_texts_and_nothing_across_them() -> None:
+    """What Bedrock's decoded events are searched with: a secret whole in any one text is found; texts that only
+    resemble it are not, and neither is a secret whose halves end one text and start the next (a caller gets
+    each event on its own, so no event's text holds it)."""
     secret = "sk-ant-api03-0123456789abcdef"
-    assert Redactor([secret]).text_scanner().found(f'{{"text":"x {secret} y"}}')
-    for cut in range(1, len(secret)):
-        scanner = Redactor([secret]).text_scanner()
-        assert not scanner.found("prefix " + secret[:cut])
-        assert scanner.found(secret[cut:] + " suffix"), cut
-    scanner = Redactor([secret]).text_scanner()
-    assert not any(scanner.found(read) for read in (secret[:-1], "!", secret[1:], "x" * 100))
+    redactor = Redactor([secret, "another-secret-value"])
+    assert redactor.holds(["x", f'{{"text":"x {secret} y"}}'])
+    assert redactor.holds(iter(["another-secret-value"]))
+    near = [secret[:-1], secret[1:], secret.upper(), "x" * 100]
+    assert not redactor.holds(near)
+    assert not redactor.holds([secret[:9], secret[9:]])
+    assert not Redactor([]).holds([secret])

@@ -49,9 +49,9 @@ class UpstreamReader:
     ) -> None:
         self._bounds = bounds
         self._redactor = redactor or Redactor(())
-        self._scanner = self._redactor.scanner()  # the gateway's credentials, looked for in every read
-        # ... and in the events' decoded text, where the framing encodes it (Bedrock: base64 in each chunk)
-        self._text_scanner: Scanner[str] | None = None
+        # The gateway's credentials, looked for in every read; or, where the framing encodes the events (Bedrock:
+        # base64 in each chunk), in each event's decoded text, all of the body that reaches the caller (None).
+        self._scanner: Scanner | None = self._redactor.scanner()
         self._route = route
         self._watchdog = watchdog
         self._deadline = deadline
@@ -97,7 +97,6 @@ class UpstreamReader:
                 self.retried.append(failure.error_type or failure.reason)
                 self._framer = SseFramer(self._bounds.max_event_bytes)
                 self._scanner = self._redactor.scanner()
-                self._text_scanner = None
                 self._later, self._unfed = [], b""
                 self._grammar = Grammar()
                 self._failure, self.complete = None, False
@@ -135,7 +134,7 @@ class UpstreamReader:
         self.request_id, self._read_body = self._body.request_id, self._body.read
         if self._body.framing == EVENT_STREAM:
             self._framer = EventStreamFramer(self._bounds.max_event_bytes)
-            self._text_scanner = self._redactor.text_scanner()
+            self._scanner = None
         batch = await self.next()
         if batch is None:  # not before message_stop, which cannot come before the first read
             raise GatewayError(_incomplete())
@@ -180,8 +179,9 @@ class UpstreamReader:
                     if not chunk:
                         raise GatewayError(_incomplete())
                     self.bytes_read += len(chunk)
-                    if self._scanner.found(chunk):  # before a byte of it is framed: none reaches the caller
-                        raise GatewayError(_ECHOED)
+                    scanner = self._scanner
+                    if scanner is not None and scanner.found(chunk):  # before a byte of it is framed
+                        raise GatewayError(_ECHOED)  # none of it reaches the caller
                 # What was buffered while the gateway was busy can be megabytes of small events: it is framed
                 # FEED_BYTES at a time, so that no step of the event loop frames more than that.
                 chunk, self._unfed = chunk[:FEED_BYTES], chunk[FEED_BYTES:]
@@ -192,8 +192,7 @@ class UpstreamReader:
                         fail(Reason.UPSTREAM_MALFORMED_EVENT, "upstream sent bytes that are not UTF-8")
                     ) from None
                 if frames:
-                    text_scanner = self._text_scanner
-                    if text_scanner is not None and text_scanner.found("".join([data for _, data in frames])):
+                    if self._scanner is None and self._redactor.holds([data for _, data in frames]):
                         raise GatewayError(_ECHOED)  # in an event's decoded text: none of this read is passed on
                     return await self._batch(self._take(frames))
         finally:

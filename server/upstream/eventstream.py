@@ -164,8 +164,9 @@ class FramingDecoder(Generic[T]):
         """Append what ``message`` is to ``out`` (nothing, for one the consumer skips)."""
         raise NotImplementedError
 
-    def _feed(self, data: bytes, out: list[T]) -> None:
-        at, size = 0, len(data)
+    def _feed(self, data: bytes, out: list[T], at: int = 0) -> None:
+        """Read ``data`` from ``at`` (0 unless nothing is held) into ``out``; hold its unfinished end."""
+        size = len(data)
         held = self._held
         if held:
             # Complete the held message first, taking from ``data`` only what it lacks.
@@ -450,6 +451,15 @@ class BedrockDecoder(FramingDecoder[Frame]):
         self._patterns = 0  # patterns this decoder has taken: a stream has one section, a broken one may not
         self._preludes: dict[bytes, int] = {}  # sound preludes (with their CRC) -> their message's length
 
+    def _feed(self, data: bytes, out: list[Frame], at: int = 0) -> None:
+        pattern = self._pattern
+        if pattern is not None and not self._held:
+            # A paced stream's read is one recurring chunk, whole: the pattern reads it with no other step.
+            at = self._scan(pattern, data, at, out)
+            if at == len(data):
+                return
+        super()._feed(data, out, at)
+
     def _whole(self, data: bytes, at: int, out: list[Frame]) -> int:
         size, limit = len(data), self._max
         while size - at >= PRELUDE_BYTES:
@@ -469,8 +479,8 @@ class BedrockDecoder(FramingDecoder[Frame]):
     def _scan(self, pattern: re.Pattern[bytes], data: bytes, at: int, out: list[Frame]) -> int:
         """Read the whole chunks of the recurring section from ``at`` on, each where the last one ended;
         returns where the first message it does not take starts (read by ``_whole``, which says why)."""
-        match, preludes, append = pattern.match, self._preludes, out.append
-        while (found := match(data, at)) is not None:
+        match, preludes, append, size = pattern.match, self._preludes, out.append, len(data)
+        while at < size and (found := match(data, at)) is not None:
             message, prelude, base64, crc = found.groups()
             total = len(message) + 4
             if preludes.get(prelude) != total and not self._sound(prelude, total):
