@@ -2,7 +2,7 @@
 
 Its own plain simulator (``python -m simulator``, on the load CPU: it speaks the Messages API and
 Bedrock, and its text is the same on both) and four gateways on the gateway's CPU, all idle but the
-one measured:
+ones measured:
 
 - ``failover``: an ``anthropic`` backend, then a ``bedrock`` one (SigV4, keys in files);
 - ``bedrock`` and ``anthropic``: that backend alone;
@@ -18,24 +18,26 @@ HTTP transport, from the call to its 529. The failover's cost is (1) - (2) - (3)
 gateway adds to fail over, beyond the failed attempt itself, taken as the difference of the three medians.
 Budget: at most 2 ms.
 
-11b, Bedrock's event-stream path: ``plan.burst_streams`` unpaced streams through ``bedrock`` and
-through ``anthropic``, alternating, ``plan.backends_rounds`` rounds; in each round each gateway relays the
-streams twice, with twice ``plan.burst_tokens`` deltas each and with a tenth of that. The gateway's CPU per
-relayed event is the difference of the two runs' CPU over the difference of their events: the cost of one
-more event (the upstream's bytes in, the caller's gRPC out), with what each call costs once (the request,
-its signing, the first and last events) cancelled out. The short run is short so that the difference is
-most of the long one: a burst's CPU per event moves from run to run on this host (with how the load core
-and the gateway's happen to take turns), and a difference of two runs carries both runs' movement.
-Budget: Bedrock at most 1.2x Anthropic (median of the per-round ratios). The row also gives the longer
-runs' CPU over all their events, per-call costs in.
+11b-11e compare two gateways, each round running the same job against both at once (``Session.together``:
+their clients released together, both gateways on the gateway's core and metered over the same seconds), so
+that the host's speed, which moves from second to second on this shared machine, is the same for both; each
+row is the median of ``plan.backends_rounds`` per-round ratios.
+
+11b, Bedrock's event-stream path: ``plan.burst_streams`` unpaced streams through ``bedrock`` and through
+``anthropic``; in each round each gateway relays the streams twice, with twice ``plan.burst_tokens`` deltas
+each and with a tenth of that. The gateway's CPU per relayed event is the difference of the two runs' CPU
+over the difference of their events: the cost of one more event (the upstream's bytes in, the caller's gRPC
+out), with what each call costs once (the request, its signing, the first and last events) cancelled out. The
+short run is short so that the difference is most of the long one. Budget: Bedrock at most 1.2x Anthropic.
+The row also gives the longer runs' CPU over all their events, per-call costs in.
 
 11e, what a Bedrock call costs once: ``plan.tiny_calls`` one-token calls through ``bedrock`` and
-``anthropic``, alternating; the gateway's CPU per call (SigV4 signing, which the SDK does with botocore on
-a worker thread, is the difference). No budget: it is what 11b's first figure carries beyond the second.
+``anthropic``; the gateway's CPU per call (SigV4 signing, which the SDK does with botocore on a worker
+thread, is the difference). No budget: it is what 11b's first figure carries beyond the second.
 
 11c and 11d, the one-backend setup: the same streams, and ``plan.tiny_calls`` one-token calls
 (``plan.tiny_concurrency`` at a time, the fixed cost of a call), through ``anthropic`` (a one-backend
-file) and ``default`` (none), alternating. Budget: within 5% of ``default`` (median of the ratios).
+file) and ``default`` (none). Budget: within 5% of ``default``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from bench.jobs import Job
 from bench.plan import Plan
 from bench.processes import Child, ChildError, Processes
 from bench.report import Row, judged
-from bench.session import Run, Session, alternating
+from bench.session import Run, Session
 from bench.workload import MODEL
 from server.upstream.state import CIRCUIT_BASE
 
@@ -200,23 +202,28 @@ def _per_event(run: Run) -> float:
     return float(run.gateway_cpu_s) / max(_events(run), 1)
 
 
-async def _alternating(
+async def _together(
     session: Session,
     jobs: tuple[Job, ...],
     gateways: dict[str, tuple[Child, str]],
     rounds: int,
     measure: Callable[[list[Run]], T],
 ) -> tuple[dict[str, list[T]], list[str]]:
-    """``measure`` of each gateway's runs of ``jobs`` (one after another), ``rounds`` times, alternating which
-    gateway goes first; and the errors the runs saw."""
+    """``measure`` of each gateway's runs of ``jobs``, ``rounds`` times; each job runs against every gateway at
+    once (``Session.together``), the jobs one after another. The errors the runs saw come second."""
     errors: list[str] = []
-
-    async def runs(gateway: Child, target: str) -> T:
-        done = [await _run(session, replace(job, target=target), (gateway, target)) for job in jobs]
-        errors.extend(error for run in done for error in run.errors)
-        return measure(done)
-
-    return await alternating(gateways, rounds, runs), errors
+    values: dict[str, list[T]] = {name: [] for name in gateways}
+    for _ in range(rounds):
+        done: dict[str, list[Run]] = {name: [] for name in gateways}
+        for job in jobs:
+            runs = await _run(session, {name: (replace(job, target=target), (gateway, target))
+                                        for name, (gateway, target) in gateways.items()})  # fmt: skip
+            for name, run in runs.items():
+                done[name].append(run)
+                errors.extend(run.errors)
+        for name, each in done.items():
+            values[name].append(measure(each))
+    return values, errors
 
 
 def _beyond(runs: list[Run]) -> tuple[float, float]:
@@ -225,12 +232,12 @@ def _beyond(runs: list[Run]) -> tuple[float, float]:
     return (cpu_long - cpu_short) / max(events_long - events_short, 1), cpu_long / max(events_long, 1)
 
 
-async def _run(session: Session, job: Job, other: tuple[Child, str]) -> Run:
-    """``session.run`` of one job, started again (up to twice) when its load client is too slow to start: on
-    a machine this busy a Python process can take more than the 30 s a child is given to say it is ready."""
+async def _run(session: Session, jobs: dict[str, tuple[Job, tuple[Child, str]]]) -> dict[str, Run]:
+    """``session.together`` of these jobs, started again (up to twice) when a load client is too slow to start:
+    on a machine this busy a Python process can take more than the 30 s a child is given to say it is ready."""
     for attempt in range(3):
         try:
-            return await session.run([job], other=other)
+            return await session.together(jobs)
         except ChildError:
             if attempt == 2:
                 raise
@@ -288,7 +295,7 @@ async def backends(session: Session) -> list[Row]:
         async def bedrock_row() -> list[Row]:
             long = replace(burst, tokens=2 * tokens)
             short = replace(burst, tokens=long.tokens // 10)
-            pairs, errors = await _alternating(session, (short, long), bedrock_pair, plan.backends_rounds, _beyond)
+            pairs, errors = await _together(session, (short, long), bedrock_pair, plan.backends_rounds, _beyond)
             values = {name: [beyond for beyond, _ in each] for name, each in pairs.items()}
             whole = {name: [all_events for _, all_events in each] for name, each in pairs.items()}
             what = (
@@ -304,19 +311,19 @@ async def backends(session: Session) -> list[Row]:
             return [row]
 
         async def bedrock_calls() -> list[Row]:
-            values, errors = await _alternating(session, (tiny,), bedrock_pair, plan.backends_rounds, per_call)
+            values, errors = await _together(session, (tiny,), bedrock_pair, plan.backends_rounds, per_call)
             what = f"CPU per one-token call, Bedrock (SigV4) vs Anthropic ({plan.tiny_concurrency} at a time)"
             return [_ratio_row("11e", what, values, "bedrock", "anthropic", None, "per call", errors)]
 
         async def one_backend_rows() -> list[Row]:
-            values, errors = await _alternating(
+            values, errors = await _together(
                 session, (burst,), one_pair, plan.backends_rounds, lambda runs: _per_event(runs[0])
             )
             what = f"CPU per event, a one-backend file vs none ({n} x {tokens}, unpaced)"
             return [_ratio_row("11c", what, values, "anthropic", "default", ONE_BACKEND_BUDGET, "per event", errors)]
 
         async def one_backend_calls() -> list[Row]:
-            values, errors = await _alternating(session, (tiny,), one_pair, plan.backends_rounds, per_call)
+            values, errors = await _together(session, (tiny,), one_pair, plan.backends_rounds, per_call)
             what = f"CPU per one-token call, a one-backend file vs none ({plan.tiny_concurrency} at a time)"
             return [_ratio_row("11d", what, values, "anthropic", "default", ONE_BACKEND_BUDGET, "per call", errors)]
 

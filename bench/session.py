@@ -111,6 +111,36 @@ class Session:
         background = max(busy - ours, 0.0) / (end - start)
         return Run(results, cpu, end - start, sampler.peak(), background, backlog.peak)
 
+    async def together(self, jobs: dict[str, tuple[Job, tuple[Child, str]]]) -> dict[str, Run]:
+        """Each job against its own gateway (process, host:port), all released at once and metered over the same
+        seconds: a drift of the machine's speed falls on each gateway alike, which runs one after another cannot
+        promise. The gateways share the gateway's core, the clients the load core. Each Run has its gateway's
+        CPU (with its workers') and its client's result; its wall time is the whole run's, and the peak,
+        background and backlog, sampled for one gateway only, are left at zero."""
+        clients = await self.procs.clients([job for job, _ in jobs.values()])
+        pids: dict[str, int] = {}
+        for name, (_, (gateway, _)) in jobs.items():
+            pids[f"{name}/gateway"] = gateway.pid
+            pids |= {f"{name}/gateway-worker-{i}": pid for i, pid in enumerate(children_of(gateway.pid), 1)}
+        meter = CpuMeter(pids)
+        start = time.monotonic()
+        meter.start(start)
+        await go(clients)
+        results = await asyncio.gather(*(result(c, _RESULT_TIMEOUT) for c in clients))
+        end = time.monotonic()
+        cpu = meter.stop(end)
+        return {
+            name: Run(
+                [found],
+                {key.split("/", 1)[1]: used for key, used in cpu.items() if key.split("/", 1)[0] == name},
+                end - start,
+                0.0,
+                0.0,
+                Backlog(),
+            )
+            for name, found in zip(jobs, results, strict=True)
+        }
+
     async def records(self) -> list[dict[str, Any]]:
         """The upstream's records of tagged requests since the last call (and forget them all)."""
         self.upstream.signal(signal.SIGUSR1)
