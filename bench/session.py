@@ -95,8 +95,7 @@ class Session:
         """
         gateway, target = other or (self.gateway, self.target)
         clients = await self.procs.clients(jobs, cpus=self.procs.gateway_cpus if alone else None)
-        workers = {f"gateway-worker-{i}": pid for i, pid in enumerate(children_of(gateway.pid), 1)}
-        meter = CpuMeter({"gateway": gateway.pid, **workers, "upstream": self.upstream.pid})
+        meter = CpuMeter({**_gateway_pids(gateway), "upstream": self.upstream.pid})
         ports = (int(self.base_url.rsplit(":", 1)[1].strip("/")), int(target.rsplit(":", 1)[1]))
         async with CpuSampler(gateway.pid) as sampler, BacklogSampler(*ports) as backlog:
             start = time.monotonic()
@@ -118,26 +117,15 @@ class Session:
         CPU (with its workers') and its client's result; its wall time is the whole run's, and the peak,
         background and backlog, sampled for one gateway only, are left at zero."""
         clients = await self.procs.clients([job for job, _ in jobs.values()])
-        pids: dict[str, int] = {}
-        for name, (_, (gateway, _)) in jobs.items():
-            pids[f"{name}/gateway"] = gateway.pid
-            pids |= {f"{name}/gateway-worker-{i}": pid for i, pid in enumerate(children_of(gateway.pid), 1)}
-        meter = CpuMeter(pids)
+        meters = {name: CpuMeter(_gateway_pids(gateway)) for name, (_, (gateway, _)) in jobs.items()}
         start = time.monotonic()
-        meter.start(start)
+        for meter in meters.values():
+            meter.start(start)
         await go(clients)
         results = await asyncio.gather(*(result(c, _RESULT_TIMEOUT) for c in clients))
         end = time.monotonic()
-        cpu = meter.stop(end)
         return {
-            name: Run(
-                [found],
-                {key.split("/", 1)[1]: used for key, used in cpu.items() if key.split("/", 1)[0] == name},
-                end - start,
-                0.0,
-                0.0,
-                Backlog(),
-            )
+            name: Run([found], meters[name].stop(end), end - start, 0.0, 0.0, Backlog())
             for name, found in zip(jobs, results, strict=True)
         }
 
@@ -155,3 +143,9 @@ class Session:
 
     def channels(self, streams: int) -> int:
         return max(1, -(-streams // self.plan.streams_per_channel))
+
+
+def _gateway_pids(gateway: Child) -> dict[str, int]:
+    """The pids a gateway's CPU is read from: its own, and its workers' if it has any."""
+    workers = {f"gateway-worker-{i}": pid for i, pid in enumerate(children_of(gateway.pid), 1)}
+    return {"gateway": gateway.pid, **workers}
